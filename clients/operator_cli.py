@@ -1,0 +1,75 @@
+"""`faceharmony-admin`: operator commands run on the server side, against the database named by FACEHARMONY_* settings.
+
+    faceharmony-admin migrate                      apply pending schema migrations
+    faceharmony-admin create-staff EMAIL NAME --role support|admin
+    faceharmony-admin waitlist [--pending]         list the waiting list
+    faceharmony-admin approve ENTRY_ID             approve an entry (queues the approval email)
+    faceharmony-admin deliver-emails               send queued emails once (the server also does this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from faceharmony.core.clock import SystemClock
+from faceharmony.core.crypto import Hasher
+from faceharmony.core.db.connection import open_database
+from faceharmony.core.db.migrate import migrate
+from faceharmony.core.email.queue import deliver_due
+from faceharmony.core.email.transports import make_transport
+from faceharmony.core.settings import Settings, SettingsError
+from faceharmony.server.errors import ApiError
+from faceharmony.server.logic import accounts, admin
+from faceharmony.server.logic.deps import Deps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="faceharmony-admin", description="FaceHarmony operator commands")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply pending schema migrations")
+    c = sub.add_parser("create-staff", help="create a support or admin account (or give an account that role)")
+    c.add_argument("email")
+    c.add_argument("name")
+    c.add_argument("--role", choices=["support", "admin"], required=True)
+    sub.add_parser("waitlist", help="list the waiting list").add_argument("--pending", action="store_true")
+    sub.add_parser("approve", help="approve a waiting-list entry").add_argument("entry_id")
+    sub.add_parser("deliver-emails", help="send queued emails once")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"faceharmony-admin: {exc}", file=sys.stderr)
+        sys.exit(2)
+    db = open_database(settings.resolved_database_url, settings.database_pool_size)
+    clock = SystemClock()
+    deps = Deps(settings=settings, clock=clock, hasher=Hasher(settings.secret()), db=db)
+    try:
+        if args.command == "migrate":
+            applied = migrate(db)
+            print("applied: " + ", ".join(applied) if applied else "nothing to apply")
+        elif args.command == "create-staff":
+            account = accounts.create_staff(deps, args.email, args.name, args.role)
+            print(f"{account.id} {account.role}")
+        elif args.command == "waitlist":
+            rows, _ = admin.list_waitlist(deps, 1 if args.pending else 0, 200, "")
+            for row in rows:
+                print(f"{row.id}\t{row.state}\t{row.created_at:%Y-%m-%d}\t{row.name}\t{row.email}")
+        elif args.command == "approve":
+            entry = admin.approve_waitlist_entry(deps, None, args.entry_id)
+            print(f"{entry.id} approved")
+        elif args.command == "deliver-emails":
+            print(f"sent {deliver_due(db, make_transport(settings), clock, settings.email_from, limit=500)}")
+    except ApiError as exc:
+        print(f"faceharmony-admin: {exc.reason}: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        db.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Keyed hashing: the email HMAC kept after purge (P5), and the hashes under which codes and tokens are stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+class Hasher:
+    """HMAC-SHA256 under the server secret, one domain-separated purpose per method."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the server secret must be at least 16 bytes")
+        self._secret = secret
+
+    def _mac(self, purpose: str, value: str) -> str:
+        return hmac.new(self._secret, f"{purpose}\x00{value}".encode(), hashlib.sha256).hexdigest()
+
+    def email(self, normalized_email: str) -> str:
+        return self._mac("email", normalized_email)
+
+    def code(self, code_id: str, code: str) -> str:
+        return self._mac("sign-in-code", f"{code_id}:{code}")
+
+    def token(self, token: str) -> str:
+        return self._mac("token", token)
+
+
+def equal(a: str, b: str) -> bool:
+    """Constant-time comparison."""
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,221 @@
+"""The schema as peewee models. Migrations under migrations/ create and change it; a test checks they agree.
+
+Times are stored as naive UTC and come back timezone-aware. Ids are random
+128-bit hex strings (faceharmony.core.ids). Rows that hold personal data
+(names, emails, tickets, purchases) all hang off an account, so the account
+purge can find them; KnownEmail (the email's HMAC, P5) is the only row
+meant to outlive an account.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+
+class UtcDateTimeField(pw.DateTimeField):
+    """Aware datetimes in, aware UTC datetimes out; naive UTC in the database."""
+
+    def db_value(self, value):  # type: ignore[override]
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value):  # type: ignore[override]
+        value = super().python_value(value)
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+class JsonField(pw.TextField):
+    def db_value(self, value):  # type: ignore[override]
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value):  # type: ignore[override]
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+def IdField(**kwargs) -> pw.CharField:  # noqa: N802 - reads like a field class
+    return pw.CharField(max_length=32, **kwargs)
+
+
+class Account(BaseModel):
+    id = IdField(primary_key=True)
+    email = pw.CharField(max_length=254, unique=True)
+    email_hmac = pw.CharField(max_length=64, index=True)
+    name = pw.CharField(max_length=100)
+    role = pw.CharField(max_length=16, default="user")  # user | support | admin
+    state = pw.CharField(max_length=16, default="active")  # active | deactivated
+    is_16_or_older = pw.BooleanField()
+    free_trial_granted = pw.BooleanField(default=False)
+    invited_by = pw.ForeignKeyField("self", null=True, on_delete="SET NULL", backref="invitees")
+    created_at = UtcDateTimeField()
+    updated_at = UtcDateTimeField()
+    deleted_at = UtcDateTimeField(null=True)
+    purge_after = UtcDateTimeField(null=True, index=True)
+
+
+class KnownEmail(BaseModel):
+    """The one-way keyed hash of every email that ever had an account (P5); survives the purge."""
+
+    email_hmac = pw.CharField(max_length=64, primary_key=True)
+    first_seen = UtcDateTimeField()
+
+
+class WaitlistEntry(BaseModel):
+    id = IdField(primary_key=True)
+    email = pw.CharField(max_length=254, unique=True)
+    email_hmac = pw.CharField(max_length=64, index=True)
+    name = pw.CharField(max_length=100)
+    note = pw.TextField(default="")
+    is_16_or_older = pw.BooleanField()
+    state = pw.CharField(max_length=16, default="pending")  # pending | approved
+    created_at = UtcDateTimeField(index=True)
+    approved_at = UtcDateTimeField(null=True)
+    approved_by = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL", backref="approvals")
+    # Set when the approved person's account is created; purged with it.
+    account = pw.ForeignKeyField(Account, null=True, on_delete="CASCADE", backref="waitlist_entries")
+
+
+class Invitation(BaseModel):
+    id = IdField(primary_key=True)
+    token_hash = pw.CharField(max_length=64, unique=True)
+    inviter = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="invitations")
+    email = pw.CharField(max_length=254)
+    email_hmac = pw.CharField(max_length=64, index=True)
+    name = pw.CharField(max_length=100)
+    created_at = UtcDateTimeField(index=True)
+    expires_at = UtcDateTimeField(index=True)
+    accepted_at = UtcDateTimeField(null=True)
+    # The account the invitation created; the row (which holds its email) is purged with it.
+    account = pw.ForeignKeyField(Account, null=True, on_delete="CASCADE", backref="accepted_invitations")
+
+
+class SignInCode(BaseModel):
+    id = IdField(primary_key=True)
+    email_hmac = pw.CharField(max_length=64, index=True)
+    code_hash = pw.CharField(max_length=64)
+    created_at = UtcDateTimeField()
+    expires_at = UtcDateTimeField(index=True)
+    attempts = pw.IntegerField(default=0)
+    consumed_at = UtcDateTimeField(null=True)
+    superseded = pw.BooleanField(default=False)
+
+
+class RateLimitHit(BaseModel):
+    """One counted request under a hashed key (never a raw email or address)."""
+
+    key = pw.CharField(max_length=80)
+    at = UtcDateTimeField()
+
+    class Meta:
+        indexes = ((("key", "at"), False),)
+
+
+class Session(BaseModel):
+    id = IdField(primary_key=True)
+    token_hash = pw.CharField(max_length=64, unique=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="sessions")
+    created_at = UtcDateTimeField()
+    expires_at = UtcDateTimeField(index=True)
+    revoked_at = UtcDateTimeField(null=True)
+
+
+class Purchase(BaseModel):
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="purchases")
+    store = pw.CharField(max_length=16)
+    product_id = pw.CharField(max_length=100)
+    transaction_id = pw.CharField(max_length=200)
+    credits = pw.IntegerField()
+    created_at = UtcDateTimeField()
+    purchase_time = UtcDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("store", "transaction_id"), True),)
+
+
+class CreditEntry(BaseModel):
+    """The credit ledger: the balance is the sum of an account's entries."""
+
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="credit_entries")
+    delta = pw.IntegerField()
+    kind = pw.CharField(max_length=16)  # trial | purchase | order | refund
+    ref_id = pw.CharField(max_length=32, null=True)
+    created_at = UtcDateTimeField()
+
+
+class Ticket(BaseModel):
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="tickets")
+    subject = pw.CharField(max_length=200)
+    state = pw.CharField(max_length=16, default="open")  # open | answered | closed
+    request_id = pw.CharField(max_length=64, null=True)
+    created_at = UtcDateTimeField(index=True)
+    updated_at = UtcDateTimeField()
+
+    class Meta:
+        indexes = ((("account", "request_id"), True),)
+
+
+class TicketMessage(BaseModel):
+    id = IdField(primary_key=True)
+    ticket = pw.ForeignKeyField(Ticket, on_delete="CASCADE", backref="messages")
+    author = pw.CharField(max_length=8)  # user | staff
+    staff = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL", backref="ticket_replies")
+    body = pw.TextField()
+    created_at = UtcDateTimeField()
+
+
+class AuditEvent(BaseModel):
+    """Security-relevant events (P20): ids and counts only, never names, emails or image bytes."""
+
+    id = IdField(primary_key=True)
+    at = UtcDateTimeField(index=True)
+    kind = pw.CharField(max_length=40, index=True)
+    actor_id = pw.CharField(max_length=32, null=True, index=True)
+    subject_id = pw.CharField(max_length=32, null=True, index=True)
+    details = JsonField(default=dict)
+
+
+class EmailQueue(BaseModel):
+    """Emails written in the same transaction as the change that causes them; deleted once sent."""
+
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, null=True, on_delete="CASCADE", backref="queued_emails")
+    kind = pw.CharField(max_length=32)
+    to_address = pw.CharField(max_length=254)
+    subject = pw.CharField(max_length=200)
+    body = pw.TextField()
+    created_at = UtcDateTimeField()
+    next_attempt_at = UtcDateTimeField(index=True)
+    attempts = pw.IntegerField(default=0)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Account,
+    KnownEmail,
+    WaitlistEntry,
+    Invitation,
+    SignInCode,
+    RateLimitHit,
+    Session,
+    Purchase,
+    CreditEntry,
+    Ticket,
+    TicketMessage,
+    AuditEvent,
+    EmailQueue,
+]

@@ -1,0 +1,1 @@
+"""Transactional email: templates personalised with the person's name (P4), a queue in the database written in the same transaction as the change, and two transports (an outbox folder by default, SMTP in production)."""

@@ -1,0 +1,168 @@
+"""The one typed settings object, read from FACEHARMONY_* environment variables once at start-up.
+
+Every field is documented in README.md with its default. The defaults are the
+embedded ones: one data folder holding the SQLite file, the blobs, the email
+outbox and the server's secret key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "FACEHARMONY_"
+# Variables of the command-line clients share the prefix but are not server settings.
+CLIENT_PREFIX = "FACEHARMONY_CLIENT_"
+
+
+class SettingsError(ValueError):
+    """A FACEHARMONY_* variable has a value that cannot be used."""
+
+
+def _parse_products(text: str) -> dict[str, int]:
+    products: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, credits = item.partition("=")
+        if not sep or not name.strip() or not credits.strip().isdigit() or int(credits) <= 0:
+            raise SettingsError(f"bad product entry {item!r}: expected product_id=credits")
+        products[name.strip()] = int(credits)
+    return products
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the embedded defaults keep their state.
+    data_dir: Path = Path("data")
+    # The API server's listening address.
+    listen: str = "127.0.0.1:50051"
+    # SQLite file (default: <data_dir>/faceharmony.sqlite3) or a postgresql:// URL.
+    database_url: str = ""
+    database_pool_size: int = 10
+    # Apply pending migrations when the server starts (embedded default).
+    auto_migrate: bool = True
+    # Secret for the email HMAC, code and token hashing; default: generated once into <data_dir>/secret.key.
+    secret_key: str = ""
+    # Email transport: "outbox" writes .eml files to <data_dir>/outbox, "smtp" sends through smtp_*.
+    email_transport: str = "outbox"
+    email_from: str = "FaceHarmony <no-reply@faceharmony.invalid>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 10.0
+    # Sign-in codes and sessions.
+    code_ttl_seconds: int = 600
+    code_max_attempts: int = 5
+    code_requests_per_window: int = 5
+    code_request_window_seconds: int = 3600
+    session_ttl_seconds: int = 30 * 24 * 3600
+    invitation_ttl_seconds: int = 14 * 24 * 3600
+    invitations_per_day: int = 20
+    # Retention periods (P13, P16, P17).
+    account_grace_days: int = 30
+    # Credits.
+    free_trial_credits: int = 10
+    products: Mapping[str, int] = field(
+        default_factory=lambda: {"credits_10": 10, "credits_50": 50, "credits_200": 200}
+    )
+    # gRPC limits.
+    max_receive_message_bytes: int = 12 * 1024 * 1024
+    max_send_message_bytes: int = 12 * 1024 * 1024
+    shutdown_grace_seconds: float = 10.0
+    # Logging: "json" (structured, default) or "text".
+    log_format: str = "json"
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'faceharmony.sqlite3').resolve()}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Reads every field from FACEHARMONY_<FIELD NAME IN CAPITALS>; unknown variables are an error."""
+        env = os.environ if environ is None else environ
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(
+            k
+            for k in env
+            if k.startswith(PREFIX) and not k.startswith(CLIENT_PREFIX) and k[len(PREFIX):].lower() not in known
+        )
+        if unknown:
+            raise SettingsError("unknown settings: " + ", ".join(unknown))
+        values: dict[str, object] = {}
+        for name, f in known.items():
+            raw = env.get(PREFIX + name.upper())
+            if raw is None:
+                continue
+            values[name] = _convert(name, f.type, raw)
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.email_transport not in ("outbox", "smtp"):
+            raise SettingsError("FACEHARMONY_EMAIL_TRANSPORT must be 'outbox' or 'smtp'")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
+        url = self.resolved_database_url
+        if not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
+            raise SettingsError("FACEHARMONY_DATABASE_URL must be sqlite:///PATH or postgresql://...")
+        for name in ("code_ttl_seconds", "code_max_attempts", "session_ttl_seconds", "account_grace_days"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")
+
+    def secret(self) -> bytes:
+        """The server secret: the configured one, or one generated once into the data folder."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{secrets.token_hex(8)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+            try:
+                os.link(tmp, path)  # never overwrite a key another process made first
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()
+
+
+def _convert(name: str, annotation: object, raw: str) -> object:
+    kind = str(annotation)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("Mapping"):
+            return _parse_products(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"FACEHARMONY_{name.upper()}: cannot read {raw!r} as {kind}") from exc

@@ -1,0 +1,1 @@
+"""The FaceHarmony API server: gRPC services over the shared infrastructure in faceharmony.core."""

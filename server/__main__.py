@@ -1,0 +1,3 @@
+from faceharmony.server.main import main
+
+main()

@@ -1,0 +1,159 @@
+"""Assembles the API server: `create_server(settings) -> (server, port)` builds and binds it; `serve()` runs it until SIGTERM/SIGINT and shuts down gracefully.
+
+The server owns a thread pool for database work, the email delivery loop, gRPC
+health checking (every service reported SERVING while up, NOT_SERVING while
+draining) and server reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faceharmony.core import logs
+from faceharmony.core.clock import Clock, SystemClock
+from faceharmony.core.crypto import Hasher
+from faceharmony.core.db.connection import close_database, open_database
+from faceharmony.core.db.migrate import migrate, pending
+from faceharmony.core.email.queue import deliver_due
+from faceharmony.core.email.transports import Transport, make_transport
+from faceharmony.core.settings import Settings
+from faceharmony.server.access import service_descriptors
+from faceharmony.server.context import AppContext
+from faceharmony.server.interceptor import ApiInterceptor
+from faceharmony.server.logic.deps import Deps
+from faceharmony.server.services import account, admin, pending as pending_services, purchase, support
+from faceharmony.v1 import (
+    account_pb2_grpc,
+    admin_pb2_grpc,
+    model_pb2_grpc,
+    order_pb2_grpc,
+    photo_pb2_grpc,
+    purchase_pb2_grpc,
+    support_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+EMAIL_POLL_SECONDS = 5.0
+
+
+class ApiServer:
+    """The gRPC server plus what runs beside it (email delivery). Mirrors grpc.aio.Server's start/stop."""
+
+    def __init__(self, server: grpc.aio.Server, app: AppContext, deps: Deps, transport: Transport, health_servicer) -> None:
+        self.grpc_server = server
+        self.app = app
+        self.deps = deps
+        self.transport = transport
+        self.health = health_servicer
+        self._email_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        self._email_task = asyncio.create_task(self._deliver_emails(), name="email-delivery")
+        await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc_server.stop(grace)
+        if self._email_task is not None:
+            self._email_task.cancel()
+            await asyncio.gather(self._email_task, return_exceptions=True)
+        self.app.executor.shutdown(wait=True)
+        close_database(self.app.db)
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+    def wake_email(self) -> None:
+        self.app.email_wakeup.set()
+
+    async def deliver_emails_now(self) -> int:
+        s = self.app.settings
+        return await self.app.run(deliver_due, self.app.db, self.transport, self.app.clock, s.email_from)
+
+    async def _set_serving(self, status) -> None:
+        names = [""] + [svc.full_name for svc in service_descriptors()]
+        for name in names:
+            await self.health.set(name, status)
+
+    async def _deliver_emails(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.app.email_wakeup.wait(), timeout=EMAIL_POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self.app.email_wakeup.clear()
+            try:
+                while await self.deliver_emails_now():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - delivery retries on the next round
+                log.exception("email delivery round failed")
+
+
+async def create_server(settings: Settings, *, clock: Clock | None = None) -> tuple[ApiServer, int]:
+    """Builds the server on settings.listen (port 0 picks a free port) and returns it with the bound port."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_database(settings.resolved_database_url, settings.database_pool_size)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.database_pool_size, thread_name_prefix="db")
+    app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()), executor=executor)
+    if settings.auto_migrate:
+        await app.run(migrate, db)
+    elif await app.run(pending, db):
+        raise RuntimeError("the database needs migrations: run `faceharmony-admin migrate`")
+    deps = Deps(settings=settings, clock=clock, hasher=app.hasher, db=db)
+
+    server = grpc.aio.server(
+        interceptors=[ApiInterceptor(app)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    api = ApiServer(server, app, deps, make_transport(settings), health_servicer)
+    wake = api.wake_email
+    account_pb2_grpc.add_AccountServiceServicer_to_server(account.AccountService(app, deps, wake), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(app, deps, wake), server)
+    purchase_pb2_grpc.add_PurchaseServiceServicer_to_server(purchase.PurchaseService(app, deps), server)
+    support_pb2_grpc.add_SupportServiceServicer_to_server(support.SupportService(app, deps), server)
+    photo_pb2_grpc.add_PhotoServiceServicer_to_server(pending_services.PhotoService(), server)
+    model_pb2_grpc.add_ModelServiceServicer_to_server(pending_services.ModelService(), server)
+    order_pb2_grpc.add_OrderServiceServicer_to_server(pending_services.OrderService(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [svc.full_name for svc in service_descriptors()]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError("could not bind the listen address")
+    return api, port
+
+
+async def serve(settings: Settings) -> None:
+    api, port = await create_server(settings)
+    await api.start()
+    log.info("server listening", extra={"port": port, "database": settings.resolved_database_url.split(":", 1)[0]})
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await api.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")
+
+
+def run(settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))

@@ -1,0 +1,62 @@
+"""What every request handler needs: settings, the database, the clock, the hasher and the email wake-up; and `run`, which executes a blocking logic function on the database thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import peewee as pw
+
+from faceharmony.core.clock import Clock
+from faceharmony.core.crypto import Hasher
+from faceharmony.core.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The signed-in caller, as established by the auth interceptor."""
+
+    account_id: str
+    role: str
+    state: str
+    session_id: str
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role in ("support", "admin")
+
+
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: pw.Database
+    clock: Clock
+    hasher: Hasher
+    executor: concurrent.futures.ThreadPoolExecutor
+    email_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Runs fn(*args, **kwargs) on the database pool; logic raises ApiError for the client."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._with_connection, fn, *args, **kwargs)
+        return await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)
+
+    def _with_connection(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        self.db.connect(reuse_if_open=True)
+        return fn(*args, **kwargs)
+
+    def principal(self) -> Principal:
+        principal = current_principal.get()
+        if principal is None:  # the interceptor guarantees one for non-public RPCs
+            raise RuntimeError("no principal for a signed-in RPC")
+        return principal

@@ -1,0 +1,98 @@
+"""Database rows to API messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+
+from faceharmony.core.db import models as m
+from faceharmony.v1 import account_pb2, admin_pb2, purchase_pb2, support_pb2
+
+_ROLES = {"user": account_pb2.ROLE_USER, "support": account_pb2.ROLE_SUPPORT, "admin": account_pb2.ROLE_ADMIN}
+_ACCOUNT_STATES = {"active": account_pb2.ACCOUNT_STATE_ACTIVE, "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED}
+_WAITLIST_STATES = {"pending": admin_pb2.WAITLIST_ENTRY_STATE_PENDING, "approved": admin_pb2.WAITLIST_ENTRY_STATE_APPROVED}
+_STORES = {"app_store": purchase_pb2.STORE_APP_STORE, "google_play": purchase_pb2.STORE_GOOGLE_PLAY}
+_TICKET_STATES = {
+    "open": support_pb2.TICKET_STATE_OPEN,
+    "answered": support_pb2.TICKET_STATE_ANSWERED,
+    "closed": support_pb2.TICKET_STATE_CLOSED,
+}
+_AUTHORS = {"user": support_pb2.TICKET_AUTHOR_USER, "staff": support_pb2.TICKET_AUTHOR_STAFF}
+
+
+def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def from_ts(value: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
+    return value.ToDatetime(tzinfo=dt.timezone.utc) if present else None
+
+
+def account(row: m.Account) -> account_pb2.Account:
+    return account_pb2.Account(
+        id=row.id,
+        email=row.email,
+        name=row.name,
+        role=_ROLES[row.role],
+        state=_ACCOUNT_STATES[row.state],
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+        delete_time=ts(row.deleted_at),
+        purge_after=ts(row.purge_after),
+    )
+
+
+def waitlist_entry(row: m.WaitlistEntry) -> admin_pb2.WaitlistEntry:
+    return admin_pb2.WaitlistEntry(
+        id=row.id,
+        name=row.name,
+        email=row.email,
+        note=row.note,
+        is_16_or_older=row.is_16_or_older,
+        state=_WAITLIST_STATES[row.state],
+        create_time=ts(row.created_at),
+        approve_time=ts(row.approved_at),
+    )
+
+
+def audit_event(row: m.AuditEvent) -> admin_pb2.AuditEvent:
+    return admin_pb2.AuditEvent(
+        id=row.id,
+        time=ts(row.at),
+        kind=row.kind,
+        actor_id=row.actor_id or "",
+        subject_id=row.subject_id or "",
+        details=row.details or {},
+    )
+
+
+def purchase(row: m.Purchase) -> purchase_pb2.Purchase:
+    return purchase_pb2.Purchase(
+        id=row.id,
+        store=_STORES[row.store],
+        product_id=row.product_id,
+        transaction_id=row.transaction_id,
+        credits=row.credits,
+        create_time=ts(row.created_at),
+        purchase_time=ts(row.purchase_time),
+    )
+
+
+def ticket(row: m.Ticket, messages: list[m.TicketMessage] | None = None) -> support_pb2.Ticket:
+    return support_pb2.Ticket(
+        id=row.id,
+        account_id=row.account_id,
+        subject=row.subject,
+        state=_TICKET_STATES[row.state],
+        messages=[
+            support_pb2.TicketMessage(id=msg.id, author=_AUTHORS[msg.author], body=msg.body, create_time=ts(msg.created_at))
+            for msg in messages or []
+        ],
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )

@@ -1,0 +1,360 @@
+"""Accounts and passwordless sign-in (P1-P5, P17 but the purge, P20).
+
+Sign-in codes: 6 digits from the CSPRNG, stored as a keyed hash, valid
+`code_ttl_seconds`, one live code per email (a new one supersedes the old),
+`code_max_attempts` wrong tries then locked, compared in constant time.
+Requests for codes are rate-limited per email hash, and answered the same
+whether or not the email may sign in. Session tokens are 256-bit random,
+stored as a keyed hash, expire, and die on sign-out and account deletion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import grpc
+
+from faceharmony.core import audit, ids
+from faceharmony.core.crypto import equal
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import (
+    Account,
+    CreditEntry,
+    Invitation,
+    KnownEmail,
+    RateLimitHit,
+    Session,
+    SignInCode,
+    WaitlistEntry,
+)
+from faceharmony.core.email.queue import enqueue
+from faceharmony.server.errors import ApiError, invalid, precondition, rate_limited
+from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.validation import clean_name, clean_text, normalize_email
+
+_CODE = re.compile(r"^\d{6}$")
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    token: str
+    expires_at: dt.datetime
+    account: Account
+
+
+def _require_attestation(given: bool) -> None:
+    if not given:
+        raise invalid("AGE_ATTESTATION_REQUIRED", "you must confirm that you are 16 or older")
+
+
+def _rate_limit(deps: Deps, key: str, limit: int, window_seconds: int) -> None:
+    """Counts one request under key; raises RESOURCE_EXHAUSTED past the limit. Call inside a write transaction."""
+    now = deps.clock.now()
+    since = now - dt.timedelta(seconds=window_seconds)
+    used = RateLimitHit.select().where(RateLimitHit.key == key, RateLimitHit.at > since).count()
+    if used >= limit:
+        raise rate_limited("too many requests; try again later")
+    RateLimitHit.create(key=key, at=now)
+
+
+def join_waitlist(deps: Deps, name: str, email: str, is_16_or_older: bool, note: str) -> None:
+    """Stores a waiting-list entry (P1, P2). Silent when the email is already listed or has an account."""
+    email = normalize_email(email)
+    name = clean_name(name)
+    note = clean_text(note, reason="INVALID_NOTE", what="note", max_len=1000, required=False, multiline=True)
+    _require_attestation(is_16_or_older)
+    with write_transaction(deps.db):
+        if WaitlistEntry.get_or_none(WaitlistEntry.email == email) or Account.get_or_none(Account.email == email):
+            return
+        WaitlistEntry.create(
+            id=ids.new_id(),
+            email=email,
+            email_hmac=deps.hasher.email(email),
+            name=name,
+            note=note,
+            is_16_or_older=True,
+            created_at=deps.clock.now(),
+        )
+
+
+def _sign_in_name(deps: Deps, email: str) -> str | None:
+    """The name to greet when this email may receive a sign-in code, else None."""
+    account = Account.get_or_none(Account.email == email)
+    if account is not None:
+        if account.state == "deactivated" and account.purge_after <= deps.clock.now():
+            return None
+        return account.name
+    entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == "approved")
+    return entry.name if entry is not None else None
+
+
+def request_sign_in_code(deps: Deps, email: str) -> int:
+    s = deps.settings
+    email = normalize_email(email)
+    email_hmac = deps.hasher.email(email)
+    with write_transaction(deps.db):
+        _rate_limit(deps, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
+        name = _sign_in_name(deps, email)
+        if name is not None:
+            now = deps.clock.now()
+            (
+                SignInCode.update(superseded=True)
+                .where(SignInCode.email_hmac == email_hmac, SignInCode.consumed_at.is_null())
+                .execute()
+            )
+            code_id, code = ids.new_id(), ids.new_code()
+            SignInCode.create(
+                id=code_id,
+                email_hmac=email_hmac,
+                code_hash=deps.hasher.code(code_id, code),
+                created_at=now,
+                expires_at=now + dt.timedelta(seconds=s.code_ttl_seconds),
+            )
+            account = Account.get_or_none(Account.email == email)
+            enqueue(
+                clock=deps.clock,
+                kind="sign_in_code",
+                to=email,
+                name=name,
+                account_id=account.id if account else None,
+                code=code,
+                minutes=str(s.code_ttl_seconds // 60),
+            )
+    return s.code_ttl_seconds
+
+
+def _new_session(deps: Deps, account: Account) -> SignedIn:
+    token = ids.new_token()
+    now = deps.clock.now()
+    expires = now + dt.timedelta(seconds=deps.settings.session_ttl_seconds)
+    Session.create(id=ids.new_id(), token_hash=deps.hasher.token(token), account=account, created_at=now, expires_at=expires)
+    return SignedIn(token=token, expires_at=expires, account=account)
+
+
+def _create_account(
+    deps: Deps, *, email: str, name: str, invited_by: Account | None = None, role: str = "user"
+) -> Account:
+    """Creates an account; grants the free trial only to an email whose HMAC was never seen (P5)."""
+    now = deps.clock.now()
+    email_hmac = deps.hasher.email(email)
+    first_time = KnownEmail.get_or_none(KnownEmail.email_hmac == email_hmac) is None
+    if first_time:
+        KnownEmail.create(email_hmac=email_hmac, first_seen=now)
+    account = Account.create(
+        id=ids.new_id(),
+        email=email,
+        email_hmac=email_hmac,
+        name=name,
+        role=role,
+        state="active",
+        is_16_or_older=True,
+        free_trial_granted=first_time and deps.settings.free_trial_credits > 0,
+        invited_by=invited_by,
+        created_at=now,
+        updated_at=now,
+    )
+    if account.free_trial_granted:
+        CreditEntry.create(
+            id=ids.new_id(), account=account, delta=deps.settings.free_trial_credits, kind="trial", created_at=now
+        )
+    audit.record(deps.clock, audit.ACCOUNT_CREATED, actor_id=account.id, subject_id=account.id, role=role)
+    return account
+
+
+def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
+    email = normalize_email(email)
+    code = code.strip()
+    if not _CODE.match(code):
+        raise invalid("INVALID_CODE", "the code is wrong or has expired")
+    email_hmac = deps.hasher.email(email)
+    failure: ApiError | None = None
+    with write_transaction(deps.db):
+        now = deps.clock.now()
+        account = Account.get_or_none(Account.email == email)
+        actor = account.id if account else None
+        row = locked(
+            SignInCode.select()
+            .where(
+                SignInCode.email_hmac == email_hmac,
+                SignInCode.consumed_at.is_null(),
+                SignInCode.superseded == False,  # noqa: E712 - peewee expression
+            )
+            .order_by(SignInCode.created_at.desc()),
+            deps.db,
+        ).first()
+        if row is None or row.expires_at <= now:
+            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="no_live_code")
+            failure = invalid("INVALID_CODE", "the code is wrong or has expired")
+        elif row.attempts >= deps.settings.code_max_attempts:
+            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="locked")
+            failure = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED", "too many wrong codes; request a new one")
+        elif not equal(deps.hasher.code(row.id, code), row.code_hash):
+            attempts = row.attempts + 1
+            SignInCode.update(attempts=SignInCode.attempts + 1).where(SignInCode.id == row.id).execute()
+            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="wrong_code", attempt=attempts)
+            if attempts >= deps.settings.code_max_attempts:
+                audit.record(deps.clock, audit.SIGN_IN_CODE_LOCKED, actor_id=actor)
+            failure = invalid("INVALID_CODE", "the code is wrong or has expired")
+        else:
+            consumed = (
+                SignInCode.update(consumed_at=now)
+                .where(SignInCode.id == row.id, SignInCode.consumed_at.is_null())
+                .execute()
+            )
+            if consumed != 1:
+                failure = invalid("INVALID_CODE", "the code is wrong or has expired")
+            elif account is None:
+                entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == "approved")
+                if entry is None:
+                    failure = invalid("INVALID_CODE", "the code is wrong or has expired")
+                else:
+                    account = _create_account(deps, email=email, name=entry.name)
+                    WaitlistEntry.update(account=account).where(WaitlistEntry.id == entry.id).execute()
+            elif account.state == "deactivated" and account.purge_after <= now:
+                failure = precondition("GRACE_PERIOD_OVER", "the account's grace period is over")
+            if failure is None:
+                signed_in = _new_session(deps, account)
+                audit.record(deps.clock, audit.SIGN_IN, actor_id=account.id, subject_id=signed_in.account.id)
+    if failure is not None:
+        raise failure
+    return signed_in
+
+
+def accept_invitation(deps: Deps, token: str, is_16_or_older: bool) -> SignedIn:
+    _require_attestation(is_16_or_older)
+    token = token.strip()
+    if not token or len(token) > 200:
+        raise invalid("NOT_INVITED", "the invitation is not valid")
+    with write_transaction(deps.db):
+        now = deps.clock.now()
+        invitation = locked(Invitation.select().where(Invitation.token_hash == deps.hasher.token(token)), deps.db).first()
+        if invitation is None or invitation.expires_at <= now:
+            raise invalid("NOT_INVITED", "the invitation is not valid or has expired")
+        if invitation.accepted_at is not None or Account.get_or_none(Account.email == invitation.email):
+            raise precondition("INVITATION_ALREADY_USED", "the invitation was already used; sign in instead")
+        inviter = Account.get_or_none(Account.id == invitation.inviter_id)
+        account = _create_account(deps, email=invitation.email, name=invitation.name, invited_by=inviter)
+        Invitation.update(accepted_at=now, account=account).where(Invitation.id == invitation.id).execute()
+        audit.record(deps.clock, audit.INVITATION_ACCEPTED, actor_id=account.id, subject_id=invitation.id)
+        signed_in = _new_session(deps, account)
+        audit.record(deps.clock, audit.SIGN_IN, actor_id=account.id, subject_id=account.id)
+    return signed_in
+
+
+def sign_out(deps: Deps, account_id: str, session_id: str) -> None:
+    with write_transaction(deps.db):
+        Session.update(revoked_at=deps.clock.now()).where(Session.id == session_id, Session.revoked_at.is_null()).execute()
+        audit.record(deps.clock, audit.SIGN_OUT, actor_id=account_id, subject_id=session_id)
+
+
+def get_account(deps: Deps, account_id: str) -> Account:
+    return Account.get_by_id(account_id)
+
+
+def update_name(deps: Deps, account_id: str, name: str) -> Account:
+    name = clean_name(name)
+    with write_transaction(deps.db):
+        Account.update(name=name, updated_at=deps.clock.now()).where(Account.id == account_id).execute()
+        audit.record(deps.clock, audit.NAME_UPDATED, actor_id=account_id, subject_id=account_id)
+    return Account.get_by_id(account_id)
+
+
+def invite_friend(deps: Deps, account_id: str, email: str, name: str) -> None:
+    """Invites an email. Silent when it already has an account or a live invitation (no enumeration, no spam)."""
+    s = deps.settings
+    email = normalize_email(email)
+    name = clean_name(name)
+    with write_transaction(deps.db):
+        now = deps.clock.now()
+        _rate_limit(deps, "invite:" + account_id, s.invitations_per_day, 24 * 3600)
+        if Account.get_or_none(Account.email == email):
+            return
+        live = Invitation.select().where(
+            Invitation.email == email, Invitation.accepted_at.is_null(), Invitation.expires_at > now
+        )
+        if live.exists():
+            return
+        inviter = Account.get_by_id(account_id)
+        token = ids.new_token()
+        invitation = Invitation.create(
+            id=ids.new_id(),
+            token_hash=deps.hasher.token(token),
+            inviter=inviter,
+            email=email,
+            email_hmac=deps.hasher.email(email),
+            name=name,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=s.invitation_ttl_seconds),
+        )
+        enqueue(
+            clock=deps.clock,
+            kind="invitation",
+            to=email,
+            name=name,
+            inviter_name=inviter.name,
+            token=token,
+            expires=invitation.expires_at.strftime("%Y-%m-%d"),
+        )
+        audit.record(deps.clock, audit.INVITATION_SENT, actor_id=account_id, subject_id=invitation.id)
+
+
+def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
+    """Deactivates at once, revokes every session, schedules the purge (P17)."""
+    with write_transaction(deps.db):
+        account = locked(Account.select().where(Account.id == account_id), deps.db).get()
+        try:
+            confirmed = normalize_email(confirm_email) == account.email
+        except ApiError:
+            confirmed = False
+        if not confirmed:
+            raise invalid("EMAIL_MISMATCH", "confirm_email must be the account's email")
+        now = deps.clock.now()
+        purge_after = now + dt.timedelta(days=deps.settings.account_grace_days)
+        Account.update(state="deactivated", deleted_at=now, purge_after=purge_after, updated_at=now).where(
+            Account.id == account_id
+        ).execute()
+        Session.update(revoked_at=now).where(Session.account == account_id, Session.revoked_at.is_null()).execute()
+        enqueue(
+            clock=deps.clock,
+            kind="deletion_scheduled",
+            to=account.email,
+            name=account.name,
+            account_id=account.id,
+            purge_after=purge_after.strftime("%Y-%m-%d %H:%M UTC"),
+        )
+        audit.record(deps.clock, audit.ACCOUNT_DELETED, actor_id=account_id, subject_id=account_id)
+    return Account.get_by_id(account_id)
+
+
+def reactivate_account(deps: Deps, account_id: str) -> Account:
+    with write_transaction(deps.db):
+        account = locked(Account.select().where(Account.id == account_id), deps.db).get()
+        now = deps.clock.now()
+        if account.state != "deactivated":
+            raise precondition("ACCOUNT_NOT_DEACTIVATED", "the account is active")
+        if account.purge_after <= now:
+            raise precondition("GRACE_PERIOD_OVER", "the account's grace period is over")
+        Account.update(state="active", deleted_at=None, purge_after=None, updated_at=now).where(
+            Account.id == account_id
+        ).execute()
+        enqueue(clock=deps.clock, kind="reactivated", to=account.email, name=account.name, account_id=account.id)
+        audit.record(deps.clock, audit.ACCOUNT_REACTIVATED, actor_id=account_id, subject_id=account_id)
+    return Account.get_by_id(account_id)
+
+
+def create_staff(deps: Deps, email: str, name: str, role: str) -> Account:
+    """Operator command: a support or admin account (no waiting list); an existing account gets the role."""
+    if role not in ("support", "admin"):
+        raise invalid("INVALID_ROLE", "role must be support or admin")
+    email = normalize_email(email)
+    name = clean_name(name)
+    with write_transaction(deps.db):
+        account = Account.get_or_none(Account.email == email)
+        if account is None:
+            account = _create_account(deps, email=email, name=name, role=role)
+        else:
+            Account.update(role=role, updated_at=deps.clock.now()).where(Account.id == account.id).execute()
+        audit.record(deps.clock, audit.STAFF_CREATED, subject_id=account.id, role=role)
+    return Account.get_by_id(account.id)

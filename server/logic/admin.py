@@ -1,0 +1,50 @@
+"""Staff operations: the waiting list and the audit log."""
+
+from __future__ import annotations
+
+from faceharmony.core import audit
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import Account, AuditEvent, WaitlistEntry
+from faceharmony.core.email.queue import enqueue
+from faceharmony.server.errors import not_found, precondition
+from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.validation import paginate, require_id
+
+WAITLIST_STATES = {1: "pending", 2: "approved"}
+
+
+def list_waitlist(deps: Deps, state: int, page_size: int, page_token: str):
+    query = WaitlistEntry.select()
+    if state in WAITLIST_STATES:
+        query = query.where(WaitlistEntry.state == WAITLIST_STATES[state])
+    return paginate(query, WaitlistEntry.created_at, WaitlistEntry.id, page_size, page_token)
+
+
+def approve_waitlist_entry(deps: Deps, staff_id: str | None, entry_id: str) -> WaitlistEntry:
+    """Approves an entry and queues the approval email; the person may then sign in (P1)."""
+    require_id(entry_id)
+    with write_transaction(deps.db):
+        entry = locked(WaitlistEntry.select().where(WaitlistEntry.id == entry_id), deps.db).first()
+        if entry is None:
+            raise not_found("waiting-list entry")
+        if entry.state == "approved":
+            raise precondition("ALREADY_APPROVED", "the entry is already approved")
+        now = deps.clock.now()
+        WaitlistEntry.update(state="approved", approved_at=now, approved_by=staff_id).where(
+            WaitlistEntry.id == entry_id
+        ).execute()
+        if Account.get_or_none(Account.email == entry.email) is None:
+            enqueue(clock=deps.clock, kind="waitlist_approved", to=entry.email, name=entry.name)
+        audit.record(deps.clock, audit.WAITLIST_APPROVED, actor_id=staff_id, subject_id=entry_id)
+    return WaitlistEntry.get_by_id(entry_id)
+
+
+def get_audit_log(deps: Deps, kind: str, actor_id: str, subject_id: str, page_size: int, page_token: str):
+    query = AuditEvent.select()
+    if kind:
+        query = query.where(AuditEvent.kind == kind.strip().upper())
+    if actor_id:
+        query = query.where(AuditEvent.actor_id == require_id(actor_id, "actor_id"))
+    if subject_id:
+        query = query.where(AuditEvent.subject_id == require_id(subject_id, "subject_id"))
+    return paginate(query, AuditEvent.at, AuditEvent.id, page_size, page_token)

@@ -1,0 +1,112 @@
+"""Support tickets (P18): users open and add to their own tickets; staff read any and reply."""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from faceharmony.core import audit, ids
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import Ticket, TicketMessage
+from faceharmony.server.context import Principal
+from faceharmony.server.errors import denied, not_found, precondition
+from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id
+
+TICKET_STATES = {1: "open", 2: "answered", 3: "closed"}
+
+
+def _subject(raw: str) -> str:
+    return clean_text(raw, reason="INVALID_SUBJECT", what="subject", max_len=200, required=True, multiline=False)
+
+
+def _body(raw: str) -> str:
+    return clean_text(raw, reason="INVALID_BODY", what="body", max_len=10_000, required=True, multiline=True)
+
+
+def _visible_ticket(deps: Deps, principal: Principal, ticket_id: str, for_update: bool = False) -> Ticket:
+    require_id(ticket_id)
+    query = Ticket.select().where(Ticket.id == ticket_id)
+    if not principal.is_staff:
+        query = query.where(Ticket.account == principal.account_id)
+    ticket = (locked(query, deps.db) if for_update else query).first()
+    if ticket is None:
+        raise not_found("ticket")
+    return ticket
+
+
+def messages(ticket: Ticket) -> list[TicketMessage]:
+    return list(
+        TicketMessage.select().where(TicketMessage.ticket == ticket.id).order_by(TicketMessage.created_at, TicketMessage.id)
+    )
+
+
+def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_id: str):
+    subject, body, request_id = _subject(subject), _body(body), optional_request_id(request_id)
+    for attempt in range(2):
+        try:
+            with write_transaction(deps.db):
+                if request_id:
+                    existing = Ticket.get_or_none(Ticket.account == account_id, Ticket.request_id == request_id)
+                    if existing is not None:
+                        return existing, messages(existing)
+                now = deps.clock.now()
+                ticket = Ticket.create(
+                    id=ids.new_id(), account=account_id, subject=subject, request_id=request_id, created_at=now, updated_at=now
+                )
+                TicketMessage.create(id=ids.new_id(), ticket=ticket, author="user", body=body, created_at=now)
+                return ticket, messages(ticket)
+        except pw.IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def list_tickets(deps: Deps, principal: Principal, account_id: str, all_accounts: bool, state: int, page_size: int, page_token: str):
+    query = Ticket.select()
+    if account_id or all_accounts:
+        if not principal.is_staff:
+            raise denied("only staff may list other accounts' tickets")
+        if account_id:
+            query = query.where(Ticket.account == require_id(account_id, "account_id"))
+    else:
+        query = query.where(Ticket.account == principal.account_id)
+    if state in TICKET_STATES:
+        query = query.where(Ticket.state == TICKET_STATES[state])
+    return paginate(query, Ticket.created_at, Ticket.id, page_size, page_token)
+
+
+def get_ticket(deps: Deps, principal: Principal, ticket_id: str):
+    ticket = _visible_ticket(deps, principal, ticket_id)
+    return ticket, messages(ticket)
+
+
+def add_ticket_message(deps: Deps, principal: Principal, ticket_id: str, body: str):
+    body = _body(body)
+    with write_transaction(deps.db):
+        require_id(ticket_id)
+        ticket = locked(
+            Ticket.select().where(Ticket.id == ticket_id, Ticket.account == principal.account_id), deps.db
+        ).first()
+        if ticket is None:
+            raise not_found("ticket")
+        if ticket.state == "closed":
+            raise precondition("TICKET_CLOSED", "the ticket is closed; open a new one")
+        now = deps.clock.now()
+        TicketMessage.create(id=ids.new_id(), ticket=ticket, author="user", body=body, created_at=now)
+        Ticket.update(state="open", updated_at=now).where(Ticket.id == ticket.id).execute()
+    ticket = Ticket.get_by_id(ticket_id)
+    return ticket, messages(ticket)
+
+
+def reply_to_ticket(deps: Deps, principal: Principal, ticket_id: str, body: str, close: bool):
+    body = _body(body)
+    with write_transaction(deps.db):
+        ticket = _visible_ticket(deps, principal, ticket_id, for_update=True)
+        now = deps.clock.now()
+        TicketMessage.create(
+            id=ids.new_id(), ticket=ticket, author="staff", staff=principal.account_id, body=body, created_at=now
+        )
+        Ticket.update(state="closed" if close else "answered", updated_at=now).where(Ticket.id == ticket.id).execute()
+        audit.record(deps.clock, audit.TICKET_REPLIED, actor_id=principal.account_id, subject_id=ticket.id)
+    ticket = Ticket.get_by_id(ticket_id)
+    return ticket, messages(ticket)

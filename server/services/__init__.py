@@ -1,0 +1,1 @@
+"""Thin gRPC servicers: translate messages, call faceharmony.server.logic, translate back."""

@@ -1,0 +1,43 @@
+"""AdminService (staff only; the access rules live in admin.proto)."""
+
+from __future__ import annotations
+
+from faceharmony.server import convert
+from faceharmony.server.context import AppContext
+from faceharmony.server.errors import not_implemented
+from faceharmony.server.logic import admin
+from faceharmony.server.logic.deps import Deps
+from faceharmony.v1 import admin_pb2 as pb
+from faceharmony.v1 import admin_pb2_grpc
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, app: AppContext, deps: Deps, on_email) -> None:
+        self.app, self.deps, self.on_email = app, deps, on_email
+
+    async def ListWaitlist(self, request, context):
+        rows, token = await self.app.run(admin.list_waitlist, self.deps, request.state, request.page_size, request.page_token)
+        return pb.ListWaitlistResponse(entries=[convert.waitlist_entry(r) for r in rows], next_page_token=token)
+
+    async def ApproveWaitlistEntry(self, request, context):
+        row = await self.app.run(admin.approve_waitlist_entry, self.deps, self.app.principal().account_id, request.id)
+        self.on_email()
+        return pb.ApproveWaitlistEntryResponse(entry=convert.waitlist_entry(row))
+
+    async def ListPendingDeletionModels(self, request, context):
+        raise not_implemented("models arrive with the trainer issue")
+
+    async def RestoreModel(self, request, context):
+        raise not_implemented("models arrive with the trainer issue")
+
+    async def GetAuditLog(self, request, context):
+        rows, token = await self.app.run(
+            admin.get_audit_log,
+            self.deps,
+            request.kind,
+            request.actor_id,
+            request.subject_id,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.GetAuditLogResponse(events=[convert.audit_event(r) for r in rows], next_page_token=token)
