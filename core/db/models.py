@@ -173,10 +173,15 @@ class Ticket(BaseModel):
 class TicketMessage(BaseModel):
     id = IdField(primary_key=True)
     ticket = pw.ForeignKeyField(Ticket, on_delete="CASCADE", backref="messages")
+    # Position in the ticket (0, 1, ...): the order of messages, whatever the clocks say.
+    seq = pw.IntegerField()
     author = pw.CharField(max_length=8)  # user | staff
     staff = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL", backref="ticket_replies")
     body = pw.TextField()
     created_at = UtcDateTimeField()
+
+    class Meta:
+        indexes = ((("ticket", "seq"), True),)
 
 
 class AuditEvent(BaseModel):

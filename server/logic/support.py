@@ -35,9 +35,13 @@ def _visible_ticket(deps: Deps, principal: Principal, ticket_id: str, for_update
 
 
 def messages(ticket: Ticket) -> list[TicketMessage]:
-    return list(
-        TicketMessage.select().where(TicketMessage.ticket == ticket.id).order_by(TicketMessage.created_at, TicketMessage.id)
-    )
+    return list(TicketMessage.select().where(TicketMessage.ticket == ticket.id).order_by(TicketMessage.seq))
+
+
+def _add_message(ticket: Ticket, author: str, body: str, now, staff: str | None = None) -> None:
+    """Appends a message; the caller holds the ticket's row lock (or SQLite's write lock)."""
+    seq = TicketMessage.select().where(TicketMessage.ticket == ticket.id).count()
+    TicketMessage.create(id=ids.new_id(), ticket=ticket, seq=seq, author=author, staff=staff, body=body, created_at=now)
 
 
 def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_id: str):
@@ -53,7 +57,7 @@ def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_
                 ticket = Ticket.create(
                     id=ids.new_id(), account=account_id, subject=subject, request_id=request_id, created_at=now, updated_at=now
                 )
-                TicketMessage.create(id=ids.new_id(), ticket=ticket, author="user", body=body, created_at=now)
+                _add_message(ticket, "user", body, now)
                 return ticket, messages(ticket)
         except pw.IntegrityError:
             if attempt:
@@ -92,7 +96,7 @@ def add_ticket_message(deps: Deps, principal: Principal, ticket_id: str, body: s
         if ticket.state == "closed":
             raise precondition("TICKET_CLOSED", "the ticket is closed; open a new one")
         now = deps.clock.now()
-        TicketMessage.create(id=ids.new_id(), ticket=ticket, author="user", body=body, created_at=now)
+        _add_message(ticket, "user", body, now)
         Ticket.update(state="open", updated_at=now).where(Ticket.id == ticket.id).execute()
     ticket = Ticket.get_by_id(ticket_id)
     return ticket, messages(ticket)
@@ -103,9 +107,7 @@ def reply_to_ticket(deps: Deps, principal: Principal, ticket_id: str, body: str,
     with write_transaction(deps.db):
         ticket = _visible_ticket(deps, principal, ticket_id, for_update=True)
         now = deps.clock.now()
-        TicketMessage.create(
-            id=ids.new_id(), ticket=ticket, author="staff", staff=principal.account_id, body=body, created_at=now
-        )
+        _add_message(ticket, "staff", body, now, staff=principal.account_id)
         Ticket.update(state="closed" if close else "answered", updated_at=now).where(Ticket.id == ticket.id).execute()
         audit.record(deps.clock, audit.TICKET_REPLIED, actor_id=principal.account_id, subject_id=ticket.id)
     ticket = Ticket.get_by_id(ticket_id)

@@ -124,14 +124,14 @@ class Harness:
             out.append(email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
         return out
 
-    def last_email_to(self, address: str) -> email.message.EmailMessage:
-        matching = [m for m in self.new_emails() if m["To"] == address]
+    def last_email_to(self, address: str, subject_has: str = "") -> email.message.EmailMessage:
+        matching = [m for m in self.new_emails() if m["To"] == address and subject_has in m["Subject"]]
         assert matching, f"no email to {address}"
         return matching[-1]
 
     def code_for(self, address: str) -> str:
         self.accounts.RequestSignInCode(account_pb2.RequestSignInCodeRequest(email=address))
-        body = self.last_email_to(address).get_content()
+        body = self.last_email_to(address, "sign-in code").get_content()
         return re.search(r"code is: (\d{6})", body).group(1)
 
     # --- people ----------------------------------------------------------------------------
@@ -146,6 +146,7 @@ class Harness:
     def sign_up(self, email_addr: str, name: str = "Ada Lovelace", approver: User | None = None) -> User:
         """Waiting list, approval by staff, sign-in code, first sign-in: a new active user."""
         self.accounts.JoinWaitlist(account_pb2.JoinWaitlistRequest(name=name, email=email_addr, is_16_or_older=True))
+        email_addr = email_addr.strip().lower()
         approver = approver or self.staff("support")
         entries = self.admin.ListWaitlist(admin_pb2.ListWaitlistRequest(page_size=200), metadata=approver.md).entries
         entry = next(e for e in entries if e.email == email_addr)

@@ -155,6 +155,7 @@ def up(migrator, db):
     class TicketMessage(Model):
         id = CharField(primary_key=True, max_length=32)
         ticket = ForeignKeyField(Ticket, on_delete='CASCADE')
+        seq = IntegerField()
         author = CharField(max_length=8)
         staff = ForeignKeyField(Account, null=True, on_delete='SET NULL')
         body = TextField()
@@ -162,6 +163,7 @@ def up(migrator, db):
         class Meta:
             database = db
             table_name = 'ticket_message'
+            indexes = ((('ticket', 'seq'), True),)
     db.create_tables([TicketMessage])
 
     class WaitlistEntry(Model):

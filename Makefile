@@ -1,0 +1,48 @@
+# The two commands a newcomer runs (README.md):
+#   make up     starts the whole system on its embedded defaults
+#   make test   runs the test suite
+# Both install what they need first (a virtual environment in .venv, buf from
+# npm, PostgreSQL's server binaries for the tests).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.faceharmony-installed
+
+.PHONY: up test install python-deps dev-tools postgres lint generate
+
+up: python-deps
+	$(BIN)/faceharmony-up
+
+test: install
+	$(BIN)/python -m pytest
+
+install: python-deps dev-tools postgres
+
+# torch goes in first, pinned to the CPU wheel this machine keeps on local
+# disk, so that nothing later pulls a multi-GB CUDA build.
+python-deps: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+dev-tools: node_modules/.bin/buf
+node_modules/.bin/buf: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# The tests start a throwaway PostgreSQL cluster from the server binaries.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL server binaries"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+lint: dev-tools
+	cd protos && ../node_modules/.bin/buf lint
+
+generate: python-deps
+	$(BIN)/python protos/generate.py
