@@ -86,6 +86,28 @@ def test_health_reflection_logs_and_graceful_shutdown(server_process):
         assert secret not in text
 
 
+def test_a_reflection_only_client_can_call_the_api(server_process):
+    """What grpcurl does: learn the messages from the server itself, then call with them."""
+    from google.protobuf import descriptor_pool, message_factory
+
+    _, channel, _, _ = server_process
+    pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+    method = pool.FindServiceByName("faceharmony.v1.AccountService").methods_by_name["JoinWaitlist"]
+    request_cls = message_factory.GetMessageClass(method.input_type)
+    response_cls = message_factory.GetMessageClass(method.output_type)
+    call = channel.unary_unary(
+        "/faceharmony.v1.AccountService/JoinWaitlist",
+        request_serializer=request_cls.SerializeToString,
+        response_deserializer=response_cls.FromString,
+    )
+    call(request_cls(name="Refl", email="refl@example.com", is_16_or_older=True))
+    with pytest.raises(grpc.RpcError) as err:
+        call(request_cls(name="Refl", email="refl2@example.com"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reason = pool.FindEnumTypeByName("faceharmony.v1.ErrorReason").values_by_name["ERROR_REASON_AGE_ATTESTATION_REQUIRED"]
+    assert reason.number == 43
+
+
 def test_command_line_clients_end_to_end(server_process):
     """A newcomer's path through the CLIs: operator makes staff, a person joins, is approved, signs in."""
     proc, channel, env, tmp_path = server_process
