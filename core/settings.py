@@ -55,6 +55,28 @@ class Settings:
     smtp_password: str = ""
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
+    # Blob store: "local" (folder <data_dir>/blobs) or "gcs".
+    blob_backend: str = "local"
+    gcs_bucket: str = ""
+    gcs_project: str = ""
+    # An emulator's endpoint (anonymous credentials); empty in production.
+    gcs_endpoint: str = ""
+    # Upload verification: "local" (offline detectors) or "google-cloud-vision".
+    verifier: str = "local"
+    verifier_workers: int = 2
+    vision_endpoint: str = ""
+    vision_timeout_seconds: float = 10.0
+    vision_max_attempts: int = 3
+    vision_nsfw_likelihood: str = "LIKELY"
+    vision_face_min_confidence: float = 0.5
+    # Upload limits.
+    upload_max_bytes: int = 10 * 1024 * 1024
+    upload_max_pixels: int = 40_000_000
+    upload_min_side: int = 128
+    upload_store_max_side: int = 2048
+    max_photos_per_account: int = 200
+    # Photos never attached to a model expire after this long (P11).
+    unattached_photo_ttl_hours: int = 72
     # Sign-in codes and sessions.
     code_ttl_seconds: int = 600
     code_max_attempts: int = 5
@@ -116,12 +138,32 @@ class Settings:
     def validate(self) -> None:
         if self.email_transport not in ("outbox", "smtp"):
             raise SettingsError("FACEHARMONY_EMAIL_TRANSPORT must be 'outbox' or 'smtp'")
+        if self.blob_backend not in ("local", "gcs"):
+            raise SettingsError("FACEHARMONY_BLOB_BACKEND must be 'local' or 'gcs'")
+        if self.blob_backend == "gcs" and not self.gcs_bucket:
+            raise SettingsError("FACEHARMONY_GCS_BUCKET is required with the gcs blob backend")
+        if self.verifier not in ("local", "google-cloud-vision"):
+            raise SettingsError("FACEHARMONY_VERIFIER must be 'local' or 'google-cloud-vision'")
+        if self.vision_nsfw_likelihood not in ("POSSIBLE", "LIKELY", "VERY_LIKELY"):
+            raise SettingsError("FACEHARMONY_VISION_NSFW_LIKELIHOOD must be POSSIBLE, LIKELY or VERY_LIKELY")
         if self.log_format not in ("json", "text"):
             raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
         url = self.resolved_database_url
         if not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
             raise SettingsError("FACEHARMONY_DATABASE_URL must be sqlite:///PATH or postgresql://...")
-        for name in ("code_ttl_seconds", "code_max_attempts", "session_ttl_seconds", "account_grace_days"):
+        for name in (
+            "code_ttl_seconds",
+            "code_max_attempts",
+            "session_ttl_seconds",
+            "account_grace_days",
+            "verifier_workers",
+            "vision_max_attempts",
+            "upload_max_bytes",
+            "upload_max_pixels",
+            "upload_min_side",
+            "upload_store_max_side",
+            "unattached_photo_ttl_hours",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")
 

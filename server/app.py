@@ -24,11 +24,15 @@ from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import Transport, make_transport
 from faceharmony.core.settings import Settings
+from faceharmony.core.blobstore.base import BlobStore, Role
+from faceharmony.core.blobstore.factory import open_blob_store
+from faceharmony.core.verify.base import Verifier
+from faceharmony.core.verify.factory import make_verifier
 from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.logic.deps import Deps
-from faceharmony.server.services import account, admin, pending as pending_services, purchase, support
+from faceharmony.server.services import account, admin, pending as pending_services, photo, purchase, support
 from faceharmony.v1 import (
     account_pb2_grpc,
     admin_pb2_grpc,
@@ -46,8 +50,17 @@ EMAIL_POLL_SECONDS = 5.0
 class ApiServer:
     """The gRPC server plus what runs beside it (email delivery). Mirrors grpc.aio.Server's start/stop."""
 
-    def __init__(self, server: grpc.aio.Server, app: AppContext, deps: Deps, transport: Transport, health_servicer) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        app: AppContext,
+        deps: Deps,
+        transport: Transport,
+        health_servicer,
+        verify_executor: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
         self.grpc_server = server
+        self.verify_executor = verify_executor
         self.app = app
         self.deps = deps
         self.transport = transport
@@ -66,6 +79,7 @@ class ApiServer:
             self._email_task.cancel()
             await asyncio.gather(self._email_task, return_exceptions=True)
         self.app.executor.shutdown(wait=True)
+        self.verify_executor.shutdown(wait=True)
         close_database(self.app.db)
 
     async def wait_for_termination(self) -> None:
@@ -99,8 +113,18 @@ class ApiServer:
                 log.exception("email delivery round failed")
 
 
-async def create_server(settings: Settings, *, clock: Clock | None = None) -> tuple[ApiServer, int]:
-    """Builds the server on settings.listen (port 0 picks a free port) and returns it with the bound port."""
+async def create_server(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    verifier: Verifier | None = None,
+    photo_store: BlobStore | None = None,
+) -> tuple[ApiServer, int]:
+    """Builds the server on settings.listen (port 0 picks a free port) and returns it with the bound port.
+
+    The verifier and the photo store default to the configured ones; tests may
+    pass others (e.g. a store whose backend fails on purpose).
+    """
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
@@ -111,6 +135,10 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> tu
     elif await app.run(pending, db):
         raise RuntimeError("the database needs migrations: run `faceharmony-admin migrate`")
     deps = Deps(settings=settings, clock=clock, hasher=app.hasher, db=db)
+    loop = asyncio.get_running_loop()
+    verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
+    photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
+    verify_executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.verifier_workers, thread_name_prefix="verify")
 
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(app)],
@@ -121,13 +149,15 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> tu
         ],
     )
     health_servicer = health.aio.HealthServicer()
-    api = ApiServer(server, app, deps, make_transport(settings), health_servicer)
+    api = ApiServer(server, app, deps, make_transport(settings), health_servicer, verify_executor)
     wake = api.wake_email
     account_pb2_grpc.add_AccountServiceServicer_to_server(account.AccountService(app, deps, wake), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(app, deps, wake), server)
     purchase_pb2_grpc.add_PurchaseServiceServicer_to_server(purchase.PurchaseService(app, deps), server)
     support_pb2_grpc.add_SupportServiceServicer_to_server(support.SupportService(app, deps), server)
-    photo_pb2_grpc.add_PhotoServiceServicer_to_server(pending_services.PhotoService(), server)
+    photo_pb2_grpc.add_PhotoServiceServicer_to_server(
+        photo.PhotoService(app, deps, photo_store, verifier, verify_executor), server
+    )
     model_pb2_grpc.add_ModelServiceServicer_to_server(pending_services.ModelService(), server)
     order_pb2_grpc.add_OrderServiceServicer_to_server(pending_services.OrderService(), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

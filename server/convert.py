@@ -7,7 +7,7 @@ import datetime as dt
 from google.protobuf import timestamp_pb2
 
 from faceharmony.core.db import models as m
-from faceharmony.v1 import account_pb2, admin_pb2, purchase_pb2, support_pb2
+from faceharmony.v1 import account_pb2, admin_pb2, photo_pb2, purchase_pb2, support_pb2
 
 _ROLES = {"user": account_pb2.ROLE_USER, "support": account_pb2.ROLE_SUPPORT, "admin": account_pb2.ROLE_ADMIN}
 _ACCOUNT_STATES = {"active": account_pb2.ACCOUNT_STATE_ACTIVE, "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED}
@@ -95,4 +95,15 @@ def ticket(row: m.Ticket, messages: list[m.TicketMessage] | None = None) -> supp
         ],
         create_time=ts(row.created_at),
         update_time=ts(row.updated_at),
+    )
+
+
+def photo(row: m.Photo) -> photo_pb2.Photo:
+    return photo_pb2.Photo(
+        id=row.id,
+        create_time=ts(row.created_at),
+        width=row.width,
+        height=row.height,
+        model_id=row.model_id or "",
+        expire_time=ts(row.expires_at),
     )

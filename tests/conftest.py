@@ -55,3 +55,12 @@ def sqlite_harness(tmp_path):
     h = start_harness(tmp_path / "data", f"sqlite:///{tmp_path / 'test.sqlite3'}")
     yield h
     h.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    from tests.support.gcs import GcsEmulator
+
+    emulator = GcsEmulator().start()
+    yield emulator
+    emulator.stop()

@@ -209,6 +209,28 @@ class EmailQueue(BaseModel):
     attempts = pw.IntegerField(default=0)
 
 
+class Photo(BaseModel):
+    """A verified upload (P6-P11). The blob id is private: clients only ever see `id`."""
+
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="photos")
+    blob_id = pw.CharField(max_length=32, unique=True)
+    width = pw.IntegerField()
+    height = pw.IntegerField()
+    size_bytes = pw.IntegerField()
+    request_id = pw.CharField(max_length=64, null=True)
+    created_at = UtcDateTimeField()
+    # Unattached photos expire (P11); cleared when the photo joins a model.
+    expires_at = UtcDateTimeField(null=True, index=True)
+    # Set by DeletePhoto: hidden at once; the retention daemon purges blob and row.
+    deleted_at = UtcDateTimeField(null=True, index=True)
+    # The model the photo belongs to (P10); the models issue adds the foreign key.
+    model_id = pw.CharField(max_length=32, null=True, index=True)
+
+    class Meta:
+        indexes = ((("account", "request_id"), True), (("account", "created_at"), False))
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Account,
     KnownEmail,
@@ -223,4 +245,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     TicketMessage,
     AuditEvent,
     EmailQueue,
+    Photo,
 ]

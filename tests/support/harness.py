@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import grpc
@@ -160,7 +161,7 @@ class Harness:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def start_harness(data_dir: Path, database_url: str, **overrides) -> Harness:
+def start_harness(data_dir: Path, database_url: str, *, verifier=None, photo_store=None, **overrides) -> Harness:
     settings = Settings(
         data_dir=data_dir,
         listen="127.0.0.1:0",
@@ -174,13 +175,21 @@ def start_harness(data_dir: Path, database_url: str, **overrides) -> Harness:
     thread.start()
 
     async def boot():
-        api, port = await create_server(settings, clock=clock)
+        api, port = await create_server(settings, clock=clock, verifier=verifier or shared_verifier(), photo_store=photo_store)
         await api.start()
         return api, port
 
     api, port = asyncio.run_coroutine_threadsafe(boot(), loop).result(timeout=60)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     return Harness(settings=settings, clock=clock, api=api, port=port, loop=loop, channel=channel)
+
+
+@cache
+def shared_verifier():
+    """One local verifier for the whole test run (its models load once); thread-safe."""
+    from faceharmony.core.verify.local import LocalVerifier
+
+    return LocalVerifier()
 
 
 def status_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:

@@ -1,0 +1,1 @@
+"""The blob store: photos, model adapters and generated images under unguessable ids, behind one interface with two backends (a local folder by default, Google Cloud Storage in production), each opened for one storage role that it enforces."""

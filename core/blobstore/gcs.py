@@ -1,0 +1,95 @@
+"""The Google Cloud Storage blob store (production): objects <kind>/<id> in one private bucket, uploaded create-only (if_generation_match=0).
+
+Each process runs under its role's service account, whose IAM grants match the
+role table (docker/README.md); this class also checks the table itself. At
+start-up `check_soft_delete` reads the bucket's soft-delete policy: while it
+is on, deleted objects stay recoverable for its retention period, so a purge
+is not final until then — the store warns, and the retention daemon accounts
+for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from faceharmony.core.blobstore.base import BlobError, BlobInfo, BlobNotFound, BlobStore, Role
+
+log = logging.getLogger(__name__)
+TIMEOUT_SECONDS = 30
+
+
+def make_client(project: str | None = None, endpoint: str | None = None) -> storage.Client:
+    """The production client (default credentials), or an anonymous one for an emulator endpoint."""
+    if endpoint:
+        return storage.Client(
+            project=project or "faceharmony-local",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": endpoint},
+        )
+    return storage.Client(project=project)
+
+
+class GcsBlobStore(BlobStore):
+    backend = "gcs"
+
+    def __init__(self, client: storage.Client, bucket: str, role: Role) -> None:
+        super().__init__(role)
+        self.client = client
+        self.bucket = client.bucket(bucket)
+
+    def check_soft_delete(self) -> int:
+        """Seconds deleted objects stay recoverable (0 when soft delete is off); warns when on."""
+        try:
+            self.bucket.reload(timeout=TIMEOUT_SECONDS)
+        except gexc.GoogleAPIError as exc:
+            raise BlobError(f"cannot read the bucket: {type(exc).__name__}") from exc
+        policy = getattr(self.bucket, "soft_delete_policy", None)
+        seconds = int(getattr(policy, "retention_duration_seconds", 0) or 0)
+        if seconds:
+            log.warning(
+                "bucket soft delete is on: purged objects stay recoverable until it expires",
+                extra={"soft_delete_seconds": seconds},
+            )
+        return seconds
+
+    def _name(self, kind: str, blob_id: str) -> str:
+        return f"{kind}/{blob_id}"
+
+    def _create(self, kind: str, blob_id: str, data: bytes, content_type: str) -> None:
+        blob = self.bucket.blob(self._name(kind, blob_id))
+        try:
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0, timeout=TIMEOUT_SECONDS)
+        except gexc.GoogleAPIError as exc:
+            raise BlobError(f"GCS upload failed: {type(exc).__name__}") from exc
+        except OSError as exc:
+            raise BlobError(f"GCS upload failed: {type(exc).__name__}") from exc
+
+    def _read(self, kind: str, blob_id: str) -> bytes:
+        try:
+            return self.bucket.blob(self._name(kind, blob_id)).download_as_bytes(timeout=TIMEOUT_SECONDS)
+        except gexc.NotFound:
+            raise BlobNotFound(f"{kind} blob not found") from None
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise BlobError(f"GCS download failed: {type(exc).__name__}") from exc
+
+    def _delete(self, kind: str, blob_id: str) -> bool:
+        try:
+            self.bucket.blob(self._name(kind, blob_id)).delete(timeout=TIMEOUT_SECONDS)
+            return True
+        except gexc.NotFound:
+            return False
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise BlobError(f"GCS delete failed: {type(exc).__name__}") from exc
+
+    def _list(self, kind: str) -> Iterator[BlobInfo]:
+        try:
+            for blob in self.client.list_blobs(self.bucket, prefix=f"{kind}/", timeout=TIMEOUT_SECONDS):
+                blob_id = blob.name.split("/", 1)[1]
+                yield BlobInfo(kind, blob_id, int(blob.size or 0), blob.time_created)
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise BlobError(f"GCS list failed: {type(exc).__name__}") from exc

@@ -1,0 +1,79 @@
+"""The local-folder blob store (embedded default): <root>/<kind>/<id>, files 0600 in 0700 folders, written atomically (temporary file, fsync, link into place), never overwritten."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from faceharmony.core.blobstore.base import BlobError, BlobInfo, BlobNotFound, BlobStore, Role
+
+
+class LocalBlobStore(BlobStore):
+    backend = "local"
+
+    def __init__(self, root: Path, role: Role) -> None:
+        super().__init__(role)
+        self.root = Path(root)
+
+    def _dir(self, kind: str) -> Path:
+        path = self.root / kind
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise BlobError(f"local blob folder unusable: {exc.strerror}") from exc
+        return path
+
+    def _create(self, kind: str, blob_id: str, data: bytes, content_type: str) -> None:
+        folder = self._dir(kind)
+        tmp = folder / f".tmp-{blob_id}-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, folder / blob_id)  # fails rather than overwrite
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise BlobError(f"local blob write failed: {exc.strerror}") from exc
+        finally:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _read(self, kind: str, blob_id: str) -> bytes:
+        try:
+            return (self.root / kind / blob_id).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"{kind} blob not found") from None
+        except OSError as exc:
+            raise BlobError(f"local blob read failed: {exc.strerror}") from exc
+
+    def _delete(self, kind: str, blob_id: str) -> bool:
+        try:
+            (self.root / kind / blob_id).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BlobError(f"local blob delete failed: {exc.strerror}") from exc
+
+    def _list(self, kind: str) -> Iterator[BlobInfo]:
+        folder = self.root / kind
+        if not folder.exists():
+            return
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                st = entry.stat()
+                yield BlobInfo(kind, entry.name, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
+

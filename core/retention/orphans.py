@@ -1,0 +1,53 @@
+"""The orphan sweep: blobs that no row names, older than a safety margin, are deleted.
+
+A blob without a row is what an upload leaves when its process or database
+fails between writing the blob and committing the row. The margin keeps the
+sweep away from uploads still in flight. Deleting is idempotent, so two
+sweeps at once do no harm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import peewee as pw
+
+from faceharmony.core.blobstore.base import BlobStore
+from faceharmony.core.db.models import Photo
+
+log = logging.getLogger(__name__)
+
+# Which column names the blobs of each kind; later issues add models/ and generated/.
+REFERENCES: dict[str, pw.Field] = {"photos": Photo.blob_id}
+DEFAULT_MARGIN = dt.timedelta(hours=6)
+
+
+def sweep_orphan_blobs(db: pw.Database, store: BlobStore, now: dt.datetime, margin: dt.timedelta = DEFAULT_MARGIN, batch: int = 500) -> dict[str, int]:
+    """Deletes unreferenced blobs older than now - margin; returns the count per kind."""
+    deleted: dict[str, int] = {}
+    cutoff = now - margin
+    for kind, column in REFERENCES.items():
+        deleted[kind] = 0
+        candidates: list[str] = []
+        for info in store.list(kind):
+            if info.created <= cutoff:
+                candidates.append(info.blob_id)
+            if len(candidates) >= batch:
+                deleted[kind] += _delete_unreferenced(store, kind, column, candidates)
+                candidates = []
+        deleted[kind] += _delete_unreferenced(store, kind, column, candidates)
+    if any(deleted.values()):
+        log.info("orphan blobs swept", extra={f"swept_{k}": v for k, v in deleted.items()})
+    return deleted
+
+
+def _delete_unreferenced(store: BlobStore, kind: str, column: pw.Field, blob_ids: list[str]) -> int:
+    if not blob_ids:
+        return 0
+    referenced = {row[0] for row in column.model.select(column).where(column.in_(blob_ids)).tuples()}
+    count = 0
+    for blob_id in blob_ids:
+        if blob_id not in referenced and store.delete(kind, blob_id):
+            count += 1
+    return count

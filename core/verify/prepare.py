@@ -1,0 +1,120 @@
+"""Turns uploaded bytes into a PreparedImage, or rejects them with a reason, entirely in memory (no temporary file).
+
+The checks run cheapest first and before any pixel is decoded where they can:
+byte size; the container format and its header (dimensions, bit depth,
+colour type); the pixel count (a decompression bomb is refused before
+decoding); the minimum side. Then the image is decoded, EXIF orientation
+applied, the colour model checked (three-channel RGB only, P7: grayscale,
+CMYK, palette and 16-bit images are refused; RGBA is accepted only when
+fully opaque; an RGB image whose channels are all equal is grayscale), and it
+is re-encoded as a JPEG without any metadata (EXIF, GPS, ICC, XMP), scaled
+down so its longer side is at most `store_max_side`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from faceharmony.core.verify.base import PreparedImage
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+JPEG_QUALITY = 92
+
+
+class ImageRejected(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 128
+    store_max_side: int = 2048
+
+
+def _png_header(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR, read without decoding."""
+    if len(data) >= 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return data[24], data[25]
+    return None
+
+
+def _is_grayscale(rgb: np.ndarray) -> bool:
+    """True when (almost) no pixel has colour: channel spread above 8 in under 0.5 % of pixels."""
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    sample = rgb[::step, ::step].astype(np.int16)
+    spread = sample.max(axis=2) - sample.min(axis=2)
+    return float((spread > 8).mean()) < 0.005
+
+
+def prepare_upload(data: bytes, limits: Limits) -> PreparedImage:
+    if not data:
+        raise ImageRejected("UNDECODABLE_IMAGE", "the upload is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected("IMAGE_TOO_LARGE", f"the file is larger than {limits.max_bytes} bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: we check the size ourselves
+        try:
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+        except Image.DecompressionBombError:
+            raise ImageRejected("IMAGE_TOO_LARGE", f"the image has more than {limits.max_pixels} pixels") from None
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError):
+            raise ImageRejected("UNDECODABLE_IMAGE", "not a JPEG, PNG or WebP image") from None
+        if width * height > limits.max_pixels:
+            raise ImageRejected("IMAGE_TOO_LARGE", f"the image has more than {limits.max_pixels} pixels")
+        if min(width, height) < limits.min_side:
+            raise ImageRejected("IMAGE_TOO_SMALL", f"each side must be at least {limits.min_side} pixels")
+        png = _png_header(data)
+        if png is not None and png[0] == 16:
+            raise ImageRejected("NOT_RGB", "16-bit images are not accepted; use 8-bit RGB")
+        if image.mode not in ("RGB", "RGBA"):
+            raise ImageRejected("NOT_RGB", f"the image is {_describe_mode(image.mode)}; a three-channel RGB image is required")
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError, Image.DecompressionBombError, MemoryError):
+            raise ImageRejected("UNDECODABLE_IMAGE", "the image data is corrupt or truncated") from None
+    if image.mode == "RGBA":
+        low, _ = image.getchannel("A").getextrema()
+        if low != 255:
+            raise ImageRejected("NOT_RGB", "the image has transparency; a three-channel RGB image is required")
+        image = image.convert("RGB")
+    rgb = np.asarray(image, dtype=np.uint8)
+    if _is_grayscale(rgb):
+        raise ImageRejected("NOT_RGB", "the image is grayscale; a colour RGB photo is required")
+    if max(image.size) > limits.store_max_side:
+        image.thumbnail((limits.store_max_side, limits.store_max_side), Image.Resampling.LANCZOS)
+        rgb = np.asarray(image, dtype=np.uint8)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)  # no exif/icc/xmp passed: none written
+    return PreparedImage(rgb=np.ascontiguousarray(rgb), jpeg=out.getvalue())
+
+
+def _describe_mode(mode: str) -> str:
+    return {
+        "L": "grayscale",
+        "LA": "grayscale with alpha",
+        "1": "black and white",
+        "P": "palette-based",
+        "PA": "palette-based",
+        "CMYK": "CMYK",
+        "I;16": "16-bit grayscale",
+        "I;16B": "16-bit grayscale",
+        "I;16L": "16-bit grayscale",
+        "I": "32-bit integer",
+        "F": "floating point",
+        "YCbCr": "YCbCr",
+        "LAB": "Lab",
+        "HSV": "HSV",
+    }.get(mode, mode)

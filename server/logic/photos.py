@@ -1,0 +1,92 @@
+"""Photo uploads (P6-P11): verify before storing anything, then blob first and row second.
+
+Order of work and what a failure leaves behind:
+1. the bytes are decoded and checked in memory (no temporary file), then
+   verified (exactly one face, nothing unsafe): a rejection stores nothing;
+2. the stripped JPEG goes to the blob store under a new random id (the API's
+   role can create photos, never read or delete them): a failure stores nothing;
+3. the row is inserted: if that fails, the blob written in step 2 has no row.
+   Such orphans are removed by `faceharmony.core.retention.orphans.sweep_orphan_blobs`
+   (run by the retention daemon) once they are older than its safety margin;
+   a test proves it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import peewee as pw
+
+from faceharmony.core import ids
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import Photo
+from faceharmony.core.verify.base import PreparedImage, Verdict
+from faceharmony.server.errors import ApiError, invalid, not_found, precondition
+from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.validation import paginate, require_id
+
+
+def rejection_for(verdict: Verdict) -> ApiError | None:
+    """The refusal a verdict calls for, or None when the photo is acceptable (P6)."""
+    if verdict.nsfw:
+        return invalid("NSFW", "the photo contains unsafe content")
+    if verdict.faces == 0:
+        return invalid("NO_FACE", "no human face was found in the photo")
+    if verdict.faces > 1:
+        return invalid("MULTIPLE_FACES", "the photo must show exactly one face")
+    return None
+
+
+def existing_upload(deps: Deps, account_id: str, request_id: str | None) -> Photo | None:
+    if not request_id:
+        return None
+    return Photo.get_or_none(Photo.account == account_id, Photo.request_id == request_id, Photo.deleted_at.is_null())
+
+
+def check_quota(deps: Deps, account_id: str) -> None:
+    count = Photo.select().where(Photo.account == account_id, Photo.deleted_at.is_null()).count()
+    if count >= deps.settings.max_photos_per_account:
+        raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many photos; delete some first")
+
+
+def record_upload(deps: Deps, account_id: str, blob_id: str, image: PreparedImage, request_id: str | None) -> Photo:
+    """Inserts the row for a stored blob. A concurrent upload with the same request_id returns the first photo."""
+    now = deps.clock.now()
+    try:
+        with write_transaction(deps.db):
+            return Photo.create(
+                id=ids.new_id(),
+                account=account_id,
+                blob_id=blob_id,
+                width=image.width,
+                height=image.height,
+                size_bytes=len(image.jpeg),
+                request_id=request_id,
+                created_at=now,
+                expires_at=now + dt.timedelta(hours=deps.settings.unattached_photo_ttl_hours),
+            )
+    except pw.IntegrityError:
+        first = existing_upload(deps, account_id, request_id)
+        if first is None:
+            raise
+        return first  # our blob is now an orphan: swept by the retention daemon
+
+
+def list_photos(deps: Deps, account_id: str, page_size: int, page_token: str):
+    query = Photo.select().where(Photo.account == account_id, Photo.deleted_at.is_null())
+    return paginate(query, Photo.created_at, Photo.id, page_size, page_token)
+
+
+def delete_photo(deps: Deps, account_id: str, photo_id: str) -> None:
+    """Hides an unattached photo at once; the retention daemon purges its blob and row."""
+    require_id(photo_id)
+    with write_transaction(deps.db):
+        photo = locked(
+            Photo.select().where(Photo.id == photo_id, Photo.account == account_id, Photo.deleted_at.is_null()), deps.db
+        ).first()
+        if photo is None:
+            raise not_found("photo")
+        if photo.model_id is not None:
+            raise precondition("PHOTO_IN_USE", "the photo belongs to a model; delete the model instead")
+        Photo.update(deleted_at=deps.clock.now()).where(Photo.id == photo_id).execute()

@@ -1,0 +1,84 @@
+"""PhotoService: verified uploads (P6-P11). Decoding and verification run on their own thread pool, database and blob work on the database pool."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+
+import grpc
+
+from faceharmony.core.blobstore.base import BlobError, BlobStore
+from faceharmony.core.verify.base import PreparedImage, Verdict, Verifier, VerifierUnavailable
+from faceharmony.core.verify.prepare import ImageRejected, Limits, prepare_upload
+from faceharmony.server import convert
+from faceharmony.server.context import AppContext
+from faceharmony.server.errors import ApiError, invalid
+from faceharmony.server.logic import photos
+from faceharmony.server.logic.deps import Deps
+from faceharmony.server.validation import optional_request_id
+from faceharmony.v1 import photo_pb2 as pb
+from faceharmony.v1 import photo_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _unavailable(reason: str, message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAVAILABLE, reason, message)
+
+
+class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
+    def __init__(
+        self,
+        app: AppContext,
+        deps: Deps,
+        store: BlobStore,
+        verifier: Verifier,
+        verify_executor: concurrent.futures.Executor,
+    ) -> None:
+        self.app, self.deps, self.store, self.verifier, self.verify_executor = app, deps, store, verifier, verify_executor
+        s = deps.settings
+        self.limits = Limits(
+            max_bytes=s.upload_max_bytes, max_pixels=s.upload_max_pixels, min_side=s.upload_min_side, store_max_side=s.upload_store_max_side
+        )
+
+    def _check(self, content: bytes) -> tuple[PreparedImage, Verdict]:
+        image = prepare_upload(content, self.limits)
+        return image, self.verifier.verify(image)
+
+    async def UploadPhoto(self, request, context):
+        account_id = self.app.principal().account_id
+        request_id = optional_request_id(request.request_id)
+        first = await self.app.run(photos.existing_upload, self.deps, account_id, request_id)
+        if first is not None:
+            return pb.UploadPhotoResponse(photo=convert.photo(first))
+        await self.app.run(photos.check_quota, self.deps, account_id)
+        loop = asyncio.get_running_loop()
+        try:
+            image, verdict = await loop.run_in_executor(self.verify_executor, self._check, request.content)
+        except ImageRejected as exc:
+            raise invalid(exc.reason, exc.message) from None
+        except VerifierUnavailable:
+            log.warning("verifier unavailable", extra={"verifier": self.verifier.name})
+            raise _unavailable("VERIFIER_UNAVAILABLE", "photo verification is unavailable; try again later") from None
+        refusal = photos.rejection_for(verdict)
+        log.info("photo verified", extra={"verifier": self.verifier.name, "faces": verdict.faces, "nsfw": verdict.nsfw, "accepted": refusal is None})
+        if refusal is not None:
+            raise refusal
+        try:
+            blob_id = await self.app.run(self.store.create, "photos", image.jpeg, "image/jpeg")
+        except BlobError as exc:
+            log.warning("photo blob write failed", extra={"error": str(exc)})
+            raise _unavailable("UNAVAILABLE", "photo storage is unavailable; try again later") from None
+        row = await self.app.run(photos.record_upload, self.deps, account_id, blob_id, image, request_id)
+        return pb.UploadPhotoResponse(photo=convert.photo(row))
+
+    async def ListPhotos(self, request, context):
+        rows, token = await self.app.run(
+            photos.list_photos, self.deps, self.app.principal().account_id, request.page_size, request.page_token
+        )
+        return pb.ListPhotosResponse(photos=[convert.photo(r) for r in rows], next_page_token=token)
+
+    async def DeletePhoto(self, request, context):
+        await self.app.run(photos.delete_photo, self.deps, self.app.principal().account_id, request.id)
+        return pb.DeletePhotoResponse()

@@ -1,0 +1,111 @@
+"""The blob-store contract, run against both backends (local folder, GCS through its emulator): random ids, create-only, the storage-role table enforced, atomic private files locally, and the orphan sweep."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+
+import pytest
+
+from faceharmony.core.blobstore.base import KINDS, PERMISSIONS, BlobNotFound, BlobPermissionError, Op, Role
+from faceharmony.core.blobstore.gcs import GcsBlobStore
+from faceharmony.core.blobstore.local import LocalBlobStore
+
+
+@pytest.fixture(params=["local", "gcs"])
+def open_store(request, tmp_path):
+    """open_store(role) -> a store of the chosen backend; all roles share one root/bucket."""
+    if request.param == "local":
+        return lambda role: LocalBlobStore(tmp_path / "blobs", role)
+    emulator = request.getfixturevalue("gcs_emulator")
+    bucket = emulator.new_bucket()
+    client = emulator.client()
+    return lambda role: GcsBlobStore(client, bucket, role)
+
+
+def test_roles_can_do_exactly_what_the_table_says(open_store):
+    stores = {role: open_store(role) for role in Role}
+    seeded = {kind: next(r for r in Role if Op.CREATE in PERMISSIONS[r].get(kind, ())) for kind in KINDS}
+    for kind in KINDS:
+        blob_id = stores[seeded[kind]].create(kind, b"seed-" + kind.encode())
+        for role, store in stores.items():
+            allowed = PERMISSIONS[role].get(kind, frozenset())
+            attempts = {
+                Op.CREATE: lambda: store.create(kind, b"x"),
+                Op.READ: lambda: store.read(kind, blob_id),
+                Op.LIST: lambda: list(store.list(kind)),
+            }
+            for op, attempt in attempts.items():
+                if op in allowed:
+                    attempt()
+                else:
+                    with pytest.raises(BlobPermissionError):
+                        attempt()
+            if Op.DELETE not in allowed:
+                with pytest.raises(BlobPermissionError):
+                    store.delete(kind, blob_id)
+    # the table itself, as ARCHITECTURE.md states it
+    assert PERMISSIONS[Role.API] == {"photos": {Op.CREATE}, "generated": {Op.READ}}
+    assert PERMISSIONS[Role.TRAINER] == {"photos": {Op.READ}, "models": {Op.CREATE}}
+    assert PERMISSIONS[Role.ORDER] == {"models": {Op.READ}, "generated": {Op.CREATE}}
+    assert all(PERMISSIONS[Role.RETENTION][k] == {Op.DELETE, Op.LIST} for k in KINDS)
+
+
+def test_create_read_delete_round_trip(open_store):
+    api, trainer, retention = open_store(Role.API), open_store(Role.TRAINER), open_store(Role.RETENTION)
+    payload = os.urandom(200_000)
+    blob_id = api.create("photos", payload, "image/jpeg")
+    assert len(blob_id) == 32 and int(blob_id, 16) >= 0
+    assert trainer.read("photos", blob_id) == payload
+    listed = {info.blob_id: info for info in retention.list("photos")}
+    assert listed[blob_id].size == len(payload)
+    assert abs(listed[blob_id].created - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
+    assert retention.delete("photos", blob_id) is True
+    assert retention.delete("photos", blob_id) is False  # idempotent
+    with pytest.raises(BlobNotFound):
+        trainer.read("photos", blob_id)
+
+
+def test_ids_are_random_and_never_chosen_by_callers(open_store):
+    api, trainer = open_store(Role.API), open_store(Role.TRAINER)
+    made = {api.create("photos", b"p") for _ in range(20)}
+    assert len(made) == 20
+    for bad in ("../secret", "photos/x", "", "A" * 32):
+        with pytest.raises(ValueError):
+            trainer.read("photos", bad)
+    with pytest.raises(ValueError):
+        api.create("elsewhere", b"x")
+
+
+def test_local_files_are_private_and_written_atomically(tmp_path):
+    store = LocalBlobStore(tmp_path / "blobs", Role.API)
+    blob_id = store.create("photos", b"data")
+    path = tmp_path / "blobs" / "photos" / blob_id
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert sorted(os.listdir(path.parent)) == [blob_id]  # no temporary file left
+
+
+def test_local_write_failure_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from faceharmony.core.blobstore.base import BlobError
+
+    store = LocalBlobStore(tmp_path / "blobs", Role.API)
+    store.create("photos", b"warm-up")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", disk_full)
+    with pytest.raises(BlobError):
+        store.create("photos", b"x" * 1000)
+    assert len(os.listdir(tmp_path / "blobs" / "photos")) == 1  # only the warm-up blob: no partial file
+
+
+def test_gcs_soft_delete_is_reported(gcs_emulator, caplog):
+    store = GcsBlobStore(gcs_emulator.client(), gcs_emulator.new_bucket(), Role.RETENTION)
+    with caplog.at_level("WARNING"):
+        assert store.check_soft_delete() == 7 * 24 * 3600  # GCS's default policy, which the emulator mirrors
+    assert "soft delete is on" in caplog.text
