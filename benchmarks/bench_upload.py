@@ -88,9 +88,10 @@ def sign_up(channel, data_dir: Path) -> tuple:
         for _ in range(200):
             for path in (data_dir / "outbox").glob("*.eml"):
                 text = path.read_text()
-                if f"To: {email}" in text:
+                found = re.search(r"code is: (\d{6})", text)
+                if f"To: {email}" in text and found:
                     path.unlink()
-                    return re.search(r"code is: (\d{6})", text).group(1)
+                    return found.group(1)
             time.sleep(0.05)
         raise RuntimeError("no code")
 
@@ -131,7 +132,8 @@ def main() -> None:
             FACEHARMONY_VERIFIER_WORKERS=str(args.workers),
             FACEHARMONY_LOG_LEVEL="WARNING",
         )
-        server = subprocess.Popen([str(BIN / "faceharmony-server")], env=env)
+        server_log = open(Path(tmp) / "server.log", "wb")
+        server = subprocess.Popen([str(BIN / "faceharmony-server")], env=env, stdout=server_log, stderr=server_log)
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             grpc.channel_ready_future(channel).result(timeout=60)
@@ -150,7 +152,12 @@ def main() -> None:
                 rows.append((concurrency, r_lat, r_rate, v_lat, v_rate))
         finally:
             server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            server_log.close()
 
     print()
     print("| concurrency | RPC p50 ms | RPC p99 ms | RPC photos/s | verifier p50 ms | verifier photos/s | p50 ratio | throughput ratio |")
