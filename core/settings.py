@@ -77,6 +77,22 @@ class Settings:
     max_photos_per_account: int = 200
     # Photos never attached to a model expire after this long (P11).
     unattached_photo_ttl_hours: int = 72
+    # Personal models and training (P10-P13).
+    # A local folder of diffusers weights (SD 1.5-style); default: <data_dir>/base-model (the tiny pipeline
+    # that `faceharmony-admin build-tiny-base` makes, built by `faceharmony-up` when missing).
+    base_model: str = ""
+    model_min_photos: int = 4
+    model_max_photos: int = 20
+    model_grace_days: int = 30
+    trigger_token: str = "sks"
+    training_steps: int = 0
+    lora_rank: int = 4
+    learning_rate: float = 0.0
+    training_max_attempts: int = 3
+    training_lease_seconds: float = 60.0
+    trainer_poll_seconds: float = 2.0
+    # Seconds between WatchModel polls of the database (one query per tick for every watched model).
+    watch_poll_seconds: float = 0.5
     # Sign-in codes and sessions.
     code_ttl_seconds: int = 600
     code_max_attempts: int = 5
@@ -103,6 +119,10 @@ class Settings:
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'faceharmony.sqlite3').resolve()}"
+
+    @property
+    def base_model_dir(self) -> Path:
+        return Path(self.base_model) if self.base_model else self.data_dir / "base-model"
 
     @property
     def outbox_dir(self) -> Path:
@@ -146,6 +166,10 @@ class Settings:
             raise SettingsError("FACEHARMONY_VERIFIER must be 'local' or 'google-cloud-vision'")
         if self.vision_nsfw_likelihood not in ("POSSIBLE", "LIKELY", "VERY_LIKELY"):
             raise SettingsError("FACEHARMONY_VISION_NSFW_LIKELIHOOD must be POSSIBLE, LIKELY or VERY_LIKELY")
+        if self.model_min_photos > self.model_max_photos:
+            raise SettingsError("FACEHARMONY_MODEL_MIN_PHOTOS must not exceed FACEHARMONY_MODEL_MAX_PHOTOS")
+        if not self.trigger_token.isalnum():
+            raise SettingsError("FACEHARMONY_TRIGGER_TOKEN must be letters and digits")
         if self.log_format not in ("json", "text"):
             raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
         url = self.resolved_database_url
@@ -163,6 +187,14 @@ class Settings:
             "upload_min_side",
             "upload_store_max_side",
             "unattached_photo_ttl_hours",
+            "model_min_photos",
+            "model_max_photos",
+            "model_grace_days",
+            "lora_rank",
+            "training_max_attempts",
+            "training_lease_seconds",
+            "trainer_poll_seconds",
+            "watch_poll_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")

@@ -7,7 +7,7 @@ import datetime as dt
 from google.protobuf import timestamp_pb2
 
 from faceharmony.core.db import models as m
-from faceharmony.v1 import account_pb2, admin_pb2, photo_pb2, purchase_pb2, support_pb2
+from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, photo_pb2, purchase_pb2, support_pb2
 
 _ROLES = {"user": account_pb2.ROLE_USER, "support": account_pb2.ROLE_SUPPORT, "admin": account_pb2.ROLE_ADMIN}
 _ACCOUNT_STATES = {"active": account_pb2.ACCOUNT_STATE_ACTIVE, "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED}
@@ -106,4 +106,30 @@ def photo(row: m.Photo) -> photo_pb2.Photo:
         height=row.height,
         model_id=row.model_id or "",
         expire_time=ts(row.expires_at),
+    )
+
+
+_MODEL_STATES = {
+    "queued": model_pb2.MODEL_STATE_QUEUED,
+    "training": model_pb2.MODEL_STATE_TRAINING,
+    "ready": model_pb2.MODEL_STATE_READY,
+    "failed": model_pb2.MODEL_STATE_FAILED,
+    "pending_deletion": model_pb2.MODEL_STATE_PENDING_DELETION,
+}
+
+
+def model(row: m.UserModel, photo_ids: list[str]) -> model_pb2.Model:
+    return model_pb2.Model(
+        id=row.id,
+        display_name=row.display_name,
+        state=_MODEL_STATES[row.state],
+        progress=row.progress,
+        photo_ids=photo_ids,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+        version=row.current_version or 0,
+        failure_reason=row.failure_reason or "",
+        delete_time=ts(row.deleted_at),
+        purge_after=ts(row.purge_after),
+        trigger_token=row.trigger_token,
     )

@@ -147,6 +147,6 @@ def test_command_line_clients_end_to_end(server_process):
 
 
 def test_pending_processes_say_so(tmp_path):
-    for name in ("faceharmony-trainer", "faceharmony-order-worker", "faceharmony-retention"):
+    for name in ("faceharmony-order-worker", "faceharmony-retention"):
         result = subprocess.run([str(BIN / name)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 3 and "not implemented yet" in result.stderr

@@ -231,6 +231,70 @@ class Photo(BaseModel):
         indexes = ((("account", "request_id"), True), (("account", "created_at"), False))
 
 
+class UserModel(BaseModel):
+    """A person's image-generation model (P10-P13): one LoRA adapter per version over the shared base."""
+
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="models")
+    display_name = pw.CharField(max_length=100)
+    # queued | training | ready | failed | pending_deletion
+    state = pw.CharField(max_length=20, index=True)
+    progress = pw.FloatField(default=0.0)
+    failure_reason = pw.CharField(max_length=64, null=True)
+    trigger_token = pw.CharField(max_length=32)
+    request_id = pw.CharField(max_length=64, null=True)
+    current_version = pw.IntegerField(null=True)
+    created_at = UtcDateTimeField()
+    updated_at = UtcDateTimeField()
+    # While pending deletion: when, the state to restore, and when it is purged (P13).
+    deleted_at = UtcDateTimeField(null=True)
+    state_before_delete = pw.CharField(max_length=20, null=True)
+    purge_after = UtcDateTimeField(null=True, index=True)
+
+    class Meta:
+        table_name = "user_model"
+        indexes = ((("account", "request_id"), True), (("account", "created_at"), False))
+
+
+class TrainingJob(BaseModel):
+    """The database job queue of the trainers: claimed with a lease, kept alive by heartbeats."""
+
+    id = IdField(primary_key=True)
+    model = pw.ForeignKeyField(UserModel, on_delete="CASCADE", backref="jobs")
+    kind = pw.CharField(max_length=16)  # train | retrain
+    # queued | running | succeeded | failed | cancelled
+    state = pw.CharField(max_length=16)
+    attempts = pw.IntegerField(default=0)
+    max_attempts = pw.IntegerField()
+    next_attempt_at = UtcDateTimeField()
+    lease_owner = pw.CharField(max_length=80, null=True)
+    lease_expires_at = UtcDateTimeField(null=True)
+    progress = pw.FloatField(default=0.0)
+    error = pw.CharField(max_length=64, null=True)
+    created_at = UtcDateTimeField()
+    updated_at = UtcDateTimeField()
+    finished_at = UtcDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("state", "next_attempt_at"), False), (("state", "lease_expires_at"), False))
+
+
+class ModelVersion(BaseModel):
+    """One trained adapter of a model; exactly one per successful job."""
+
+    id = IdField(primary_key=True)
+    model = pw.ForeignKeyField(UserModel, on_delete="CASCADE", backref="versions")
+    version = pw.IntegerField()
+    job = pw.ForeignKeyField(TrainingJob, on_delete="CASCADE", unique=True, backref="version_row")
+    adapter_blob_id = pw.CharField(max_length=32, unique=True)
+    metadata_blob_id = pw.CharField(max_length=32, unique=True)
+    base_fingerprint = pw.CharField(max_length=64)
+    created_at = UtcDateTimeField()
+
+    class Meta:
+        indexes = ((("model", "version"), True),)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Account,
     KnownEmail,
@@ -246,4 +310,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     AuditEvent,
     EmailQueue,
     Photo,
+    UserModel,
+    TrainingJob,
+    ModelVersion,
 ]

@@ -14,12 +14,15 @@ import logging
 import peewee as pw
 
 from faceharmony.core.blobstore.base import BlobStore
-from faceharmony.core.db.models import Photo
+from faceharmony.core.db.models import ModelVersion, Photo
 
 log = logging.getLogger(__name__)
 
-# Which column names the blobs of each kind; later issues add models/ and generated/.
-REFERENCES: dict[str, pw.Field] = {"photos": Photo.blob_id}
+# Which columns name the blobs of each kind; the orders issue adds generated/.
+REFERENCES: dict[str, tuple[pw.Field, ...]] = {
+    "photos": (Photo.blob_id,),
+    "models": (ModelVersion.adapter_blob_id, ModelVersion.metadata_blob_id),
+}
 DEFAULT_MARGIN = dt.timedelta(hours=6)
 
 
@@ -27,25 +30,25 @@ def sweep_orphan_blobs(db: pw.Database, store: BlobStore, now: dt.datetime, marg
     """Deletes unreferenced blobs older than now - margin; returns the count per kind."""
     deleted: dict[str, int] = {}
     cutoff = now - margin
-    for kind, column in REFERENCES.items():
+    for kind, columns in REFERENCES.items():
         deleted[kind] = 0
         candidates: list[str] = []
         for info in store.list(kind):
             if info.created <= cutoff:
                 candidates.append(info.blob_id)
             if len(candidates) >= batch:
-                deleted[kind] += _delete_unreferenced(store, kind, column, candidates)
+                deleted[kind] += _delete_unreferenced(store, kind, columns, candidates)
                 candidates = []
-        deleted[kind] += _delete_unreferenced(store, kind, column, candidates)
+        deleted[kind] += _delete_unreferenced(store, kind, columns, candidates)
     if any(deleted.values()):
         log.info("orphan blobs swept", extra={f"swept_{k}": v for k, v in deleted.items()})
     return deleted
 
 
-def _delete_unreferenced(store: BlobStore, kind: str, column: pw.Field, blob_ids: list[str]) -> int:
+def _delete_unreferenced(store: BlobStore, kind: str, columns: tuple[pw.Field, ...], blob_ids: list[str]) -> int:
     if not blob_ids:
         return 0
-    referenced = {row[0] for row in column.model.select(column).where(column.in_(blob_ids)).tuples()}
+    referenced = {row[0] for column in columns for row in column.model.select(column).where(column.in_(blob_ids)).tuples()}
     count = 0
     for blob_id in blob_ids:
         if blob_id not in referenced and store.delete(kind, blob_id):

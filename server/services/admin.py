@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
-from faceharmony.server.errors import not_implemented
-from faceharmony.server.logic import admin
+from faceharmony.server.logic import admin, models
 from faceharmony.server.logic.deps import Deps
 from faceharmony.v1 import admin_pb2 as pb
 from faceharmony.v1 import admin_pb2_grpc
@@ -25,10 +24,22 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return pb.ApproveWaitlistEntryResponse(entry=convert.waitlist_entry(row))
 
     async def ListPendingDeletionModels(self, request, context):
-        raise not_implemented("models arrive with the trainer issue")
+        def page():
+            rows, token = models.list_pending_deletion(self.deps, request.account_id, request.page_size, request.page_token)
+            photos = models.photo_ids_of([r.id for r in rows])
+            return [convert.model(r, photos[r.id]) for r in rows], token
+
+        items, token = await self.app.run(page)
+        return pb.ListPendingDeletionModelsResponse(models=items, next_page_token=token)
 
     async def RestoreModel(self, request, context):
-        raise not_implemented("models arrive with the trainer issue")
+        staff_id = self.app.principal().account_id
+
+        def restore():
+            row = models.restore_model(self.deps, staff_id, request.id)
+            return convert.model(row, models.photo_ids_of([row.id])[row.id])
+
+        return pb.RestoreModelResponse(model=await self.app.run(restore))
 
     async def GetAuditLog(self, request, context):
         rows, token = await self.app.run(

@@ -1,9 +1,9 @@
-"""The services whose issues are still open (models, orders): every RPC answers UNIMPLEMENTED with reason NOT_IMPLEMENTED, after the same authentication as the finished ones."""
+"""The services whose issues are still open (orders): every RPC answers UNIMPLEMENTED with reason NOT_IMPLEMENTED, after the same authentication as the finished ones."""
 
 from __future__ import annotations
 
 from faceharmony.server.errors import not_implemented
-from faceharmony.v1 import model_pb2_grpc, order_pb2_grpc
+from faceharmony.v1 import order_pb2_grpc
 
 
 def _unary(issue: str):
@@ -27,5 +27,4 @@ def _pending(base: type, issue: str, streams: tuple[str, ...]) -> type:
     return type(base.__name__.removesuffix("Servicer"), (base,), body)
 
 
-ModelService = _pending(model_pb2_grpc.ModelServiceServicer, "trainer issue", ("WatchModel",))
 OrderService = _pending(order_pb2_grpc.OrderServiceServicer, "orders issue", ("WatchOrder", "DownloadGeneratedPhoto"))

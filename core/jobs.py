@@ -1,0 +1,146 @@
+"""A job queue in the database, for any number of workers on any number of machines.
+
+A worker *claims* a due job inside a write transaction (`FOR UPDATE SKIP
+LOCKED` on PostgreSQL, so concurrent claimers skip each other's rows;
+`BEGIN IMMEDIATE` on SQLite, which serialises writers) and holds it under a
+*lease*: `lease_owner` plus `lease_expires_at`. While it works it renews the
+lease with heartbeats; a worker that dies simply stops renewing, and once the
+lease has expired the job is due again for anyone. Every write a worker makes
+about its job is fenced by `lease_owner = me AND state = 'running'`, so a
+worker that lost its lease (it stalled, the job was taken over or cancelled)
+can change nothing: its heartbeat says so and it stops.
+
+Attempts are bounded: a claim counts one attempt; a retryable failure puts the
+job back with exponential backoff; after `max_attempts` the job fails with a
+clear reason. The job table needs the columns of `TrainingJob` (state,
+attempts, max_attempts, next_attempt_at, lease_owner, lease_expires_at,
+progress, error, created_at, updated_at, finished_at).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import peewee as pw
+
+from faceharmony.core.clock import Clock
+from faceharmony.core.db.connection import is_sqlite, write_transaction
+
+BACKOFF_BASE_SECONDS = 30
+BACKOFF_MAX_SECONDS = 1800
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    worker: str
+    attempt: int
+
+
+class JobQueue:
+    def __init__(self, job_model: type[pw.Model], db: pw.Database, clock: Clock, lease_seconds: float) -> None:
+        self.Job = job_model
+        self.db = db
+        self.clock = clock
+        self.lease = dt.timedelta(seconds=lease_seconds)
+
+    def _due(self, now: dt.datetime):
+        Job = self.Job
+        return ((Job.state == "queued") & (Job.next_attempt_at <= now)) | (
+            (Job.state == "running") & (Job.lease_expires_at <= now)
+        )
+
+    def claim(self, worker: str) -> Claim | None:
+        """Takes the oldest due job (queued, or running under an expired lease), or None."""
+        for _ in range(10):
+            claim, exhausted = self._claim_one(worker)
+            if not exhausted:
+                return claim
+        return None
+
+    def _claim_one(self, worker: str) -> tuple[Claim | None, bool]:
+        Job = self.Job
+        with write_transaction(self.db):
+            now = self.clock.now()
+            query = Job.select().where(self._due(now)).order_by(Job.created_at, Job.id).limit(1)
+            if not is_sqlite(self.db):
+                query = query.for_update(skip_locked=True)
+            job = query.first()
+            if job is None:
+                return None, False
+            if job.attempts >= job.max_attempts:  # the worker of its last attempt died
+                self._finish(job.id, "failed", now, error="ATTEMPTS_EXHAUSTED")
+                self.on_failed(job.id, "ATTEMPTS_EXHAUSTED")
+                return None, True
+            Job.update(
+                state="running",
+                attempts=Job.attempts + 1,
+                lease_owner=worker,
+                lease_expires_at=now + self.lease,
+                updated_at=now,
+            ).where(Job.id == job.id).execute()
+            return Claim(job.id, worker, job.attempts + 1), False
+
+    def _fenced(self, claim: Claim):
+        Job = self.Job
+        return (Job.id == claim.job_id) & (Job.lease_owner == claim.worker) & (Job.state == "running")
+
+    def heartbeat(self, claim: Claim, progress: float | None = None) -> bool:
+        """Renews the lease (and records progress); False when the job is no longer this worker's."""
+        Job = self.Job
+        with write_transaction(self.db):
+            now = self.clock.now()
+            values = {Job.lease_expires_at: now + self.lease, Job.updated_at: now}
+            if progress is not None:
+                values[Job.progress] = progress
+            return Job.update(values).where(self._fenced(claim)).execute() == 1
+
+    def owns(self, claim: Claim) -> bool:
+        """Inside a write transaction: whether the claim still holds its job (locks the row on PostgreSQL)."""
+        query = self.Job.select(self.Job.id).where(self._fenced(claim))
+        if not is_sqlite(self.db):
+            query = query.for_update()
+        return query.exists()
+
+    def _finish(self, job_id: str, state: str, now: dt.datetime, error: str | None = None) -> None:
+        Job = self.Job
+        Job.update(
+            state=state, error=error, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None
+        ).where(Job.id == job_id).execute()
+
+    def succeed(self, claim: Claim) -> None:
+        """Inside the caller's write transaction, after `owns(claim)` said yes."""
+        self._finish(claim.job_id, "succeeded", self.clock.now())
+
+    def fail(self, claim: Claim, error: str, *, retryable: bool, count_attempt: bool = True) -> str:
+        """Gives the job back for a later attempt with backoff, or fails it for good; returns the new state.
+
+        `count_attempt=False` hands the job back without using up an attempt (a worker shutting down).
+        Does nothing (returns "lost") when the claim no longer holds the job.
+        """
+        Job = self.Job
+        with write_transaction(self.db):
+            if not self.owns(claim):
+                return "lost"
+            job = Job.get_by_id(claim.job_id)
+            now = self.clock.now()
+            attempts = job.attempts if count_attempt else job.attempts - 1
+            if retryable and attempts < job.max_attempts:
+                delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)) if count_attempt else 0
+                Job.update(
+                    state="queued",
+                    attempts=attempts,
+                    error=error,
+                    next_attempt_at=now + dt.timedelta(seconds=delay),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                ).where(Job.id == job.id).execute()
+                return "queued"
+            self._finish(job.id, "failed", now, error=error)
+            self.on_failed(job.id, error)
+            return "failed"
+
+    def on_failed(self, job_id: str, error: str) -> None:
+        """Called (in the transaction) when a job fails for good."""

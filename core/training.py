@@ -1,0 +1,110 @@
+"""Training jobs of personal models, shared by the API server (which queues them) and the trainers (which run them).
+
+A model's state follows its newest job: QUEUED when a job is queued,
+TRAINING while a trainer holds it (with progress), READY when a version is
+recorded, FAILED (with a reason) when the job fails for good. Recording a
+version is fenced by the job's lease and the model's state, in one
+transaction with the job's success, so a job yields at most one version even
+when a stalled trainer wakes up after another one took its job over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from faceharmony.core import ids
+from faceharmony.core.clock import Clock
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import ModelVersion, TrainingJob, UserModel
+from faceharmony.core.jobs import Claim, JobQueue
+
+LIVE_JOB_STATES = ("queued", "running")
+
+
+def enqueue(model_id: str, kind: str, now: dt.datetime, max_attempts: int) -> TrainingJob:
+    """Queues a job; call inside the caller's write transaction."""
+    return TrainingJob.create(
+        id=ids.new_id(),
+        model=model_id,
+        kind=kind,
+        state="queued",
+        max_attempts=max_attempts,
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def cancel_jobs(model_id: str, now: dt.datetime) -> int:
+    """Cancels a model's live jobs (its trainer's next heartbeat fails and it stops); inside a transaction."""
+    return (
+        TrainingJob.update(state="cancelled", finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
+        .where(TrainingJob.model == model_id, TrainingJob.state.in_(LIVE_JOB_STATES))
+        .execute()
+    )
+
+
+class TrainingQueue(JobQueue):
+    def __init__(self, db: pw.Database, clock: Clock, lease_seconds: float) -> None:
+        super().__init__(TrainingJob, db, clock, lease_seconds)
+
+    def on_failed(self, job_id: str, error: str) -> None:
+        job = TrainingJob.get_by_id(job_id)
+        UserModel.update(state="failed", failure_reason=error, progress=0.0, updated_at=self.clock.now()).where(
+            UserModel.id == job.model_id, UserModel.state.in_(("queued", "training"))
+        ).execute()
+
+    def start(self, claim: Claim) -> UserModel | None:
+        """Marks the claimed job's model TRAINING; None when the model may not be trained (deleted meanwhile)."""
+        with write_transaction(self.db):
+            if not self.owns(claim):
+                return None
+            job = TrainingJob.get_by_id(claim.job_id)
+            model = UserModel.get_by_id(job.model_id)
+            if model.state not in ("queued", "training"):
+                self._finish(job.id, "cancelled", self.clock.now(), error="MODEL_NOT_TRAINABLE")
+                return None
+            UserModel.update(state="training", progress=0.0, failure_reason=None, updated_at=self.clock.now()).where(
+                UserModel.id == model.id
+            ).execute()
+            return UserModel.get_by_id(model.id)
+
+    def heartbeat(self, claim: Claim, progress: float | None = None) -> bool:
+        alive = super().heartbeat(claim, progress)
+        if alive and progress is not None:
+            job = TrainingJob.get_by_id(claim.job_id)
+            with write_transaction(self.db):
+                UserModel.update(progress=progress, updated_at=self.clock.now()).where(
+                    UserModel.id == job.model_id, UserModel.state == "training"
+                ).execute()
+        return alive
+
+    def record_version(self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str) -> int | None:
+        """Records the new adapter and makes the model READY; None when the job is no longer ours to finish."""
+        with write_transaction(self.db):
+            if not self.owns(claim):
+                return None
+            job = TrainingJob.get_by_id(claim.job_id)
+            model = UserModel.get_by_id(job.model_id)
+            if model.state != "training":
+                self._finish(job.id, "cancelled", self.clock.now(), error="MODEL_NOT_TRAINABLE")
+                return None
+            latest = ModelVersion.select(pw.fn.MAX(ModelVersion.version)).where(ModelVersion.model == model.id).scalar() or 0
+            now = self.clock.now()
+            ModelVersion.create(
+                id=ids.new_id(),
+                model=model.id,
+                version=latest + 1,
+                job=job.id,
+                adapter_blob_id=adapter_blob_id,
+                metadata_blob_id=metadata_blob_id,
+                base_fingerprint=fingerprint,
+                created_at=now,
+            )
+            UserModel.update(state="ready", progress=1.0, current_version=latest + 1, updated_at=now).where(
+                UserModel.id == model.id
+            ).execute()
+            self.succeed(claim)
+            return latest + 1

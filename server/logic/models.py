@@ -1,0 +1,155 @@
+"""Personal models (P10-P13): create from the caller's own photos, list, retrain, delete (hidden at once, restorable by support within the grace period)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from faceharmony.core import ids
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import Photo, UserModel
+from faceharmony.core import audit, training
+from faceharmony.server.errors import invalid, not_found, precondition
+from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id
+
+VISIBLE = ("queued", "training", "ready", "failed")
+
+
+def _display_name(raw: str) -> str:
+    return clean_text(raw, reason="INVALID_DISPLAY_NAME", what="display_name", max_len=100, required=True, multiline=False)
+
+
+def photo_ids_of(model_ids: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {mid: [] for mid in model_ids}
+    if model_ids:
+        for photo_id, model_id in (
+            Photo.select(Photo.id, Photo.model_id).where(Photo.model_id.in_(model_ids)).order_by(Photo.created_at, Photo.id).tuples()
+        ):
+            out[model_id].append(photo_id)
+    return out
+
+
+def _own_visible(deps: Deps, account_id: str, model_id: str, for_update: bool = False) -> UserModel:
+    require_id(model_id)
+    query = UserModel.select().where(UserModel.id == model_id, UserModel.account == account_id, UserModel.state.in_(VISIBLE))
+    model = (locked(query, deps.db) if for_update else query).first()
+    if model is None:
+        raise not_found("model")  # another user's, pending deletion, or none: never say which
+    return model
+
+
+def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list[str], request_id: str) -> UserModel:
+    s = deps.settings
+    name = _display_name(display_name)
+    request_id = optional_request_id(request_id)
+    wanted = [require_id(pid, "photo_ids") for pid in photo_ids]
+    if len(set(wanted)) != len(wanted):
+        raise invalid("INVALID_REQUEST", "photo_ids contains duplicates")
+    if len(wanted) < s.model_min_photos:
+        raise invalid("TOO_FEW_PHOTOS", f"a model needs at least {s.model_min_photos} photos")
+    if len(wanted) > s.model_max_photos:
+        raise invalid("TOO_MANY_PHOTOS", f"a model takes at most {s.model_max_photos} photos")
+    try:
+        with write_transaction(deps.db):
+            if request_id:
+                first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id)
+                if first is not None:
+                    return first
+            photos = list(
+                locked(Photo.select().where(Photo.id.in_(wanted), Photo.account == account_id, Photo.deleted_at.is_null()), deps.db)
+            )
+            if len(photos) != len(wanted):
+                raise not_found("photo")
+            if any(p.model_id is not None for p in photos):
+                raise precondition("PHOTO_NOT_USABLE", "a photo already belongs to another model")
+            now = deps.clock.now()
+            model = UserModel.create(
+                id=ids.new_id(),
+                account=account_id,
+                display_name=name,
+                state="queued",
+                trigger_token=s.trigger_token,
+                request_id=request_id,
+                created_at=now,
+                updated_at=now,
+            )
+            # The photos now live as long as the model (P11): no expiry.
+            Photo.update(model_id=model.id, expires_at=None).where(Photo.id.in_(wanted)).execute()
+            training.enqueue(model.id, "train", now, s.training_max_attempts)
+            return model
+    except pw.IntegrityError:  # a concurrent create with the same request_id won
+        first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id) if request_id else None
+        if first is None:
+            raise
+        return first
+
+
+def get_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
+    return _own_visible(deps, account_id, model_id)
+
+
+def list_models(deps: Deps, account_id: str, page_size: int, page_token: str):
+    query = UserModel.select().where(UserModel.account == account_id, UserModel.state.in_(VISIBLE))
+    return paginate(query, UserModel.created_at, UserModel.id, page_size, page_token)
+
+
+def retrain_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
+    """Trains the model again from its own photos (P10)."""
+    with write_transaction(deps.db):
+        model = _own_visible(deps, account_id, model_id, for_update=True)
+        if model.state in ("queued", "training"):
+            raise precondition("MODEL_BUSY", "the model is already training")
+        now = deps.clock.now()
+        UserModel.update(state="queued", progress=0.0, failure_reason=None, updated_at=now).where(UserModel.id == model.id).execute()
+        training.enqueue(model.id, "retrain", now, deps.settings.training_max_attempts)
+    return UserModel.get_by_id(model_id)
+
+
+def delete_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
+    """P13: hidden and unusable at once, training stopped, purged after the grace period unless restored."""
+    with write_transaction(deps.db):
+        model = _own_visible(deps, account_id, model_id, for_update=True)
+        now = deps.clock.now()
+        UserModel.update(
+            state="pending_deletion",
+            state_before_delete=model.state,
+            deleted_at=now,
+            purge_after=now + dt.timedelta(days=deps.settings.model_grace_days),
+            updated_at=now,
+        ).where(UserModel.id == model.id).execute()
+        training.cancel_jobs(model.id, now)
+        audit.record(deps.clock, audit.MODEL_DELETED, actor_id=account_id, subject_id=model.id)
+    return UserModel.get_by_id(model_id)
+
+
+def list_pending_deletion(deps: Deps, account_id: str, page_size: int, page_token: str):
+    query = UserModel.select().where(UserModel.state == "pending_deletion", UserModel.purge_after > deps.clock.now())
+    if account_id:
+        query = query.where(UserModel.account == require_id(account_id, "account_id"))
+    return paginate(query, UserModel.deleted_at, UserModel.id, page_size, page_token)
+
+
+def restore_model(deps: Deps, staff_id: str, model_id: str) -> UserModel:
+    """Support undoes a deletion within the grace period; an interrupted training is queued again."""
+    require_id(model_id)
+    with write_transaction(deps.db):
+        model = locked(UserModel.select().where(UserModel.id == model_id, UserModel.state == "pending_deletion"), deps.db).first()
+        if model is None:
+            raise not_found("model pending deletion")
+        now = deps.clock.now()
+        if model.purge_after <= now:
+            raise precondition("GRACE_PERIOD_OVER", "the model's grace period is over")
+        if model.current_version is not None:
+            state = "ready"
+        elif model.state_before_delete == "failed":
+            state = "failed"
+        else:
+            state = "queued"
+            training.enqueue(model.id, "train", now, deps.settings.training_max_attempts)
+        UserModel.update(
+            state=state, state_before_delete=None, deleted_at=None, purge_after=None, progress=1.0 if state == "ready" else 0.0, updated_at=now
+        ).where(UserModel.id == model.id).execute()
+        audit.record(deps.clock, audit.MODEL_RESTORED, actor_id=staff_id, subject_id=model.id)
+    return UserModel.get_by_id(model_id)

@@ -1,0 +1,71 @@
+"""ModelService (P10-P13)."""
+
+from __future__ import annotations
+
+from faceharmony.server import convert
+from faceharmony.server.context import AppContext
+from faceharmony.server.errors import not_found
+from faceharmony.server.logic import models
+from faceharmony.server.logic.deps import Deps
+from faceharmony.server.watch import Snapshot, WatchHub
+from faceharmony.v1 import model_pb2 as pb
+from faceharmony.v1 import model_pb2_grpc
+
+FINAL = ("ready", "failed")
+MESSAGES = {
+    "queued": "waiting for a trainer",
+    "training": "training",
+    "ready": "ready",
+    "failed": "training failed",
+}
+
+
+def model_message(deps: Deps, row) -> pb.Model:
+    return convert.model(row, models.photo_ids_of([row.id])[row.id])
+
+
+class ModelService(model_pb2_grpc.ModelServiceServicer):
+    def __init__(self, app: AppContext, deps: Deps, hub: WatchHub) -> None:
+        self.app, self.deps, self.hub = app, deps, hub
+
+    async def _reply(self, fn, *args):
+        return await self.app.run(lambda: model_message(self.deps, fn(self.deps, *args)))
+
+    async def CreateModel(self, request, context):
+        me = self.app.principal().account_id
+        msg = await self._reply(models.create_model, me, request.display_name, list(request.photo_ids), request.request_id)
+        return pb.CreateModelResponse(model=msg)
+
+    async def GetModel(self, request, context):
+        return pb.GetModelResponse(model=await self._reply(models.get_model, self.app.principal().account_id, request.id))
+
+    async def ListModels(self, request, context):
+        me = self.app.principal().account_id
+
+        def page():
+            rows, token = models.list_models(self.deps, me, request.page_size, request.page_token)
+            photos = models.photo_ids_of([r.id for r in rows])
+            return [convert.model(r, photos[r.id]) for r in rows], token
+
+        items, token = await self.app.run(page)
+        return pb.ListModelsResponse(models=items, next_page_token=token)
+
+    async def WatchModel(self, request, context):
+        me = self.app.principal().account_id
+        row = await self.app.run(models.get_model, self.deps, me, request.id)
+        first = Snapshot(row.id, row.state, round(row.progress, 4), row.failure_reason, row)
+        async for snap in self.hub.watch(first):
+            if snap.state not in models.VISIBLE:
+                raise not_found("model")  # deleted while watched
+            model = await self.app.run(model_message, self.deps, snap.row)
+            yield pb.WatchModelResponse(state=model.state, progress=model.progress, message=MESSAGES[snap.state], model=model)
+            if snap.state in FINAL:
+                return
+
+    async def RetrainModel(self, request, context):
+        msg = await self._reply(models.retrain_model, self.app.principal().account_id, request.id)
+        return pb.RetrainModelResponse(model=msg)
+
+    async def DeleteModel(self, request, context):
+        msg = await self._reply(models.delete_model, self.app.principal().account_id, request.id)
+        return pb.DeleteModelResponse(model=msg)

@@ -1,0 +1,173 @@
+"""The trainer process's loop: claim a training job, read the model's photos with the image-processor role, fine-tune a LoRA, store the adapter with the trainer's role, record the version.
+
+Crash safety: the job is held under a lease renewed by a heartbeat thread.
+A trainer killed at any point stops renewing; when the lease expires another
+trainer claims the job and trains from the photos again. Only the trainer
+still holding the lease can record a version (fenced in one transaction with
+the job's success), so a job yields exactly one version; adapter blobs
+written by a trainer that lost its job are orphans, removed by the orphan
+sweep. A heartbeat that finds the job gone (the model was deleted, or the
+job was taken over) stops the training at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore, Role
+from faceharmony.core.blobstore.factory import open_blob_store
+from faceharmony.core.clock import Clock, SystemClock
+from faceharmony.core.db.connection import open_database
+from faceharmony.core.db.models import Photo, TrainingJob
+from faceharmony.core.jobs import Claim
+from faceharmony.core.settings import Settings
+from faceharmony.core.training import TrainingQueue
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Trainer:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, worker_id: str | None = None, store: BlobStore | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.worker_id = worker_id or default_worker_id()
+        self.db = open_database(settings.resolved_database_url, pool_size=4)
+        self.queue = TrainingQueue(self.db, self.clock, settings.training_lease_seconds)
+        self.store = store or open_blob_store(settings, Role.TRAINER)
+        self.shutting_down = threading.Event()
+        self._base = None
+
+    # --- the base pipeline, loaded once per process --------------------------------------
+    def base(self):
+        if self._base is None:
+            from faceharmony.trainer.pipeline import load_base
+
+            started = time.perf_counter()
+            self._base = load_base(self.settings.base_model_dir)
+            log.info(
+                "base model loaded",
+                extra={"device": str(self._base.device), "fingerprint": self._base.fingerprint[:12], "seconds": round(time.perf_counter() - started, 2)},
+            )
+        return self._base
+
+    def training_settings(self, seed: int):
+        from faceharmony.trainer.lora import TrainingSettings
+
+        s = self.settings
+        values = {"rank": s.lora_rank, "alpha": s.lora_rank, "trigger_token": s.trigger_token, "seed": seed}
+        if s.training_steps:
+            values["steps"] = s.training_steps
+        if s.learning_rate:
+            values["learning_rate"] = s.learning_rate
+        return TrainingSettings(**values)
+
+    # --- the loop ------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        log.info("trainer started", extra={"worker": self.worker_id})
+        while not self.shutting_down.is_set():
+            if not self.run_once():
+                self.shutting_down.wait(self.settings.trainer_poll_seconds)
+        log.info("trainer stopped", extra={"worker": self.worker_id})
+
+    def run_once(self) -> bool:
+        """Claims and runs one job; False when none was due."""
+        self.db.connect(reuse_if_open=True)
+        claim = self.queue.claim(self.worker_id)
+        if claim is None:
+            return False
+        log.info("job claimed", extra={"job_id": claim.job_id, "attempt": claim.attempt})
+        try:
+            self.process(claim)
+        except Exception:  # noqa: BLE001 - a bug or an outage: the job is retried with backoff
+            log.exception("training failed", extra={"job_id": claim.job_id})
+            self.queue.fail(claim, "TRAINING_ERROR", retryable=True)
+        return True
+
+    def process(self, claim: Claim) -> None:
+        from faceharmony.trainer.lora import TrainingCancelled, train_lora
+        from faceharmony.trainer.pipeline import BaseModelMissing
+
+        model = self.queue.start(claim)
+        if model is None:
+            log.info("job dropped: model not trainable", extra={"job_id": claim.job_id})
+            return
+        blob_ids = [
+            bid
+            for (bid,) in Photo.select(Photo.blob_id)
+            .where(Photo.model_id == model.id, Photo.deleted_at.is_null())
+            .order_by(Photo.created_at, Photo.id)
+            .tuples()
+        ]
+        try:
+            jpegs = [self.store.read("photos", bid) for bid in blob_ids]
+        except BlobNotFound:
+            self.queue.fail(claim, "PHOTO_MISSING", retryable=False)
+            return
+        except BlobError:
+            self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
+            return
+        try:
+            base = self.base()
+        except BaseModelMissing:
+            log.error("base model missing", extra={"path": str(self.settings.base_model_dir)})
+            self.queue.fail(claim, "BASE_MODEL_MISSING", retryable=True)
+            return
+
+        stop = threading.Event()
+        progress = {"value": 0.0}
+        beat = threading.Thread(target=self._heartbeat, args=(claim, stop, progress), name="heartbeat", daemon=True)
+        beat.start()
+        job = TrainingJob.get_by_id(claim.job_id)
+
+        def on_progress(step: int, total: int) -> None:
+            progress["value"] = round(step / total, 4)
+
+        def should_stop() -> bool:
+            return stop.is_set() or self.shutting_down.is_set()
+
+        try:
+            adapter = train_lora(base, jpegs, self.training_settings(seed=int(job.id[:8], 16)), on_progress=on_progress, should_stop=should_stop)
+        except TrainingCancelled:
+            if self.shutting_down.is_set() and not stop.is_set():
+                self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False)
+                log.info("job handed back on shutdown", extra={"job_id": claim.job_id})
+            else:
+                log.info("training stopped: job lost or model deleted", extra={"job_id": claim.job_id})
+            return
+        finally:
+            stop.set()
+            beat.join()
+        metadata = dict(adapter.metadata, model_id=model.id, job_id=claim.job_id)
+        try:
+            adapter_id = self.store.create("models", adapter.safetensors, "application/octet-stream")
+            metadata_id = self.store.create("models", json.dumps(metadata, sort_keys=True).encode(), "application/json")
+        except BlobError:
+            self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
+            return
+        version = self.queue.record_version(claim, adapter_id, metadata_id, base.fingerprint)
+        if version is None:
+            log.warning("adapter not recorded: job lost meanwhile (its blobs are swept)", extra={"job_id": claim.job_id})
+        else:
+            log.info("model ready", extra={"job_id": claim.job_id, "model_id": model.id, "version": version, "loss": round(adapter.final_loss, 5)})
+
+    def _heartbeat(self, claim: Claim, stop: threading.Event, progress: dict) -> None:
+        interval = max(0.2, self.settings.training_lease_seconds / 4)
+        self.db.connect(reuse_if_open=True)
+        try:
+            while not stop.wait(interval):
+                try:
+                    if not self.queue.heartbeat(claim, progress["value"]):
+                        stop.set()
+                except Exception:  # noqa: BLE001 - the lease may lapse; the fenced writes keep it safe
+                    log.warning("heartbeat failed", extra={"job_id": claim.job_id})
+        finally:
+            self.db.close()
