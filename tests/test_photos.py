@@ -227,7 +227,7 @@ def test_google_cloud_vision_backend_through_the_server(tmp_path):
     from tests.support.fake_vision import FakeVision
 
     with FakeVision() as vision:
-        settings = Settings(verifier="google-cloud-vision", vision_endpoint=vision.address, vision_timeout_seconds=2)
+        settings = Settings(verifier="google-cloud-vision", vision_endpoint=vision.address, vision_timeout_seconds=10)
         h = start_harness(tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite3'}", verifier=make_verifier(settings))
         try:
             user = h.sign_up("vision@example.com")
