@@ -5,6 +5,8 @@
     faceharmony-admin waitlist [--pending]         list the waiting list
     faceharmony-admin approve ENTRY_ID             approve an entry (queues the approval email)
     faceharmony-admin deliver-emails               send queued emails once (the server also does this)
+    faceharmony-admin build-tiny-base [--out DIR]  build the tiny random-weight base pipeline (default: the
+                                                   FACEHARMONY_BASE_MODEL folder) for development and tests
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("waitlist", help="list the waiting list").add_argument("--pending", action="store_true")
     sub.add_parser("approve", help="approve a waiting-list entry").add_argument("entry_id")
     sub.add_parser("deliver-emails", help="send queued emails once")
+    c = sub.add_parser("build-tiny-base", help="build the tiny random-weight base pipeline (no download)")
+    c.add_argument("--out", help="folder (default: the configured base model folder)")
+    c.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -45,6 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"faceharmony-admin: {exc}", file=sys.stderr)
         sys.exit(2)
+    if args.command == "build-tiny-base":
+        from pathlib import Path
+
+        from faceharmony.trainer.pipeline import build_tiny_pipeline
+
+        out = Path(args.out) if args.out else settings.base_model_dir
+        build_tiny_pipeline(out, seed=args.seed)
+        print(f"tiny base pipeline written to {out}")
+        return
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     clock = SystemClock()
     deps = Deps(settings=settings, clock=clock, hasher=Hasher(settings.secret()), db=db)

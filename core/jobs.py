@@ -137,6 +137,7 @@ class JobQueue:
                     lease_expires_at=None,
                     updated_at=now,
                 ).where(Job.id == job.id).execute()
+                self.on_requeued(job.id)
                 return "queued"
             self._finish(job.id, "failed", now, error=error)
             self.on_failed(job.id, error)
@@ -144,3 +145,6 @@ class JobQueue:
 
     def on_failed(self, job_id: str, error: str) -> None:
         """Called (in the transaction) when a job fails for good."""
+
+    def on_requeued(self, job_id: str) -> None:
+        """Called (in the transaction) when a job is given back for a later attempt."""

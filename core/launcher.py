@@ -1,9 +1,14 @@
 """`faceharmony-up`: starts the whole system on its embedded defaults and supervises it.
 
-Today the system is the API server; the trainer, order worker, Triton and the
-retention daemon join this list as their issues land. Each process runs as a
-child with the same environment; SIGTERM/SIGINT are passed on, and when one
+Today the system is the API server and a trainer; the order worker, Triton and
+the retention daemon join this list as their issues land. Each process runs as
+a child with the same environment; SIGTERM/SIGINT are passed on, and when one
 child exits the others are stopped, so a broken part is never hidden.
+
+On the embedded defaults (FACEHARMONY_BASE_MODEL unset) the tiny random-weight
+base pipeline is built into the data folder first if it is not there yet: no
+weights can be downloaded, and production points FACEHARMONY_BASE_MODEL at a
+folder of real diffusers weights instead.
 """
 
 from __future__ import annotations
@@ -16,7 +21,37 @@ import time
 
 PROCESSES: list[tuple[str, list[str]]] = [
     ("server", [sys.executable, "-m", "faceharmony.server"]),
+    ("trainer", [sys.executable, "-m", "faceharmony.trainer"]),
 ]
+
+
+def ensure_base_model() -> None:
+    from faceharmony.core.settings import Settings
+
+    settings = Settings.from_env()
+    if settings.base_model or (settings.base_model_dir / "model_index.json").exists():
+        return
+    print(f"faceharmony-up: building the tiny base pipeline in {settings.base_model_dir}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "faceharmony.clients.operator_cli", "build-tiny-base"], check=True)
+
+
+def wait_for_migrations(timeout: float = 60) -> None:
+    from faceharmony.core.db.connection import close_database, open_database
+    from faceharmony.core.db.migrate import pending
+    from faceharmony.core.settings import Settings
+
+    settings = Settings.from_env()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db = open_database(settings.resolved_database_url)
+        try:
+            if not pending(db):
+                return
+        except Exception:  # noqa: BLE001 - the database may not exist yet
+            pass
+        finally:
+            close_database(db)
+        time.sleep(0.5)
 
 
 def main() -> None:
@@ -32,9 +67,13 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    ensure_base_model()
+    # The server applies the migrations; the trainer waits for them by starting second.
     for name, argv in PROCESSES:
         children[name] = subprocess.Popen(argv, env=os.environ.copy())
         print(f"faceharmony-up: started {name} (pid {children[name].pid})", file=sys.stderr, flush=True)
+        if name == "server":
+            wait_for_migrations()
     exit_code = 0
     while children:
         for name, child in list(children.items()):

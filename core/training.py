@@ -56,6 +56,12 @@ class TrainingQueue(JobQueue):
             UserModel.id == job.model_id, UserModel.state.in_(("queued", "training"))
         ).execute()
 
+    def on_requeued(self, job_id: str) -> None:
+        job = TrainingJob.get_by_id(job_id)
+        UserModel.update(state="queued", progress=0.0, updated_at=self.clock.now()).where(
+            UserModel.id == job.model_id, UserModel.state == "training"
+        ).execute()
+
     def start(self, claim: Claim) -> UserModel | None:
         """Marks the claimed job's model TRAINING; None when the model may not be trained (deleted meanwhile)."""
         with write_transaction(self.db):

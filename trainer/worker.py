@@ -19,6 +19,8 @@ import socket
 import threading
 import time
 
+import peewee as pw
+
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore, Role
 from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
@@ -36,11 +38,20 @@ def default_worker_id() -> str:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, worker_id: str | None = None, store: BlobStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+        store: BlobStore | None = None,
+        db: pw.Database | None = None,
+    ) -> None:
+        """`db` is for running beside a server in one process (tests): the models' database is shared."""
         self.settings = settings
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
-        self.db = open_database(settings.resolved_database_url, pool_size=4)
+        self.db = db or open_database(settings.resolved_database_url, pool_size=4)
         self.queue = TrainingQueue(self.db, self.clock, settings.training_lease_seconds)
         self.store = store or open_blob_store(settings, Role.TRAINER)
         self.shutting_down = threading.Event()
@@ -127,6 +138,7 @@ class Trainer:
         beat = threading.Thread(target=self._heartbeat, args=(claim, stop, progress), name="heartbeat", daemon=True)
         beat.start()
         job = TrainingJob.get_by_id(claim.job_id)
+        training_settings = self.training_settings(seed=int(job.id[:8], 16))
 
         def on_progress(step: int, total: int) -> None:
             progress["value"] = round(step / total, 4)
@@ -135,7 +147,12 @@ class Trainer:
             return stop.is_set() or self.shutting_down.is_set()
 
         try:
-            adapter = train_lora(base, jpegs, self.training_settings(seed=int(job.id[:8], 16)), on_progress=on_progress, should_stop=should_stop)
+            adapter = train_lora(base, jpegs, training_settings, on_progress=on_progress, should_stop=should_stop)
+        except ValueError as exc:  # a photo that cannot be decoded: retrying will not help
+            log.error("training input refused", extra={"job_id": claim.job_id, "error": type(exc).__name__})
+            stop.set()
+            self.queue.fail(claim, "PHOTO_UNREADABLE", retryable=False)
+            return
         except TrainingCancelled:
             if self.shutting_down.is_set() and not stop.is_set():
                 self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False)

@@ -1,0 +1,3 @@
+from faceharmony.clients.user_cli import main
+
+main()

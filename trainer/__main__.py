@@ -1,0 +1,3 @@
+from faceharmony.trainer.main import main
+
+main()
