@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "build-tiny-base":
         from pathlib import Path
 
-        from faceharmony.trainer.pipeline import build_tiny_pipeline
+        from faceharmony.core.basemodel import build_tiny_pipeline
 
         out = Path(args.out) if args.out else settings.base_model_dir
         build_tiny_pipeline(out, seed=args.seed)

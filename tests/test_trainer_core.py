@@ -29,7 +29,7 @@ from faceharmony.trainer.lora import (
     read_adapter_metadata,
     train_lora,
 )
-from faceharmony.trainer.pipeline import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
+from faceharmony.core.basemodel import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 # Enough signal for a visible loss drop in a few seconds on the tiny random model.

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from faceharmony.trainer.pipeline import BaseModel
+from faceharmony.core.basemodel import BaseModel
 
 ADAPTER_NAME = "faceharmony_training"
 METADATA_KEY = "faceharmony_training"

@@ -60,7 +60,7 @@ class Trainer:
     # --- the base pipeline, loaded once per process --------------------------------------
     def base(self):
         if self._base is None:
-            from faceharmony.trainer.pipeline import load_base
+            from faceharmony.core.basemodel import load_base
 
             started = time.perf_counter()
             self._base = load_base(self.settings.base_model_dir)
@@ -105,7 +105,7 @@ class Trainer:
 
     def process(self, claim: Claim) -> None:
         from faceharmony.trainer.lora import TrainingCancelled, train_lora
-        from faceharmony.trainer.pipeline import BaseModelMissing
+        from faceharmony.core.basemodel import BaseModelMissing
 
         model = self.queue.start(claim)
         if model is None:

@@ -1,4 +1,4 @@
-"""The base diffusion pipeline the trainer fine-tunes: building a tiny offline one, loading any one, fingerprinting it.
+"""The base diffusion pipeline shared by the trainer and the inference side: building a tiny offline one, loading any one, fingerprinting it.
 
 Owns three things:
 
