@@ -44,19 +44,20 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 try:
     import faceharmony.trainer  # noqa: F401
-except ImportError:  # a machine without the project installed (the GPU box): map faceharmony.trainer by hand
+except ImportError:  # a machine without the project installed (the GPU box): map the packages by hand
     import importlib.util
     import types
 
     _root = Path(__file__).resolve().parents[1]
     sys.modules["faceharmony"] = types.ModuleType("faceharmony")
     sys.modules["faceharmony"].__path__ = []  # type: ignore[attr-defined]
-    _spec = importlib.util.spec_from_file_location(
-        "faceharmony.trainer", _root / "trainer" / "__init__.py", submodule_search_locations=[str(_root / "trainer")]
-    )
-    _module = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-    sys.modules["faceharmony.trainer"] = _module
-    _spec.loader.exec_module(_module)  # type: ignore[union-attr]
+    for _name, _folder in (("faceharmony.core", "core"), ("faceharmony.trainer", "trainer")):
+        _spec = importlib.util.spec_from_file_location(
+            _name, _root / _folder / "__init__.py", submodule_search_locations=[str(_root / _folder)]
+        )
+        _module = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+        sys.modules[_name] = _module
+        _spec.loader.exec_module(_module)  # type: ignore[union-attr]
 
 from faceharmony.trainer.lora import TrainingSettings, prepare_images, train_lora  # noqa: E402
 from faceharmony.core.basemodel import (  # noqa: E402

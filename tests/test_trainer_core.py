@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from faceharmony.trainer import pipeline as pipeline_mod
+from faceharmony.core import basemodel as pipeline_mod
 from faceharmony.trainer.lora import (
     CorruptAdapter,
     TrainingCancelled,
