@@ -27,7 +27,7 @@ def blob_files(h) -> list[str]:
 
 
 def state(h) -> tuple:
-    """Everything an upload could leave behind: rows, blobs, temporary files."""
+    """Everything an upload could leave behind: rows, blobs, temporary files (use with `private_tmp`)."""
     rows = h.db_call(lambda: sorted(r.id for r in m.Photo.select()))
     return rows, blob_files(h), sorted(os.listdir(tempfile.gettempdir()))
 
@@ -125,7 +125,7 @@ def test_request_id_makes_uploads_idempotent(harness):
     assert first.id == again.id and len(blob_files(harness)) == 1
 
 
-def test_unavailable_verifier_stores_nothing(tmp_path):
+def test_unavailable_verifier_stores_nothing(tmp_path, private_tmp):
     class Down:
         name = "down"
 
@@ -142,7 +142,7 @@ def test_unavailable_verifier_stores_nothing(tmp_path):
         h.stop()
 
 
-def test_blob_store_failure_mid_upload_leaves_no_row(tmp_path):
+def test_blob_store_failure_mid_upload_leaves_no_row(tmp_path, private_tmp):
     class FailingStore(LocalBlobStore):
         def _create(self, kind, blob_id, data, content_type):
             raise BlobError("disk on fire")
@@ -220,7 +220,7 @@ def test_per_account_photo_limit(tmp_path):
         h.stop()
 
 
-def test_google_cloud_vision_backend_through_the_server(tmp_path):
+def test_google_cloud_vision_backend_through_the_server(tmp_path, private_tmp):
     """The production verifier, configured by settings, speaking Vision's real protocol to a local Vision server."""
     from faceharmony.core.verify.factory import make_verifier
     from faceharmony.core.settings import Settings

@@ -1,0 +1,275 @@
+"""The adapter cache of the inference side: user LoRA adapters fetched from the blob store, kept LRU by bytes.
+
+Owns:
+
+* `parse_adapter_bytes(data)`: safetensors bytes -> validated LoRA state dict, raising `AdapterCorrupt`.
+  The format is the one the trainer writes (trainer/lora.py): keys
+  `unet.<module>.<to_q|to_k|to_v|to_out.0>.lora.<down|up>.weight` (peft's lora_A/lora_B spelling too), both
+  halves per layer, down (r, in) and up (out, r), floating point, finite. The trainer has its own reader
+  (`trainer.lora.load_adapter_bytes`); this one is written separately on purpose: `core` must not import a
+  process package (`trainer`), and the inference side must not trust what it reads from storage. This parser
+  checks the file's own consistency; whether the adapter fits the loaded base (layer names and widths) is
+  checked by the engine (`multi_lora.prepare_lora`). It does not insist on one rank for all layers (the
+  engine pads ranks anyway).
+* `AdapterCache(store, max_bytes)`: `get(model_version_key, blob_id)` returns the parsed state dict, from
+  memory or fetched with the blob store (it must be a store of the ORDER role, the only one that may read
+  `models/`); bounded by the total bytes of the cached tensors, least recently used evicted first;
+  `evict(key)` drops one (a model pending deletion); counts hits, misses and evictions. Thread-safe:
+  concurrent `get`s of one key fetch it once (the others wait for that fetch), and the blob store is never
+  called with the cache's lock held. An adapter larger than `max_bytes` is returned but not kept.
+  With `base_fingerprint` set, an adapter whose embedded training metadata names another base is refused
+  (`AdapterMismatchedBase`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+
+from faceharmony.core.blobstore.base import PERMISSIONS, BlobNotFound, BlobStore, Op
+
+METADATA_KEY = "faceharmony_training"  # where the trainer embeds its JSON metadata in the safetensors header
+
+_KEY = re.compile(
+    r"^unet\.(?P<layer>[A-Za-z0-9_.]+\.(?:to_q|to_k|to_v|to_out\.0))\.(?P<half>lora\.down|lora\.up|lora_A|lora_B)\.weight$"
+)
+
+
+class AdapterError(Exception):
+    """An adapter cannot be served."""
+
+
+class AdapterCorrupt(AdapterError):
+    """The stored bytes are not a LoRA adapter of the trainer's format (the message says what is wrong)."""
+
+
+class AdapterNotFound(AdapterError):
+    """No blob with that id (deleted, or never written)."""
+
+
+class AdapterMismatchedBase(AdapterError):
+    """The adapter was trained on another base model."""
+
+
+def parse_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """Validate adapter bytes and return the state dict; AdapterCorrupt for anything else."""
+    import safetensors.torch
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise AdapterCorrupt(f"adapter must be bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 16:
+        raise AdapterCorrupt(f"adapter is {len(data)} bytes, too short for safetensors")
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own and other error types
+        raise AdapterCorrupt(f"adapter is not valid safetensors: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not tensors:
+        raise AdapterCorrupt("adapter holds no tensors")
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            raise AdapterCorrupt(f"unexpected key in adapter: {key[:120]!r}")
+        half = "down" if m["half"] in ("lora.down", "lora_A") else "up"
+        if half in layers.setdefault(m["layer"], {}):
+            raise AdapterCorrupt(f"adapter names layer {m['layer'][:120]!r} twice")
+        layers[m["layer"]][half] = tensor
+    for layer, pair in layers.items():
+        if len(pair) != 2:
+            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} has only its {next(iter(pair))} half")
+        down, up = pair["down"], pair["up"]
+        if down.ndim != 2 or up.ndim != 2 or down.shape[0] < 1 or up.shape[1] != down.shape[0]:
+            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} has inconsistent shapes {tuple(down.shape)}, {tuple(up.shape)}")
+        if not (down.is_floating_point() and up.is_floating_point()):
+            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} is not floating point")
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
+            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} holds non-finite values")
+    return tensors
+
+
+def adapter_metadata(data: bytes) -> dict:
+    """The trainer's JSON metadata embedded in the safetensors header; {} when absent or unreadable."""
+    try:
+        n = int.from_bytes(bytes(data[:8]), "little")
+        header = json.loads(bytes(data[8 : 8 + n]))
+        raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+        meta = json.loads(raw) if raw else {}
+        return meta if isinstance(meta, dict) else {}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0  # fetches from the store (a wait on another thread's fetch counts as a hit)
+    evictions: int = 0  # dropped to stay within max_bytes
+    entries: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Entry:
+    blob_id: str
+    tensors: dict[str, torch.Tensor]
+    nbytes: int
+
+
+class _Flight:
+    def __init__(self, blob_id: str) -> None:
+        self.blob_id = blob_id
+        self.done = threading.Event()
+        self.result: dict[str, torch.Tensor] | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+
+class AdapterCache:
+    """LRU of parsed adapters keyed by model version, bounded by the total bytes of their tensors."""
+
+    def __init__(self, store: BlobStore, max_bytes: int, *, base_fingerprint: str | None = None) -> None:
+        if Op.READ not in PERMISSIONS[store.role].get("models", frozenset()):
+            raise ValueError(f"the adapter cache needs a blob store that may read models/ (role order), not {store.role.value}")
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.store = store
+        self.max_bytes = int(max_bytes)
+        self.base_fingerprint = base_fingerprint
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._inflight: dict[Hashable, _Flight] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._evictions = 0
+
+    # -- reading
+
+    def get(self, key: Hashable, blob_id: str) -> dict[str, torch.Tensor]:
+        """The adapter of model version `key`, stored as blob `blob_id`.
+
+        Raises AdapterNotFound (no such blob), AdapterCorrupt, AdapterMismatchedBase, or the store's
+        BlobError for a storage failure (transient: nothing is cached). A cached entry under `key` with
+        another blob id is replaced.
+        """
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry.blob_id == blob_id:
+                    self._entries.move_to_end(key)
+                    self._hits += 1
+                    return entry.tensors
+                flight = self._inflight.get(key)
+                leader = flight is None
+                if leader:
+                    flight = self._inflight[key] = _Flight(blob_id)
+                    self._misses += 1
+            if leader:
+                return self._fetch(key, flight)
+            flight.done.wait()
+            if flight.blob_id != blob_id:
+                continue  # that fetch was for another blob; look again
+            if flight.error is not None:
+                raise flight.error
+            with self._lock:
+                self._hits += 1
+            return flight.result  # type: ignore[return-value]
+
+    def _fetch(self, key: Hashable, flight: _Flight) -> dict[str, torch.Tensor]:
+        try:
+            tensors = self._load(flight.blob_id)
+        except BaseException as exc:
+            flight.error = exc
+            with self._lock:
+                self._inflight.pop(key, None)
+            flight.done.set()
+            raise
+        nbytes = tensor_bytes(tensors)
+        with self._lock:
+            self._inflight.pop(key, None)
+            if not flight.cancelled and nbytes <= self.max_bytes:
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self._bytes -= old.nbytes
+                self._entries[key] = _Entry(flight.blob_id, tensors, nbytes)
+                self._bytes += nbytes
+                while self._bytes > self.max_bytes:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= dropped.nbytes
+                    self._evictions += 1
+        flight.result = tensors
+        flight.done.set()
+        return tensors
+
+    def _load(self, blob_id: str) -> dict[str, torch.Tensor]:
+        try:
+            data = self.store.read("models", blob_id)
+        except BlobNotFound:
+            raise AdapterNotFound(f"adapter blob {blob_id} not found") from None
+        tensors = parse_adapter_bytes(data)
+        if self.base_fingerprint is not None:
+            trained_on = adapter_metadata(data).get("base_fingerprint")
+            if trained_on is not None and trained_on != self.base_fingerprint:
+                raise AdapterMismatchedBase(f"adapter blob {blob_id} was trained on another base model")
+        return tensors
+
+    # -- management
+
+    def evict(self, key: Hashable) -> bool:
+        """Drop `key` (and keep a fetch of it now in flight from being cached); True if it was cached."""
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is not None:
+                flight.cancelled = True
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            self._bytes -= entry.nbytes
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            for flight in self._inflight.values():
+                flight.cancelled = True
+            self._entries.clear()
+            self._bytes = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def keys(self) -> list[Hashable]:
+        """Cached keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, self._evictions, len(self._entries), self._bytes)
+
+
+__all__ = [
+    "AdapterCache",
+    "AdapterCorrupt",
+    "AdapterError",
+    "AdapterMismatchedBase",
+    "AdapterNotFound",
+    "CacheStats",
+    "adapter_metadata",
+    "parse_adapter_bytes",
+    "tensor_bytes",
+]
