@@ -15,13 +15,16 @@ MAX_TOKEN_LENGTH = 200
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-    for key, value in metadata or ():
-        if key.lower() == "authorization" and isinstance(value, str):
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and token and len(token) <= MAX_TOKEN_LENGTH:
-                return token.strip()
-            return ""
-    return None
+    """The bearer token; None when there is no authorization header, "" when it is malformed or repeated."""
+    values = [value for key, value in metadata or () if key.lower() == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1 or not isinstance(values[0], str):
+        return ""  # ambiguous: never pick one of several identities
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme == "Bearer" and token.strip() and len(token) <= MAX_TOKEN_LENGTH:
+        return token.strip()
+    return ""
 
 
 def authenticate(app: AppContext, token: str) -> Principal:

@@ -30,7 +30,15 @@ def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def from_ts(value: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
-    return value.ToDatetime(tzinfo=dt.timezone.utc) if present else None
+    """A client's timestamp, or None; out-of-range values are the client's error (INVALID_REQUEST)."""
+    if not present:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        from faceharmony.server.errors import invalid
+
+        raise invalid("INVALID_REQUEST", "timestamp out of range") from None
 
 
 def account(row: m.Account) -> account_pb2.Account:

@@ -69,6 +69,15 @@ def optional_request_id(raw: str) -> str | None:
     return raw
 
 
+def state_filter(raw: int, states: dict[int, str], what: str = "state") -> str | None:
+    """An optional enum filter: UNSPECIFIED (0) means none; an unknown value is refused, not ignored."""
+    if raw == 0:
+        return None
+    if raw not in states:
+        raise invalid("INVALID_REQUEST", f"{what} is not a known value")
+    return states[raw]
+
+
 def page_size(raw: int) -> int:
     if raw < 0:
         raise invalid("INVALID_PAGE_SIZE", "page_size must not be negative")

@@ -104,6 +104,13 @@ def test_malformed_or_unknown_tokens_are_unauthenticated(sqlite_harness, header)
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
+def test_two_authorization_headers_are_refused(sqlite_harness):
+    h = sqlite_harness
+    one, two = h.sign_up("one-h@example.com"), h.sign_up("two-h@example.com")
+    both = one.md + two.md
+    assert status_of(h.accounts.GetAccount, a.GetAccountRequest(), metadata=both) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
 def test_unknown_method_is_unimplemented_not_internal(sqlite_harness):
     call = sqlite_harness.channel.unary_unary("/faceharmony.v1.AccountService/Nope")
     with pytest.raises(grpc.RpcError) as err:

@@ -204,6 +204,17 @@ def test_wrong_codes_lock_the_code_and_are_audited(harness):
     harness.accounts.SignIn(a.SignInRequest(email=user.email, code=harness.code_for(user.email)))
 
 
+def test_unknown_emails_lock_out_exactly_like_known_ones(harness):
+    """No enumeration through the lockout: every code request makes a live code, delivered or not."""
+    harness.sign_up("real@example.com")
+    answers = {}
+    for address in ("real@example.com", "ghost@example.com"):
+        harness.accounts.RequestSignInCode(a.RequestSignInCodeRequest(email=address))
+        answers[address] = [status_of(harness.accounts.SignIn, a.SignInRequest(email=address, code="000000")) for _ in range(7)]
+    assert answers["real@example.com"] == answers["ghost@example.com"]
+    assert answers["ghost@example.com"][-1] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED")
+
+
 def test_code_requests_are_rate_limited_alike_for_unknown_emails(harness):
     limit = harness.settings.code_requests_per_window
     for address in ("rl-unknown@example.com",):
@@ -213,6 +224,22 @@ def test_code_requests_are_rate_limited_alike_for_unknown_emails(harness):
         assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
     harness.clock.advance(seconds=harness.settings.code_request_window_seconds + 1)
     harness.accounts.RequestSignInCode(a.RequestSignInCodeRequest(email="rl-unknown@example.com"))
+
+
+def test_bad_filters_and_timestamps_are_refused(sqlite_harness):
+    h = sqlite_harness
+    admin = h.staff("admin")
+    assert status_of(h.admin.ListWaitlist, ad.ListWaitlistRequest(state=77), metadata=admin.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
+    user = h.sign_up("future@example.com")
+    req = p.RecordPurchaseRequest(store=p.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-future")
+    req.purchase_time.FromDatetime(dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc))
+    assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    req.purchase_time.seconds = 2**62  # beyond what a datetime holds
+    assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert h.db_call(m.Purchase.select().count) == 0
 
 
 @pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef", "12 456", "١٢٣٤٥٦"])

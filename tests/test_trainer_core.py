@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -296,11 +295,9 @@ def test_should_stop_cancels_promptly(base, photos):
         asked["n"] += 1
         return asked["n"] > 4  # once before preparing, once after caching, then before steps 1 and 2
 
-    start = time.perf_counter()
     with pytest.raises(TrainingCancelled, match="after 2 of 500"):
         train_lora(base, photos, TrainingSettings(steps=500), on_progress=lambda s, t: calls.append(s), should_stop=should_stop)
-    assert time.perf_counter() - start < 10
-    assert calls == [1, 2]
+    assert calls == [1, 2]  # stopped at the next step, not at the end
     assert not has_adapter(base.unet)
     assert all(torch.equal(v, base.unet.state_dict()[k]) for k, v in before.items())
     with pytest.raises(TrainingCancelled):

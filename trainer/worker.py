@@ -177,7 +177,8 @@ class Trainer:
             log.info("model ready", extra={"job_id": claim.job_id, "model_id": model.id, "version": version, "loss": round(adapter.final_loss, 5)})
 
     def _heartbeat(self, claim: Claim, stop: threading.Event, progress: dict) -> None:
-        interval = max(0.2, self.settings.training_lease_seconds / 4)
+        # Often enough that a deleted model's training stops within seconds, well inside the lease.
+        interval = max(0.2, min(2.0, self.settings.training_lease_seconds / 4))
         self.db.connect(reuse_if_open=True)
         try:
             while not stop.wait(interval):

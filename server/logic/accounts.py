@@ -97,21 +97,24 @@ def request_sign_in_code(deps: Deps, email: str) -> int:
     with write_transaction(deps.db):
         _rate_limit(deps, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
         name = _sign_in_name(deps, email)
+        # Every request makes a live code, whether or not the email may sign in: an email that may
+        # not gets a code nobody receives, so wrong guesses lock it exactly like a real one and the
+        # answers to SignIn reveal nothing about which emails have accounts.
+        now = deps.clock.now()
+        (
+            SignInCode.update(superseded=True)
+            .where(SignInCode.email_hmac == email_hmac, SignInCode.consumed_at.is_null())
+            .execute()
+        )
+        code_id, code = ids.new_id(), ids.new_code()
+        SignInCode.create(
+            id=code_id,
+            email_hmac=email_hmac,
+            code_hash=deps.hasher.code(code_id, code),
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=s.code_ttl_seconds),
+        )
         if name is not None:
-            now = deps.clock.now()
-            (
-                SignInCode.update(superseded=True)
-                .where(SignInCode.email_hmac == email_hmac, SignInCode.consumed_at.is_null())
-                .execute()
-            )
-            code_id, code = ids.new_id(), ids.new_code()
-            SignInCode.create(
-                id=code_id,
-                email_hmac=email_hmac,
-                code_hash=deps.hasher.code(code_id, code),
-                created_at=now,
-                expires_at=now + dt.timedelta(seconds=s.code_ttl_seconds),
-            )
             account = Account.get_or_none(Account.email == email)
             enqueue(
                 clock=deps.clock,

@@ -8,15 +8,16 @@ from faceharmony.core.db.models import Account, AuditEvent, WaitlistEntry
 from faceharmony.core.email.queue import enqueue
 from faceharmony.server.errors import not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
-from faceharmony.server.validation import paginate, require_id
+from faceharmony.server.validation import paginate, require_id, state_filter
 
 WAITLIST_STATES = {1: "pending", 2: "approved"}
 
 
 def list_waitlist(deps: Deps, state: int, page_size: int, page_token: str):
     query = WaitlistEntry.select()
-    if state in WAITLIST_STATES:
-        query = query.where(WaitlistEntry.state == WAITLIST_STATES[state])
+    wanted = state_filter(state, WAITLIST_STATES)
+    if wanted:
+        query = query.where(WaitlistEntry.state == wanted)
     return paginate(query, WaitlistEntry.created_at, WaitlistEntry.id, page_size, page_token)
 
 

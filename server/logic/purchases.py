@@ -6,6 +6,7 @@ the stores' servers, which this system cannot reach in tests (see README).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import peewee as pw
@@ -35,6 +36,8 @@ def record_purchase(deps: Deps, account_id: str, store: int, product_id: str, tr
         raise invalid("UNKNOWN_PRODUCT", "no such product")
     if not _TRANSACTION.match(transaction_id):
         raise invalid("INVALID_TRANSACTION_ID", "transaction_id must be 1-200 characters of [A-Za-z0-9._:-]")
+    if purchase_time is not None and purchase_time > deps.clock.now() + dt.timedelta(days=1):
+        raise invalid("INVALID_REQUEST", "purchase_time is in the future")
     store_name = STORES[store]
     for attempt in range(2):
         try:

@@ -10,7 +10,7 @@ from faceharmony.core.db.models import Ticket, TicketMessage
 from faceharmony.server.context import Principal
 from faceharmony.server.errors import denied, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
-from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id
+from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id, state_filter
 
 TICKET_STATES = {1: "open", 2: "answered", 3: "closed"}
 
@@ -74,8 +74,9 @@ def list_tickets(deps: Deps, principal: Principal, account_id: str, all_accounts
             query = query.where(Ticket.account == require_id(account_id, "account_id"))
     else:
         query = query.where(Ticket.account == principal.account_id)
-    if state in TICKET_STATES:
-        query = query.where(Ticket.state == TICKET_STATES[state])
+    wanted = state_filter(state, TICKET_STATES)
+    if wanted:
+        query = query.where(Ticket.state == wanted)
     return paginate(query, Ticket.created_at, Ticket.id, page_size, page_token)
 
 

@@ -49,6 +49,8 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
     async def UploadPhoto(self, request, context):
         account_id = self.app.principal().account_id
         request_id = optional_request_id(request.request_id)
+        if len(request.filename) > 255 or len(request.content_type) > 255:
+            raise invalid("INVALID_REQUEST", "filename and content_type are at most 255 characters")
         first = await self.app.run(photos.existing_upload, self.deps, account_id, request_id)
         if first is not None:
             return pb.UploadPhotoResponse(photo=convert.photo(first))
