@@ -17,7 +17,8 @@ The loop reproduces `StableDiffusionPipeline.__call__` per sample:
   * classifier-free guidance only for samples with guidance_scale > 1 (as diffusers decides it). The UNet
     batch is [uncond rows of the guided samples..., cond rows of all samples]; the adapter index is
     repeated for the uncond rows, so a sample's adapter applies to both of its rows, as with peft.
-    noise = uncond + g_s * (cond - uncond) per guided sample; unguided samples use cond alone.
+    noise = uncond + g_s * (cond - uncond) per guided sample (the product in float32, like diffusers'
+    Python-float scale, then back to the UNet's dtype); unguided samples use cond alone.
   * latents: per sample `torch.randn((1, C, h/8, w/8), generator=torch.Generator("cpu").manual_seed(seed))`
     in the text embeddings' dtype, exactly as diffusers' `randn_tensor` draws for a single request,
     times `init_noise_sigma`; the same per-sample generators go to `scheduler.step` (ancestral samplers).
@@ -77,6 +78,7 @@ class GenerationRequest:
 class GenerationResult:
     request_id: str | None
     image: np.ndarray | None = None  # uint8 (height, width, 3)
+    pixels: np.ndarray | None = None  # float32 (height, width, 3) in [0, 1], only with generate(return_float=True)
     error: str | None = None
     batch_size: int = 0  # requests that shared this image's denoising loop (0 when it failed validation)
     seconds: float = 0.0  # wall time of that loop, decode included
@@ -106,7 +108,15 @@ class EngineStats:
 
 
 class BatchedGenerator:
-    """Loads a base pipeline once and serves batches of requests with per-sample adapters."""
+    """Loads a base pipeline once and serves batches of requests with per-sample adapters.
+
+    base: a loaded `BaseModel` (shared, e.g. with a trainer) or a diffusers folder for `load_base`.
+    scheduler: a diffusers scheduler whose config and class are used (a fresh instance per batch);
+      default EulerDiscreteScheduler from the folder's scheduler config.
+    max_batch: most requests in one denoising loop (the UNet batch is up to twice that with CFG).
+    max_steps, min_size/max_size/size_multiple (default: the VAE factor, 8), max_guidance: request limits.
+    vae_batch: latents decoded per VAE call (bounds decode memory at large sizes).
+    """
 
     def __init__(
         self,
@@ -127,9 +137,7 @@ class BatchedGenerator:
         if getattr(unet.config, "time_cond_proj_dim", None) is not None:
             raise ValueError("guidance-embedding UNets (time_cond_proj_dim, e.g. LCM) are not supported")
         if scheduler is None:
-            from diffusers import EulerDiscreteScheduler
-
-            scheduler = EulerDiscreteScheduler.from_config(self.base.noise_scheduler.config)
+            scheduler = _euler_from_folder(self.base)
         self.scheduler_config = scheduler.config
         self._scheduler_cls = type(scheduler)
         self.max_batch = int(max_batch)
@@ -210,8 +218,11 @@ class BatchedGenerator:
     # ---------------------------------------------------------------------------------------------------
     # Generation
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Images for `requests`, in order; a bad request gets an error result and never affects the others."""
+    def generate(self, requests: Sequence[GenerationRequest], *, return_float: bool = False) -> list[GenerationResult]:
+        """Images for `requests`, in order; a bad request gets an error result and never affects the others.
+
+        `return_float` also returns each image before quantization (what diffusers' output_type="np" gives),
+        for measuring precision."""
         results: list[GenerationResult | None] = [None] * len(requests)
         prepared: dict[int, Any] = {}  # id(adapter object) -> LoRAWeights or error text, for this call
         groups: dict[tuple[int, int, int], list[_Item]] = {}
@@ -225,16 +236,14 @@ class BatchedGenerator:
             for items in groups.values():
                 for start in range(0, len(items), self.max_batch):
                     chunk = items[start : start + self.max_batch]
-                    for item, res in zip(chunk, self._run_chunk_safely(chunk)):
+                    for item, res in zip(chunk, self._run_chunk_safely(chunk, return_float)):
                         results[item.pos] = res
-        for r in results:
-            if r is not None and r.error is not None:
-                self.stats.failed += 1
+            self.stats.failed += sum(1 for r in results if r is not None and r.error is not None)
         return results  # type: ignore[return-value] - every position is filled above
 
-    def _run_chunk_safely(self, chunk: list[_Item]) -> list[GenerationResult]:
+    def _run_chunk_safely(self, chunk: list[_Item], return_float: bool = False) -> list[GenerationResult]:
         try:
-            return self._run_chunk(chunk)
+            return self._run_chunk(chunk, return_float)
         except Exception as exc:  # noqa: BLE001 - isolate the failure to the request that causes it
             if len(chunk) == 1:
                 log.warning("generation failed: %s: %s", type(exc).__name__, exc)
@@ -244,7 +253,7 @@ class BatchedGenerator:
                 torch.cuda.empty_cache()
             out = []
             for item in chunk:
-                out.extend(self._run_chunk_safely([item]))
+                out.extend(self._run_chunk_safely([item], return_float))
             return out
 
     @torch.inference_mode()
@@ -261,7 +270,7 @@ class BatchedGenerator:
         return out
 
     @torch.inference_mode()
-    def _run_chunk(self, chunk: list[_Item]) -> list[GenerationResult]:
+    def _run_chunk(self, chunk: list[_Item], return_float: bool = False) -> list[GenerationResult]:
         t0 = time.perf_counter()
         base = self.base
         device, n = self.device, len(chunk)
@@ -302,7 +311,8 @@ class BatchedGenerator:
         g_idx = torch.tensor(guided, dtype=torch.long, device=device)
         all_guided = len(guided) == n
         if guided:
-            g_scale = torch.tensor([chunk[i].guidance for i in guided], dtype=embeds.dtype, device=device).view(-1, 1, 1, 1)
+            # float32 like diffusers' Python-float scale (a bf16 tensor would round e.g. 7.3 to 7.3125)
+            g_scale = torch.tensor([chunk[i].guidance for i in guided], dtype=torch.float32, device=device).view(-1, 1, 1, 1)
 
         with base.lock, installed(base.unet) as handle:
             with handle.batch(adapters, row_index) if adapters else contextlib.nullcontext():
@@ -320,21 +330,32 @@ class BatchedGenerator:
                     else:
                         pred_u, pred_c = pred[: len(guided)], pred[len(guided) :]
                         if all_guided:
-                            noise = pred_u + g_scale * (pred_c - pred_u)
+                            noise = pred_u + (g_scale * (pred_c - pred_u)).to(pred_u.dtype)
                         else:
                             noise = pred_c.clone()
-                            noise[g_idx] = pred_u + g_scale * (pred_c.index_select(0, g_idx) - pred_u)
+                            noise[g_idx] = pred_u + (g_scale * (pred_c.index_select(0, g_idx) - pred_u)).to(pred_u.dtype)
                     latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
 
-        images = self._decode(latents)
+        pixels = self._decode(latents)
+        images = (pixels * 255).round().astype(np.uint8)  # as diffusers' numpy_to_pil quantizes
         seconds = time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.images += n
         self.stats.batch_sizes.append(n)
-        return [GenerationResult(it.req.request_id, image=images[i], batch_size=n, seconds=seconds) for i, it in enumerate(chunk)]
+        return [
+            GenerationResult(
+                it.req.request_id,
+                image=images[i],
+                pixels=pixels[i] if return_float else None,
+                batch_size=n,
+                seconds=seconds,
+            )
+            for i, it in enumerate(chunk)
+        ]
 
     @torch.inference_mode()
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> float32 (N, H, W, 3) in [0, 1], VAE run in chunks of `vae_batch`."""
         vae = self.base.vae
         outs = []
         for start in range(0, latents.shape[0], self.vae_batch):
@@ -342,7 +363,18 @@ class BatchedGenerator:
             img = vae.decode(z, return_dict=False)[0]
             img = (img / 2 + 0.5).clamp(0, 1)
             outs.append(img.cpu().permute(0, 2, 3, 1).float().numpy())
-        return (np.concatenate(outs) * 255).round().astype(np.uint8)
+        return np.concatenate(outs)
+
+
+def _euler_from_folder(base: BaseModel) -> Any:
+    """EulerDiscreteScheduler from the base folder's scheduler config (all its keys, whatever class saved
+    it); from the loaded training scheduler's config when the folder cannot be read."""
+    from diffusers import EulerDiscreteScheduler
+
+    try:
+        return EulerDiscreteScheduler.from_pretrained(base.folder, subfolder="scheduler", local_files_only=True)
+    except Exception:  # noqa: BLE001 - e.g. a BaseModel assembled in memory
+        return EulerDiscreteScheduler.from_config(base.noise_scheduler.config)
 
 
 def _is_int(v: Any) -> bool:
