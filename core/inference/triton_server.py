@@ -1,0 +1,266 @@
+"""Running the real Triton Inference Server from the `nvidia-pytriton` wheel on the repository `triton_models/`.
+
+Owns:
+
+* `prepare_backend_dir(folder)`: a Triton backend directory `<folder>/python/` holding symlinks to the
+  Python backend (`libtriton_python.so`, `triton_python_backend_utils.py` from
+  `site-packages/pytriton/tritonserver/backends/python/`) and to the backend stub for the running Python
+  (`pytriton/tritonserver/python_backend_stubs/<X.Y>/triton_python_backend_stub`).
+* `server_command(...)` / `server_env(...)`: the `tritonserver` command line (explicit model control, the
+  models to load, ports, `--exit-timeout-secs=5`) and its environment: `LD_LIBRARY_PATH` starting with this
+  interpreter's `sysconfig` LIBDIR (else the stub may load the system's libpython) then
+  `site-packages/nvidia_pytriton.libs`; `PATH` with this interpreter's `bin` first, so the stub runs in this
+  environment and `model.py` imports `faceharmony.*` (and numpy<2). FACEHARMONY_* variables pass through
+  unchanged: the model reads them with `Settings.from_env()`.
+* `TritonServer` / `start_triton(...)`: a started server process for tests and the launcher; waits until
+  the models are ready (tritonclient gRPC), stops it with SIGTERM (then SIGKILL) on `stop()`, on leaving its
+  `with` block, and at interpreter exit.
+* `main()`: the console entry point `faceharmony-triton`: runs the server in the foreground, SIGTERM and
+  SIGINT forwarded to it, exit status passed through. The backend directory lives in
+  `<FACEHARMONY_DATA_DIR>/triton/backends`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_MODELS = ("faceharmony_diffusion",)
+# The repository next to the project's packages (an editable install or a source checkout).
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+_STUB = "triton_python_backend_stub"
+
+
+class TritonUnavailable(RuntimeError):
+    """The Triton server from the nvidia-pytriton wheel cannot be found, started, or did not become ready."""
+
+
+def pytriton_root() -> Path:
+    """`site-packages/pytriton/tritonserver` of the installed nvidia-pytriton wheel."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonUnavailable("nvidia-pytriton is not installed (pip install nvidia-pytriton==0.7.0)")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (root / "bin" / "tritonserver").exists():
+        raise TritonUnavailable(f"no tritonserver binary under {root}")
+    return root
+
+
+def tritonserver_binary() -> Path:
+    return pytriton_root() / "bin" / "tritonserver"
+
+
+def bundled_libs_dir() -> Path:
+    """`site-packages/nvidia_pytriton.libs`: the server core's own shared libraries."""
+    return pytriton_root().parents[1] / "nvidia_pytriton.libs"
+
+
+def prepare_backend_dir(folder: Path) -> Path:
+    """Make (or refresh) `<folder>/python/` with symlinks into the wheel; returns `folder`."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = {name: root / "backends" / "python" / name for name in _BACKEND_FILES}
+    sources[_STUB] = root / "python_backend_stubs" / version / _STUB
+    for name, src in sources.items():
+        if not src.exists():
+            raise TritonUnavailable(f"the wheel has no {name} for Python {version} ({src})")
+    target = Path(folder) / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        link = target / name
+        if link.is_symlink() and os.readlink(link) == str(src):
+            continue
+        tmp = target / f".{name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(src)
+        os.replace(tmp, link)  # atomic: a concurrently starting server never sees a missing file
+    return Path(folder)
+
+
+def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    ld = [p for p in (libdir, str(bundled_libs_dir()), env.get("LD_LIBRARY_PATH", "")) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
+    bindir = str(Path(sys.executable).parent)  # the venv's bin (not resolved: the symlink marks the venv)
+    env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
+    return env
+
+
+def server_command(
+    repository: Path,
+    backend_dir: Path,
+    *,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    models: Sequence[str] = DEFAULT_MODELS,
+    log_verbose: int = 0,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    cmd = [
+        str(tritonserver_binary()),
+        f"--model-repository={Path(repository).resolve()}",
+        f"--backend-directory={Path(backend_dir).resolve()}",
+        "--model-control-mode=explicit",
+        *(f"--load-model={m}" for m in models),
+        f"--grpc-port={grpc_port}",
+        f"--http-port={http_port}",
+        f"--metrics-port={metrics_port}",
+        "--exit-timeout-secs=5",
+        "--strict-readiness=true",
+    ]
+    if log_verbose:
+        cmd.append(f"--log-verbose={log_verbose}")
+    cmd.extend(extra_args)
+    return cmd
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """A `tritonserver` child process. Use `start_triton` to make one."""
+
+    def __init__(self, process: subprocess.Popen, *, grpc_port: int, http_port: int, metrics_port: int,
+                 models: Sequence[str], log_path: Path | None) -> None:
+        self.process = process
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.models = tuple(models)
+        self.log_path = log_path
+        atexit.register(self.stop)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + timeout
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise TritonUnavailable(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    if all(client.is_model_ready(m) for m in self.models):
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise TritonUnavailable(f"models {self.models} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+                time.sleep(0.25)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status. Safe to call twice."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        atexit.unregister(self.stop)
+        return self.process.returncode
+
+    def __enter__(self) -> "TritonServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_triton(
+    work_dir: Path,
+    *,
+    repository: Path = DEFAULT_REPOSITORY,
+    models: Sequence[str] = DEFAULT_MODELS,
+    env: Mapping[str, str] | None = None,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
+    ready_timeout: float = 180.0,
+    log_verbose: int = 0,
+) -> TritonServer:
+    """Start tritonserver (backend dir and log under `work_dir`), wait until `models` are ready.
+
+    `env`: the environment (default os.environ) before the PATH/LD_LIBRARY_PATH additions; put the
+    FACEHARMONY_* settings the model needs there. Ports default to free ones. Raises TritonUnavailable."""
+    work_dir = Path(work_dir)
+    backend_dir = prepare_backend_dir(work_dir / "backends")
+    ports = [p if p is not None else free_port() for p in (grpc_port, http_port, metrics_port)]
+    cmd = server_command(repository, backend_dir, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2],
+                         models=models, log_verbose=log_verbose)
+    log_path = work_dir / "tritonserver.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    server = TritonServer(process, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2],
+                          models=models, log_path=log_path)
+    try:
+        server.wait_ready(ready_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`faceharmony-triton`: the Triton server on the model repository, in the foreground."""
+    from faceharmony.core.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="faceharmony-triton", description=main.__doc__)
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--model", action="append", dest="models", help="model to load (repeatable)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()  # fail here, not inside the model, on a bad FACEHARMONY_* variable
+    try:
+        backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
+        cmd = server_command(args.model_repository, backend_dir, grpc_port=args.grpc_port, http_port=args.http_port,
+                             metrics_port=args.metrics_port, models=args.models or DEFAULT_MODELS,
+                             log_verbose=args.log_verbose)
+    except TritonUnavailable as exc:
+        print(f"faceharmony-triton: {exc}", file=sys.stderr)
+        return 2
+    process = subprocess.Popen(cmd, env=server_env())
+
+    def forward(signum, _frame):
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
