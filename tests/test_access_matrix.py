@@ -87,11 +87,11 @@ def test_access_rules_for_every_rpc(harness, role):
     assert seen == len(policy) >= 39
 
 
-def test_undecodable_requests_are_invalid_argument(sqlite_harness):
-    user = sqlite_harness.sign_up("bytes@example.com")
+def test_undecodable_requests_are_invalid_argument(harness):
+    user = harness.sign_up("bytes@example.com")
     for path, method in all_methods():
         for md in ((), user.md):
-            code, reason = invoke(sqlite_harness.channel, path, method, request_bytes=b"\xff\xff\xff\xff", metadata=md)
+            code, reason = invoke(harness.channel, path, method, request_bytes=b"\xff\xff\xff\xff", metadata=md)
             assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), path
 
 
@@ -99,20 +99,20 @@ def test_undecodable_requests_are_invalid_argument(sqlite_harness):
     "header",
     ["Bearer", "Bearer ", "Basic abc", "bearer nonsense-token", "Bearer " + "x" * 500, "Token abc"],
 )
-def test_malformed_or_unknown_tokens_are_unauthenticated(sqlite_harness, header):
-    code, reason = status_of(sqlite_harness.accounts.GetAccount, a.GetAccountRequest(), metadata=(("authorization", header),))
+def test_malformed_or_unknown_tokens_are_unauthenticated(harness, header):
+    code, reason = status_of(harness.accounts.GetAccount, a.GetAccountRequest(), metadata=(("authorization", header),))
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
-def test_two_authorization_headers_are_refused(sqlite_harness):
-    h = sqlite_harness
+def test_two_authorization_headers_are_refused(harness):
+    h = harness
     one, two = h.sign_up("one-h@example.com"), h.sign_up("two-h@example.com")
     both = one.md + two.md
     assert status_of(h.accounts.GetAccount, a.GetAccountRequest(), metadata=both) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
-def test_unknown_method_is_unimplemented_not_internal(sqlite_harness):
-    call = sqlite_harness.channel.unary_unary("/faceharmony.v1.AccountService/Nope")
+def test_unknown_method_is_unimplemented_not_internal(harness):
+    call = harness.channel.unary_unary("/faceharmony.v1.AccountService/Nope")
     with pytest.raises(grpc.RpcError) as err:
         call(b"")
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -54,8 +54,8 @@ def test_join_waitlist_requires_attestation_and_stores_nothing_without_it(harnes
         ("Ann\x1b[31m", "ann@example.com", "INVALID_NAME"),
     ],
 )
-def test_join_waitlist_rejects_bad_input(sqlite_harness, name, email, reason):
-    h = sqlite_harness
+def test_join_waitlist_rejects_bad_input(harness, name, email, reason):
+    h = harness
     before = row_counts(h)
     code, got = status_of(h.accounts.JoinWaitlist, a.JoinWaitlistRequest(name=name, email=email, is_16_or_older=True))
     assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
@@ -121,8 +121,8 @@ def test_invitation_flow_requires_attestation_and_cannot_be_reused(harness):
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_INVITED")
 
 
-def test_invitations_expire(sqlite_harness):
-    h = sqlite_harness
+def test_invitations_expire(harness):
+    h = harness
     inviter = h.sign_up("inv2@example.com")
     h.accounts.InviteFriend(a.InviteFriendRequest(email="late@example.com", name="Late"), metadata=inviter.md)
     token = h.last_email_to("late@example.com").get_content().split("invitation code:")[1].split()[0]
@@ -131,8 +131,8 @@ def test_invitations_expire(sqlite_harness):
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_INVITED")
 
 
-def test_inviting_an_existing_member_reveals_nothing_and_sends_nothing(sqlite_harness):
-    h = sqlite_harness
+def test_inviting_an_existing_member_reveals_nothing_and_sends_nothing(harness):
+    h = harness
     inviter = h.sign_up("one@example.com")
     h.sign_up("two@example.com")
     h.new_emails()
@@ -140,8 +140,8 @@ def test_inviting_an_existing_member_reveals_nothing_and_sends_nothing(sqlite_ha
     assert h.new_emails() == []
 
 
-def test_invitations_are_rate_limited(sqlite_harness):
-    h = sqlite_harness
+def test_invitations_are_rate_limited(harness):
+    h = harness
     inviter = h.sign_up("many@example.com")
     for i in range(h.settings.invitations_per_day):
         h.accounts.InviteFriend(a.InviteFriendRequest(email=f"f{i}@example.com", name="F"), metadata=inviter.md)
@@ -226,8 +226,8 @@ def test_code_requests_are_rate_limited_alike_for_unknown_emails(harness):
     harness.accounts.RequestSignInCode(a.RequestSignInCodeRequest(email="rl-unknown@example.com"))
 
 
-def test_bad_filters_and_timestamps_are_refused(sqlite_harness):
-    h = sqlite_harness
+def test_bad_filters_and_timestamps_are_refused(harness):
+    h = harness
     admin = h.staff("admin")
     assert status_of(h.admin.ListWaitlist, ad.ListWaitlistRequest(state=77), metadata=admin.md) == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -243,8 +243,8 @@ def test_bad_filters_and_timestamps_are_refused(sqlite_harness):
 
 
 @pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef", "12 456", "١٢٣٤٥٦"])
-def test_malformed_codes(sqlite_harness, code):
-    got = status_of(sqlite_harness.accounts.SignIn, a.SignInRequest(email="x@example.com", code=code))
+def test_malformed_codes(harness, code):
+    got = status_of(harness.accounts.SignIn, a.SignInRequest(email="x@example.com", code=code))
     assert got == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CODE")
 
 
@@ -399,7 +399,8 @@ def test_concurrent_first_sign_ins_create_one_account(harness):
 
 
 def test_database_errors_map_to_unavailable(sqlite_harness):
-    """A database outage is UNAVAILABLE (retry), never INTERNAL."""
+    """A database outage is UNAVAILABLE (retry), never INTERNAL. (Simulated on SQLite, where a vanished
+    table raises OperationalError like a lost database file; PostgreSQL reports outages the same way.)"""
     h = sqlite_harness
     user = h.sign_up("outage@example.com")
 

@@ -30,14 +30,14 @@ def check(h, call, request):
 
 @FUZZ
 @given(name=text, email=text, adult=st.booleans(), note=text)
-def test_join_waitlist_fuzz(sqlite_harness, name, email, adult, note):
-    check(sqlite_harness, sqlite_harness.accounts.JoinWaitlist, a.JoinWaitlistRequest(name=name, email=email, is_16_or_older=adult, note=note))
+def test_join_waitlist_fuzz(harness, name, email, adult, note):
+    check(harness, harness.accounts.JoinWaitlist, a.JoinWaitlistRequest(name=name, email=email, is_16_or_older=adult, note=note))
 
 
 @FUZZ
 @given(email=text, code=text)
-def test_sign_in_fuzz(sqlite_harness, email, code):
-    h = sqlite_harness
+def test_sign_in_fuzz(harness, email, code):
+    h = harness
     before = row_counts(h)
     got, reason = status_of(h.accounts.SignIn, a.SignInRequest(email=email, code=code))
     assert got == grpc.StatusCode.INVALID_ARGUMENT and reason in ("INVALID_EMAIL", "INVALID_CODE")
@@ -48,15 +48,15 @@ def test_sign_in_fuzz(sqlite_harness, email, code):
 
 @FUZZ
 @given(token=text, adult=st.booleans())
-def test_accept_invitation_fuzz(sqlite_harness, token, adult):
-    code = check(sqlite_harness, sqlite_harness.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=adult))
+def test_accept_invitation_fuzz(harness, token, adult):
+    code = check(harness, harness.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=adult))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @FUZZ
 @given(email=text)
-def test_request_code_fuzz(sqlite_harness, email):
-    h = sqlite_harness
+def test_request_code_fuzz(harness, email):
+    h = harness
     code, reason = status_of(h.accounts.RequestSignInCode, a.RequestSignInCodeRequest(email=email))
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), code
     assert code == grpc.StatusCode.OK or reason in ("INVALID_EMAIL", "RATE_LIMITED")

@@ -52,12 +52,12 @@ payloads = st.one_of(
 
 
 @pytest.fixture
-def fuzz_target(sqlite_harness, tmp_path, monkeypatch):
+def fuzz_target(harness, tmp_path, monkeypatch):
     folder = tmp_path / "tmp"
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    user = sqlite_harness.sign_up("fuzz@example.com")
-    return sqlite_harness, user, folder
+    user = harness.sign_up("fuzz@example.com")
+    return harness, user, folder
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -90,14 +90,14 @@ def test_rejections_name_their_reason_and_leave_nothing(harness, private_tmp, ma
     assert os.listdir(private_tmp) == []
 
 
-def test_overlong_metadata_fields_are_refused(sqlite_harness):
-    user = sqlite_harness.sign_up("longname@example.com")
-    assert status_of(upload, sqlite_harness, user, images.one_face(), filename="x" * 300) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+def test_overlong_metadata_fields_are_refused(harness):
+    user = harness.sign_up("longname@example.com")
+    assert status_of(upload, harness, user, images.one_face(), filename="x" * 300) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
 
 
-def test_opaque_rgba_is_accepted(sqlite_harness):
-    user = sqlite_harness.sign_up("rgba@example.com")
-    photo = upload(sqlite_harness, user, images.encode(images.astronaut().convert("RGBA"), "PNG")).photo
+def test_opaque_rgba_is_accepted(harness):
+    user = harness.sign_up("rgba@example.com")
+    photo = upload(harness, user, images.encode(images.astronaut().convert("RGBA"), "PNG")).photo
     assert (photo.width, photo.height) == (512, 512)
 
 

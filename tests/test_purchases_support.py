@@ -59,17 +59,17 @@ def test_another_users_transaction_is_refused(harness):
         (p.STORE_APP_STORE, "credits_10", "tx\n1", "INVALID_TRANSACTION_ID"),
     ],
 )
-def test_bad_purchases_store_nothing(sqlite_harness, store, product, tx, reason):
-    h = sqlite_harness
+def test_bad_purchases_store_nothing(harness, store, product, tx, reason):
+    h = harness
     user = h.sign_up("bad-buyer@example.com")
     req = p.RecordPurchaseRequest(store=store, product_id=product, transaction_id=tx)
     assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
     assert h.db_call(m.Purchase.select().count) == 0
 
 
-def test_products_are_listed(sqlite_harness):
-    user = sqlite_harness.sign_up("shop@example.com")
-    products = sqlite_harness.purchases.ListProducts(p.ListProductsRequest(), metadata=user.md).products
+def test_products_are_listed(harness):
+    user = harness.sign_up("shop@example.com")
+    products = harness.purchases.ListProducts(p.ListProductsRequest(), metadata=user.md).products
     assert [(x.id, x.credits) for x in products] == [("credits_10", 10), ("credits_50", 50), ("credits_200", 200)]
 
 
@@ -140,8 +140,8 @@ def test_tickets_are_invisible_to_other_users(harness):
     "subject,body,reason",
     [("", "b", "INVALID_SUBJECT"), ("s" * 201, "b", "INVALID_SUBJECT"), ("s", "", "INVALID_BODY"), ("s", "b" * 10_001, "INVALID_BODY"), ("s", "bad\x00", "INVALID_BODY")],
 )
-def test_bad_tickets_store_nothing(sqlite_harness, subject, body, reason):
-    h = sqlite_harness
+def test_bad_tickets_store_nothing(harness, subject, body, reason):
+    h = harness
     user = h.sign_up("t@example.com")
     assert status_of(h.support.CreateTicket, s.CreateTicketRequest(subject=subject, body=body), metadata=user.md) == (
         grpc.StatusCode.INVALID_ARGUMENT,
