@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,8 +169,8 @@ class Settings:
             raise SettingsError("FACEHARMONY_VISION_NSFW_LIKELIHOOD must be POSSIBLE, LIKELY or VERY_LIKELY")
         if self.model_min_photos > self.model_max_photos:
             raise SettingsError("FACEHARMONY_MODEL_MIN_PHOTOS must not exceed FACEHARMONY_MODEL_MAX_PHOTOS")
-        if not self.trigger_token.isalnum():
-            raise SettingsError("FACEHARMONY_TRIGGER_TOKEN must be letters and digits")
+        if not re.fullmatch(r"[a-z0-9]{1,32}", self.trigger_token):
+            raise SettingsError("FACEHARMONY_TRIGGER_TOKEN must be 1-32 lowercase letters and digits")
         if self.log_format not in ("json", "text"):
             raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
         url = self.resolved_database_url

@@ -141,3 +141,11 @@ def model(row: m.UserModel, photo_ids: list[str]) -> model_pb2.Model:
         purge_after=ts(row.purge_after),
         trigger_token=row.trigger_token,
     )
+
+
+def models_with_photos(rows: list[m.UserModel]) -> list[model_pb2.Model]:
+    """Model messages with their photo ids, read in one query; call on the database pool."""
+    from faceharmony.server.logic.models import photo_ids_of
+
+    photos = photo_ids_of([r.id for r in rows])
+    return [model(r, photos[r.id]) for r in rows]

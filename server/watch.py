@@ -2,7 +2,8 @@
 
 A watcher costs a small asyncio queue (holding only the newest snapshot),
 not a thread or a database connection, so thousands of concurrent watchers
-cost one query per tick (in chunks of 500 ids).
+cost one read per tick (in chunks of 500 ids), and the API message of each
+change is built once for all its watchers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from faceharmony.core.db.models import UserModel
+from faceharmony.server import convert
 from faceharmony.server.context import AppContext
+from faceharmony.v1 import model_pb2
 
 log = logging.getLogger(__name__)
 CHUNK = 500
@@ -21,18 +24,24 @@ CHUNK = 500
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A model as watchers see it, read once per tick for all of them: the API message is built from it."""
+
     model_id: str
     state: str
     progress: float
-    failure_reason: str | None
-    row: UserModel
+    message: model_pb2.Model | None  # None once the model is gone
 
 
-def _snapshots(model_ids: list[str]) -> dict[str, Snapshot]:
+def snapshot(row: UserModel, message: model_pb2.Model) -> Snapshot:
+    return Snapshot(row.id, row.state, round(row.progress, 4), message)
+
+
+def snapshots(model_ids: list[str]) -> dict[str, Snapshot]:
     out: dict[str, Snapshot] = {}
     for start in range(0, len(model_ids), CHUNK):
-        for row in UserModel.select().where(UserModel.id.in_(model_ids[start : start + CHUNK])):
-            out[row.id] = Snapshot(row.id, row.state, round(row.progress, 4), row.failure_reason, row)
+        rows = list(UserModel.select().where(UserModel.id.in_(model_ids[start : start + CHUNK])))
+        for row, message in zip(rows, convert.models_with_photos(rows)):
+            out[row.id] = snapshot(row, message)
     return out
 
 
@@ -86,7 +95,7 @@ class WatchHub:
             try:
                 ids = list(self._watchers)
                 self.polls += (len(ids) + CHUNK - 1) // CHUNK
-                fresh = await self.app.run(_snapshots, ids)
+                fresh = await self.app.run(snapshots, ids)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next tick tries again
@@ -95,7 +104,7 @@ class WatchHub:
             for model_id, queues in list(self._watchers.items()):
                 snap = fresh.get(model_id)
                 if snap is None:  # purged
-                    snap = Snapshot(model_id, "pending_deletion", 0.0, None, None)  # type: ignore[arg-type]
+                    snap = Snapshot(model_id, "pending_deletion", 0.0, None)
                 last = self._last.get(model_id)
                 if last is not None and (last.state, last.progress) == (snap.state, snap.progress):
                     continue

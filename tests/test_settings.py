@@ -44,6 +44,8 @@ def test_values_are_parsed_and_typed():
         {"FACEHARMONY_EMAIL_TRANSPORT": "pigeon"},
         {"FACEHARMONY_DATABASE_URL": "mysql://x"},
         {"FACEHARMONY_PRODUCTS": "a=-1"},
+        {"FACEHARMONY_TRIGGER_TOKEN": "SKS"},
+        {"FACEHARMONY_TRIGGER_TOKEN": "a b"},
     ],
 )
 def test_bad_settings_are_refused(env):

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from faceharmony.core.basemodel import BaseModel
+from faceharmony.core.inference.adapter_cache import METADATA_KEY, AdapterCorrupt, parse_adapter_bytes
 
 ADAPTER_NAME = "faceharmony_training"
-METADATA_KEY = "faceharmony_training"
 FORMAT_VERSION = 1
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -51,8 +51,9 @@ class TrainingCancelled(Exception):
     """`should_stop()` returned True; nothing was produced and the base is restored."""
 
 
-class CorruptAdapter(Exception):
-    """The bytes are not a LoRA adapter of the form `train_lora` writes."""
+# The bytes are not a LoRA adapter of the form `train_lora` writes: the one reader of the format lives in
+# core (the order side reads adapters too); the trainer's name for its error is kept.
+CorruptAdapter = AdapterCorrupt
 
 
 @dataclass
@@ -451,50 +452,14 @@ def has_adapter(unet: torch.nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------------
 # Reading adapters back
 
-_KEY = re.compile(
-    r"^unet\.(?P<module>[A-Za-z0-9_.]+)\.(?P<proj>to_q|to_k|to_v|to_out\.0)\.(?P<half>lora\.down|lora\.up|lora_A|lora_B)\.weight$"
-)
-
-
 def load_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
     """Parse and validate adapter bytes; the state dict `pipe.load_lora_weights` accepts.
 
-    Every key must be `unet.<module>.<to_q|to_k|to_v|to_out.0>.lora.<down|up>.weight` (peft's lora_A/lora_B
-    spelling is accepted too), each projection must have both halves, down (r, in) and up (out, r) of one
-    rank r across the file, floating point and finite. Anything else raises CorruptAdapter.
+    The format checks are core's (`parse_adapter_bytes`); an adapter the trainer wrote also has one rank
+    across the file. Anything else raises CorruptAdapter.
     """
-    import safetensors.torch
-
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CorruptAdapter(f"adapter must be bytes, not {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < 16:
-        raise CorruptAdapter(f"adapter is {len(data)} bytes: too short to be safetensors")
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type and others
-        raise CorruptAdapter(f"adapter is not valid safetensors: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if not tensors:
-        raise CorruptAdapter("adapter holds no tensors")
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        m = _KEY.match(key)
-        if not m:
-            raise CorruptAdapter(f"unexpected key in adapter: {key[:120]!r}")
-        half = "down" if m["half"] in ("lora.down", "lora_A") else "up"
-        pairs.setdefault(f"{m['module']}.{m['proj']}", {})[half] = tensor
-    ranks = set()
-    for name, pair in pairs.items():
-        if set(pair) != {"down", "up"}:
-            raise CorruptAdapter(f"adapter layer {name[:120]!r} lacks its {'up' if 'down' in pair else 'down'} half")
-        down, up = pair["down"], pair["up"]
-        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-            raise CorruptAdapter(f"adapter layer {name[:120]!r} has mismatched shapes {tuple(down.shape)}, {tuple(up.shape)}")
-        if not (down.is_floating_point() and up.is_floating_point()):
-            raise CorruptAdapter(f"adapter layer {name[:120]!r} is not floating point")
-        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
-            raise CorruptAdapter(f"adapter layer {name[:120]!r} holds non-finite values")
-        ranks.add(down.shape[0])
+    tensors = parse_adapter_bytes(data)
+    ranks = {t.shape[0] for key, t in tensors.items() if key.endswith(("lora.down.weight", "lora_A.weight"))}
     if len(ranks) != 1:
         raise CorruptAdapter(f"adapter mixes ranks {sorted(ranks)}")
     return tensors

@@ -5,9 +5,9 @@ Owns:
 * `parse_adapter_bytes(data)`: safetensors bytes -> validated LoRA state dict, raising `AdapterCorrupt`.
   The format is the one the trainer writes (trainer/lora.py): keys
   `unet.<module>.<to_q|to_k|to_v|to_out.0>.lora.<down|up>.weight` (peft's lora_A/lora_B spelling too), both
-  halves per layer, down (r, in) and up (out, r), floating point, finite. The trainer has its own reader
-  (`trainer.lora.load_adapter_bytes`); this one is written separately on purpose: `core` must not import a
-  process package (`trainer`), and the inference side must not trust what it reads from storage. This parser
+  halves per layer, down (r, in) and up (out, r), floating point, finite. It is the one reader of the format:
+  the trainer's `load_adapter_bytes` builds on it (core must not import a process package, so the shared
+  piece lives here), and the inference side does not trust what it reads from storage. This parser
   checks the file's own consistency; whether the adapter fits the loaded base (layer names and widths) is
   checked by the engine (`multi_lora.prepare_lora`). It does not insist on one rank for all layers (the
   engine pads ranks anyway).

@@ -26,8 +26,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListPendingDeletionModels(self, request, context):
         def page():
             rows, token = models.list_pending_deletion(self.deps, request.account_id, request.page_size, request.page_token)
-            photos = models.photo_ids_of([r.id for r in rows])
-            return [convert.model(r, photos[r.id]) for r in rows], token
+            return convert.models_with_photos(rows), token
 
         items, token = await self.app.run(page)
         return pb.ListPendingDeletionModelsResponse(models=items, next_page_token=token)
@@ -36,8 +35,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         staff_id = self.app.principal().account_id
 
         def restore():
-            row = models.restore_model(self.deps, staff_id, request.id)
-            return convert.model(row, models.photo_ids_of([row.id])[row.id])
+            return convert.models_with_photos([models.restore_model(self.deps, staff_id, request.id)])[0]
 
         return pb.RestoreModelResponse(model=await self.app.run(restore))
 

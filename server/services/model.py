@@ -7,7 +7,7 @@ from faceharmony.server.context import AppContext
 from faceharmony.server.errors import not_found
 from faceharmony.server.logic import models
 from faceharmony.server.logic.deps import Deps
-from faceharmony.server.watch import Snapshot, WatchHub
+from faceharmony.server.watch import WatchHub, snapshot
 from faceharmony.v1 import model_pb2 as pb
 from faceharmony.v1 import model_pb2_grpc
 
@@ -21,7 +21,7 @@ MESSAGES = {
 
 
 def model_message(deps: Deps, row) -> pb.Model:
-    return convert.model(row, models.photo_ids_of([row.id])[row.id])
+    return convert.models_with_photos([row])[0]
 
 
 class ModelService(model_pb2_grpc.ModelServiceServicer):
@@ -44,20 +44,23 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
 
         def page():
             rows, token = models.list_models(self.deps, me, request.page_size, request.page_token)
-            photos = models.photo_ids_of([r.id for r in rows])
-            return [convert.model(r, photos[r.id]) for r in rows], token
+            return convert.models_with_photos(rows), token
 
         items, token = await self.app.run(page)
         return pb.ListModelsResponse(models=items, next_page_token=token)
 
     async def WatchModel(self, request, context):
         me = self.app.principal().account_id
-        row = await self.app.run(models.get_model, self.deps, me, request.id)
-        first = Snapshot(row.id, row.state, round(row.progress, 4), row.failure_reason, row)
+
+        def first_snapshot():
+            row = models.get_model(self.deps, me, request.id)
+            return snapshot(row, convert.models_with_photos([row])[0])
+
+        first = await self.app.run(first_snapshot)
         async for snap in self.hub.watch(first):
             if snap.state not in models.VISIBLE:
                 raise not_found("model")  # deleted while watched
-            model = await self.app.run(model_message, self.deps, snap.row)
+            model = snap.message
             yield pb.WatchModelResponse(state=model.state, progress=model.progress, message=MESSAGES[snap.state], model=model)
             if snap.state in FINAL:
                 return
