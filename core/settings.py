@@ -92,6 +92,25 @@ class Settings:
     training_max_attempts: int = 3
     training_lease_seconds: float = 60.0
     trainer_poll_seconds: float = 2.0
+    # Orders and inference (P14-P16).
+    order_max_models: int = 4
+    order_max_count: int = 8
+    credits_per_image: int = 1
+    order_max_attempts: int = 5
+    order_lease_seconds: float = 60.0
+    order_worker_poll_seconds: float = 1.0
+    order_worker_orders: int = 8
+    order_worker_inflight: int = 16
+    triton_url: str = "127.0.0.1:8001"
+    triton_model: str = "faceharmony_diffusion"
+    triton_timeout_seconds: float = 600.0
+    generation_steps: int = 25
+    generation_guidance: float = 7.5
+    # 0: the base pipeline's native size.
+    generation_width: int = 0
+    generation_height: int = 0
+    preview_max_side: int = 256
+    rejected_photo_days: int = 60
     # Seconds between WatchModel polls of the database (one query per tick for every watched model).
     watch_poll_seconds: float = 0.5
     # Sign-in codes and sessions.
@@ -171,6 +190,12 @@ class Settings:
             raise SettingsError("FACEHARMONY_MODEL_MIN_PHOTOS must not exceed FACEHARMONY_MODEL_MAX_PHOTOS")
         if not re.fullmatch(r"[a-z0-9]{1,32}", self.trigger_token):
             raise SettingsError("FACEHARMONY_TRIGGER_TOKEN must be 1-32 lowercase letters and digits")
+        for name in ("generation_width", "generation_height"):
+            value = getattr(self, name)
+            if value and (value < 64 or value > 2048 or value % 8):
+                raise SettingsError(f"FACEHARMONY_{name.upper()} must be 0 or a multiple of 8 in 64-2048")
+        if self.generation_guidance < 0:
+            raise SettingsError("FACEHARMONY_GENERATION_GUIDANCE must not be negative")
         if self.log_format not in ("json", "text"):
             raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
         url = self.resolved_database_url
@@ -196,6 +221,18 @@ class Settings:
             "training_lease_seconds",
             "trainer_poll_seconds",
             "watch_poll_seconds",
+            "order_max_models",
+            "order_max_count",
+            "credits_per_image",
+            "order_max_attempts",
+            "order_lease_seconds",
+            "order_worker_poll_seconds",
+            "order_worker_orders",
+            "order_worker_inflight",
+            "triton_timeout_seconds",
+            "generation_steps",
+            "preview_max_side",
+            "rejected_photo_days",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")

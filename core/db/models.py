@@ -295,6 +295,97 @@ class ModelVersion(BaseModel):
         indexes = ((("model", "version"), True),)
 
 
+class Order(BaseModel):
+    """An order of generated portraits (P14); also the order workers' job (the `core.jobs` columns).
+
+    state: queued | running (the job states) | completed | failed | cancelled. Credits are debited in
+    the transaction that creates the order and refunded per failed image (CreditEntry, kind order/refund).
+    """
+
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="orders")
+    style_id = pw.CharField(max_length=32)
+    count = pw.IntegerField()
+    state = pw.CharField(max_length=16)
+    images_total = pw.IntegerField()
+    images_done = pw.IntegerField(default=0)
+    images_failed = pw.IntegerField(default=0)
+    credits_charged = pw.IntegerField()
+    credits_refunded = pw.IntegerField(default=0)
+    request_id = pw.CharField(max_length=64, null=True)
+    attempts = pw.IntegerField(default=0)
+    max_attempts = pw.IntegerField()
+    next_attempt_at = UtcDateTimeField()
+    lease_owner = pw.CharField(max_length=80, null=True)
+    lease_expires_at = UtcDateTimeField(null=True)
+    progress = pw.FloatField(default=0.0)
+    error = pw.CharField(max_length=64, null=True)
+    created_at = UtcDateTimeField()
+    updated_at = UtcDateTimeField()
+    finished_at = UtcDateTimeField(null=True)
+
+    class Meta:
+        table_name = "photo_order"
+        indexes = (
+            (("account", "request_id"), True),
+            (("account", "created_at"), False),
+            (("state", "next_attempt_at"), False),
+            (("state", "lease_expires_at"), False),
+        )
+
+
+class OrderImage(BaseModel):
+    """One image slot of an order, made with the order: the worker fills each slot exactly once.
+
+    The model is referenced by id, not foreign key: purging a model (P13) must not take the user's
+    generated photos with it. The seed is fixed at ordering time, so a retried slot gives the same image.
+    """
+
+    id = IdField(primary_key=True)
+    order = pw.ForeignKeyField(Order, on_delete="CASCADE", backref="images")
+    position = pw.IntegerField()
+    model_id = pw.CharField(max_length=32, index=True)
+    model_version = pw.IntegerField()
+    seed = pw.BigIntegerField()
+    state = pw.CharField(max_length=16)  # pending | done | failed
+    error = pw.CharField(max_length=64, null=True)
+    updated_at = UtcDateTimeField()
+
+    class Meta:
+        table_name = "order_image"
+        indexes = ((("order", "position"), True),)
+
+
+class GeneratedPhoto(BaseModel):
+    """A generated portrait (P14-P16), readable by its owner only. The blob ids are private.
+
+    state: available | downloaded | rejected. A rejected photo gets `purge_after` (+60 days, P16); a
+    deleted one is hidden at once (`deleted_at`) and purged by the retention daemon.
+    """
+
+    id = IdField(primary_key=True)
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="generated_photos")
+    order = pw.ForeignKeyField(Order, on_delete="CASCADE", backref="generated_photos")
+    image = pw.ForeignKeyField(OrderImage, on_delete="CASCADE", unique=True, backref="generated")
+    model_id = pw.CharField(max_length=32)
+    blob_id = pw.CharField(max_length=32, unique=True)
+    preview_blob_id = pw.CharField(max_length=32, unique=True)
+    content_type = pw.CharField(max_length=32)
+    size_bytes = pw.IntegerField()
+    width = pw.IntegerField()
+    height = pw.IntegerField()
+    state = pw.CharField(max_length=16)
+    created_at = UtcDateTimeField()
+    download_time = UtcDateTimeField(null=True)
+    reject_time = UtcDateTimeField(null=True)
+    purge_after = UtcDateTimeField(null=True, index=True)
+    deleted_at = UtcDateTimeField(null=True, index=True)
+
+    class Meta:
+        table_name = "generated_photo"
+        indexes = ((("account", "created_at"), False), (("order", "created_at"), False))
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Account,
     KnownEmail,
@@ -313,4 +404,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     UserModel,
     TrainingJob,
     ModelVersion,
+    Order,
+    OrderImage,
+    GeneratedPhoto,
 ]
