@@ -14,14 +14,15 @@ import logging
 import peewee as pw
 
 from faceharmony.core.blobstore.base import BlobStore
-from faceharmony.core.db.models import ModelVersion, Photo
+from faceharmony.core.db.models import GeneratedPhoto, ModelVersion, Photo
 
 log = logging.getLogger(__name__)
 
-# Which columns name the blobs of each kind; the orders issue adds generated/.
+# Which columns name the blobs of each kind.
 REFERENCES: dict[str, tuple[pw.Field, ...]] = {
     "photos": (Photo.blob_id,),
     "models": (ModelVersion.adapter_blob_id, ModelVersion.metadata_blob_id),
+    "generated": (GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id),
 }
 DEFAULT_MARGIN = dt.timedelta(hours=6)
 
