@@ -20,6 +20,8 @@ progress, error, created_at, updated_at, finished_at).
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from dataclasses import dataclass
 
 import peewee as pw
@@ -29,6 +31,11 @@ from faceharmony.core.db.connection import is_sqlite, write_transaction
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 1800
+
+
+def default_worker_id() -> str:
+    """host:pid, the lease owner name of a worker process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,5 @@ def _not_yet(name: str, issue: str) -> None:
     sys.exit(3)
 
 
-def order_worker_main() -> None:
-    _not_yet("faceharmony-order-worker", "the orders issue")
-
-
 def retention_main() -> None:
     _not_yet("faceharmony-retention", "the retention issue")

@@ -32,8 +32,8 @@ from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.logic.deps import Deps
-from faceharmony.server.services import account, admin, model, pending as pending_services, photo, purchase, support
-from faceharmony.server.watch import WatchHub
+from faceharmony.server.services import account, admin, model, order, photo, purchase, support
+from faceharmony.server.watch import WatchHub, model_snapshots, order_snapshots
 from faceharmony.v1 import (
     account_pb2_grpc,
     admin_pb2_grpc,
@@ -68,17 +68,20 @@ class ApiServer:
         self.health = health_servicer
         self._email_task: asyncio.Task | None = None
         self.watch_hub: WatchHub | None = None
+        self.order_hub: WatchHub | None = None
 
     async def start(self) -> None:
         await self.grpc_server.start()
         self._email_task = asyncio.create_task(self._deliver_emails(), name="email-delivery")
         self.watch_hub.start()
+        self.order_hub.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.stop(grace)
         await self.watch_hub.stop()
+        await self.order_hub.stop()
         if self._email_task is not None:
             self._email_task.cancel()
             await asyncio.gather(self._email_task, return_exceptions=True)
@@ -162,10 +165,12 @@ async def create_server(
     photo_pb2_grpc.add_PhotoServiceServicer_to_server(
         photo.PhotoService(app, deps, photo_store, verifier, verify_executor), server
     )
-    hub = WatchHub(app, settings.watch_poll_seconds)
+    hub = WatchHub(app, settings.watch_poll_seconds, model_snapshots, gone_state="pending_deletion")
     api.watch_hub = hub
     model_pb2_grpc.add_ModelServiceServicer_to_server(model.ModelService(app, deps, hub), server)
-    order_pb2_grpc.add_OrderServiceServicer_to_server(pending_services.OrderService(), server)
+    api.order_hub = WatchHub(app, settings.watch_poll_seconds, order_snapshots, gone_state="purged")
+    # The API role reads generated/ (previews, downloads) and may create only photos/.
+    order_pb2_grpc.add_OrderServiceServicer_to_server(order.OrderService(app, deps, photo_store, api.order_hub), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in service_descriptors()]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

@@ -7,7 +7,7 @@ import datetime as dt
 from google.protobuf import timestamp_pb2
 
 from faceharmony.core.db import models as m
-from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, photo_pb2, purchase_pb2, support_pb2
+from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2
 
 _ROLES = {"user": account_pb2.ROLE_USER, "support": account_pb2.ROLE_SUPPORT, "admin": account_pb2.ROLE_ADMIN}
 _ACCOUNT_STATES = {"active": account_pb2.ACCOUNT_STATE_ACTIVE, "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED}
@@ -149,3 +149,58 @@ def models_with_photos(rows: list[m.UserModel]) -> list[model_pb2.Model]:
 
     photos = photo_ids_of([r.id for r in rows])
     return [model(r, photos[r.id]) for r in rows]
+
+
+_ORDER_STATES = {
+    "queued": order_pb2.ORDER_STATE_QUEUED,
+    "running": order_pb2.ORDER_STATE_RUNNING,
+    "completed": order_pb2.ORDER_STATE_COMPLETED,
+    "failed": order_pb2.ORDER_STATE_FAILED,
+    "cancelled": order_pb2.ORDER_STATE_CANCELLED,
+}
+_GENERATED_STATES = {
+    "available": order_pb2.GENERATED_PHOTO_STATE_AVAILABLE,
+    "downloaded": order_pb2.GENERATED_PHOTO_STATE_DOWNLOADED,
+    "rejected": order_pb2.GENERATED_PHOTO_STATE_REJECTED,
+}
+
+
+def order(row: m.Order, model_ids: list[str]) -> order_pb2.Order:
+    return order_pb2.Order(
+        id=row.id,
+        model_ids=model_ids,
+        style_id=row.style_id,
+        count=row.count,
+        state=_ORDER_STATES[row.state],
+        images_total=row.images_total,
+        images_done=row.images_done,
+        images_failed=row.images_failed,
+        credits_charged=row.credits_charged,
+        credits_refunded=row.credits_refunded,
+        create_time=ts(row.created_at),
+        update_time=ts(row.updated_at),
+    )
+
+
+def orders(rows: list[m.Order]) -> list[order_pb2.Order]:
+    """Order messages with their model ids, read in one query; call on the database pool."""
+    from faceharmony.server.logic.orders import model_ids_of
+
+    models = model_ids_of([r.id for r in rows])
+    return [order(r, models[r.id]) for r in rows]
+
+
+def generated_photo(row: m.GeneratedPhoto) -> order_pb2.GeneratedPhoto:
+    # A rejected photo's purge date is shown; a deleted one is never returned.
+    return order_pb2.GeneratedPhoto(
+        id=row.id,
+        order_id=row.order_id,
+        model_id=row.model_id,
+        state=_GENERATED_STATES[row.state],
+        width=row.width,
+        height=row.height,
+        create_time=ts(row.created_at),
+        download_time=ts(row.download_time),
+        reject_time=ts(row.reject_time),
+        purge_after=ts(row.purge_after) if row.state == "rejected" else None,
+    )

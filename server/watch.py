@@ -1,4 +1,4 @@
-"""WatchModel's fan-out: however many clients watch, one background task polls the database once per tick for every watched model and hands each watcher the latest snapshot.
+"""WatchModel's and WatchOrder's fan-out: however many clients watch, one background task per hub polls the database once per tick for every watched row and hands each watcher the latest snapshot.
 
 A watcher costs a small asyncio queue (holding only the newest snapshot),
 not a thread or a database connection, so thousands of concurrent watchers
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from faceharmony.core.db.models import UserModel
+from faceharmony.core.db.models import Order, UserModel
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
-from faceharmony.v1 import model_pb2
 
 log = logging.getLogger(__name__)
 CHUNK = 500
@@ -24,31 +23,42 @@ CHUNK = 500
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A model as watchers see it, read once per tick for all of them: the API message is built from it."""
+    """A watched row (model or order) as watchers see it, read once per tick for all of them."""
 
-    model_id: str
+    key: str
     state: str
     progress: float
-    message: model_pb2.Model | None  # None once the model is gone
+    message: object | None  # the API message; None once the row is gone
 
 
-def snapshot(row: UserModel, message: model_pb2.Model) -> Snapshot:
+def snapshot(row, message) -> Snapshot:
     return Snapshot(row.id, row.state, round(row.progress, 4), message)
 
 
-def snapshots(model_ids: list[str]) -> dict[str, Snapshot]:
+def _read(model_cls, build, ids: list[str]) -> dict[str, Snapshot]:
     out: dict[str, Snapshot] = {}
-    for start in range(0, len(model_ids), CHUNK):
-        rows = list(UserModel.select().where(UserModel.id.in_(model_ids[start : start + CHUNK])))
-        for row, message in zip(rows, convert.models_with_photos(rows)):
+    for start in range(0, len(ids), CHUNK):
+        rows = list(model_cls.select().where(model_cls.id.in_(ids[start : start + CHUNK])))
+        for row, message in zip(rows, build(rows)):
             out[row.id] = snapshot(row, message)
     return out
 
 
+def model_snapshots(model_ids: list[str]) -> dict[str, Snapshot]:
+    return _read(UserModel, convert.models_with_photos, model_ids)
+
+
+def order_snapshots(order_ids: list[str]) -> dict[str, Snapshot]:
+    return _read(Order, convert.orders, order_ids)
+
+
 class WatchHub:
-    def __init__(self, app: AppContext, poll_seconds: float) -> None:
+    def __init__(self, app: AppContext, poll_seconds: float, fetch: Callable[[list[str]], dict[str, Snapshot]], gone_state: str) -> None:
+        """`fetch` reads the snapshots of a list of ids; a row it no longer finds is reported in `gone_state`."""
         self.app = app
         self.poll_seconds = poll_seconds
+        self.fetch = fetch
+        self.gone_state = gone_state
         self._watchers: dict[str, set[asyncio.Queue]] = {}
         self._last: dict[str, Snapshot] = {}
         self._task: asyncio.Task | None = None
@@ -67,10 +77,10 @@ class WatchHub:
         return sum(len(q) for q in self._watchers.values())
 
     async def watch(self, first: Snapshot) -> AsyncIterator[Snapshot]:
-        """Yields `first`, then every change of the model, until the caller stops iterating."""
+        """Yields `first`, then every change of its row, until the caller stops iterating."""
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._watchers.setdefault(first.model_id, set()).add(queue)
-        self._last.setdefault(first.model_id, first)
+        self._watchers.setdefault(first.key, set()).add(queue)
+        self._last.setdefault(first.key, first)
         try:
             yield first
             seen = (first.state, first.progress)
@@ -80,12 +90,12 @@ class WatchHub:
                     seen = (snap.state, snap.progress)
                     yield snap
         finally:
-            watchers = self._watchers.get(first.model_id)
+            watchers = self._watchers.get(first.key)
             if watchers is not None:
                 watchers.discard(queue)
                 if not watchers:
-                    del self._watchers[first.model_id]
-                    self._last.pop(first.model_id, None)
+                    del self._watchers[first.key]
+                    self._last.pop(first.key, None)
 
     async def _run(self) -> None:
         while True:
@@ -95,20 +105,20 @@ class WatchHub:
             try:
                 ids = list(self._watchers)
                 self.polls += (len(ids) + CHUNK - 1) // CHUNK
-                fresh = await self.app.run(snapshots, ids)
+                fresh = await self.app.run(self.fetch, ids)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next tick tries again
                 log.exception("watch poll failed")
                 continue
-            for model_id, queues in list(self._watchers.items()):
-                snap = fresh.get(model_id)
+            for key, queues in list(self._watchers.items()):
+                snap = fresh.get(key)
                 if snap is None:  # purged
-                    snap = Snapshot(model_id, "pending_deletion", 0.0, None)
-                last = self._last.get(model_id)
+                    snap = Snapshot(key, self.gone_state, 0.0, None)
+                last = self._last.get(key)
                 if last is not None and (last.state, last.progress) == (snap.state, snap.progress):
                     continue
-                self._last[model_id] = snap
+                self._last[key] = snap
                 for queue in queues:
                     if queue.full():
                         queue.get_nowait()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 
@@ -26,15 +24,11 @@ from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.models import Photo, TrainingJob
-from faceharmony.core.jobs import Claim
+from faceharmony.core.jobs import Claim, default_worker_id
 from faceharmony.core.settings import Settings
 from faceharmony.core.training import TrainingQueue
 
 log = logging.getLogger(__name__)
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Trainer:

@@ -1,0 +1,432 @@
+"""`faceharmony-order-worker`: claims orders from the database queue and has Triton make their images.
+
+    faceharmony-order-worker           loop until SIGTERM/SIGINT (the orders in hand are handed back)
+    faceharmony-order-worker --once    process at most one order, then exit
+
+One worker holds up to FACEHARMONY_ORDER_WORKER_ORDERS orders at once and keeps up to
+FACEHARMONY_ORDER_WORKER_INFLIGHT image requests in flight at Triton (gRPC, one request per image), so
+Triton's dynamic batcher sees requests of many orders and users together and serves them in one
+denoising loop. Per image: the worker checks the model may still be served (not pending deletion, the
+account active: P13, P17), asks Triton, encodes the PNG and a small JPEG preview, stores both with the
+order-processor role, and records the photo in one transaction fenced by its lease (`core.orders`).
+
+Failure handling:
+* Triton unreachable or overloaded: the image is retried with capped exponential backoff for as long as
+  the worker holds the order (heartbeats keep the lease); nothing is failed or refunded meanwhile.
+* Triton refuses an image (adapter gone, invalid input): that image fails and its credits are refunded;
+  the order's other images go on.
+* A model deleted mid-order: its remaining images fail (MODEL_DELETED) and are refunded; the worker also
+  tells Triton to drop every version of models pending deletion from its adapter cache (EVICT_KEYS).
+* The worker dies: the lease lapses, another worker claims the order and fills only the slots still
+  pending (each slot is recorded once; blobs of an unrecorded image are swept as orphans).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import peewee as pw
+from PIL import Image
+
+from faceharmony.core import styles
+from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
+from faceharmony.core.clock import Clock, SystemClock
+from faceharmony.core.db.connection import open_database
+from faceharmony.core.db.models import Account, ModelVersion, Order, OrderImage, UserModel
+from faceharmony.core.jobs import Claim, default_worker_id
+from faceharmony.core.orders import OrderQueue
+from faceharmony.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNSERVABLE_MODEL_STATES = ("pending_deletion", "purging")
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+EVICT_SWEEP_SECONDS = 10.0
+# Triton answers that are worth retrying (the server, not the request, is the problem).
+RETRYABLE_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED", "UNKNOWN", "INTERNAL")
+# An image that keeps failing with a retryable internal error is given up after this many tries.
+MAX_INTERNAL_TRIES = 3
+
+
+class TritonRetryable(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class TritonRejected(Exception):
+    """Triton refused this one request; `reason` is the stable reason the image fails with."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def model_key(model_id: str, version: int) -> str:
+    """The adapter-cache key Triton uses for a model version."""
+    return f"{model_id}:{version}"
+
+
+class TritonImages:
+    """The Triton side of the worker: one image per gRPC request, a client per thread."""
+
+    def __init__(self, url: str, model: str, timeout: float) -> None:
+        self.url, self.model, self.timeout = url, model, timeout
+        self._local = threading.local()
+
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import tritonclient.grpc as grpcclient
+
+            client = self._local.client = grpcclient.InferenceServerClient(self.url)
+        return client
+
+    @staticmethod
+    def _input(name: str, value, dtype: str):
+        import tritonclient.grpc as grpcclient
+
+        np_type = {"BYTES": object, "INT64": np.int64, "INT32": np.int32, "FP32": np.float32}[dtype]
+        arr = np.array([[value]], dtype=np_type)
+        x = grpcclient.InferInput(name, list(arr.shape), dtype)
+        x.set_data_from_numpy(arr)
+        return x
+
+    def _call(self, inputs, outputs: list[str]):
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return self._client().infer(
+                self.model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs], client_timeout=self.timeout
+            )
+        except InferenceServerException as exc:
+            status = str(exc.status() or "").rsplit(".", 1)[-1].upper()
+            message = exc.message() or ""
+            if status in RETRYABLE_STATUSES or not status or "blob store unavailable" in message:
+                raise TritonRetryable(status or "UNAVAILABLE") from None
+            if status == "NOT_FOUND" or "not found" in message:
+                raise TritonRejected("MODEL_DELETED") from None
+            raise TritonRejected("GENERATION_REFUSED") from None
+
+    def generate(self, *, adapter_blob_id: str, key: str, prompt: str, negative: str, seed: int, steps: int, guidance: float, width: int, height: int) -> np.ndarray:
+        inputs = [
+            self._input("PROMPT", prompt.encode(), "BYTES"),
+            self._input("NEGATIVE_PROMPT", negative.encode(), "BYTES"),
+            self._input("ADAPTER_BLOB_ID", adapter_blob_id.encode(), "BYTES"),
+            self._input("MODEL_VERSION_KEY", key.encode(), "BYTES"),
+            self._input("SEED", seed, "INT64"),
+            self._input("STEPS", steps, "INT32"),
+            self._input("GUIDANCE", guidance, "FP32"),
+        ]
+        if width and height:
+            inputs += [self._input("WIDTH", width, "INT32"), self._input("HEIGHT", height, "INT32")]
+        return self._call(inputs, ["IMAGE"]).as_numpy("IMAGE")[0]
+
+    def evict(self, keys: list[str]) -> int:
+        import tritonclient.grpc as grpcclient
+
+        arr = np.array([[k.encode() for k in keys]], dtype=object)
+        x = grpcclient.InferInput("EVICT_KEYS", list(arr.shape), "BYTES")
+        x.set_data_from_numpy(arr)
+        return int(self._call([x], ["EVICTED"]).as_numpy("EVICTED")[0, 0])
+
+
+def encode(pixels: np.ndarray, preview_max_side: int) -> tuple[bytes, bytes]:
+    """The stored PNG and its JPEG preview."""
+    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "RGB")
+    png = io.BytesIO()
+    image.save(png, "PNG", optimize=False)
+    preview = image.copy()
+    preview.thumbnail((preview_max_side, preview_max_side), Image.Resampling.LANCZOS)
+    jpeg = io.BytesIO()
+    preview.save(jpeg, "JPEG", quality=85)
+    return png.getvalue(), jpeg.getvalue()
+
+
+@dataclass
+class _Held:
+    claim: Claim
+    lost: threading.Event
+
+
+class OrderWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+        store: BlobStore | None = None,
+        db: pw.Database | None = None,
+        triton: TritonImages | None = None,
+    ) -> None:
+        from faceharmony.core.blobstore.factory import open_blob_store
+
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.worker_id = worker_id or default_worker_id()
+        self.db = db or open_database(settings.resolved_database_url, pool_size=settings.order_worker_inflight + settings.order_worker_orders + 2)
+        self.queue = OrderQueue(self.db, self.clock, settings.order_lease_seconds)
+        self.store = store or open_blob_store(settings, Role.ORDER)
+        self.triton = triton or TritonImages(settings.triton_url, settings.triton_model, settings.triton_timeout_seconds)
+        self.shutting_down = threading.Event()
+        self._held: dict[str, _Held] = {}
+        self._held_lock = threading.Lock()
+        self._images = concurrent.futures.ThreadPoolExecutor(settings.order_worker_inflight, thread_name_prefix="image")
+        self._last_evict_sweep: float = 0.0
+        self._evicted: set[str] = set()
+
+    # --- the loop ------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        log.info("order worker started", extra={"worker": self.worker_id})
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beat.start()
+        orders = concurrent.futures.ThreadPoolExecutor(self.settings.order_worker_orders, thread_name_prefix="order")
+        running: set[concurrent.futures.Future] = set()
+        try:
+            while not self.shutting_down.is_set():
+                self._evict_sweep()
+                running = {f for f in running if not f.done()}
+                claimed = False
+                if len(running) < self.settings.order_worker_orders:
+                    claim = self._claim()
+                    if claim is not None:
+                        running.add(orders.submit(self._run_claim, claim))
+                        claimed = True
+                if not claimed:
+                    self.shutting_down.wait(self.settings.order_worker_poll_seconds)
+        finally:
+            orders.shutdown(wait=True)
+            self._images.shutdown(wait=True)
+            log.info("order worker stopped", extra={"worker": self.worker_id})
+
+    def run_once(self) -> bool:
+        """Claims one order and processes it to the end (with heartbeats); False when none was due."""
+        self._evict_sweep()
+        claim = self._claim()
+        if claim is None:
+            return False
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(stop,), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._run_claim(claim)
+        finally:
+            stop.set()
+            beat.join()
+        return True
+
+    def close(self) -> None:
+        self._images.shutdown(wait=True)
+
+    def _claim(self) -> Claim | None:
+        self.db.connect(reuse_if_open=True)
+        try:
+            claim = self.queue.claim(self.worker_id)
+        except pw.DatabaseError:
+            log.warning("order claim failed (database)", exc_info=True)
+            return None
+        if claim is not None:
+            with self._held_lock:
+                self._held[claim.job_id] = _Held(claim, threading.Event())
+            log.info("order claimed", extra={"order_id": claim.job_id, "attempt": claim.attempt})
+        return claim
+
+    def _run_claim(self, claim: Claim) -> None:
+        self.db.connect(reuse_if_open=True)
+        try:
+            self.process(claim)
+        except Exception:  # noqa: BLE001 - a bug or an outage: the order is retried with backoff
+            log.exception("order failed", extra={"order_id": claim.job_id})
+            self.queue.fail(claim, "ORDER_ERROR", retryable=True)
+        finally:
+            with self._held_lock:
+                self._held.pop(claim.job_id, None)
+
+    def _heartbeats(self, stop: threading.Event | None = None) -> None:
+        stop = stop or self.shutting_down
+        interval = max(0.2, min(2.0, self.settings.order_lease_seconds / 4))
+        self.db.connect(reuse_if_open=True)
+        while not stop.wait(interval):
+            with self._held_lock:
+                held = list(self._held.values())
+            for h in held:
+                try:
+                    if not self.queue.heartbeat(h.claim):
+                        h.lost.set()
+                except Exception:  # noqa: BLE001 - the lease may lapse; the fenced writes keep it safe
+                    log.warning("heartbeat failed", extra={"order_id": h.claim.job_id})
+
+    # --- one order ---------------------------------------------------------------------------
+    def _lost(self, claim: Claim) -> threading.Event:
+        with self._held_lock:
+            held = self._held.get(claim.job_id)
+        return held.lost if held is not None else threading.Event()
+
+    def _servable(self, account_id: str, model_id: str) -> str | None:
+        """None when the model may be served now, else the reason its images fail."""
+        if Account.select(Account.state).where(Account.id == account_id).scalar() != "active":
+            return "ACCOUNT_DEACTIVATED"
+        state = UserModel.select(UserModel.state).where(UserModel.id == model_id).scalar()
+        if state is None or state in UNSERVABLE_MODEL_STATES:
+            return "MODEL_DELETED"
+        return None
+
+    def process(self, claim: Claim) -> None:
+        lost = self._lost(claim)
+        order = Order.get_by_id(claim.job_id)
+        style = styles.get(order.style_id)
+        slots = self.queue.pending_slots(claim)
+        if style is None:
+            self.queue.fail_image(claim, [s.id for s in slots], "UNKNOWN_STYLE")
+            slots = []
+        by_model: dict[tuple[str, int], list[OrderImage]] = {}
+        for slot in slots:
+            by_model.setdefault((slot.model_id, slot.model_version), []).append(slot)
+        work = []
+        for (model_id, version), group in by_model.items():
+            reason = self._servable(order.account_id, model_id)
+            model = UserModel.get_or_none(UserModel.id == model_id)
+            adapter = ModelVersion.get_or_none(ModelVersion.model == model_id, ModelVersion.version == version)
+            if reason is None and (model is None or adapter is None):
+                reason = "MODEL_DELETED"
+            if reason is not None:
+                self.queue.fail_image(claim, [s.id for s in group], reason)
+                continue
+            prompt = style.prompt_for(model.trigger_token)
+            for slot in group:
+                work.append((slot, adapter.adapter_blob_id, model_key(model_id, version), prompt, style.negative_prompt))
+        futures = [self._images.submit(self._make_image, claim, order.account_id, lost, *item) for item in work]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+        if self.shutting_down.is_set() and self.queue.pending_slots(claim):
+            if self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False) == "queued":
+                log.info("order handed back on shutdown", extra={"order_id": claim.job_id})
+            return
+        if lost.is_set():
+            log.info("order lost (lease taken over); stopping", extra={"order_id": claim.job_id})
+            return
+        state = self.queue.finish(claim)
+        if state is not None:
+            log.info("order finished", extra={"order_id": claim.job_id, "state": state})
+
+    def _make_image(self, claim: Claim, account_id: str, lost: threading.Event, slot: OrderImage, adapter_blob_id: str, key: str, prompt: str, negative: str) -> None:
+        self.db.connect(reuse_if_open=True)
+        s = self.settings
+        delay = RETRY_MIN_SECONDS
+        internal_tries = 0
+        while not (lost.is_set() or self.shutting_down.is_set()):
+            reason = self._servable(account_id, slot.model_id)
+            if reason is not None:
+                self.queue.fail_image(claim, [slot.id], reason)
+                return
+            try:
+                pixels = self.triton.generate(
+                    adapter_blob_id=adapter_blob_id,
+                    key=key,
+                    prompt=prompt,
+                    negative=negative,
+                    seed=int(slot.seed),
+                    steps=s.generation_steps,
+                    guidance=s.generation_guidance,
+                    width=s.generation_width,
+                    height=s.generation_height,
+                )
+                png, jpeg = encode(pixels, s.preview_max_side)
+                blob_id = self.store.create("generated", png, "image/png")
+                preview_id = self.store.create("generated", jpeg, "image/jpeg")
+            except TritonRejected as exc:
+                log.warning("image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason})
+                self.queue.fail_image(claim, [slot.id], exc.reason)
+                return
+            except (TritonRetryable, BlobError) as exc:
+                status = exc.status if isinstance(exc, TritonRetryable) else "BLOB_STORE"
+                internal_tries += status in ("INTERNAL", "UNKNOWN")
+                if internal_tries >= MAX_INTERNAL_TRIES:
+                    self.queue.fail_image(claim, [slot.id], "GENERATION_FAILED")
+                    return
+                log.warning("image retried", extra={"order_id": claim.job_id, "status": status, "retry_in": round(delay, 2)})
+                (lost if not self.shutting_down.is_set() else self.shutting_down).wait(delay)
+                delay = min(RETRY_MAX_SECONDS, delay * 2)
+                continue
+            height, width = pixels.shape[:2]
+            if not self.queue.record_image(claim, slot, blob_id, preview_id, "image/png", len(png), width, height):
+                log.info("image not recorded: order or slot no longer ours (blobs swept later)", extra={"order_id": claim.job_id})
+            return
+
+    # --- models pending deletion leave Triton's cache ---------------------------------------
+    def _evict_sweep(self) -> None:
+        if time.monotonic() - self._last_evict_sweep < EVICT_SWEEP_SECONDS:
+            return
+        self._last_evict_sweep = time.monotonic()
+        self.evict_pending_deletion()
+
+    def evict_pending_deletion(self) -> int:
+        """Tells Triton to drop every cached version of models pending deletion; returns how many were cached."""
+        try:
+            rows = (
+                ModelVersion.select(ModelVersion.model, ModelVersion.version)
+                .join(UserModel)
+                .where(UserModel.state.in_(UNSERVABLE_MODEL_STATES))
+                .tuples()
+            )
+            keys = [model_key(m, v) for m, v in rows]
+        except pw.DatabaseError:
+            return 0
+        fresh = [k for k in keys if k not in self._evicted]
+        if not fresh:
+            return 0
+        try:
+            evicted = self.triton.evict(fresh)
+        except (TritonRetryable, TritonRejected):
+            return 0  # tried again at the next sweep
+        self._evicted.update(fresh)
+        if evicted:
+            log.info("models pending deletion evicted from Triton", extra={"evicted": evicted})
+        return evicted
+
+
+def main(argv: list[str] | None = None) -> None:
+    from faceharmony.core import logs
+    from faceharmony.core.db.migrate import pending
+    from faceharmony.core.settings import SettingsError
+
+    parser = argparse.ArgumentParser(prog="faceharmony-order-worker", description="FaceHarmony order worker")
+    parser.add_argument("--once", action="store_true", help="process at most one order, then exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"faceharmony-order-worker: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(settings.log_level, settings.log_format)
+    worker = OrderWorker(settings)
+    if pending(worker.db):
+        print("faceharmony-order-worker: the database needs migrations (faceharmony-admin migrate)", file=sys.stderr)
+        sys.exit(2)
+
+    def stop(signum, frame) -> None:
+        worker.shutting_down.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.once:
+        worker.run_once()
+        worker.close()
+    else:
+        worker.run_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Orders of generated portraits, shared by the API server (which creates them) and the order workers (which fill them).
+
+An order is its own job row (`photo_order`, the `core.jobs` columns): QUEUED until a worker claims it,
+RUNNING while a worker holds its lease, then COMPLETED (at least one image made) or FAILED (none). Its
+images are slots (`order_image`) made with the order, each with its model version and seed fixed, so a
+slot filled twice would give the same image; a slot is filled exactly once:
+
+* `record_image` inserts the generated photo and marks the slot done in one transaction fenced by the
+  worker's lease and the slot's state: a worker that lost the order, or a slot already done, records
+  nothing (its blobs are orphans, removed by the orphan sweep);
+* `fail_image` marks a slot failed and refunds its credits in the same fenced transaction, so a refund
+  is paid once per failed image, never for a made one;
+* an order that fails for good (its attempts are used up) refunds every slot still pending.
+
+Credits are debited in the transaction that creates the order (`create`), so an order either exists and
+is paid for, or neither.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+import peewee as pw
+
+from faceharmony.core import ids
+from faceharmony.core.clock import Clock
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.models import CreditEntry, GeneratedPhoto, Order, OrderImage
+from faceharmony.core.jobs import Claim, JobQueue
+
+FINAL_STATES = ("completed", "failed", "cancelled")
+
+
+def per_image_cost(order: Order) -> int:
+    return order.credits_charged // order.images_total if order.images_total else 0
+
+
+def create(
+    account_id: str,
+    models: list[tuple[str, int]],
+    style_id: str,
+    count: int,
+    cost_per_image: int,
+    request_id: str | None,
+    now: dt.datetime,
+    max_attempts: int,
+) -> Order:
+    """Inside the caller's write transaction: the order, its slots (count per (model id, version)) and the debit."""
+    total = len(models) * count
+    order = Order.create(
+        id=ids.new_id(),
+        account=account_id,
+        style_id=style_id,
+        count=count,
+        state="queued",
+        images_total=total,
+        credits_charged=total * cost_per_image,
+        request_id=request_id,
+        max_attempts=max_attempts,
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    slots = []
+    for m, (model_id, version) in enumerate(models):
+        for k in range(count):
+            slots.append(
+                {
+                    "id": ids.new_id(),
+                    "order": order.id,
+                    "position": m * count + k,
+                    "model_id": model_id,
+                    "model_version": version,
+                    "seed": secrets.randbits(48),
+                    "state": "pending",
+                    "updated_at": now,
+                }
+            )
+    OrderImage.insert_many(slots).execute()
+    if order.credits_charged:
+        CreditEntry.create(id=ids.new_id(), account=account_id, delta=-order.credits_charged, kind="order", ref_id=order.id, created_at=now)
+    return order
+
+
+def _refund(order: Order, slot_ids: list[str], now: dt.datetime) -> int:
+    cost = per_image_cost(order)
+    if cost:
+        CreditEntry.insert_many(
+            [{"id": ids.new_id(), "account": order.account_id, "delta": cost, "kind": "refund", "ref_id": sid, "created_at": now} for sid in slot_ids]
+        ).execute()
+    return cost * len(slot_ids)
+
+
+class OrderQueue(JobQueue):
+    def __init__(self, db: pw.Database, clock: Clock, lease_seconds: float) -> None:
+        super().__init__(Order, db, clock, lease_seconds)
+
+    # --- hooks of the generic queue --------------------------------------------------------
+    def on_failed(self, job_id: str, error: str) -> None:
+        """The order failed for good: every slot still pending fails and is refunded."""
+        order = Order.get_by_id(job_id)
+        pending = [sid for (sid,) in OrderImage.select(OrderImage.id).where(OrderImage.order == job_id, OrderImage.state == "pending").tuples()]
+        now = self.clock.now()
+        if pending:
+            OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(pending)).execute()
+            refunded = _refund(order, pending, now)
+            Order.update(
+                images_failed=Order.images_failed + len(pending), credits_refunded=Order.credits_refunded + refunded, updated_at=now
+            ).where(Order.id == job_id).execute()
+        order = Order.get_by_id(job_id)
+        if order.images_done:  # some images were made before it gave up: the order is what it delivered
+            Order.update(state="completed", progress=1.0).where(Order.id == job_id).execute()
+
+    # --- the worker's fenced writes -------------------------------------------------------
+    def pending_slots(self, claim: Claim) -> list[OrderImage]:
+        return list(
+            OrderImage.select().where(OrderImage.order == claim.job_id, OrderImage.state == "pending").order_by(OrderImage.position)
+        )
+
+    def _progress(self, order_id: str) -> None:
+        Order.update(
+            progress=(Order.images_done + Order.images_failed) * 1.0 / Order.images_total, updated_at=self.clock.now()
+        ).where(Order.id == order_id).execute()
+
+    def record_image(
+        self, claim: Claim, slot: OrderImage, blob_id: str, preview_blob_id: str, content_type: str, size: int, width: int, height: int
+    ) -> bool:
+        """Records the slot's generated photo; False (nothing written) when the order or the slot is no longer ours."""
+        with write_transaction(self.db):
+            if not self.owns(claim):
+                return False
+            now = self.clock.now()
+            if OrderImage.update(state="done", error=None, updated_at=now).where(OrderImage.id == slot.id, OrderImage.state == "pending").execute() != 1:
+                return False
+            order = Order.get_by_id(claim.job_id)
+            GeneratedPhoto.create(
+                id=ids.new_id(),
+                account=order.account_id,
+                order=order.id,
+                image=slot.id,
+                model_id=slot.model_id,
+                blob_id=blob_id,
+                preview_blob_id=preview_blob_id,
+                content_type=content_type,
+                size_bytes=size,
+                width=width,
+                height=height,
+                state="available",
+                created_at=now,
+            )
+            Order.update(images_done=Order.images_done + 1).where(Order.id == order.id).execute()
+            self._progress(order.id)
+            return True
+
+    def fail_image(self, claim: Claim, slot_ids: list[str], error: str) -> int:
+        """Fails pending slots and refunds them; returns how many it failed (0 when the order is no longer ours)."""
+        with write_transaction(self.db):
+            if not self.owns(claim):
+                return 0
+            now = self.clock.now()
+            still = [
+                sid
+                for (sid,) in OrderImage.select(OrderImage.id)
+                .where(OrderImage.id.in_(slot_ids), OrderImage.order == claim.job_id, OrderImage.state == "pending")
+                .tuples()
+            ]
+            if not still:
+                return 0
+            OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(still)).execute()
+            order = Order.get_by_id(claim.job_id)
+            refunded = _refund(order, still, now)
+            Order.update(images_failed=Order.images_failed + len(still), credits_refunded=Order.credits_refunded + refunded).where(
+                Order.id == order.id
+            ).execute()
+            self._progress(order.id)
+            return len(still)
+
+    def finish(self, claim: Claim) -> str | None:
+        """Once no slot is pending: COMPLETED when any image was made, else FAILED. None when not ours or not finished."""
+        with write_transaction(self.db):
+            if not self.owns(claim):
+                return None
+            if OrderImage.select().where(OrderImage.order == claim.job_id, OrderImage.state == "pending").exists():
+                return None
+            order = Order.get_by_id(claim.job_id)
+            if order.images_done:
+                state, error = "completed", None
+            else:
+                errors = [e for (e,) in OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()]
+                state, error = "failed", max(set(errors), key=errors.count) if errors else "NO_IMAGES"
+            self._finish(order.id, state, self.clock.now(), error=error)
+            Order.update(progress=1.0).where(Order.id == order.id).execute()
+            return state
