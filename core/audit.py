@@ -31,6 +31,10 @@ MODEL_DELETED = "MODEL_DELETED"
 MODEL_RESTORED = "MODEL_RESTORED"
 ORDER_CREATED = "ORDER_CREATED"
 GENERATED_PHOTO_DELETED = "GENERATED_PHOTO_DELETED"
+# The retention daemon: an account purge carries counts only (no id links it back to the person).
+ACCOUNT_PURGED = "ACCOUNT_PURGED"
+MODEL_PURGED = "MODEL_PURGED"
+RETENTION_RUN = "RETENTION_RUN"
 
 _EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 

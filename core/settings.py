@@ -123,6 +123,13 @@ class Settings:
     invitations_per_day: int = 20
     # Retention periods (P13, P16, P17).
     account_grace_days: int = 30
+    # The retention daemon: seconds between cycles, rows per batch (each batch one short transaction),
+    # purge a model's photos as soon as its training succeeds (P11 operator option), and the age a blob
+    # with no row must reach before the orphan sweep deletes it.
+    retention_interval_seconds: float = 300.0
+    retention_batch_size: int = 500
+    purge_photos_after_training: bool = False
+    orphan_margin_hours: int = 6
     # Credits.
     free_trial_credits: int = 10
     products: Mapping[str, int] = field(
@@ -233,6 +240,9 @@ class Settings:
             "generation_steps",
             "preview_max_side",
             "rejected_photo_days",
+            "retention_interval_seconds",
+            "retention_batch_size",
+            "orphan_margin_hours",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")

@@ -117,7 +117,8 @@ class RateLimitHit(BaseModel):
     """One counted request under a hashed key (never a raw email or address)."""
 
     key = pw.CharField(max_length=80)
-    at = UtcDateTimeField()
+    # Indexed so the retention daemon deletes old rows by range (migration 0005).
+    at = UtcDateTimeField(index=True)
 
     class Meta:
         indexes = ((("key", "at"), False),)

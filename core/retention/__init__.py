@@ -1,1 +1,1 @@
-"""Retention: the deletion policies (the retention issue builds the daemon; the orphan sweep is here already)."""
+"""Retention: the deletion policies (policies.py), the daemon that runs them (daemon.py), its metrics and the orphan-blob sweep."""

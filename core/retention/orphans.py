@@ -27,8 +27,15 @@ REFERENCES: dict[str, tuple[pw.Field, ...]] = {
 DEFAULT_MARGIN = dt.timedelta(hours=6)
 
 
-def sweep_orphan_blobs(db: pw.Database, store: BlobStore, now: dt.datetime, margin: dt.timedelta = DEFAULT_MARGIN, batch: int = 500) -> dict[str, int]:
-    """Deletes unreferenced blobs older than now - margin; returns the count per kind."""
+def sweep_orphan_blobs(
+    db: pw.Database,
+    store: BlobStore,
+    now: dt.datetime,
+    margin: dt.timedelta = DEFAULT_MARGIN,
+    batch: int = 500,
+    dry_run: bool = False,
+) -> dict[str, int]:
+    """Deletes unreferenced blobs older than now - margin (dry_run: only counts them); returns the count per kind."""
     deleted: dict[str, int] = {}
     cutoff = now - margin
     for kind, columns in REFERENCES.items():
@@ -38,20 +45,20 @@ def sweep_orphan_blobs(db: pw.Database, store: BlobStore, now: dt.datetime, marg
             if info.created <= cutoff:
                 candidates.append(info.blob_id)
             if len(candidates) >= batch:
-                deleted[kind] += _delete_unreferenced(store, kind, columns, candidates)
+                deleted[kind] += _delete_unreferenced(store, kind, columns, candidates, dry_run)
                 candidates = []
-        deleted[kind] += _delete_unreferenced(store, kind, columns, candidates)
-    if any(deleted.values()):
+        deleted[kind] += _delete_unreferenced(store, kind, columns, candidates, dry_run)
+    if any(deleted.values()) and not dry_run:
         log.info("orphan blobs swept", extra={f"swept_{k}": v for k, v in deleted.items()})
     return deleted
 
 
-def _delete_unreferenced(store: BlobStore, kind: str, columns: tuple[pw.Field, ...], blob_ids: list[str]) -> int:
+def _delete_unreferenced(store: BlobStore, kind: str, columns: tuple[pw.Field, ...], blob_ids: list[str], dry_run: bool = False) -> int:
     if not blob_ids:
         return 0
     referenced = {row[0] for column in columns for row in column.model.select(column).where(column.in_(blob_ids)).tuples()}
     count = 0
     for blob_id in blob_ids:
-        if blob_id not in referenced and store.delete(kind, blob_id):
+        if blob_id not in referenced and (dry_run or store.delete(kind, blob_id)):
             count += 1
     return count

@@ -83,7 +83,7 @@ def _sign_in_name(deps: Deps, email: str) -> str | None:
     """The name to greet when this email may receive a sign-in code, else None."""
     account = Account.get_or_none(Account.email == email)
     if account is not None:
-        if account.state == "deactivated" and account.purge_after <= deps.clock.now():
+        if account.state == "purging" or (account.state == "deactivated" and account.purge_after <= deps.clock.now()):
             return None
         return account.name
     entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == "approved")
@@ -215,7 +215,7 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
                 else:
                     account = _create_account(deps, email=email, name=entry.name)
                     WaitlistEntry.update(account=account).where(WaitlistEntry.id == entry.id).execute()
-            elif account.state == "deactivated" and account.purge_after <= now:
+            elif account.state == "purging" or (account.state == "deactivated" and account.purge_after <= now):
                 failure = precondition("GRACE_PERIOD_OVER", "the account's grace period is over")
             if failure is None:
                 signed_in = _new_session(deps, account)

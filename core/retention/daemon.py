@@ -1,0 +1,261 @@
+"""The retention daemon (`faceharmony-retention`): runs every deletion policy on time, in bounded batches, and reports.
+
+    faceharmony-retention                  loop, a cycle every FACEHARMONY_RETENTION_INTERVAL_SECONDS
+    faceharmony-retention --once           one cycle (a cron job); exit 0 when every policy ran
+    faceharmony-retention --dry-run        print what a cycle would purge, by kind; touch nothing
+    faceharmony-retention --now 2026-03-01T00:00:00Z --once   evaluate the policies as of that moment
+    --metrics-port 9464 / --metrics-file PATH                 Prometheus metrics (HTTP or textfile)
+
+A cycle purges, in this order: accounts past their grace period (everything of
+the person but the email's HMAC), models pending deletion past theirs (with
+their adapters and photos), photos marked deleted or never attached and
+expired (and, with FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING, photos of trained
+models), generated photos past purge_after, expired codes, sessions,
+invitations and old rate-limit rows; then it sweeps orphan blobs. Each policy
+repeats batches until nothing is due; a failing policy is logged, counted and
+retried next cycle without stopping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import peewee as pw
+
+from faceharmony.core import audit
+from faceharmony.core.blobstore.base import BlobStore, Role
+from faceharmony.core.clock import Clock, SystemClock
+from faceharmony.core.db.connection import close_database, open_database, write_transaction
+from faceharmony.core.retention import policies
+from faceharmony.core.retention.metrics import Metrics
+from faceharmony.core.retention.orphans import sweep_orphan_blobs
+from faceharmony.core.settings import Settings
+
+log = logging.getLogger("faceharmony.retention")
+
+# Safety stop for one policy in one cycle (a batch that makes no progress ends it anyway).
+MAX_BATCHES_PER_CYCLE = 10_000
+
+
+class Retention:
+    """One daemon's state: database, blob store (retention role), settings, clock and metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: pw.Database,
+        store: BlobStore,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        soft_delete_seconds: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self.soft_delete_seconds = soft_delete_seconds
+        self.metrics.set("soft_delete_seconds", soft_delete_seconds)
+
+    def context(self, now: dt.datetime | None = None) -> policies.Context:
+        return policies.Context(self.db, self.store, self.settings, now or self.clock.now())
+
+    def _policies(self) -> list[tuple[str, Callable[[policies.Context], int]]]:
+        steps: list[tuple[str, Callable[[policies.Context], int]]] = [
+            ("accounts", lambda ctx: _claimed(ctx, policies.claim_accounts, policies.purge_account)),
+            ("models", lambda ctx: _claimed(ctx, policies.claim_models, policies.purge_model)),
+            ("photos_marked_after_training", policies.mark_trained_photos),
+            ("photos_marked_expired", policies.mark_expired_photos),
+            ("photos", policies.purge_deleted_photos),
+            ("generated_photos", policies.purge_generated_photos),
+        ]
+        for kind in policies.housekeeping_kinds():
+            steps.append((kind, lambda ctx, kind=kind: policies.purge_expired(ctx, kind)))
+        return steps
+
+    def run_once(self, now: dt.datetime | None = None) -> dict[str, int]:
+        """One cycle as of `now` (default: the clock). Returns purged counts by kind; errors are logged and counted."""
+        started = time.monotonic()
+        ctx = self.context(now)
+        purged: dict[str, int] = {}
+        errors: list[str] = []
+        for kind, step in self._policies():
+            try:
+                purged[kind] = _repeat(ctx, step)
+            except Exception:  # one failing policy must not stop the others; retried next cycle
+                log.exception("retention policy failed", extra={"policy": kind})
+                self.metrics.inc("errors_total", kind)
+                errors.append(kind)
+        try:
+            margin = dt.timedelta(hours=self.settings.orphan_margin_hours)
+            swept = sweep_orphan_blobs(self.db, self.store, ctx.now, margin, self.settings.retention_batch_size)
+            purged.update({f"orphan_{kind}_blobs": n for kind, n in swept.items()})
+        except Exception:
+            log.exception("orphan sweep failed")
+            self.metrics.inc("errors_total", "orphan_blobs")
+            errors.append("orphan_blobs")
+        purged = {k: v for k, v in purged.items() if not k.startswith("photos_marked_")}
+        self._report(ctx, purged, errors, time.monotonic() - started)
+        return purged
+
+    def _report(self, ctx: policies.Context, purged: dict[str, int], errors: list[str], seconds: float) -> None:
+        for kind, n in purged.items():
+            self.metrics.inc("purged_total", kind, n)
+        for kind, n in policies.due_counts(ctx).items():
+            self.metrics.set("overdue_items", n, kind)
+        self.metrics.set("run_duration_seconds", seconds)
+        self.metrics.set("last_run_timestamp_seconds", time.time())
+        total = sum(purged.values())
+        if total:
+            with write_transaction(self.db):
+                audit.record(ctx.clock, audit.RETENTION_RUN, **{k: v for k, v in purged.items() if v})
+            if self.soft_delete_seconds:
+                until = ctx.now + dt.timedelta(seconds=self.soft_delete_seconds)
+                self.metrics.set("blobs_recoverable_until_timestamp_seconds", until.timestamp())
+                log.warning(
+                    "purged blobs stay recoverable in the bucket (soft delete) until %s",
+                    until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    extra={"soft_delete_seconds": self.soft_delete_seconds},
+                )
+        log.info(
+            "retention cycle",
+            extra={"purged": total, "errors": len(errors), "duration_ms": round(seconds * 1000), **{f"purged_{k}": v for k, v in purged.items() if v}},
+        )
+
+    def dry_run(self, now: dt.datetime | None = None) -> dict[str, dict[str, int]]:
+        """What a cycle at `now` would purge: due items by kind, the rows inside due accounts and models, orphan blobs."""
+        ctx = self.context(now)
+        margin = dt.timedelta(hours=self.settings.orphan_margin_hours)
+        orphans = sweep_orphan_blobs(self.db, self.store, ctx.now, margin, self.settings.retention_batch_size, dry_run=True)
+        return {
+            "due": policies.due_counts(ctx),
+            "contents": policies.contents_of_due(ctx),
+            "orphan_blobs": orphans,
+        }
+
+
+def _repeat(ctx: policies.Context, step: Callable[[policies.Context], int]) -> int:
+    total = 0
+    for _ in range(MAX_BATCHES_PER_CYCLE):
+        n = step(ctx)
+        total += n
+        if n == 0:
+            break
+    return total
+
+
+def _claimed(ctx: policies.Context, claim: Callable, purge: Callable) -> int:
+    """One batch of a mark-then-purge policy: returns how many this daemon purged (0 ends the policy)."""
+    ids = claim(ctx)
+    done = sum(1 for item_id in ids if purge(ctx, item_id))
+    return done
+
+
+def format_dry_run(report: dict[str, dict[str, int]], now: dt.datetime) -> str:
+    lines = [f"retention dry run as of {now.strftime('%Y-%m-%dT%H:%M:%SZ')}: nothing was changed", "due, by kind:"]
+    lines += [f"  {kind:<22} {n}" for kind, n in report["due"].items()]
+    lines.append("rows inside the due accounts and models, by table:")
+    lines += [f"  {table:<40} {n}" for table, n in sorted(report["contents"].items())] or ["  (none)"]
+    lines.append("orphan blobs past the margin, by kind:")
+    lines += [f"  {kind:<22} {n}" for kind, n in report["orphan_blobs"].items()]
+    return "\n".join(lines)
+
+
+def parse_time(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from exc
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="faceharmony-retention", description="Enforces the deletion promises (retention daemon).")
+    parser.add_argument("--once", action="store_true", help="run one cycle and exit (for a cron job)")
+    parser.add_argument("--interval", type=float, default=None, help="seconds between cycles (default: FACEHARMONY_RETENTION_INTERVAL_SECONDS)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be purged, by kind; change nothing")
+    parser.add_argument("--now", type=parse_time, default=None, help="evaluate the policies as of this ISO-8601 time (implies one cycle)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    parser.add_argument("--metrics-file", type=Path, default=None, help="write Prometheus metrics to this file after each cycle")
+    return parser.parse_args(argv)
+
+
+def open_store(settings: Settings) -> tuple[BlobStore, int]:
+    """The blob store for the retention role, and the bucket's soft-delete period in seconds (0 off, or local)."""
+    from faceharmony.core.blobstore.factory import open_blob_store
+
+    store = open_blob_store(settings, Role.RETENTION)
+    soft_delete = store.check_soft_delete() if store.backend == "gcs" else 0  # type: ignore[attr-defined]
+    return store, soft_delete
+
+
+def main(argv: list[str] | None = None) -> int:
+    from faceharmony.core import logs
+    from faceharmony.core.db.migrate import migrate, pending
+
+    args = parse_args(argv)
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
+    db = open_database(settings.resolved_database_url, pool_size=2)
+    try:
+        if settings.auto_migrate:
+            migrate(db)
+        elif pending(db):
+            print("faceharmony-retention: the database needs migrations: run `faceharmony-admin migrate`", file=sys.stderr)
+            return 2
+        store, soft_delete = open_store(settings)
+        retention = Retention(settings, db, store, metrics=Metrics(), soft_delete_seconds=soft_delete)
+        if args.dry_run:
+            now = args.now or retention.clock.now()
+            print(format_dry_run(retention.dry_run(now), now))
+            return 0
+        server = retention.metrics.serve(args.metrics_port, args.metrics_host) if args.metrics_port is not None else None
+        try:
+            if args.once or args.now is not None:
+                return _cycle(retention, args)
+            return _loop(retention, args, args.interval or settings.retention_interval_seconds)
+        finally:
+            if server is not None:
+                server.shutdown()
+    finally:
+        close_database(db)
+
+
+def _cycle(retention: Retention, args: argparse.Namespace) -> int:
+    errors_before = retention.metrics.total("errors_total")
+    purged = retention.run_once(args.now)
+    if args.metrics_file is not None:
+        retention.metrics.write(args.metrics_file)
+    print("purged: " + (", ".join(f"{k}={v}" for k, v in purged.items() if v) or "nothing"))
+    return 1 if retention.metrics.total("errors_total") > errors_before else 0
+
+
+def _loop(retention: Retention, args: argparse.Namespace, interval: float) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("retention daemon started", extra={"interval_seconds": interval})
+    while not stop.is_set():
+        try:
+            retention.run_once()
+        except Exception:  # the database may be away for a moment: try again next cycle
+            log.exception("retention cycle failed")
+            retention.metrics.inc("errors_total", "cycle")
+        if args.metrics_file is not None:
+            retention.metrics.write(args.metrics_file)
+        stop.wait(interval)
+    log.info("retention daemon stopped")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""The deletion policies (P5, P11, P13, P16-P19): what is due, and how each kind is purged.
+
+Every purge follows the same order, so that a process killed at any point and
+run again finishes the work with no orphan blob and no dangling row:
+
+1. mark   - in a short write transaction, due rows are claimed (accounts and
+            models move to state "purging", which the API never restores;
+            photos get `deleted_at`), oldest first, at most one batch;
+2. blobs  - their blobs are deleted (idempotent: a blob already gone is fine);
+3. rows   - the rows go in one transaction, which first re-reads the blobs the
+            rows name and deletes after commit any that appeared meanwhile.
+
+Claims use `FOR UPDATE SKIP LOCKED` on PostgreSQL and IMMEDIATE transactions
+on SQLite; a second daemon that meets the same "purging" row repeats the
+idempotent steps and finds the rows gone, so each purge is recorded once.
+Every due-query is a range over an indexed deadline column, so the cost
+follows what is due, not the size of the tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import peewee as pw
+
+from faceharmony.core import audit
+from faceharmony.core.blobstore.base import BlobStore
+from faceharmony.core.db.connection import is_sqlite, write_transaction
+from faceharmony.core.db.models import (
+    Account,
+    AuditEvent,
+    BaseModel,
+    CreditEntry,
+    EmailQueue,
+    GeneratedPhoto,
+    Invitation,
+    ModelVersion,
+    Order,
+    OrderImage,
+    Photo,
+    Purchase,
+    RateLimitHit,
+    Session,
+    SignInCode,
+    Ticket,
+    TicketMessage,
+    TrainingJob,
+    UserModel,
+    WaitlistEntry,
+)
+from faceharmony.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PURGING = "purging"
+# The longest window a rate-limit row is counted in (code requests: an hour; invitations: a day).
+RATE_LIMIT_KEEP = dt.timedelta(days=1)
+
+Blob = tuple[str, str]  # (kind, blob id)
+
+
+class FixedClock:
+    """The clock of one cycle: the moment the policies are evaluated at (`--now` or the system time)."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self._now = now
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+
+@dataclass(frozen=True)
+class Context:
+    db: pw.Database
+    store: BlobStore
+    settings: Settings
+    now: dt.datetime
+
+    @property
+    def batch(self) -> int:
+        return self.settings.retention_batch_size
+
+    @property
+    def clock(self) -> FixedClock:
+        return FixedClock(self.now)
+
+
+def claimable(query: pw.ModelSelect, db: pw.Database) -> pw.ModelSelect:
+    """Rows another daemon holds are skipped on PostgreSQL; SQLite's IMMEDIATE transaction serialises."""
+    return query if is_sqlite(db) else query.for_update(skip_locked=True)
+
+
+def _locked(query: pw.ModelSelect, db: pw.Database) -> pw.ModelSelect:
+    return query if is_sqlite(db) else query.for_update()
+
+
+def delete_blobs(store: BlobStore, blobs: Iterable[Blob]) -> int:
+    return sum(1 for kind, blob_id in blobs if store.delete(kind, blob_id))
+
+
+def _ids(query: pw.ModelSelect) -> list:
+    return [row[0] for row in query.tuples()]
+
+
+# --- housekeeping: expired codes, sessions, invitations, old rate-limit rows -------------------------
+
+def _housekeeping(ctx: Context) -> dict[str, tuple[type[BaseModel], pw.Field, pw.Expression]]:
+    """kind -> (table, the indexed deadline column, the condition that makes a row due)."""
+    return {
+        "sign_in_codes": (SignInCode, SignInCode.expires_at, SignInCode.expires_at <= ctx.now),
+        "sessions": (Session, Session.expires_at, Session.expires_at <= ctx.now),
+        "invitations": (
+            Invitation,
+            Invitation.expires_at,
+            (Invitation.expires_at <= ctx.now) & Invitation.accepted_at.is_null(),
+        ),
+        "rate_limit_hits": (RateLimitHit, RateLimitHit.at, RateLimitHit.at <= ctx.now - RATE_LIMIT_KEEP),
+    }
+
+
+def housekeeping_kinds() -> tuple[str, ...]:
+    return ("sign_in_codes", "sessions", "invitations", "rate_limit_hits")
+
+
+def purge_expired(ctx: Context, kind: str) -> int:
+    """One batch of expired rows of a kind that holds no blob; returns how many went."""
+    table, deadline, due = _housekeeping(ctx)[kind]
+    pk = table._meta.primary_key
+    with write_transaction(ctx.db):
+        ids = _ids(claimable(table.select(pk).where(due).order_by(deadline).limit(ctx.batch), ctx.db))
+        if not ids:
+            return 0
+        return table.delete().where(pk.in_(ids), due).execute()
+
+
+# --- photos (P11) ------------------------------------------------------------------------------------
+
+def _expired_unattached(ctx: Context) -> pw.Expression:
+    return (Photo.expires_at <= ctx.now) & Photo.model_id.is_null() & Photo.deleted_at.is_null()
+
+
+def mark_expired_photos(ctx: Context) -> int:
+    """Unattached photos past their expiry are marked deleted; purge_deleted_photos takes them."""
+    due = _expired_unattached(ctx)
+    with write_transaction(ctx.db):
+        ids = _ids(claimable(Photo.select(Photo.id).where(due).order_by(Photo.expires_at).limit(ctx.batch), ctx.db))
+        return Photo.update(deleted_at=ctx.now).where(Photo.id.in_(ids), due).execute() if ids else 0
+
+
+def _trained_photos(ctx: Context) -> pw.ModelSelect:
+    return (
+        Photo.select(Photo.id)
+        .join(UserModel, on=(Photo.model_id == UserModel.id))
+        .where(UserModel.state == "ready", Photo.deleted_at.is_null())
+    )
+
+
+def mark_trained_photos(ctx: Context) -> int:
+    """P11 operator option: photos of a model whose training succeeded are marked for the purge."""
+    if not ctx.settings.purge_photos_after_training:
+        return 0
+    with write_transaction(ctx.db):
+        ids = _ids(_trained_photos(ctx).limit(ctx.batch))
+        return Photo.update(deleted_at=ctx.now).where(Photo.id.in_(ids), Photo.deleted_at.is_null()).execute() if ids else 0
+
+
+def purge_deleted_photos(ctx: Context) -> int:
+    """One batch of photos marked deleted (by the user, by expiry, or by the P11 option): blobs, then rows."""
+    due = Photo.deleted_at <= ctx.now
+    rows = list(Photo.select(Photo.id, Photo.blob_id).where(due).order_by(Photo.deleted_at).limit(ctx.batch).tuples())
+    if not rows:
+        return 0
+    delete_blobs(ctx.store, (("photos", blob_id) for _, blob_id in rows))
+    with write_transaction(ctx.db):
+        return Photo.delete().where(Photo.id.in_([pid for pid, _ in rows]), due).execute()
+
+
+# --- generated photos (P16 and user deletions) ------------------------------------------------------
+
+def purge_generated_photos(ctx: Context) -> int:
+    """One batch of generated photos whose purge_after has passed (rejected +60 days, or deleted): blobs, then rows."""
+    due = GeneratedPhoto.purge_after <= ctx.now
+    rows = list(
+        GeneratedPhoto.select(GeneratedPhoto.id, GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id)
+        .where(due)
+        .order_by(GeneratedPhoto.purge_after)
+        .limit(ctx.batch)
+        .tuples()
+    )
+    if not rows:
+        return 0
+    delete_blobs(ctx.store, (("generated", b) for _, blob, preview in rows for b in (blob, preview)))
+    with write_transaction(ctx.db):
+        return GeneratedPhoto.delete().where(GeneratedPhoto.id.in_([r[0] for r in rows]), due).execute()
+
+
+# --- models (P13) ------------------------------------------------------------------------------------
+
+def model_blobs(model_ids: pw.ModelSelect | list[str]) -> set[Blob]:
+    blobs: set[Blob] = set()
+    for adapter, metadata in ModelVersion.select(ModelVersion.adapter_blob_id, ModelVersion.metadata_blob_id).where(
+        ModelVersion.model.in_(model_ids)
+    ).tuples():
+        blobs.update({("models", adapter), ("models", metadata)})
+    blobs.update(("photos", b) for (b,) in Photo.select(Photo.blob_id).where(Photo.model_id.in_(model_ids)).tuples())
+    return blobs
+
+
+def model_rows(model_ids: pw.ModelSelect | list[str]) -> list[tuple[type[BaseModel], pw.Expression]]:
+    """What a model purge deletes, children first: its versions, jobs and every photo (P13)."""
+    return [
+        (ModelVersion, ModelVersion.model.in_(model_ids)),
+        (TrainingJob, TrainingJob.model.in_(model_ids)),
+        (Photo, Photo.model_id.in_(model_ids)),
+        (UserModel, UserModel.id.in_(model_ids)),
+    ]
+
+
+def _claim(ctx: Context, table: type[Account] | type[UserModel], from_state: str, on_mark: Callable[[list[str]], object] | None = None) -> list[str]:
+    """Marks a batch of the table's due rows "purging", oldest first; returns the purging ones (those a killed
+    run left half-purged included). purge_after is indexed and set only while pending deletion: a range, not a scan."""
+    due = (table.state == from_state) & (table.purge_after <= ctx.now)
+    with write_transaction(ctx.db):
+        ids = _ids(claimable(table.select(table.id).where(due).order_by(table.purge_after).limit(ctx.batch), ctx.db))
+        if ids:
+            table.update(state=PURGING, updated_at=ctx.now).where(table.id.in_(ids), due).execute()
+            if on_mark is not None:
+                on_mark(ids)
+    purging = table.select(table.id).where(table.purge_after.is_null(False), table.state == PURGING)
+    return _ids(purging.order_by(table.purge_after).limit(ctx.batch))
+
+
+def claim_models(ctx: Context) -> list[str]:
+    """Marks due models "purging": support can no longer restore them (restore wants pending_deletion)."""
+    return _claim(ctx, UserModel, "pending_deletion")
+
+
+def purge_model(ctx: Context, model_id: str) -> bool:
+    """Blobs, then rows in one transaction; False when another daemon finished it first."""
+    blobs = model_blobs([model_id])
+    delete_blobs(ctx.store, blobs)
+    with write_transaction(ctx.db):
+        if _locked(UserModel.select(UserModel.id).where(UserModel.id == model_id, UserModel.state == PURGING), ctx.db).first() is None:
+            return False
+        late = model_blobs([model_id])
+        counts = {table._meta.table_name: table.delete().where(cond).execute() for table, cond in model_rows([model_id])}
+        audit.record(
+            ctx.clock,
+            audit.MODEL_PURGED,
+            subject_id=model_id,
+            versions=counts["model_version"],
+            photos=counts["photo"],
+        )
+    delete_blobs(ctx.store, late - blobs)
+    return True
+
+
+# --- accounts (P5, P17, P18, P19) -------------------------------------------------------------------
+
+def account_blobs(account_id: str) -> set[Blob]:
+    models = UserModel.select(UserModel.id).where(UserModel.account == account_id)
+    blobs = model_blobs(models)
+    blobs.update(("photos", b) for (b,) in Photo.select(Photo.blob_id).where(Photo.account == account_id).tuples())
+    for blob, preview in GeneratedPhoto.select(GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id).where(
+        GeneratedPhoto.account == account_id
+    ).tuples():
+        blobs.update({("generated", blob), ("generated", preview)})
+    return blobs
+
+
+def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]]:
+    """Every row of the person, children first; only KnownEmail (the email's HMAC, P5) outlives it.
+
+    The audit events that name the account (as actor or subject) or one of its things go first, while
+    the things can still be found. tests/test_retention.py reflects over the schema to prove that every
+    table that can hold a trace of an account appears here.
+    """
+    aid, hmac = account.id, account.email_hmac
+    models = UserModel.select(UserModel.id).where(UserModel.account == aid)
+    orders = Order.select(Order.id).where(Order.account == aid)
+    tickets = Ticket.select(Ticket.id).where(Ticket.account == aid)
+    owned = [
+        models,
+        orders,
+        tickets,
+        Photo.select(Photo.id).where(Photo.account == aid),
+        GeneratedPhoto.select(GeneratedPhoto.id).where(GeneratedPhoto.account == aid),
+        Invitation.select(Invitation.id).where((Invitation.inviter == aid) | (Invitation.account == aid)),
+        Purchase.select(Purchase.id).where(Purchase.account == aid),
+    ]
+    about_account = (AuditEvent.actor_id == aid) | (AuditEvent.subject_id == aid)
+    for query in owned:
+        about_account |= AuditEvent.subject_id.in_(query)
+    return [
+        (AuditEvent, about_account),
+        (TicketMessage, TicketMessage.ticket.in_(tickets)),
+        (Ticket, Ticket.account == aid),
+        (GeneratedPhoto, GeneratedPhoto.account == aid),
+        (OrderImage, OrderImage.order.in_(orders)),
+        (Order, Order.account == aid),
+        *model_rows(models)[:2],
+        (Photo, Photo.account == aid),
+        (UserModel, UserModel.account == aid),
+        (Purchase, Purchase.account == aid),
+        (CreditEntry, CreditEntry.account == aid),
+        (Session, Session.account == aid),
+        (SignInCode, SignInCode.email_hmac == hmac),
+        (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "invite:" + aid])),
+        (Invitation, (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)),
+        (WaitlistEntry, (WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)),
+        (EmailQueue, (EmailQueue.account == aid) | (EmailQueue.to_address == account.email)),
+        (Account, Account.id == aid),
+    ]
+
+
+def account_links(account_id: str) -> list[tuple[pw.Field, pw.Expression]]:
+    """References from other people's rows that outlive the account: set to NULL (as the foreign keys do)."""
+    return [
+        (Account.invited_by, Account.invited_by == account_id),
+        (WaitlistEntry.approved_by, WaitlistEntry.approved_by == account_id),
+        (TicketMessage.staff, TicketMessage.staff == account_id),
+    ]
+
+
+def claim_accounts(ctx: Context) -> list[str]:
+    """Marks due accounts "purging": no reactivation, no sign-in, and the sessions opened to reactivate die."""
+
+    def revoke_sessions(ids: list[str]) -> None:
+        Session.update(revoked_at=ctx.now).where(Session.account.in_(ids), Session.revoked_at.is_null()).execute()
+
+    return _claim(ctx, Account, "deactivated", revoke_sessions)
+
+
+def purge_account(ctx: Context, account_id: str) -> bool:
+    """Blobs, then every row in one transaction; the audit entry holds counts only, no id that links back."""
+    blobs = account_blobs(account_id)
+    delete_blobs(ctx.store, blobs)
+    with write_transaction(ctx.db):
+        account = _locked(Account.select().where(Account.id == account_id, Account.state == PURGING), ctx.db).first()
+        if account is None:
+            return False
+        late = account_blobs(account_id)
+        for field, cond in account_links(account_id):
+            field.model.update({field: None}).where(cond).execute()
+        counts = {table._meta.table_name: table.delete().where(cond).execute() for table, cond in account_rows(account)}
+        audit.record(ctx.clock, audit.ACCOUNT_PURGED, blobs=len(blobs | late), **{k: v for k, v in counts.items() if v})
+    delete_blobs(ctx.store, late - blobs)
+    return True
+
+
+# --- what is due (dry run, overdue metric) ----------------------------------------------------------
+
+def _count(query: pw.ModelSelect) -> int:
+    return query.count()
+
+
+def due_counts(ctx: Context) -> dict[str, int]:
+    """What a cycle at ctx.now would purge, by kind (no writes). Accounts' and models' contents are counted too."""
+    due_accounts = Account.select(Account.id).where(
+        Account.purge_after <= ctx.now, Account.state.in_(["deactivated", PURGING])
+    )
+    due_models = UserModel.select(UserModel.id).where(
+        UserModel.purge_after <= ctx.now, UserModel.state.in_(["pending_deletion", PURGING])
+    )
+    counts = {
+        "accounts": _count(due_accounts),
+        "models": _count(due_models),
+        "photos": _count(Photo.select().where((Photo.deleted_at <= ctx.now) | _expired_unattached(ctx))),
+        "generated_photos": _count(GeneratedPhoto.select().where(GeneratedPhoto.purge_after <= ctx.now)),
+    }
+    if ctx.settings.purge_photos_after_training:
+        counts["photos"] += _count(_trained_photos(ctx))
+    for kind in housekeeping_kinds():
+        table, _, due = _housekeeping(ctx)[kind]
+        counts[kind] = _count(table.select().where(due))
+    return counts
+
+
+def contents_of_due(ctx: Context) -> dict[str, int]:
+    """Rows held by the due accounts and models, by table (dry run: what the account and model purges take)."""
+    totals: dict[str, int] = {}
+    accounts = Account.select().where(Account.purge_after <= ctx.now, Account.state.in_(["deactivated", PURGING]))
+    for account in accounts.iterator():
+        for table, cond in account_rows(account):
+            totals[table._meta.table_name] = totals.get(table._meta.table_name, 0) + _count(table.select().where(cond))
+    due_models = UserModel.select(UserModel.id).where(
+        UserModel.purge_after <= ctx.now, UserModel.state.in_(["pending_deletion", PURGING])
+    )
+    for table, cond in model_rows(due_models):
+        name = f"{table._meta.table_name} (of deleted models)"
+        totals[name] = _count(table.select().where(cond))
+    return {k: v for k, v in totals.items() if v}
