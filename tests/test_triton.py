@@ -19,22 +19,16 @@ The whole file takes about 15 s on an idle 2-core CPU (server ready in ~5 s).
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from skimage import data as skdata
 
-if importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("nvidia-pytriton / tritonclient[grpc] must be installed in CI")
-    pytest.skip("nvidia-pytriton or tritonclient is not installed", allow_module_level=True)
+from tests.support.triton import require_triton, train_tiny_adapters, triton_env
+
+require_triton()
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -45,18 +39,11 @@ from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.inference.adapter_cache import parse_adapter_bytes  # noqa: E402
 from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest  # noqa: E402
 from faceharmony.core.inference.triton_server import start_triton  # noqa: E402
-from faceharmony.trainer.lora import TrainingSettings, train_lora  # noqa: E402
 
 MODEL = "faceharmony_diffusion"
 STEPS = 4
 WIDTH, HEIGHT = 96, 64  # not square: catches a swapped width/height
 UINT8_TOL = 1
-
-
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +61,13 @@ def base(data_dir):
 @pytest.fixture(scope="module")
 def adapters(data_dir, base) -> dict[str, bytes]:
     """Two users' adapters, stored as the trainer stores them: blob id -> safetensors bytes."""
-    photos = [Image.fromarray(skdata.astronaut()).crop((100, 0, 400, 300)), Image.fromarray(skdata.chelsea())]
-    store = LocalBlobStore(data_dir / "blobs", Role.TRAINER)
-    out = {}
-    for i, (rank, photo) in enumerate(zip((4, 8), photos)):
-        settings = TrainingSettings(rank=rank, steps=10, batch_size=2, learning_rate=2e-2, seed=200 + i, flip=False)
-        blob = train_lora(base, [_jpeg(photo)], settings).safetensors
-        out[store.create("models", blob)] = blob
-    return out
+    return train_tiny_adapters(base, LocalBlobStore(data_dir / "blobs", Role.TRAINER))
 
 
 @pytest.fixture(scope="module")
 def server(data_dir, adapters, tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
-    env["FACEHARMONY_DATA_DIR"] = str(data_dir)
     t0 = time.perf_counter()
-    with start_triton(tmp_path_factory.mktemp("triton"), env=env, ready_timeout=120) as srv:
+    with start_triton(tmp_path_factory.mktemp("triton"), env=triton_env(data_dir), ready_timeout=120) as srv:
         print(f"\ntritonserver ready in {time.perf_counter() - t0:.1f}s")
         yield srv
         if srv.process.poll() is not None:

@@ -1,0 +1,340 @@
+"""The order worker against the real Triton server (nvidia-pytriton wheel) on the tiny base pipeline.
+
+One Triton server and one API server (SQLite) per module, sharing a data folder: the base pipeline, the
+blob store (adapters written with the trainer role, read by Triton with the order role; generated photos
+written by the worker with the order role, read by the API). Models are made READY with adapters trained
+here (tests/support/triton.py), so no trainer runs.
+
+What it proves (issue 5's acceptance story):
+* two users order at once: each gets images of their own model only, Triton executes batches holding
+  both users' requests, and a worker-made image equals the engine's single-request image (same seed);
+* a worker SIGKILLed mid-order: another completes it, every slot exactly once, no refund, and the orphan
+  sweep leaves exactly the recorded blobs;
+* Triton unreachable: the worker waits and retries (nothing failed or refunded), then completes;
+* a model deleted mid-order: its images fail and are refunded, the other model's are made; Triton drops
+  the deleted model's adapter from its cache; a deactivated account's order is not served.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.triton import require_triton, train_tiny_adapters, triton_env
+
+require_triton()
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+
+from faceharmony.core import styles  # noqa: E402
+from faceharmony.core.basemodel import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.blobstore.base import Role  # noqa: E402
+from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
+from faceharmony.core.db import models as m  # noqa: E402
+from faceharmony.core.inference.adapter_cache import parse_adapter_bytes  # noqa: E402
+from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest  # noqa: E402
+from faceharmony.core.inference.triton_server import free_port, start_triton  # noqa: E402
+from faceharmony.core.order_worker import OrderWorker  # noqa: E402
+from faceharmony.core.retention.orphans import sweep_orphan_blobs  # noqa: E402
+from faceharmony.v1 import account_pb2 as a  # noqa: E402
+from faceharmony.v1 import model_pb2 as mp  # noqa: E402
+from faceharmony.v1 import order_pb2 as o  # noqa: E402
+from tests.support.harness import start_harness  # noqa: E402
+from tests.support.orders import balance, order, ready_model  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SIZE = 64
+STEPS = 3
+TRITON_MODEL = "faceharmony_diffusion"
+GEN = dict(generation_width=SIZE, generation_height=SIZE, generation_steps=STEPS, order_lease_seconds=2.0, order_worker_poll_seconds=0.1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("orders-data")
+    build_tiny_pipeline(path / "base-model", seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(data_dir):
+    return load_base(data_dir / "base-model", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def adapters(data_dir, base) -> list[tuple[str, bytes]]:
+    return list(train_tiny_adapters(base, LocalBlobStore(data_dir / "blobs", Role.TRAINER), ranks=(4, 8, 4)).items())
+
+
+@pytest.fixture(scope="module")
+def triton(data_dir, adapters, tmp_path_factory):
+    with start_triton(tmp_path_factory.mktemp("triton"), env=triton_env(data_dir), ready_timeout=120) as srv:
+        yield srv
+        if srv.process.poll() is not None:
+            print(srv.log_tail())
+
+
+@pytest.fixture(scope="module")
+def h(data_dir, triton):
+    harness = start_harness(data_dir, f"sqlite:///{data_dir / 'db.sqlite3'}", triton_url=triton.grpc_url, **GEN)
+    yield harness
+    harness.stop()
+
+
+class RunningWorker:
+    """An in-process order worker (system clock) in a thread; it shares the server's database object, as the
+    models are bound to one database per process."""
+
+    def __init__(self, h, **overrides) -> None:
+        from dataclasses import replace
+
+        self.worker = OrderWorker(replace(h.settings, **overrides), worker_id=f"test-{time.monotonic_ns()}", db=h.db)
+        self.thread = threading.Thread(target=self.worker.run_forever, daemon=True)
+
+    def __enter__(self) -> OrderWorker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc) -> None:
+        self.worker.shutting_down.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+
+
+def copy_of(h, adapter: tuple[str, bytes]) -> str:
+    """The adapter stored again under a new blob id (each model version owns its blob)."""
+    return LocalBlobStore(h.settings.blob_dir, Role.TRAINER).create("models", adapter[1])
+
+
+def get(h, user, order_id) -> o.Order:
+    return h.orders.GetOrder(o.GetOrderRequest(id=order_id), metadata=user.md).order
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_final(h, user, order_id, timeout: float = 120) -> o.Order:
+    final = (o.ORDER_STATE_COMPLETED, o.ORDER_STATE_FAILED)
+    return wait_for(lambda: (x := get(h, user, order_id)).state in final and x, timeout, "the order to finish")
+
+
+def batch_sizes(client) -> dict[int, int]:
+    stats = client.get_inference_statistics(TRITON_MODEL, as_json=True)
+    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats["model_stats"][0].get("batch_stats", [])}
+
+
+def gallery(h, user) -> list[o.GeneratedPhoto]:
+    return list(h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(page_size=100), metadata=user.md).generated_photos)
+
+
+def download(h, user, photo_id) -> bytes:
+    return b"".join(c.data for c in h.orders.DownloadGeneratedPhoto(o.DownloadGeneratedPhotoRequest(id=photo_id), metadata=user.md))
+
+
+def test_two_users_at_once_get_their_own_models_in_shared_batches(h, triton, adapters, base):
+    (blob_a, bytes_a), (blob_b, bytes_b), _ = adapters
+    ada, bob = h.sign_up("ada-orders@example.com"), h.sign_up("bob-orders@example.com")
+    model_a, model_b = ready_model(h, ada, blob_a), ready_model(h, bob, blob_b)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    before = batch_sizes(client)
+    order_a = order(h, ada, [model_a], count=4, style_id="studio")
+    order_b = order(h, bob, [model_b], count=4, style_id="oil_painting")
+    with RunningWorker(h):
+        done_a, done_b = wait_final(h, ada, order_a.id), wait_final(h, bob, order_b.id)
+    for done in (done_a, done_b):
+        assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 4, 0, 0)
+    assert balance(h, ada) == balance(h, bob) == 6
+
+    grown = {bs: n - before.get(bs, 0) for bs, n in batch_sizes(client).items() if n > before.get(bs, 0)}
+    print(f"\nTriton executions by batch size for 8 images of 2 users: {grown}")
+    # Each user has 4 images: an execution of more than 4 held requests of both users.
+    assert max(grown) > 4, grown
+
+    mine_a, mine_b = gallery(h, ada), gallery(h, bob)
+    assert {p.model_id for p in mine_a} == {model_a} and {p.model_id for p in mine_b} == {model_b}
+    assert len(mine_a) == len(mine_b) == 4 and not {p.id for p in mine_a} & {p.id for p in mine_b}
+
+    # A worker-made image equals the engine's image of that request alone, with the adapter loaded itself.
+    engine = BatchedGenerator(base)
+    checked = []
+    for user, photos, style_id, adapter in ((ada, mine_a, "studio", bytes_a), (bob, mine_b, "oil_painting", bytes_b)):
+        photo = photos[0]
+        row = h.db_call(lambda: m.OrderImage.select().join(m.GeneratedPhoto).where(m.GeneratedPhoto.id == photo.id).get())
+        style = styles.get(style_id)
+        alone = engine.generate([GenerationRequest(
+            style.prompt_for("sks"), parse_adapter_bytes(adapter), style.negative_prompt, int(row.seed), STEPS, 7.5, SIZE, SIZE)])[0]
+        got = np.asarray(Image.open(io.BytesIO(download(h, user, photo.id))).convert("RGB")).astype(int)
+        assert got.shape == (SIZE, SIZE, 3)
+        checked.append(int(np.abs(got - alone.image.astype(int)).max()))
+    print(f"max uint8 difference, worker image vs single request: {checked}")
+    assert max(checked) <= 1
+    # ...and the two users' images really differ (the comparison means something).
+    pa = np.asarray(Image.open(io.BytesIO(download(h, ada, mine_a[1].id)))).astype(int)
+    pb = np.asarray(Image.open(io.BytesIO(download(h, bob, mine_b[1].id)))).astype(int)
+    assert np.abs(pa - pb).mean() > 2
+
+
+def worker_env(h) -> dict[str, str]:
+    s = h.settings
+    env = triton_env(s.data_dir)
+    env.update(
+        FACEHARMONY_DATABASE_URL=s.database_url,
+        FACEHARMONY_SECRET_KEY=s.secret_key,
+        FACEHARMONY_TRITON_URL=s.triton_url,
+        FACEHARMONY_GENERATION_WIDTH=str(SIZE),
+        FACEHARMONY_GENERATION_HEIGHT=str(SIZE),
+        FACEHARMONY_GENERATION_STEPS=str(STEPS),
+        FACEHARMONY_ORDER_LEASE_SECONDS="2",
+        FACEHARMONY_ORDER_WORKER_POLL_SECONDS="0.1",
+        FACEHARMONY_ORDER_WORKER_INFLIGHT="1",  # one image at a time: the kill lands mid-order
+        FACEHARMONY_LOG_FORMAT="text",
+    )
+    return env
+
+
+def test_a_worker_killed_mid_order_is_completed_by_another_exactly_once(h, adapters, tmp_path):
+    user = h.sign_up("killed-order@example.com")
+    model = ready_model(h, user, copy_of(h, adapters[2]))
+    placed = order(h, user, [model], count=8)
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([str(BIN / "faceharmony-order-worker")], env=worker_env(h), stdout=log, stderr=log)
+    try:
+        wait_for(lambda: get(h, user, placed.id).images_done >= 2, 120, "the first images")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = get(h, user, placed.id)
+    assert killed_at.state == o.ORDER_STATE_RUNNING and 2 <= killed_at.images_done < 8, killed_at
+    with RunningWorker(h):
+        done = wait_final(h, user, placed.id)
+    assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 8, 0, 0)
+    row = h.db_call(m.Order.get_by_id, placed.id)
+    assert row.attempts == 2
+    slots = h.db_call(lambda: list(m.OrderImage.select().where(m.OrderImage.order == placed.id)))
+    photos = h.db_call(lambda: list(m.GeneratedPhoto.select().where(m.GeneratedPhoto.order == placed.id)))
+    assert all(s.state == "done" for s in slots) and sorted(p.image_id for p in photos) == sorted(s.id for s in slots)
+    assert balance(h, user) == 10 - 8
+    # Blobs an interrupted image left behind are orphans: the sweep removes them and nothing else.
+    retention = LocalBlobStore(h.settings.blob_dir, Role.RETENTION)
+    import datetime as dt
+
+    sweep_orphan_blobs(h.db, retention, dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+    left = {b.blob_id for b in retention.list("generated")}
+    everyone = h.db_call(lambda: {x for p in m.GeneratedPhoto.select() for x in (p.blob_id, p.preview_blob_id)})
+    assert left == everyone
+
+
+class Proxy:
+    """A TCP forwarder to Triton that can be switched on later: until then nothing listens on its port."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.port = free_port()
+        self.sock: socket.socket | None = None
+
+    def start(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def test_triton_unavailable_the_worker_waits_then_completes(h, adapters):
+    user = h.sign_up("triton-down@example.com")
+    placed = order(h, user, [ready_model(h, user, copy_of(h, adapters[0]))], count=2)
+    proxy = Proxy(h.settings.triton_url)
+    try:
+        with RunningWorker(h, triton_url=f"127.0.0.1:{proxy.port}"):
+            wait_for(lambda: get(h, user, placed.id).state == o.ORDER_STATE_RUNNING, 30, "the claim")
+            time.sleep(2.5)  # several retries, more than a lease: heartbeats keep the order
+            waiting = get(h, user, placed.id)
+            assert (waiting.state, waiting.images_done, waiting.images_failed, waiting.credits_refunded) == (
+                o.ORDER_STATE_RUNNING, 0, 0, 0)
+            proxy.start()
+            done = wait_final(h, user, placed.id, timeout=60)
+    finally:
+        proxy.close()
+    assert (done.state, done.images_done, done.images_failed) == (o.ORDER_STATE_COMPLETED, 2, 0)
+    assert h.db_call(m.Order.get_by_id, placed.id).attempts == 1
+
+
+def test_a_model_deleted_mid_order_stops_its_images_and_is_evicted(h, adapters):
+    user = h.sign_up("delete-mid@example.com")
+    keep, drop = ready_model(h, user, copy_of(h, adapters[0])), ready_model(h, user, copy_of(h, adapters[1]))
+    warm = order(h, user, [drop], count=1)  # puts the model's adapter into Triton's cache
+    with RunningWorker(h):
+        assert wait_final(h, user, warm.id).state == o.ORDER_STATE_COMPLETED
+    placed = order(h, user, [keep, drop], count=2)
+    assert balance(h, user) == 10 - 1 - 4
+    h.models.DeleteModel(mp.DeleteModelRequest(id=drop), metadata=user.md)
+    with RunningWorker(h) as worker:
+        done = wait_final(h, user, placed.id)
+        assert worker.evict_pending_deletion() == 0  # already evicted by the worker's own sweep
+    assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 2, 2, 2)
+    assert balance(h, user) == 10 - 1 - 2
+    assert {p.model_id for p in gallery(h, user) if p.order_id == placed.id} == {keep}
+    errors = h.db_call(lambda: sorted(s.error or "" for s in m.OrderImage.select().where(m.OrderImage.order == placed.id)))
+    assert errors == ["", "", "MODEL_DELETED", "MODEL_DELETED"]
+    # The deleted model's version was in Triton's cache and is gone from it: asking again evicts nothing.
+    client = grpcclient.InferenceServerClient(h.settings.triton_url)
+    keys = np.array([[f"{drop}:1".encode()]], dtype=object)
+    x = grpcclient.InferInput("EVICT_KEYS", list(keys.shape), "BYTES")
+    x.set_data_from_numpy(keys)
+    assert int(client.infer(TRITON_MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0]) == 0
+
+
+def test_a_deactivated_accounts_order_is_not_served_and_refunded(h, adapters):
+    user = h.sign_up("leaving@example.com")
+    placed = order(h, user, [ready_model(h, user, copy_of(h, adapters[0]))], count=3)
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    with RunningWorker(h):
+        wait_for(lambda: h.db_call(m.Order.get_by_id, placed.id).state == "failed", 60, "the order to fail")
+    row = h.db_call(m.Order.get_by_id, placed.id)
+    assert (row.images_done, row.images_failed, row.credits_refunded, row.error) == (0, 3, 3, "ACCOUNT_DEACTIVATED")
+    assert h.db_call(lambda: m.GeneratedPhoto.select().where(m.GeneratedPhoto.order == placed.id).count()) == 0
