@@ -165,7 +165,7 @@ def format_dry_run(report: dict[str, dict[str, int]], now: dt.datetime) -> str:
     lines.append("rows inside the due accounts and models, by table:")
     lines += [f"  {table:<40} {n}" for table, n in sorted(report["contents"].items())] or ["  (none)"]
     lines.append("orphan blobs past the margin, by kind:")
-    lines += [f"  {kind:<22} {n}" for kind, n in report["orphan_blobs"].items()]
+    lines += [f"  {'orphan_' + kind + '_blobs':<22} {n}" for kind, n in report["orphan_blobs"].items()]
     return "\n".join(lines)
 
 

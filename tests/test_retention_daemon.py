@@ -1,0 +1,124 @@
+"""The retention daemon as an operator runs it: a subprocess with --dry-run (touches nothing, prints counts), --now and
+--once (exit 0), a metrics file, and the loop serving Prometheus metrics until SIGTERM. Also the metrics format."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from faceharmony.core.db import models as m
+from faceharmony.core.retention.metrics import Metrics
+from faceharmony.v1 import account_pb2 as a
+from faceharmony.v1 import photo_pb2 as p
+from tests.support.harness import START
+from tests.test_retention import blobs, upload
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def daemon_env(h) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
+    env.update(
+        FACEHARMONY_DATA_DIR=str(h.settings.data_dir),
+        FACEHARMONY_DATABASE_URL=h.settings.database_url,
+        FACEHARMONY_SECRET_KEY=h.settings.secret_key,
+        FACEHARMONY_LOG_FORMAT="text",
+    )
+    return env
+
+
+def cli(h, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "faceharmony.core.retention", *args],
+        env=daemon_env(h), cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def iso(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_dry_run_now_and_once_from_the_command_line(harness, tmp_path):
+    h = harness
+    user = h.sign_up("cli@example.com")
+    kept, deleted = upload(h, user, 2)
+    h.photos.DeletePhoto(p.DeletePhotoRequest(id=deleted), metadata=user.md)
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    before = blobs(h)
+    after_grace = START + dt.timedelta(days=31)
+
+    dry = cli(h, "--dry-run", "--now", iso(after_grace))
+    assert dry.returncode == 0, dry.stderr
+    lines = dict(line.split() for line in dry.stdout.splitlines() if line.startswith("  ") and len(line.split()) == 2)
+    assert lines["accounts"] == "1" and lines["photos"] == "2"  # one deleted, one unattached and expired
+    assert "nothing was changed" in dry.stdout and "cli@example.com" not in dry.stdout + dry.stderr
+    assert blobs(h) == before and h.db_call(m.Account.get_by_id, user.account_id).state == "deactivated"
+
+    early = cli(h, "--once", "--now", iso(START + dt.timedelta(days=29)))
+    assert early.returncode == 0, early.stderr
+    assert h.db_call(m.Account.get_by_id, user.account_id).state == "deactivated"
+    assert blobs(h) == set()  # the deleted photo and the expired unattached one went; the account stays
+    assert h.db_call(m.Photo.select().count) == 0 and kept
+
+    metrics = tmp_path / "retention.prom"
+    done = cli(h, "--once", "--now", iso(after_grace), "--metrics-file", str(metrics))
+    assert done.returncode == 0, done.stderr
+    assert "accounts=1" in done.stdout
+    assert blobs(h) == set() and h.db_call(m.Account.get_or_none, m.Account.id == user.account_id) is None
+    text = metrics.read_text()
+    assert 'faceharmony_retention_purged_total{kind="accounts"} 1' in text
+    assert 'faceharmony_retention_overdue_items{kind="accounts"} 0' in text
+    assert "faceharmony_retention_run_duration_seconds " in text
+
+    bad = cli(h, "--once", "--now", "last tuesday")
+    assert bad.returncode == 2 and "ISO-8601" in bad.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_loop_serves_metrics_and_stops_on_sigterm(sqlite_harness):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faceharmony.core.retention", "--interval", "0.2", "--metrics-port", str(port)],
+        env=daemon_env(sqlite_harness), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                if "faceharmony_retention_last_run_timestamp_seconds " in text:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no metrics"
+            time.sleep(0.1)
+        assert "# TYPE faceharmony_retention_purged_total counter" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def test_metrics_are_prometheus_text():
+    metrics = Metrics()
+    metrics.inc("purged_total", "accounts", 2)
+    metrics.inc("purged_total", "accounts")
+    metrics.set("overdue_items", 5, "photos")
+    metrics.set("run_duration_seconds", 0.25)
+    text = metrics.render()
+    assert 'faceharmony_retention_purged_total{kind="accounts"} 3' in text
+    assert 'faceharmony_retention_overdue_items{kind="photos"} 5' in text
+    assert "faceharmony_retention_run_duration_seconds 0.25" in text
+    assert metrics.total("purged_total") == 3
