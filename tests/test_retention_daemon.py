@@ -122,3 +122,17 @@ def test_metrics_are_prometheus_text():
     assert 'faceharmony_retention_overdue_items{kind="photos"} 5' in text
     assert "faceharmony_retention_run_duration_seconds 0.25" in text
     assert metrics.total("purged_total") == 3
+
+
+def test_with_bucket_soft_delete_the_daemon_reports_when_purged_blobs_are_really_gone(sqlite_harness):
+    from tests.test_retention import retention
+
+    h = sqlite_harness
+    user = h.sign_up("soft@example.com")
+    (photo,) = upload(h, user, 1)
+    h.photos.DeletePhoto(p.DeletePhotoRequest(id=photo), metadata=user.md)
+    daemon = retention(h)
+    daemon.soft_delete_seconds = 7 * 24 * 3600
+    assert h.db_call(daemon.run_once)["photos"] == 1
+    until = daemon.metrics.get("blobs_recoverable_until_timestamp_seconds")
+    assert until == (h.clock.now() + dt.timedelta(days=7)).timestamp()
