@@ -1,9 +1,11 @@
 """`faceharmony-up`: starts the whole system on its embedded defaults and supervises it.
 
-Today the system is the API server and a trainer; the order worker, Triton and
-the retention daemon join this list as their issues land. Each process runs as
-a child with the same environment; SIGTERM/SIGINT are passed on, and when one
-child exits the others are stopped, so a broken part is never hidden.
+The system: the API server, a trainer, Triton (the wheel's server on
+`triton_models/`, gRPC on the port of FACEHARMONY_TRITON_URL), an order worker
+and the retention daemon. Each process runs as a child with the same
+environment; SIGTERM/SIGINT are passed on, and when one child exits the others
+are stopped, so a broken part is never hidden. The order worker does not wait
+for Triton: it retries its image requests until Triton answers.
 
 On the embedded defaults (FACEHARMONY_BASE_MODEL unset) the tiny random-weight
 base pipeline is built into the data folder first if it is not there yet: no
@@ -19,10 +21,20 @@ import subprocess
 import sys
 import time
 
-PROCESSES: list[tuple[str, list[str]]] = [
-    ("server", [sys.executable, "-m", "faceharmony.server"]),
-    ("trainer", [sys.executable, "-m", "faceharmony.trainer"]),
-]
+
+
+def processes() -> list[tuple[str, list[str]]]:
+    from faceharmony.core.settings import Settings
+
+    settings = Settings.from_env()
+    triton_port = settings.triton_url.rsplit(":", 1)[-1]
+    return [
+        ("server", [sys.executable, "-m", "faceharmony.server"]),
+        ("trainer", [sys.executable, "-m", "faceharmony.trainer"]),
+        ("triton", [sys.executable, "-m", "faceharmony.core.inference.triton_server", "--grpc-port", triton_port]),
+        ("order-worker", [sys.executable, "-m", "faceharmony.core.order_worker"]),
+        ("retention", [sys.executable, "-m", "faceharmony.core.retention"]),
+    ]
 
 
 def ensure_base_model() -> None:
@@ -69,7 +81,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     ensure_base_model()
     # The server applies the migrations; the trainer waits for them by starting second.
-    for name, argv in PROCESSES:
+    for name, argv in processes():
         children[name] = subprocess.Popen(argv, env=os.environ.copy())
         print(f"faceharmony-up: started {name} (pid {children[name].pid})", file=sys.stderr, flush=True)
         if name == "server":

@@ -46,7 +46,7 @@ from faceharmony.core.jobs import Claim, default_worker_id
 from faceharmony.core.orders import OrderQueue
 from faceharmony.core.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("faceharmony.order_worker")
 
 UNSERVABLE_MODEL_STATES = ("pending_deletion", "purging")
 RETRY_MIN_SECONDS = 0.5
