@@ -146,7 +146,8 @@ def test_command_line_clients_end_to_end(server_process):
     assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
 
 
-def test_pending_processes_say_so(tmp_path):
-    for name in ("faceharmony-order-worker", "faceharmony-retention"):
-        result = subprocess.run([str(BIN / name)], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 3 and "not implemented yet" in result.stderr
+def test_the_retention_command_is_installed(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
+    env["FACEHARMONY_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([str(BIN / "faceharmony-retention"), "--dry-run"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and "nothing was changed" in result.stdout, result.stderr
