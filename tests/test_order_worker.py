@@ -50,6 +50,7 @@ from faceharmony.v1 import account_pb2 as a  # noqa: E402
 from faceharmony.v1 import model_pb2 as mp  # noqa: E402
 from faceharmony.v1 import order_pb2 as o  # noqa: E402
 from tests.support.harness import start_harness  # noqa: E402
+from tests.test_training import wait_for  # noqa: E402
 from tests.support.orders import balance, order, ready_model  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -118,16 +119,6 @@ def copy_of(h, adapter: tuple[str, bytes]) -> str:
 
 def get(h, user, order_id) -> o.Order:
     return h.orders.GetOrder(o.GetOrderRequest(id=order_id), metadata=user.md).order
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_final(h, user, order_id, timeout: float = 120) -> o.Order:
