@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import grpc
+from PIL import Image
 
 from faceharmony.core import styles
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore
@@ -93,10 +95,8 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
     async def GetGeneratedPhotoPreview(self, request, context):
         row = await self.app.run(orders.get_generated, self.deps, self._me(), request.id)
         jpeg = await self._blob(row.preview_blob_id)
-        ratio = min(1.0, self.deps.settings.preview_max_side / max(row.width, row.height))
-        return pb.GetGeneratedPhotoPreviewResponse(
-            jpeg=jpeg, width=max(1, round(row.width * ratio)), height=max(1, round(row.height * ratio))
-        )
+        width, height = Image.open(io.BytesIO(jpeg)).size  # reads the header only
+        return pb.GetGeneratedPhotoPreviewResponse(jpeg=jpeg, width=width, height=height)
 
     async def DownloadGeneratedPhoto(self, request, context):
         me = self._me()
