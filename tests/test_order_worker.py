@@ -329,3 +329,15 @@ def test_a_deactivated_accounts_order_is_not_served_and_refunded(h, adapters):
     row = h.db_call(m.Order.get_by_id, placed.id)
     assert (row.images_done, row.images_failed, row.credits_refunded, row.error) == (0, 3, 3, "ACCOUNT_DEACTIVATED")
     assert h.db_call(lambda: m.GeneratedPhoto.select().where(m.GeneratedPhoto.order == placed.id).count()) == 0
+
+
+def test_an_adapter_missing_from_the_store_fails_its_images_through_tritons_answer(h):
+    from faceharmony.core import ids
+
+    user = h.sign_up("lost-adapter@example.com")
+    placed = order(h, user, [ready_model(h, user, ids.new_id())], count=2)  # the row names a blob that is not there
+    with RunningWorker(h):
+        done = wait_final(h, user, placed.id)
+    assert (done.state, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_FAILED, 2, 2)
+    assert h.db_call(m.Order.get_by_id, placed.id).error == "MODEL_DELETED"  # Triton answered NOT_FOUND
+    assert balance(h, user) == 10
