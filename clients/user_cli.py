@@ -1,4 +1,4 @@
-"""`faceharmony`: the app's account features from a terminal, over the public gRPC API.
+"""`faceharmony`: the app's features from a terminal, over the public gRPC API (accounts, purchases, support, photos, models, orders).
 
 The server address comes from --server or FACEHARMONY_CLIENT_SERVER (default
 127.0.0.1:50051); the session token is kept in FACEHARMONY_CLIENT_SESSION_FILE
@@ -16,7 +16,20 @@ import grpc
 from google.protobuf import json_format
 
 from faceharmony.clients.errors import reason_of
-from faceharmony.v1 import account_pb2, account_pb2_grpc, purchase_pb2, purchase_pb2_grpc, support_pb2, support_pb2_grpc
+from faceharmony.v1 import (
+    account_pb2,
+    account_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
+    photo_pb2,
+    photo_pb2_grpc,
+    purchase_pb2,
+    purchase_pb2_grpc,
+    support_pb2,
+    support_pb2_grpc,
+)
 
 
 def _session_file() -> Path:
@@ -79,7 +92,88 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("body")
     sub.add_parser("tickets")
     sub.add_parser("show-ticket").add_argument("id")
+    # Photos, models, orders.
+    c = sub.add_parser("upload-photo", help="upload a cropped face photo (JPEG/PNG/WebP)")
+    c.add_argument("path", type=Path)
+    sub.add_parser("photos")
+    sub.add_parser("delete-photo").add_argument("id")
+    c = sub.add_parser("create-model", help="train a personal model from 4-20 of my photos")
+    c.add_argument("--name", required=True)
+    c.add_argument("photo_ids", nargs="+")
+    sub.add_parser("models")
+    sub.add_parser("watch-model").add_argument("id")
+    sub.add_parser("delete-model").add_argument("id")
+    sub.add_parser("styles")
+    c = sub.add_parser("order", help="order generated portraits from my ready models")
+    c.add_argument("--style", required=True)
+    c.add_argument("--count", type=int, default=1, help="images per model")
+    c.add_argument("--request-id", default="")
+    c.add_argument("model_ids", nargs="+")
+    sub.add_parser("orders")
+    sub.add_parser("watch-order").add_argument("id")
+    c = sub.add_parser("generated", help="list my generated photos")
+    c.add_argument("--order", default="")
+    c = sub.add_parser("download", help="download a generated photo (marks it downloaded)")
+    c.add_argument("id")
+    c.add_argument("out", type=Path)
+    c = sub.add_parser("preview", help="save a generated photo's small JPEG preview")
+    c.add_argument("id")
+    c.add_argument("out", type=Path)
+    sub.add_parser("reject", help="reject a generated photo (purged after the retention period)").add_argument("id")
+    sub.add_parser("delete-generated").add_argument("id")
     return p
+
+
+def run_media(args: argparse.Namespace, channel: grpc.Channel, md) -> bool:
+    """Photos, models and orders; False when the command is not one of them."""
+    photos = photo_pb2_grpc.PhotoServiceStub(channel)
+    models = model_pb2_grpc.ModelServiceStub(channel)
+    orders = order_pb2_grpc.OrderServiceStub(channel)
+    cmd = args.command
+    if cmd == "upload-photo":
+        _show(photos.UploadPhoto(photo_pb2.UploadPhotoRequest(content=args.path.read_bytes(), filename=args.path.name[:255]), metadata=md).photo)
+    elif cmd == "photos":
+        _show(photos.ListPhotos(photo_pb2.ListPhotosRequest(page_size=100), metadata=md))
+    elif cmd == "delete-photo":
+        _show(photos.DeletePhoto(photo_pb2.DeletePhotoRequest(id=args.id), metadata=md))
+    elif cmd == "create-model":
+        _show(models.CreateModel(model_pb2.CreateModelRequest(display_name=args.name, photo_ids=args.photo_ids), metadata=md).model)
+    elif cmd == "models":
+        _show(models.ListModels(model_pb2.ListModelsRequest(page_size=100), metadata=md))
+    elif cmd == "watch-model":
+        for event in models.WatchModel(model_pb2.WatchModelRequest(id=args.id), metadata=md):
+            print(f"{model_pb2.ModelState.Name(event.state)} {event.progress:.0%} {event.message}", flush=True)
+    elif cmd == "delete-model":
+        _show(models.DeleteModel(model_pb2.DeleteModelRequest(id=args.id), metadata=md).model)
+    elif cmd == "styles":
+        _show(orders.ListStyles(order_pb2.ListStylesRequest(), metadata=md))
+    elif cmd == "order":
+        request = order_pb2.CreateOrderRequest(model_ids=args.model_ids, style_id=args.style, count=args.count, request_id=args.request_id)
+        _show(orders.CreateOrder(request, metadata=md).order)
+    elif cmd == "orders":
+        _show(orders.ListOrders(order_pb2.ListOrdersRequest(page_size=100), metadata=md))
+    elif cmd == "watch-order":
+        for event in orders.WatchOrder(order_pb2.WatchOrderRequest(id=args.id), metadata=md):
+            o = event.order
+            print(f"{order_pb2.OrderState.Name(o.state)} {o.images_done}/{o.images_total} made, {o.images_failed} failed", flush=True)
+    elif cmd == "generated":
+        _show(orders.ListGeneratedPhotos(order_pb2.ListGeneratedPhotosRequest(order_id=args.order, page_size=100), metadata=md))
+    elif cmd == "download":
+        with args.out.open("wb") as fh:
+            for chunk in orders.DownloadGeneratedPhoto(order_pb2.DownloadGeneratedPhotoRequest(id=args.id), metadata=md):
+                fh.write(chunk.data)
+        print(f"saved {args.out}")
+    elif cmd == "preview":
+        reply = orders.GetGeneratedPhotoPreview(order_pb2.GetGeneratedPhotoPreviewRequest(id=args.id), metadata=md)
+        args.out.write_bytes(reply.jpeg)
+        print(f"saved {args.out} ({reply.width}x{reply.height})")
+    elif cmd == "reject":
+        _show(orders.RejectGeneratedPhoto(order_pb2.RejectGeneratedPhotoRequest(id=args.id), metadata=md).generated_photo)
+    elif cmd == "delete-generated":
+        _show(orders.DeleteGeneratedPhoto(order_pb2.DeleteGeneratedPhotoRequest(id=args.id), metadata=md))
+    else:
+        return False
+    return True
 
 
 def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
@@ -88,6 +182,8 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
     support = support_pb2_grpc.SupportServiceStub(channel)
     md = _metadata()
     cmd = args.command
+    if run_media(args, channel, md):
+        return
     if cmd == "join-waitlist":
         _show(accounts.JoinWaitlist(account_pb2.JoinWaitlistRequest(name=args.name, email=args.email, is_16_or_older=args.adult, note=args.note)))
     elif cmd == "request-code":

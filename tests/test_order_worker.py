@@ -341,3 +341,35 @@ def test_an_adapter_missing_from_the_store_fails_its_images_through_tritons_answ
     assert (done.state, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_FAILED, 2, 2)
     assert h.db_call(m.Order.get_by_id, placed.id).error == "MODEL_DELETED"  # Triton answered NOT_FOUND
     assert balance(h, user) == 10
+
+
+def test_the_user_cli_orders_watches_downloads_and_rejects(h, adapters, tmp_path):
+    import json
+    import os
+
+    user = h.sign_up("cli-orders@example.com")
+    model = ready_model(h, user, copy_of(h, adapters[1]))
+    session = tmp_path / "session"
+    session.write_text(user.token)
+    env = {**os.environ, "FACEHARMONY_CLIENT_SERVER": f"127.0.0.1:{h.port}", "FACEHARMONY_CLIENT_SESSION_FILE": str(session)}
+
+    def cli(*argv: str) -> str:
+        done = subprocess.run([str(BIN / "faceharmony"), *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "oil_painting" in cli("styles")
+    placed = json.loads(cli("order", "--style", "comic", "--count", "2", model))
+    with RunningWorker(h):
+        watched = cli("watch-order", placed["id"]).splitlines()
+    assert watched[-1] == "ORDER_STATE_COMPLETED 2/2 made, 0 failed", watched
+    photos = json.loads(cli("generated", "--order", placed["id"]))["generated_photos"]
+    assert len(photos) == 2
+    cli("download", photos[0]["id"], str(tmp_path / "a.png"))
+    assert Image.open(tmp_path / "a.png").size == (SIZE, SIZE)
+    assert "saved" in cli("preview", photos[1]["id"], str(tmp_path / "b.jpg")) and Image.open(tmp_path / "b.jpg").format == "JPEG"
+    assert json.loads(cli("reject", photos[1]["id"]))["state"] == "GENERATED_PHOTO_STATE_REJECTED"
+    states = {p["id"]: p["state"] for p in json.loads(cli("generated"))["generated_photos"]}
+    assert states[photos[0]["id"]] == "GENERATED_PHOTO_STATE_DOWNLOADED"
+    failed = subprocess.run([str(BIN / "faceharmony"), "order", "--style", "nope", model], env=env, capture_output=True, text=True)
+    assert failed.returncode == 1 and "INVALID_ARGUMENT UNKNOWN_STYLE" in failed.stderr
