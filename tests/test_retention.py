@@ -180,6 +180,7 @@ def test_the_acceptance_story(harness):
     staff = h.staff("support")
     h.support.ReplyToTicket(s.ReplyToTicketRequest(id=ticket.id, body="Hi"), metadata=staff.md)
     h.accounts.InviteFriend(a.InviteFriendRequest(email="friend-of-story@example.com", name="Friend"), metadata=user.md)
+    entry_id = h.db_call(lambda: m.WaitlistEntry.get(m.WaitlistEntry.account == user.account_id).id)
     my_blobs = blobs(h)
     assert len(my_blobs) == 4 + 2 + 4  # photos, adapter + metadata, two generated photos with previews
 
@@ -205,7 +206,7 @@ def test_the_acceptance_story(harness):
     assert blobs(h) & my_blobs == set()
     hmac = h.api.app.hasher.email(user.email)
     needles = {user.account_id, user.email, "Story Person", model_id, order_id, ticket.id, *photo_ids, *generated, *my_blobs, hmac}
-    needles |= {"friend-of-story@example.com", "tx-story"}
+    needles |= {"friend-of-story@example.com", "tx-story", entry_id}
     assert traces(h, needles) == [("known_email", "email_hmac")]
     events = h.db_call(lambda: list(m.AuditEvent.select().where(m.AuditEvent.kind == "ACCOUNT_PURGED").dicts()))
     assert len(events) == 1 and events[0]["actor_id"] is None and events[0]["subject_id"] is None

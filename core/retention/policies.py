@@ -288,7 +288,10 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         tickets,
         Photo.select(Photo.id).where(Photo.account == aid),
         GeneratedPhoto.select(GeneratedPhoto.id).where(GeneratedPhoto.account == aid),
-        Invitation.select(Invitation.id).where((Invitation.inviter == aid) | (Invitation.account == aid)),
+        Invitation.select(Invitation.id).where(
+            (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)
+        ),
+        WaitlistEntry.select(WaitlistEntry.id).where((WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)),
         Purchase.select(Purchase.id).where(Purchase.account == aid),
     ]
     about_account = (AuditEvent.actor_id == aid) | (AuditEvent.subject_id == aid)
