@@ -10,7 +10,12 @@ from faceharmony.core.db import models as m
 from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2
 
 _ROLES = {"user": account_pb2.ROLE_USER, "support": account_pb2.ROLE_SUPPORT, "admin": account_pb2.ROLE_ADMIN}
-_ACCOUNT_STATES = {"active": account_pb2.ACCOUNT_STATE_ACTIVE, "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED}
+# "purging": the retention daemon is deleting it; still deactivated as far as anyone can tell.
+_ACCOUNT_STATES = {
+    "active": account_pb2.ACCOUNT_STATE_ACTIVE,
+    "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED,
+    "purging": account_pb2.ACCOUNT_STATE_DEACTIVATED,
+}
 _WAITLIST_STATES = {"pending": admin_pb2.WAITLIST_ENTRY_STATE_PENDING, "approved": admin_pb2.WAITLIST_ENTRY_STATE_APPROVED}
 _STORES = {"app_store": purchase_pb2.STORE_APP_STORE, "google_play": purchase_pb2.STORE_GOOGLE_PLAY}
 _TICKET_STATES = {
@@ -123,6 +128,7 @@ _MODEL_STATES = {
     "ready": model_pb2.MODEL_STATE_READY,
     "failed": model_pb2.MODEL_STATE_FAILED,
     "pending_deletion": model_pb2.MODEL_STATE_PENDING_DELETION,
+    "purging": model_pb2.MODEL_STATE_PENDING_DELETION,  # the retention daemon is deleting it
 }
 
 

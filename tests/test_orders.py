@@ -68,6 +68,7 @@ def test_styles_and_an_order_debited_once(harness):
     assert again.id == first.id and balance(h, user) == 6
     assert status_of(order, h, user, [b, a], count=1, request_id="o-1") == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
     assert h.orders.GetOrder(o.GetOrderRequest(id=first.id), metadata=user.md).order == first
+    h.clock.advance(dt.timedelta(seconds=1))
     second = order(h, user, [a])
     listed = h.orders.ListOrders(o.ListOrdersRequest(page_size=1), metadata=user.md)
     assert [x.id for x in listed.orders] == [second.id] and listed.next_page_token
