@@ -3,9 +3,13 @@
 The system: the API server, a trainer, Triton (the wheel's server on
 `triton_models/`, gRPC on the port of FACEHARMONY_TRITON_URL), an order worker
 and the retention daemon. Each process runs as a child with the same
-environment; SIGTERM/SIGINT are passed on, and when one child exits the others
-are stopped, so a broken part is never hidden. The order worker does not wait
-for Triton: it retries its image requests until Triton answers.
+environment; SIGTERM/SIGINT are passed on. A worker process (trainer, Triton,
+order worker, retention daemon) that dies is started again after a growing
+pause: its work is not lost (the job queues hand a dead worker's job to the
+next one). One that keeps dying (5 exits within 2 minutes), or the API server
+exiting, stops the whole system, so a broken part is never hidden. The order
+worker does not wait for Triton: it retries its image requests until Triton
+answers.
 
 On the embedded defaults (FACEHARMONY_BASE_MODEL unset) the tiny random-weight
 base pipeline is built into the data folder first if it is not there yet: no
@@ -27,11 +31,13 @@ def processes() -> list[tuple[str, list[str]]]:
     from faceharmony.core.settings import Settings
 
     settings = Settings.from_env()
-    triton_port = settings.triton_url.rsplit(":", 1)[-1]
+    # Triton's gRPC port is FACEHARMONY_TRITON_URL's; HTTP and metrics sit on either side (8000/8001/8002).
+    grpc_port = int(settings.triton_url.rsplit(":", 1)[-1])
+    triton_ports = ["--grpc-port", str(grpc_port), "--http-port", str(grpc_port - 1), "--metrics-port", str(grpc_port + 1)]
     return [
         ("server", [sys.executable, "-m", "faceharmony.server"]),
         ("trainer", [sys.executable, "-m", "faceharmony.trainer"]),
-        ("triton", [sys.executable, "-m", "faceharmony.core.inference.triton_server", "--grpc-port", triton_port]),
+        ("triton", [sys.executable, "-m", "faceharmony.core.inference.triton_server", *triton_ports]),
         ("order-worker", [sys.executable, "-m", "faceharmony.core.order_worker"]),
         ("retention", [sys.executable, "-m", "faceharmony.core.retention"]),
     ]
@@ -66,8 +72,20 @@ def wait_for_migrations(timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+RESTARTABLE = ("trainer", "triton", "order-worker", "retention")
+CRASH_WINDOW_SECONDS = 120.0
+MAX_CRASHES = 5
+
+
+def _log(message: str) -> None:
+    print(f"faceharmony-up: {message}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     children: dict[str, subprocess.Popen] = {}
+    commands = dict(processes())
+    crashes: dict[str, list[float]] = {}
+    restart_at: dict[str, float] = {}
     stopping = False
 
     def stop(signum=None, frame=None) -> None:
@@ -81,22 +99,38 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     ensure_base_model()
     # The server applies the migrations; the trainer waits for them by starting second.
-    for name, argv in processes():
+    for name, argv in commands.items():
         children[name] = subprocess.Popen(argv, env=os.environ.copy())
-        print(f"faceharmony-up: started {name} (pid {children[name].pid})", file=sys.stderr, flush=True)
+        _log(f"started {name} (pid {children[name].pid})")
         if name == "server":
             wait_for_migrations()
     exit_code = 0
-    while children:
+    while children or (restart_at and not stopping):
+        now = time.monotonic()
         for name, child in list(children.items()):
             code = child.poll()
             if code is None:
                 continue
             del children[name]
-            if not stopping:
-                print(f"faceharmony-up: {name} exited with {code}; stopping the rest", file=sys.stderr, flush=True)
-                exit_code = code or 1
-                stop()
+            if stopping:
+                continue
+            recent = [t for t in crashes.get(name, []) if now - t < CRASH_WINDOW_SECONDS] + [now]
+            crashes[name] = recent
+            if name in RESTARTABLE and len(recent) < MAX_CRASHES:
+                delay = min(30.0, 2.0 ** (len(recent) - 1))
+                _log(f"{name} exited with {code}; starting it again in {delay:.0f}s")
+                restart_at[name] = now + delay
+                continue
+            _log(f"{name} exited with {code}; stopping the rest")
+            exit_code = code or 1
+            stop()
+        for name, when in list(restart_at.items()):
+            if stopping:
+                restart_at.clear()
+            elif now >= when:
+                del restart_at[name]
+                children[name] = subprocess.Popen(commands[name], env=os.environ.copy())
+                _log(f"restarted {name} (pid {children[name].pid})")
         time.sleep(0.2)
     sys.exit(exit_code)
 

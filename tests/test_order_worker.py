@@ -50,7 +50,7 @@ from faceharmony.v1 import account_pb2 as a  # noqa: E402
 from faceharmony.v1 import model_pb2 as mp  # noqa: E402
 from faceharmony.v1 import order_pb2 as o  # noqa: E402
 from tests.support.harness import start_harness  # noqa: E402
-from tests.test_training import wait_for  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
 from tests.support.orders import balance, order, ready_model  # noqa: E402
 
 BIN = Path(sys.executable).parent

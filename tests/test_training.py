@@ -22,6 +22,7 @@ from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p
 from tests.support import images
 from tests.support.harness import start_harness
+from tests.support.wait import wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -69,16 +70,6 @@ def new_model(h, email: str):
     photo_ids = [h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)]
     model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids), metadata=user.md).model
     return user, model
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_trainer_killed_mid_training_loses_nothing(system, tmp_path):
