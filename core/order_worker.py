@@ -384,6 +384,9 @@ class OrderWorker:
             keys = [model_key(m, v) for m, v in rows]
         except pw.DatabaseError:
             return 0
+        # Forget keys of models no longer pending deletion (restored, or purged): deleted again later,
+        # they must be evicted again.
+        self._evicted &= set(keys)
         fresh = [k for k in keys if k not in self._evicted]
         if not fresh:
             return 0

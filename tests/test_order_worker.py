@@ -373,3 +373,26 @@ def test_the_user_cli_orders_watches_downloads_and_rejects(h, adapters, tmp_path
     assert states[photos[0]["id"]] == "GENERATED_PHOTO_STATE_DOWNLOADED"
     failed = subprocess.run([str(BIN / "faceharmony"), "order", "--style", "nope", model], env=env, capture_output=True, text=True)
     assert failed.returncode == 1 and "INVALID_ARGUMENT UNKNOWN_STYLE" in failed.stderr
+
+
+def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):
+    from faceharmony.v1 import admin_pb2 as ad
+
+    user, staff = h.sign_up("restore-evict@example.com"), h.staff("support")
+    model = ready_model(h, user, copy_of(h, adapters[2]))
+    sweeper = OrderWorker(h.settings, worker_id="sweeper", db=h.db)
+
+    def use_it():
+        placed = order(h, user, [model], count=1)
+        with RunningWorker(h):
+            assert wait_final(h, user, placed.id).state == o.ORDER_STATE_COMPLETED  # the adapter is in Triton's cache
+
+    use_it()
+    h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)
+    assert sweeper.evict_pending_deletion() == 1
+    h.admin.RestoreModel(ad.RestoreModelRequest(id=model), metadata=staff.md)
+    assert sweeper.evict_pending_deletion() == 0  # nothing pending: the sweeper forgets the key
+    use_it()
+    h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)
+    assert sweeper.evict_pending_deletion() == 1
+    sweeper.close()
