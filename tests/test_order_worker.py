@@ -396,3 +396,16 @@ def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):
     h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)
     assert sweeper.evict_pending_deletion() == 1
     sweeper.close()
+
+
+def test_two_workers_share_the_queue_and_make_every_image_once(h, adapters):
+    users = [h.sign_up(f"two-workers-{i}@example.com") for i in range(3)]
+    placed = [(u, order(h, u, [ready_model(h, u, copy_of(h, adapters[i]))], count=3)) for i, u in enumerate(users)]
+    with RunningWorker(h, order_worker_orders=2, order_worker_inflight=4), RunningWorker(h, order_worker_orders=2, order_worker_inflight=4):
+        done = [wait_final(h, u, x.id) for u, x in placed]
+    assert all((d.state, d.images_done, d.images_failed) == (o.ORDER_STATE_COMPLETED, 3, 0) for d in done)
+    ids_ = [x.id for _, x in placed]
+    rows = h.db_call(lambda: list(m.GeneratedPhoto.select().where(m.GeneratedPhoto.order.in_(ids_))))
+    assert len(rows) == 9 and len({r.image_id for r in rows}) == 9
+    owners = h.db_call(lambda: {r.lease_owner for r in m.Order.select().where(m.Order.id.in_(ids_))})
+    assert owners == {None}  # every lease released
