@@ -230,10 +230,15 @@ class OrderWorker:
     def close(self) -> None:
         self._images.shutdown(wait=True)
 
+    def _db(self, fn, *args):
+        """Runs fn with a database connection taken for just this call (returned to the pool after): a
+        thread never holds a connection while it waits on Triton or sleeps."""
+        with self.db.connection_context():
+            return fn(*args)
+
     def _claim(self) -> Claim | None:
-        self.db.connect(reuse_if_open=True)
         try:
-            claim = self.queue.claim(self.worker_id)
+            claim = self._db(self.queue.claim, self.worker_id)
         except pw.DatabaseError:
             log.warning("order claim failed (database)", exc_info=True)
             return None
@@ -244,12 +249,14 @@ class OrderWorker:
         return claim
 
     def _run_claim(self, claim: Claim) -> None:
-        self.db.connect(reuse_if_open=True)
         try:
             self.process(claim)
         except Exception:  # noqa: BLE001 - a bug or an outage: the order is retried with backoff
             log.exception("order failed", extra={"order_id": claim.job_id})
-            self.queue.fail(claim, "ORDER_ERROR", retryable=True)
+            try:
+                self._db(lambda: self.queue.fail(claim, "ORDER_ERROR", retryable=True))
+            except Exception:  # noqa: BLE001 - the lease lapses and another worker takes the order
+                log.warning("order could not be handed back", extra={"order_id": claim.job_id})
         finally:
             with self._held_lock:
                 self._held.pop(claim.job_id, None)
@@ -257,13 +264,12 @@ class OrderWorker:
     def _heartbeats(self, stop: threading.Event | None = None) -> None:
         stop = stop or self.shutting_down
         interval = max(0.2, min(2.0, self.settings.order_lease_seconds / 4))
-        self.db.connect(reuse_if_open=True)
         while not stop.wait(interval):
             with self._held_lock:
                 held = list(self._held.values())
             for h in held:
                 try:
-                    if not self.queue.heartbeat(h.claim):
+                    if not self._db(self.queue.heartbeat, h.claim):
                         h.lost.set()
                 except Exception:  # noqa: BLE001 - the lease may lapse; the fenced writes keep it safe
                     log.warning("heartbeat failed", extra={"order_id": h.claim.job_id})
@@ -285,6 +291,14 @@ class OrderWorker:
 
     def process(self, claim: Claim) -> None:
         lost = self._lost(claim)
+        account_id, work = self._db(self._plan, claim)
+        futures = [self._images.submit(self._make_image, claim, account_id, lost, *item) for item in work]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+        self._db(self._conclude, claim, lost)
+
+    def _plan(self, claim: Claim) -> tuple[str, list[tuple]]:
+        """The images still to make; fails at once those of models that may no longer be served."""
         order = Order.get_by_id(claim.job_id)
         style = styles.get(order.style_id)
         slots = self.queue.pending_slots(claim)
@@ -307,9 +321,9 @@ class OrderWorker:
             prompt = style.prompt_for(model.trigger_token)
             for slot in group:
                 work.append((slot, adapter.adapter_blob_id, model_key(model_id, version), prompt, style.negative_prompt))
-        futures = [self._images.submit(self._make_image, claim, order.account_id, lost, *item) for item in work]
-        for future in concurrent.futures.as_completed(futures):
-            future.result()
+        return order.account_id, work
+
+    def _conclude(self, claim: Claim, lost: threading.Event) -> None:
         if self.shutting_down.is_set() and self.queue.pending_slots(claim):
             if self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False) == "queued":
                 log.info("order handed back on shutdown", extra={"order_id": claim.job_id})
@@ -322,14 +336,13 @@ class OrderWorker:
             log.info("order finished", extra={"order_id": claim.job_id, "state": state})
 
     def _make_image(self, claim: Claim, account_id: str, lost: threading.Event, slot: OrderImage, adapter_blob_id: str, key: str, prompt: str, negative: str) -> None:
-        self.db.connect(reuse_if_open=True)
         s = self.settings
         delay = RETRY_MIN_SECONDS
         internal_tries = 0
         while not (lost.is_set() or self.shutting_down.is_set()):
-            reason = self._servable(account_id, slot.model_id)
+            reason = self._db(self._servable, account_id, slot.model_id)
             if reason is not None:
-                self.queue.fail_image(claim, [slot.id], reason)
+                self._db(self.queue.fail_image, claim, [slot.id], reason)
                 return
             try:
                 pixels = self.triton.generate(
@@ -348,20 +361,20 @@ class OrderWorker:
                 preview_id = self.store.create("generated", jpeg, "image/jpeg")
             except TritonRejected as exc:
                 log.warning("image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason})
-                self.queue.fail_image(claim, [slot.id], exc.reason)
+                self._db(self.queue.fail_image, claim, [slot.id], exc.reason)
                 return
             except (TritonRetryable, BlobError) as exc:
                 status = exc.status if isinstance(exc, TritonRetryable) else "BLOB_STORE"
                 internal_tries += status in ("INTERNAL", "UNKNOWN")
                 if internal_tries >= MAX_INTERNAL_TRIES:
-                    self.queue.fail_image(claim, [slot.id], "GENERATION_FAILED")
+                    self._db(self.queue.fail_image, claim, [slot.id], "GENERATION_FAILED")
                     return
                 log.warning("image retried", extra={"order_id": claim.job_id, "status": status, "retry_in": round(delay, 2)})
                 (lost if not self.shutting_down.is_set() else self.shutting_down).wait(delay)
                 delay = min(RETRY_MAX_SECONDS, delay * 2)
                 continue
             height, width = pixels.shape[:2]
-            if not self.queue.record_image(claim, slot, blob_id, preview_id, "image/png", len(png), width, height):
+            if not self._db(self.queue.record_image, claim, slot, blob_id, preview_id, "image/png", len(png), width, height):
                 log.info("image not recorded: order or slot no longer ours (blobs swept later)", extra={"order_id": claim.job_id})
             return
 
@@ -374,14 +387,17 @@ class OrderWorker:
 
     def evict_pending_deletion(self) -> int:
         """Tells Triton to drop every cached version of models pending deletion; returns how many were cached."""
-        try:
+        def pending_keys() -> list[str]:
             rows = (
                 ModelVersion.select(ModelVersion.model, ModelVersion.version)
                 .join(UserModel)
                 .where(UserModel.state.in_(UNSERVABLE_MODEL_STATES))
                 .tuples()
             )
-            keys = [model_key(m, v) for m, v in rows]
+            return [model_key(m, v) for m, v in rows]
+
+        try:
+            keys = self._db(pending_keys)
         except pw.DatabaseError:
             return 0
         # Forget keys of models no longer pending deletion (restored, or purged): deleted again later,

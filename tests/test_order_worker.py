@@ -1,6 +1,6 @@
 """The order worker against the real Triton server (nvidia-pytriton wheel) on the tiny base pipeline.
 
-One Triton server and one API server (SQLite) per module, sharing a data folder: the base pipeline, the
+One Triton server per module, and an API server on SQLite then on PostgreSQL, sharing a data folder: the base pipeline, the
 blob store (adapters written with the trainer role, read by Triton with the order role; generated photos
 written by the worker with the order role, read by the API). Models are made READY with adapters trained
 here (tests/support/triton.py), so no trainer runs.
@@ -85,9 +85,15 @@ def triton(data_dir, adapters, tmp_path_factory):
             print(srv.log_tail())
 
 
-@pytest.fixture(scope="module")
-def h(data_dir, triton):
-    harness = start_harness(data_dir, f"sqlite:///{data_dir / 'db.sqlite3'}", triton_url=triton.grpc_url, **GEN)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def h(request, data_dir, triton):
+    """The API server on each backend in turn (the worker's claims, leases and fenced writes run on both)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir / 'db.sqlite3'}"
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.url(cluster.create_database(template=cluster.template))
+    harness = start_harness(data_dir, url, triton_url=triton.grpc_url, **GEN)
     yield harness
     harness.stop()
 
