@@ -1,8 +1,9 @@
 """Retention cost follows what is due, not table size: purge 10 000 due items among 100 000 and among 1 000 000 rows.
 
-    .venv/bin/python benchmarks/bench_retention.py [--due 10000] [--sizes 100000,1000000]
+    .venv/bin/python benchmarks/bench_retention.py [--due 10000] [--sizes 100000,1000000] [--database sqlite|postgresql]
 
-For each size, a fresh SQLite database (WAL, migrated) and local blob folder
+For each size, a fresh database (SQLite in WAL mode, or a database in a throwaway
+PostgreSQL cluster started the way the test suite starts one; migrated) and local blob folder
 are filled with background rows that are not due (live sessions and sign-in
 codes, photos attached to a model), bulk-inserted with insert_many in chunks,
 plus the due items: photos marked deleted and rejected generated photos past
@@ -86,10 +87,11 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
         ])
 
 
-def run_size(total: int, due: int) -> tuple[float, int, float]:
+def run_size(total: int, due: int, cluster=None) -> tuple[float, int, float]:
     with tempfile.TemporaryDirectory(prefix="bench-retention-") as tmp:
         data = Path(tmp)
-        settings = dataclasses.replace(Settings(), data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite3'}", secret_key="bench")
+        url = cluster.url(cluster.create_database()) if cluster is not None else f"sqlite:///{data / 'db.sqlite3'}"
+        settings = dataclasses.replace(Settings(), data_dir=data, database_url=url, secret_key="bench")
         db = open_database(settings.resolved_database_url)
         migrate(db)
         t0 = time.perf_counter()
@@ -125,10 +127,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated total row counts")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    print(f"retention benchmark: {args.due} due items; {os.cpu_count()} CPUs ({cpu_model()}); SQLite")
-    results = {size: run_size(size, args.due) for size in sizes}
+    cluster = None
+    if args.database == "postgresql":
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.support.postgres import PostgresCluster, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL server binaries are not installed")
+        cluster = PostgresCluster(bindir).start()
+    print(f"retention benchmark: {args.due} due items; {os.cpu_count()} CPUs ({cpu_model()}); {args.database}")
+    try:
+        results = {size: run_size(size, args.due, cluster) for size in sizes}
+    finally:
+        if cluster is not None:
+            cluster.stop()
     small, large = results[min(sizes)][0], results[max(sizes)][0]
     print(f"ratio {max(sizes)} / {min(sizes)} rows: {large / small:.2f} (goal <= 1.5)")
 
