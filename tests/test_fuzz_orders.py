@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import json
+
 import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +20,21 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 NEVER = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 text = st.one_of(st.text(max_size=80), st.sampled_from(["", " ", "\x00", "x" * 300, "0" * 32, "g" * 32, ids.new_id()]))
 int32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+
+
+def _token(when: dt.datetime, row_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([when.isoformat(), row_id]).encode()).decode().rstrip("=")
+
+
+# Well-formed tokens (what the server issues: base64 of [ISO time, id]) with any time and offset, extremes
+# included, so decoding succeeds and the time reaches the query.
+offsets = st.integers(-23 * 60, 23 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+tokens = st.one_of(
+    text,
+    st.builds(_token, st.datetimes(timezones=offsets), st.sampled_from([ids.new_id(), "0" * 32])),
+    st.sampled_from([_token(dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))), "0" * 32),
+                     _token(dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=-1))), "0" * 32)]),
+)
 
 
 def state(h):
@@ -43,7 +62,7 @@ def test_create_order_fuzz(harness, data, style, count, request_id):
 
 
 @FUZZ
-@given(photo_id=text, order_id=text, page_token=text, page_size=int32, photo_state=int32)
+@given(photo_id=text, order_id=text, page_token=tokens, page_size=int32, photo_state=int32)
 def test_order_reads_and_photo_actions_fuzz(harness, photo_id, order_id, page_token, page_size, photo_state):
     h = harness
     if not hasattr(h, "fuzz_user"):
