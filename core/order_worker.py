@@ -41,14 +41,13 @@ from faceharmony.core import styles
 from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database
-from faceharmony.core.db.models import Account, ModelVersion, Order, OrderImage, UserModel
+from faceharmony.core.db.models import ModelVersion, Order, OrderImage, UserModel
 from faceharmony.core.jobs import Claim, default_worker_id
-from faceharmony.core.orders import OrderQueue
+from faceharmony.core.orders import UNSERVABLE_MODEL_STATES, OrderQueue, unservable_reason
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.order_worker")
 
-UNSERVABLE_MODEL_STATES = ("pending_deletion", "purging")
 RETRY_MIN_SECONDS = 0.5
 RETRY_MAX_SECONDS = 10.0
 EVICT_SWEEP_SECONDS = 10.0
@@ -111,11 +110,12 @@ class TritonImages:
                 self.model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs], client_timeout=self.timeout
             )
         except InferenceServerException as exc:
+            # The model answers with status codes (model.py): NOT_FOUND for a missing adapter, UNAVAILABLE
+            # when its blob store is down, INVALID_ARG for a bad request.
             status = str(exc.status() or "").rsplit(".", 1)[-1].upper()
-            message = exc.message() or ""
-            if status in RETRYABLE_STATUSES or not status or "blob store unavailable" in message:
+            if status in RETRYABLE_STATUSES or not status:
                 raise TritonRetryable(status or "UNAVAILABLE") from None
-            if status == "NOT_FOUND" or "not found" in message:
+            if status == "NOT_FOUND":
                 raise TritonRejected("MODEL_DELETED") from None
             raise TritonRejected("GENERATION_REFUSED") from None
 
@@ -190,7 +190,9 @@ class OrderWorker:
     # --- the loop ------------------------------------------------------------------------
     def run_forever(self) -> None:
         log.info("order worker started", extra={"worker": self.worker_id})
-        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        # Heartbeats go on while the pools drain on shutdown: an image still at Triton keeps its order's lease.
+        beats_stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(beats_stop,), name="heartbeat", daemon=True)
         beat.start()
         orders = concurrent.futures.ThreadPoolExecutor(self.settings.order_worker_orders, thread_name_prefix="order")
         running: set[concurrent.futures.Future] = set()
@@ -209,6 +211,8 @@ class OrderWorker:
         finally:
             orders.shutdown(wait=True)
             self._images.shutdown(wait=True)
+            beats_stop.set()
+            beat.join()
             log.info("order worker stopped", extra={"worker": self.worker_id})
 
     def run_once(self) -> bool:
@@ -259,10 +263,11 @@ class OrderWorker:
                 log.warning("order could not be handed back", extra={"order_id": claim.job_id})
         finally:
             with self._held_lock:
-                self._held.pop(claim.job_id, None)
+                held = self._held.pop(claim.job_id, None)
+            if held is not None:
+                held.lost.set()  # its images still queued or retrying stop; a late one is fenced out anyway
 
-    def _heartbeats(self, stop: threading.Event | None = None) -> None:
-        stop = stop or self.shutting_down
+    def _heartbeats(self, stop: threading.Event) -> None:
         interval = max(0.2, min(2.0, self.settings.order_lease_seconds / 4))
         while not stop.wait(interval):
             with self._held_lock:
@@ -279,15 +284,6 @@ class OrderWorker:
         with self._held_lock:
             held = self._held.get(claim.job_id)
         return held.lost if held is not None else threading.Event()
-
-    def _servable(self, account_id: str, model_id: str) -> str | None:
-        """None when the model may be served now, else the reason its images fail."""
-        if Account.select(Account.state).where(Account.id == account_id).scalar() != "active":
-            return "ACCOUNT_DEACTIVATED"
-        state = UserModel.select(UserModel.state).where(UserModel.id == model_id).scalar()
-        if state is None or state in UNSERVABLE_MODEL_STATES:
-            return "MODEL_DELETED"
-        return None
 
     def process(self, claim: Claim) -> None:
         lost = self._lost(claim)
@@ -310,7 +306,7 @@ class OrderWorker:
             by_model.setdefault((slot.model_id, slot.model_version), []).append(slot)
         work = []
         for (model_id, version), group in by_model.items():
-            reason = self._servable(order.account_id, model_id)
+            reason = unservable_reason(order.account_id, model_id)
             model = UserModel.get_or_none(UserModel.id == model_id)
             adapter = ModelVersion.get_or_none(ModelVersion.model == model_id, ModelVersion.version == version)
             if reason is None and (model is None or adapter is None):
@@ -339,44 +335,52 @@ class OrderWorker:
         s = self.settings
         delay = RETRY_MIN_SECONDS
         internal_tries = 0
+        made: tuple[bytes, bytes, int, int] | None = None  # kept across retries: a storage or database
+        stored: tuple[str, str] | None = None  # failure does not make the image (or its blobs) again
         while not (lost.is_set() or self.shutting_down.is_set()):
-            reason = self._db(self._servable, account_id, slot.model_id)
-            if reason is not None:
-                self._db(self.queue.fail_image, claim, [slot.id], reason)
-                return
             try:
-                pixels = self.triton.generate(
-                    adapter_blob_id=adapter_blob_id,
-                    key=key,
-                    prompt=prompt,
-                    negative=negative,
-                    seed=int(slot.seed),
-                    steps=s.generation_steps,
-                    guidance=s.generation_guidance,
-                    width=s.generation_width,
-                    height=s.generation_height,
-                )
-                png, jpeg = encode(pixels, s.preview_max_side)
-                blob_id = self.store.create("generated", png, "image/png")
-                preview_id = self.store.create("generated", jpeg, "image/jpeg")
+                reason = self._db(unservable_reason, account_id, slot.model_id)
+                if reason is not None:
+                    self._db(self.queue.fail_image, claim, [slot.id], reason)
+                    return
+                if made is None:
+                    pixels = self.triton.generate(
+                        adapter_blob_id=adapter_blob_id,
+                        key=key,
+                        prompt=prompt,
+                        negative=negative,
+                        seed=int(slot.seed),
+                        steps=s.generation_steps,
+                        guidance=s.generation_guidance,
+                        width=s.generation_width,
+                        height=s.generation_height,
+                    )
+                    made = (*encode(pixels, s.preview_max_side), pixels.shape[1], pixels.shape[0])
+                png, jpeg, width, height = made
+                if stored is None:
+                    stored = (self.store.create("generated", png, "image/png"), self.store.create("generated", jpeg, "image/jpeg"))
+                if not self._db(self.queue.record_image, claim, slot, *stored, "image/png", len(png), width, height):
+                    log.info("image not recorded: order or slot no longer ours, or model no longer served", extra={"order_id": claim.job_id})
+                return
             except TritonRejected as exc:
                 log.warning("image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason})
                 self._db(self.queue.fail_image, claim, [slot.id], exc.reason)
                 return
-            except (TritonRetryable, BlobError) as exc:
-                status = exc.status if isinstance(exc, TritonRetryable) else "BLOB_STORE"
+            except (TritonRetryable, BlobError, pw.DatabaseError) as exc:
+                status = exc.status if isinstance(exc, TritonRetryable) else type(exc).__name__
                 internal_tries += status in ("INTERNAL", "UNKNOWN")
                 if internal_tries >= MAX_INTERNAL_TRIES:
                     self._db(self.queue.fail_image, claim, [slot.id], "GENERATION_FAILED")
                     return
                 log.warning("image retried", extra={"order_id": claim.job_id, "status": status, "retry_in": round(delay, 2)})
-                (lost if not self.shutting_down.is_set() else self.shutting_down).wait(delay)
+                self._pause(lost, delay)
                 delay = min(RETRY_MAX_SECONDS, delay * 2)
-                continue
-            height, width = pixels.shape[:2]
-            if not self._db(self.queue.record_image, claim, slot, blob_id, preview_id, "image/png", len(png), width, height):
-                log.info("image not recorded: order or slot no longer ours (blobs swept later)", extra={"order_id": claim.job_id})
-            return
+
+    def _pause(self, lost: threading.Event, seconds: float) -> None:
+        """Sleeps up to `seconds`, waking early when the order is lost or the worker shuts down."""
+        deadline = time.monotonic() + seconds
+        while not (lost.is_set() or self.shutting_down.is_set()) and time.monotonic() < deadline:
+            lost.wait(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # --- models pending deletion leave Triton's cache ---------------------------------------
     def _evict_sweep(self) -> None:

@@ -7,7 +7,9 @@ slot filled twice would give the same image; a slot is filled exactly once:
 
 * `record_image` inserts the generated photo and marks the slot done in one transaction fenced by the
   worker's lease and the slot's state: a worker that lost the order, or a slot already done, records
-  nothing (its blobs are orphans, removed by the orphan sweep);
+  nothing (its blobs are orphans, removed by the orphan sweep). The same transaction checks the model may
+  still be served: an image finished after its model was deleted or its account deactivated is not
+  delivered; its slot fails and is refunded;
 * `fail_image` marks a slot failed and refunds its credits in the same fenced transaction, so a refund
   is paid once per failed image, never for a made one;
 * an order that fails for good (its attempts are used up) refunds every slot still pending.
@@ -26,10 +28,12 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import CreditEntry, GeneratedPhoto, Order, OrderImage
+from faceharmony.core.db.models import Account, CreditEntry, GeneratedPhoto, Order, OrderImage, UserModel
 from faceharmony.core.jobs import Claim, JobQueue
 
 FINAL_STATES = ("completed", "failed", "cancelled")
+# A model in these states is never served (P13): pending deletion, or being purged by the retention daemon.
+UNSERVABLE_MODEL_STATES = ("pending_deletion", "purging")
 
 
 def per_image_cost(order: Order) -> int:
@@ -83,13 +87,43 @@ def create(
     return order
 
 
-def _refund(order: Order, slot_ids: list[str], now: dt.datetime) -> int:
+def unservable_reason(account_id: str, model_id: str) -> str | None:
+    """None when the model may be served now; else why its images fail (P13: deleted; P17: account deactivated)."""
+    if Account.select(Account.state).where(Account.id == account_id).scalar() != "active":
+        return "ACCOUNT_DEACTIVATED"
+    state = UserModel.select(UserModel.state).where(UserModel.id == model_id).scalar()
+    if state is None or state in UNSERVABLE_MODEL_STATES:
+        return "MODEL_DELETED"
+    return None
+
+
+def _progress(done_delta: int = 0, failed_delta: int = 0):
+    """The order's progress after adding these images, computed in the same UPDATE."""
+    return (Order.images_done + Order.images_failed + (done_delta + failed_delta)) * 1.0 / Order.images_total
+
+
+def _fail_pending(order: Order, slot_ids: list[str], error: str, now: dt.datetime) -> int:
+    """Inside a transaction: fails those of the slots still pending and refunds each once; returns how many."""
+    still = _ids(OrderImage.select(OrderImage.id).where(OrderImage.id.in_(slot_ids), OrderImage.order == order.id, OrderImage.state == "pending"))
+    if not still:
+        return 0
+    OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(still)).execute()
     cost = per_image_cost(order)
     if cost:
         CreditEntry.insert_many(
-            [{"id": ids.new_id(), "account": order.account_id, "delta": cost, "kind": "refund", "ref_id": sid, "created_at": now} for sid in slot_ids]
+            [{"id": ids.new_id(), "account": order.account_id, "delta": cost, "kind": "refund", "ref_id": sid, "created_at": now} for sid in still]
         ).execute()
-    return cost * len(slot_ids)
+    Order.update(
+        images_failed=Order.images_failed + len(still),
+        credits_refunded=Order.credits_refunded + cost * len(still),
+        progress=_progress(failed_delta=len(still)),
+        updated_at=now,
+    ).where(Order.id == order.id).execute()
+    return len(still)
+
+
+def _ids(query) -> list[str]:
+    return [row[0] for row in query.tuples()]
 
 
 class OrderQueue(JobQueue):
@@ -100,17 +134,10 @@ class OrderQueue(JobQueue):
     def on_failed(self, job_id: str, error: str) -> None:
         """The order failed for good: every slot still pending fails and is refunded."""
         order = Order.get_by_id(job_id)
-        pending = [sid for (sid,) in OrderImage.select(OrderImage.id).where(OrderImage.order == job_id, OrderImage.state == "pending").tuples()]
-        now = self.clock.now()
-        if pending:
-            OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(pending)).execute()
-            refunded = _refund(order, pending, now)
-            Order.update(
-                images_failed=Order.images_failed + len(pending), credits_refunded=Order.credits_refunded + refunded, updated_at=now
-            ).where(Order.id == job_id).execute()
-        order = Order.get_by_id(job_id)
+        pending = _ids(OrderImage.select(OrderImage.id).where(OrderImage.order == job_id, OrderImage.state == "pending"))
+        _fail_pending(order, pending, error, self.clock.now())
         if order.images_done:  # some images were made before it gave up: the order is what it delivered
-            Order.update(state="completed", progress=1.0).where(Order.id == job_id).execute()
+            Order.update(state="completed").where(Order.id == job_id).execute()
 
     # --- the worker's fenced writes -------------------------------------------------------
     def pending_slots(self, claim: Claim) -> list[OrderImage]:
@@ -118,22 +145,23 @@ class OrderQueue(JobQueue):
             OrderImage.select().where(OrderImage.order == claim.job_id, OrderImage.state == "pending").order_by(OrderImage.position)
         )
 
-    def _progress(self, order_id: str) -> None:
-        Order.update(
-            progress=(Order.images_done + Order.images_failed) * 1.0 / Order.images_total, updated_at=self.clock.now()
-        ).where(Order.id == order_id).execute()
-
     def record_image(
         self, claim: Claim, slot: OrderImage, blob_id: str, preview_blob_id: str, content_type: str, size: int, width: int, height: int
     ) -> bool:
-        """Records the slot's generated photo; False (nothing written) when the order or the slot is no longer ours."""
+        """Records the slot's generated photo; False (nothing recorded) when the order or the slot is no longer ours,
+        or when the model may no longer be served (deleted, account deactivated, while the image was being made):
+        then the slot fails and is refunded instead, in the same transaction."""
         with write_transaction(self.db):
             if not self.owns(claim):
                 return False
             now = self.clock.now()
+            order = Order.get_by_id(claim.job_id)
+            reason = unservable_reason(order.account_id, slot.model_id)
+            if reason is not None:
+                _fail_pending(order, [slot.id], reason, now)
+                return False
             if OrderImage.update(state="done", error=None, updated_at=now).where(OrderImage.id == slot.id, OrderImage.state == "pending").execute() != 1:
                 return False
-            order = Order.get_by_id(claim.job_id)
             GeneratedPhoto.create(
                 id=ids.new_id(),
                 account=order.account_id,
@@ -149,8 +177,7 @@ class OrderQueue(JobQueue):
                 state="available",
                 created_at=now,
             )
-            Order.update(images_done=Order.images_done + 1).where(Order.id == order.id).execute()
-            self._progress(order.id)
+            Order.update(images_done=Order.images_done + 1, progress=_progress(done_delta=1), updated_at=now).where(Order.id == order.id).execute()
             return True
 
     def fail_image(self, claim: Claim, slot_ids: list[str], error: str) -> int:
@@ -158,23 +185,7 @@ class OrderQueue(JobQueue):
         with write_transaction(self.db):
             if not self.owns(claim):
                 return 0
-            now = self.clock.now()
-            still = [
-                sid
-                for (sid,) in OrderImage.select(OrderImage.id)
-                .where(OrderImage.id.in_(slot_ids), OrderImage.order == claim.job_id, OrderImage.state == "pending")
-                .tuples()
-            ]
-            if not still:
-                return 0
-            OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(still)).execute()
-            order = Order.get_by_id(claim.job_id)
-            refunded = _refund(order, still, now)
-            Order.update(images_failed=Order.images_failed + len(still), credits_refunded=Order.credits_refunded + refunded).where(
-                Order.id == order.id
-            ).execute()
-            self._progress(order.id)
-            return len(still)
+            return _fail_pending(Order.get_by_id(claim.job_id), slot_ids, error, self.clock.now())
 
     def finish(self, claim: Claim) -> str | None:
         """Once no slot is pending: COMPLETED when any image was made, else FAILED. None when not ours or not finished."""
@@ -190,5 +201,4 @@ class OrderQueue(JobQueue):
                 errors = [e for (e,) in OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()]
                 state, error = "failed", max(set(errors), key=errors.count) if errors else "NO_IMAGES"
             self._finish(order.id, state, self.clock.now(), error=error)
-            Order.update(progress=1.0).where(Order.id == order.id).execute()
             return state

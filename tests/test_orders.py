@@ -248,3 +248,26 @@ def test_watch_order_streams_progress_until_completed(harness):
     assert events[-1].order.state == o.ORDER_STATE_COMPLETED and events[-1].order.images_done == 2
     other = h.sign_up("watch-snoop@example.com")
     assert status_of(lambda r, **kw: list(h.orders.WatchOrder(r, **kw)), o.WatchOrderRequest(id=placed.id), metadata=other.md) == NF
+
+
+def test_an_image_finished_after_its_model_was_deleted_or_account_deactivated_is_refunded_not_delivered(harness):
+    from faceharmony.v1 import account_pb2 as a
+
+    h = harness
+    user = h.sign_up("late-image@example.com")
+    model, other_model = ready_model(h, user), ready_model(h, user)
+    first, second = order(h, user, [model], count=1), order(h, user, [other_model], count=1)
+    q = queue(h)
+    claims = sorted([h.db_call(q.claim, "w1"), h.db_call(q.claim, "w2")], key=lambda c: c.job_id != first.id)
+    assert [c.job_id for c in claims] == [first.id, second.id]  # both images are "at Triton" now
+    slots = [h.db_call(q.pending_slots, c)[0] for c in claims]
+    h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)  # P13: mid-generation
+    assert not h.db_call(q.record_image, claims[0], slots[0], ids.new_id(), ids.new_id(), "image/png", 1, 8, 8)
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)  # P17
+    assert not h.db_call(q.record_image, claims[1], slots[1], ids.new_id(), ids.new_id(), "image/png", 1, 8, 8)
+    assert h.db_call(m.GeneratedPhoto.select().count) == 0
+    for claim, reason in zip(claims, ("MODEL_DELETED", "ACCOUNT_DEACTIVATED")):
+        assert h.db_call(q.finish, claim) == "failed"
+        row = h.db_call(m.Order.get_by_id, claim.job_id)
+        assert (row.images_failed, row.credits_refunded, row.error) == (1, 1, reason)
+    assert h.db_call(lambda: sum(e.delta for e in m.CreditEntry.select().where(m.CreditEntry.account == user.account_id))) == 10

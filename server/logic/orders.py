@@ -14,7 +14,6 @@ from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.logic.purchases import balance
 from faceharmony.server.validation import optional_request_id, paginate, require_id
 
-ORDER_STATES = {1: "queued", 2: "running", 3: "completed", 4: "failed", 5: "cancelled"}
 PHOTO_STATES = {1: "available", 2: "downloaded", 3: "rejected"}
 
 
@@ -62,7 +61,7 @@ def create_order(deps: Deps, account_id: str, model_ids: list[str], style_id: st
                 model = rows.get(mid)
                 if model is None:
                     raise not_found("model")  # another user's, or none: never say which
-                if model.state in ("pending_deletion", "purging"):
+                if model.state in orders.UNSERVABLE_MODEL_STATES:
                     raise precondition("MODEL_PENDING_DELETION", "a named model is deleted")
                 if model.state != "ready" or model.current_version is None:
                     raise precondition("MODEL_NOT_READY", "a named model is not ready")

@@ -9,6 +9,7 @@ import grpc
 from PIL import Image
 
 from faceharmony.core import styles
+from faceharmony.core.orders import FINAL_STATES
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
@@ -22,7 +23,6 @@ from faceharmony.v1 import order_pb2_grpc
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024
-FINAL = ("completed", "failed", "cancelled")
 
 
 class OrderService(order_pb2_grpc.OrderServiceServicer):
@@ -69,7 +69,7 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
             if snap.message is None:
                 raise not_found("order")  # purged with its account while watched
             yield pb.WatchOrderResponse(order=snap.message)
-            if snap.state in FINAL:
+            if snap.state in FINAL_STATES:
                 return
 
     async def ListGeneratedPhotos(self, request, context):
