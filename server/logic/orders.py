@@ -48,59 +48,54 @@ def create_order(deps: Deps, account_id: str, model_ids: list[str], style_id: st
             raise invalid("REQUEST_ID_REUSED", "request_id was used for a different order")
         return first
 
-    try:
-        with write_transaction(deps.db):
-            # Serialises this account's orders (PostgreSQL row lock; SQLite's IMMEDIATE transaction already does).
-            locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
-            if request_id:
-                first = Order.get_or_none(Order.account == account_id, Order.request_id == request_id)
-                if first is not None:
-                    return replay(first)
-            rows = {m.id: m for m in UserModel.select().where(UserModel.id.in_(wanted), UserModel.account == account_id)}
-            for mid in wanted:
-                model = rows.get(mid)
-                if model is None:
-                    raise not_found("model")  # another user's, or none: never say which
-                if model.state in orders.UNSERVABLE_MODEL_STATES:
-                    raise precondition("MODEL_PENDING_DELETION", "a named model is deleted")
-                if model.state != "ready" or model.current_version is None:
-                    raise precondition("MODEL_NOT_READY", "a named model is not ready")
-            cost = len(wanted) * count * deps.settings.credits_per_image
-            if balance(account_id) < cost:
-                raise precondition("INSUFFICIENT_CREDITS", f"this order costs {cost} credits")
-            now = deps.clock.now()
-            order = orders.create(
-                account_id,
-                [(mid, rows[mid].current_version) for mid in wanted],
-                style.id,
-                count,
-                deps.settings.credits_per_image,
-                request_id,
-                now,
-                deps.settings.order_max_attempts,
-            )
-            audit.record(deps.clock, audit.ORDER_CREATED, actor_id=account_id, subject_id=order.id, images=order.images_total, credits=cost)
-            return order
-    except pw.IntegrityError:  # a concurrent create with the same request_id won
-        first = Order.get_or_none(Order.account == account_id, Order.request_id == request_id) if request_id else None
-        if first is None:
-            raise
-        return replay(first)
+    with write_transaction(deps.db):
+        # Serialises this account's orders (PostgreSQL row lock; SQLite's IMMEDIATE transaction already does).
+        locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
+        if request_id:
+            first = Order.get_or_none(Order.account == account_id, Order.request_id == request_id)
+            if first is not None:
+                return replay(first)
+        rows = {m.id: m for m in UserModel.select().where(UserModel.id.in_(wanted), UserModel.account == account_id)}
+        for mid in wanted:
+            model = rows.get(mid)
+            if model is None:
+                raise not_found("model")  # another user's, or none: never say which
+            if model.state in orders.UNSERVABLE_MODEL_STATES:
+                raise precondition("MODEL_PENDING_DELETION", "a named model is deleted")
+            if model.state != "ready" or model.current_version is None:
+                raise precondition("MODEL_NOT_READY", "a named model is not ready")
+        cost = len(wanted) * count * deps.settings.credits_per_image
+        if balance(account_id) < cost:
+            raise precondition("INSUFFICIENT_CREDITS", f"this order costs {cost} credits")
+        now = deps.clock.now()
+        order = orders.create(
+            account_id,
+            [(mid, rows[mid].current_version) for mid in wanted],
+            style.id,
+            count,
+            deps.settings.credits_per_image,
+            request_id,
+            now,
+            deps.settings.order_max_attempts,
+        )
+        audit.record(deps.clock, audit.ORDER_CREATED, actor_id=account_id, subject_id=order.id, images=order.images_total, credits=cost)
+        return order
 
 
 def model_ids_of(order_ids: list[str]) -> dict[str, list[str]]:
     """Each order's models in the order they were named."""
     out: dict[str, list[str]] = {oid: [] for oid in order_ids}
     if order_ids:
+        first = pw.fn.MIN(OrderImage.position)
         rows = (
             OrderImage.select(OrderImage.order, OrderImage.model_id)
             .where(OrderImage.order.in_(order_ids))
-            .order_by(OrderImage.order, OrderImage.position)
+            .group_by(OrderImage.order, OrderImage.model_id)
+            .order_by(OrderImage.order, first)
             .tuples()
         )
-        for order_id, model_id in rows:
-            if model_id not in out[order_id]:
-                out[order_id].append(model_id)
+        for order_id, model_id in rows:  # one row per (order, model), not per image
+            out[order_id].append(model_id)
     return out
 
 
