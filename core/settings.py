@@ -125,11 +125,13 @@ class Settings:
     account_grace_days: int = 30
     # The retention daemon: seconds between cycles, rows per batch (each batch one short transaction),
     # purge a model's photos as soon as its training succeeds (P11 operator option), and the age a blob
-    # with no row must reach before the orphan sweep deletes it.
+    # with no row must reach before the orphan sweep deletes it, and seconds between two orphan sweeps
+    # (a sweep lists every blob, so it runs less often than the cycles; `--once` always sweeps).
     retention_interval_seconds: float = 300.0
     retention_batch_size: int = 500
     purge_photos_after_training: bool = False
     orphan_margin_hours: int = 6
+    orphan_sweep_interval_seconds: float = 3600.0
     # Credits.
     free_trial_credits: int = 10
     products: Mapping[str, int] = field(
@@ -243,6 +245,7 @@ class Settings:
             "retention_interval_seconds",
             "retention_batch_size",
             "orphan_margin_hours",
+            "orphan_sweep_interval_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")

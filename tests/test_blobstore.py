@@ -107,5 +107,27 @@ def test_local_write_failure_leaves_nothing(tmp_path, monkeypatch):
 def test_gcs_soft_delete_is_reported(gcs_emulator, caplog):
     store = GcsBlobStore(gcs_emulator.client(), gcs_emulator.new_bucket(), Role.RETENTION)
     with caplog.at_level("WARNING"):
-        assert store.check_soft_delete() == 7 * 24 * 3600  # GCS's default policy, which the emulator mirrors
+        assert store.soft_delete_seconds() == 7 * 24 * 3600  # GCS's default policy, which the emulator mirrors
     assert "soft delete is on" in caplog.text
+
+
+def test_a_local_delete_is_final(tmp_path):
+    assert LocalBlobStore(tmp_path / "blobs", Role.RETENTION).soft_delete_seconds() == 0
+
+
+def test_opening_the_gcs_store_reads_no_bucket_metadata(gcs_emulator, monkeypatch):
+    """Only the retention daemon reads the soft-delete policy (storage.buckets.get); the other roles lack the grant."""
+    import dataclasses
+
+    from faceharmony.core.blobstore.factory import open_blob_store
+    from faceharmony.core.settings import Settings
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the bucket's metadata was read")
+
+    monkeypatch.setattr(GcsBlobStore, "soft_delete_seconds", forbidden)
+    settings = dataclasses.replace(
+        Settings(), blob_backend="gcs", gcs_bucket=gcs_emulator.new_bucket(), gcs_endpoint=gcs_emulator.endpoint
+    )
+    for role in Role:
+        assert open_blob_store(settings, role).backend == "gcs"

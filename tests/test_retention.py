@@ -1,6 +1,7 @@
 """The retention policies on both backends (P5, P11, P13, P16-P19): one second before each deadline nothing goes and
 restore still works; one second after, nothing of it is left in the database or the blob store. Also: the account
-purge provably covers the schema, a purge killed half-way finishes on the next run, and two daemons do not conflict."""
+purge provably covers the schema, a purge killed half-way finishes on the next run, two daemons do not conflict, and
+one failing item does not hold back the others."""
 
 from __future__ import annotations
 
@@ -394,3 +395,100 @@ def test_two_daemons_at_once_purge_everything_once(harness):
     assert blobs(h) == set()
     assert traces(h, {x.account_id for x in users} | {x.email for x in users}) == []
     assert h.db_call(m.AuditEvent.select().where(m.AuditEvent.kind == "ACCOUNT_PURGED").count) == 3
+
+
+# --- one failing item does not block the others ----------------------------------------------------
+
+def test_an_account_whose_purge_fails_does_not_stop_the_next_one(harness, monkeypatch):
+    h = harness
+    stuck = _deleted_account_with_everything(h, "stuck@example.com")
+    h.clock.advance(SECOND)
+    other = _deleted_account_with_everything(h, "other@example.com")
+    h.clock.advance((h.settings.account_grace_days + 1) * DAY)
+    real = policies.purge_account
+
+    def purge(ctx, account_id):
+        if account_id == stuck.account_id:
+            raise Killed("this account's purge fails")
+        return real(ctx, account_id)
+
+    monkeypatch.setattr(policies, "purge_account", purge)
+    daemon = retention(h)
+    assert h.db_call(daemon.run_once)["accounts"] == 1
+    assert daemon.metrics.get("errors_total", "accounts") == 1  # tried once this cycle, not once per batch
+    assert h.db_call(m.Account.get_or_none, m.Account.id == other.account_id) is None
+    assert h.db_call(m.Account.get_by_id, stuck.account_id).state == "purging"
+    monkeypatch.setattr(policies, "purge_account", real)
+    assert run(h)["accounts"] == 1  # retried next cycle
+    assert blobs(h) == set()
+
+
+def test_a_photo_whose_blob_cannot_be_deleted_stays_for_the_next_cycle_and_the_others_go(harness, monkeypatch):
+    from faceharmony.core.blobstore.base import BlobError
+
+    h = harness
+    user = h.sign_up("blob-fails@example.com")
+    photo_ids = upload(h, user, 3)
+    for photo_id in photo_ids:  # oldest first: the failing one leads the first batch
+        h.photos.DeletePhoto(p.DeletePhotoRequest(id=photo_id), metadata=user.md)
+        h.clock.advance(SECOND)
+    stuck_blob = h.db_call(lambda: m.Photo.get_by_id(photo_ids[0]).blob_id)
+    h.clock.advance(SECOND)
+    real = LocalBlobStore.delete
+
+    def delete(store, kind, blob_id):
+        if blob_id == stuck_blob:
+            raise BlobError("the store failed")
+        return real(store, kind, blob_id)
+
+    monkeypatch.setattr(LocalBlobStore, "delete", delete)
+    daemon = retention(h, retention_batch_size=2)
+    purged = h.db_call(daemon.run_once)
+    assert purged["photos"] == 2 and daemon.metrics.get("errors_total", "photos") == 1
+    assert blobs(h) == {stuck_blob} and h.db_call(m.Photo.get_by_id, photo_ids[0])
+    monkeypatch.setattr(LocalBlobStore, "delete", real)
+    assert run(h)["photos"] == 1 and blobs(h) == set()
+
+
+# --- rate limits, audit, the orphan sweep's interval --------------------------------------------------
+
+def test_rate_limit_rows_are_kept_for_the_longest_window(harness):
+    h = harness
+    h.sign_up("window@example.com")
+    hits = lambda: h.db_call(m.RateLimitHit.select().count)  # noqa: E731
+    assert hits()
+    h.clock.advance(DAY + SECOND)
+    assert run(h, code_request_window_seconds=2 * 86400)["rate_limit_hits"] == 0  # still counted by a 2-day window
+    assert policies.rate_limit_keep(h.settings) == DAY  # a 1-hour window: the invitations' day
+    h.clock.advance(DAY)
+    assert run(h, code_request_window_seconds=2 * 86400)["rate_limit_hits"] >= 1 and hits() == 0
+
+
+def test_routine_cycles_write_no_retention_run_event(harness):
+    h = harness
+    user = h.sign_up("routine@example.com")
+    h.clock.advance(seconds=h.settings.code_ttl_seconds + 1)
+    assert run(h)["sign_in_codes"] >= 1
+    kinds = lambda: h.db_call(lambda: [e.kind for e in m.AuditEvent.select().where(m.AuditEvent.kind == "RETENTION_RUN")])  # noqa: E731
+    assert kinds() == []
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    h.clock.advance((h.settings.account_grace_days + 1) * DAY)
+    assert run(h)["accounts"] == 1
+    assert kinds() == ["RETENTION_RUN"]
+
+
+def test_the_orphan_sweep_runs_on_its_own_interval(sqlite_harness):
+    h = sqlite_harness
+    api = LocalBlobStore(h.settings.blob_dir, Role.API)
+    h.clock.set(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=h.settings.orphan_margin_hours, minutes=1))
+    daemon = retention(h)
+    assert h.db_call(daemon.run_once)["orphan_photos_blobs"] == 0  # the first cycle sweeps
+    orphan = api.create("photos", b"orphan")  # older than the margin by the daemon's clock
+    h.clock.advance(seconds=h.settings.orphan_sweep_interval_seconds - 1)
+    assert "orphan_photos_blobs" not in h.db_call(daemon.run_once) and blobs(h) == {orphan}
+    assert h.db_call(daemon.run_once, None, True)["orphan_photos_blobs"] == 1  # as `--once` does
+    orphan = api.create("photos", b"orphan")
+    h.clock.advance(seconds=h.settings.orphan_sweep_interval_seconds - 1)
+    assert "orphan_photos_blobs" not in h.db_call(daemon.run_once)
+    h.clock.advance(seconds=1)
+    assert h.db_call(daemon.run_once)["orphan_photos_blobs"] == 1 and blobs(h) == set()

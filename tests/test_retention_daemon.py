@@ -47,7 +47,7 @@ def iso(when: dt.datetime) -> str:
 def test_dry_run_now_and_once_from_the_command_line(harness, tmp_path):
     h = harness
     user = h.sign_up("cli@example.com")
-    kept, deleted = upload(h, user, 2)
+    unattached, deleted = upload(h, user, 2)
     h.photos.DeletePhoto(p.DeletePhotoRequest(id=deleted), metadata=user.md)
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
     before = blobs(h)
@@ -64,7 +64,8 @@ def test_dry_run_now_and_once_from_the_command_line(harness, tmp_path):
     assert early.returncode == 0, early.stderr
     assert h.db_call(m.Account.get_by_id, user.account_id).state == "deactivated"
     assert blobs(h) == set()  # the deleted photo and the expired unattached one went; the account stays
-    assert h.db_call(m.Photo.select().count) == 0 and kept
+    assert h.db_call(m.Photo.select().count) == 0
+    assert "photos=2" in early.stdout and "accounts=" not in early.stdout and unattached != deleted
 
     metrics = tmp_path / "retention.prom"
     done = cli(h, "--once", "--now", iso(after_grace), "--metrics-file", str(metrics))
@@ -133,6 +134,34 @@ def test_with_bucket_soft_delete_the_daemon_reports_when_purged_blobs_are_really
     h.photos.DeletePhoto(p.DeletePhotoRequest(id=photo), metadata=user.md)
     daemon = retention(h)
     daemon.soft_delete_seconds = 7 * 24 * 3600
-    assert h.db_call(daemon.run_once)["photos"] == 1
+    assert h.db_call(daemon.run_once, h.clock.now() + dt.timedelta(days=90))["photos"] == 1  # as with --now
     until = daemon.metrics.get("blobs_recoverable_until_timestamp_seconds")
-    assert until == (h.clock.now() + dt.timedelta(days=7)).timestamp()
+    assert until == (h.clock.now() + dt.timedelta(days=7)).timestamp()  # from the real clock, not the --now moment
+
+
+def test_now_in_the_future_moves_only_deadlines_never_the_orphan_sweep_or_audit_times(harness):
+    """`--once --now <far future>` must not sweep the blob of an upload whose row is not committed yet."""
+    from faceharmony.core.blobstore.base import Role
+    from faceharmony.core.blobstore.local import LocalBlobStore
+
+    h = harness
+    user = h.sign_up("future@example.com")
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    api = LocalBlobStore(h.settings.blob_dir, Role.API)
+    in_flight, abandoned = api.create("photos", b"uploading"), api.create("photos", b"left by a crash")
+    old = time.time() - (h.settings.orphan_margin_hours + 1) * 3600
+    os.utime(h.settings.blob_dir / "photos" / abandoned, (old, old))
+    far = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3650)
+
+    dry = cli(h, "--dry-run", "--now", iso(far))
+    assert dry.returncode == 0, dry.stderr
+    lines = dict(line.split() for line in dry.stdout.splitlines() if line.startswith("  ") and len(line.split()) == 2)
+    assert lines["orphan_photos_blobs"] == "1"  # the abandoned one only
+    done = cli(h, "--once", "--now", iso(far))
+    assert done.returncode == 0, done.stderr
+    assert "accounts=1" in done.stdout and "orphan_photos_blobs=1" in done.stdout
+    assert blobs(h) == {in_flight}  # the upload in flight stays; the real orphan went
+    events = h.db_call(lambda: list(m.AuditEvent.select().where(m.AuditEvent.kind.in_(["ACCOUNT_PURGED", "RETENTION_RUN"]))))
+    assert len(events) == 2
+    for event in events:  # stamped with the real time, not the --now moment
+        assert abs(event.at - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=10)

@@ -107,6 +107,11 @@ class BlobStore:
         self._check(kind, Op.LIST)
         return self._list(kind)
 
+    def soft_delete_seconds(self) -> int:
+        """How long a deleted blob stays recoverable (0: deleting is final). On GCS this reads the bucket's
+        policy, which needs `storage.buckets.get`: only the retention daemon calls it."""
+        raise NotImplementedError
+
     # backends
     def _create(self, kind: str, blob_id: str, data: bytes, content_type: str) -> None:
         raise NotImplementedError

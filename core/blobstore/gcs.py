@@ -1,11 +1,11 @@
 """The Google Cloud Storage blob store (production): objects <kind>/<id> in one private bucket, uploaded create-only (if_generation_match=0).
 
 Each process runs under its role's service account, whose IAM grants match the
-role table (docker/README.md); this class also checks the table itself. At
-start-up `check_soft_delete` reads the bucket's soft-delete policy: while it
+role table (docker/README.md); this class also checks the table itself. The
+retention daemon (the only role granted `storage.buckets.get`) reads the
+bucket's soft-delete policy with `soft_delete_seconds` at start-up: while it
 is on, deleted objects stay recoverable for its retention period, so a purge
-is not final until then — the store warns, and the retention daemon accounts
-for it.
+is not final until then — the store warns, and the daemon accounts for it.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class GcsBlobStore(BlobStore):
         self.client = client
         self.bucket = client.bucket(bucket)
 
-    def check_soft_delete(self) -> int:
-        """Seconds deleted objects stay recoverable (0 when soft delete is off); warns when on."""
+    def soft_delete_seconds(self) -> int:
+        """Seconds deleted objects stay recoverable (0 when soft delete is off); warns when on. Reads the bucket's
+        metadata, which needs `storage.buckets.get`."""
         try:
             self.bucket.reload(timeout=TIMEOUT_SECONDS)
         except gexc.GoogleAPIError as exc:

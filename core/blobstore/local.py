@@ -66,6 +66,9 @@ class LocalBlobStore(BlobStore):
         except OSError as exc:
             raise BlobError(f"local blob delete failed: {exc.strerror}") from exc
 
+    def soft_delete_seconds(self) -> int:
+        return 0  # an unlinked file is gone
+
     def _list(self, kind: str) -> Iterator[BlobInfo]:
         folder = self.root / kind
         if not folder.exists():

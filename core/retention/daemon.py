@@ -3,17 +3,24 @@
     faceharmony-retention                  loop, a cycle every FACEHARMONY_RETENTION_INTERVAL_SECONDS
     faceharmony-retention --once           one cycle (a cron job); exit 0 when every policy ran
     faceharmony-retention --dry-run        print what a cycle would purge, by kind; touch nothing
-    faceharmony-retention --now 2026-03-01T00:00:00Z --once   evaluate the policies as of that moment
-    --metrics-port 9464 / --metrics-file PATH                 Prometheus metrics (HTTP or textfile)
+    faceharmony-retention --now 2026-03-01T00:00:00Z --once   evaluate the policies' deadlines as of that moment
+    --metrics-port 9464 [--metrics-host ADDR] / --metrics-file PATH   Prometheus metrics (HTTP or textfile)
 
 A cycle purges, in this order: accounts past their grace period (everything of
 the person but the email's HMAC), models pending deletion past theirs (with
 their adapters and photos), photos marked deleted or never attached and
 expired (and, with FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING, photos of trained
 models), generated photos past purge_after, expired codes, sessions,
-invitations and old rate-limit rows; then it sweeps orphan blobs. Each policy
-repeats batches until nothing is due; a failing policy is logged, counted and
-retried next cycle without stopping the others.
+invitations and old rate-limit rows; then, every
+FACEHARMONY_ORPHAN_SWEEP_INTERVAL_SECONDS (and in every `--once` run), it
+sweeps orphan blobs. Each policy repeats batches until nothing is due; a
+failing policy is logged, counted and retried next cycle without stopping the
+others, and so is a failing account or model, or a photo whose blob could not
+be deleted, without stopping the rest of its policy.
+
+`--now` moves only the deadlines. The orphan sweep (which compares with the
+blobs' real creation times), audit event times and the soft-delete horizon
+use the real clock, so `--now` in the future never sweeps uploads in flight.
 """
 
 from __future__ import annotations
@@ -64,25 +71,29 @@ class Retention:
         self.metrics = metrics or Metrics()
         self.soft_delete_seconds = soft_delete_seconds
         self.metrics.set("soft_delete_seconds", soft_delete_seconds)
+        self._last_sweep: dt.datetime | None = None  # when this daemon last swept orphan blobs (its clock)
 
     def context(self, now: dt.datetime | None = None) -> policies.Context:
-        return policies.Context(self.db, self.store, self.settings, now or self.clock.now())
+        """A cycle's context: deadlines as of `now` (default: the clock's time); the real clock for everything else."""
+        return policies.Context(self.db, self.store, self.settings, now or self.clock.now(), self.clock)
 
     def _policies(self) -> list[tuple[str, Callable[[policies.Context], int]]]:
         steps: list[tuple[str, Callable[[policies.Context], int]]] = [
-            ("accounts", lambda ctx: _claimed(ctx, policies.claim_accounts, policies.purge_account)),
-            ("models", lambda ctx: _claimed(ctx, policies.claim_models, policies.purge_model)),
+            ("accounts", lambda ctx: _claimed(ctx, "accounts", policies.claim_accounts, policies.purge_account)),
+            ("models", lambda ctx: _claimed(ctx, "models", policies.claim_models, policies.purge_model)),
             ("photos_marked_after_training", policies.mark_trained_photos),
             ("photos_marked_expired", policies.mark_expired_photos),
             ("photos", policies.purge_deleted_photos),
             ("generated_photos", policies.purge_generated_photos),
         ]
-        for kind in policies.housekeeping_kinds():
+        for kind in policies.HOUSEKEEPING:
             steps.append((kind, lambda ctx, kind=kind: policies.purge_expired(ctx, kind)))
         return steps
 
-    def run_once(self, now: dt.datetime | None = None) -> dict[str, int]:
-        """One cycle as of `now` (default: the clock). Returns purged counts by kind; errors are logged and counted."""
+    def run_once(self, now: dt.datetime | None = None, sweep: bool | None = None) -> dict[str, int]:
+        """One cycle, deadlines as of `now` (default: the clock). Returns purged counts by kind; errors are logged
+        and counted. The orphan sweep runs when `sweep` is true, or (None) when its interval has passed since the
+        last sweep of this daemon (its first cycle always sweeps)."""
         started = time.monotonic()
         ctx = self.context(now)
         purged: dict[str, int] = {}
@@ -94,17 +105,34 @@ class Retention:
                 log.exception("retention policy failed", extra={"policy": kind})
                 self.metrics.inc("errors_total", kind)
                 errors.append(kind)
+            failed = len(ctx.failed.get(kind, ()))
+            if failed:  # items that failed on their own (logged where they failed); retried next cycle
+                self.metrics.inc("errors_total", kind, failed)
+                errors.append(kind)
+        if self._sweep_due() if sweep is None else sweep:
+            purged.update(self._sweep(errors))
+        purged = {k: v for k, v in purged.items() if not k.startswith("photos_marked_")}
+        self._report(ctx, purged, errors, time.monotonic() - started)
+        return purged
+
+    def _sweep_due(self) -> bool:
+        if self._last_sweep is None:
+            return True
+        return self.clock.now() - self._last_sweep >= dt.timedelta(seconds=self.settings.orphan_sweep_interval_seconds)
+
+    def _sweep(self, errors: list[str]) -> dict[str, int]:
+        """The orphan sweep, against the real clock: blobs' creation times are real, whatever `--now` says."""
+        now = self.clock.now()
         try:
             margin = dt.timedelta(hours=self.settings.orphan_margin_hours)
-            swept = sweep_orphan_blobs(self.db, self.store, ctx.now, margin, self.settings.retention_batch_size)
-            purged.update({f"orphan_{kind}_blobs": n for kind, n in swept.items()})
+            swept = sweep_orphan_blobs(self.db, self.store, now, margin, self.settings.retention_batch_size)
         except Exception:
             log.exception("orphan sweep failed")
             self.metrics.inc("errors_total", "orphan_blobs")
             errors.append("orphan_blobs")
-        purged = {k: v for k, v in purged.items() if not k.startswith("photos_marked_")}
-        self._report(ctx, purged, errors, time.monotonic() - started)
-        return purged
+            return {}
+        self._last_sweep = now
+        return {f"orphan_{kind}_blobs": n for kind, n in swept.items()}
 
     def _report(self, ctx: policies.Context, purged: dict[str, int], errors: list[str], seconds: float) -> None:
         for kind, n in purged.items():
@@ -114,11 +142,12 @@ class Retention:
         self.metrics.set("run_duration_seconds", seconds)
         self.metrics.set("last_run_timestamp_seconds", time.time())
         total = sum(purged.values())
-        if total:
+        if purged.get("accounts") or purged.get("models"):  # not for the routine expiries of every cycle
             with write_transaction(self.db):
-                audit.record(ctx.clock, audit.RETENTION_RUN, **{k: v for k, v in purged.items() if v})
+                audit.record(self.clock, audit.RETENTION_RUN, **{k: v for k, v in purged.items() if v})
+        if total:
             if self.soft_delete_seconds:
-                until = ctx.now + dt.timedelta(seconds=self.soft_delete_seconds)
+                until = self.clock.now() + dt.timedelta(seconds=self.soft_delete_seconds)
                 self.metrics.set("blobs_recoverable_until_timestamp_seconds", until.timestamp())
                 log.warning(
                     "purged blobs stay recoverable in the bucket (soft delete) until %s",
@@ -131,10 +160,13 @@ class Retention:
         )
 
     def dry_run(self, now: dt.datetime | None = None) -> dict[str, dict[str, int]]:
-        """What a cycle at `now` would purge: due items by kind, the rows inside due accounts and models, orphan blobs."""
+        """What a cycle at `now` would purge: due items by kind, the rows inside due accounts and models, and the
+        orphan blobs a sweep would delete now (against the real clock, like the sweep)."""
         ctx = self.context(now)
         margin = dt.timedelta(hours=self.settings.orphan_margin_hours)
-        orphans = sweep_orphan_blobs(self.db, self.store, ctx.now, margin, self.settings.retention_batch_size, dry_run=True)
+        orphans = sweep_orphan_blobs(
+            self.db, self.store, self.clock.now(), margin, self.settings.retention_batch_size, dry_run=True
+        )
         return {
             "due": policies.due_counts(ctx),
             "contents": policies.contents_of_due(ctx),
@@ -152,10 +184,17 @@ def _repeat(ctx: policies.Context, step: Callable[[policies.Context], int]) -> i
     return total
 
 
-def _claimed(ctx: policies.Context, claim: Callable, purge: Callable) -> int:
-    """One batch of a mark-then-purge policy: returns how many this daemon purged (0 ends the policy)."""
-    ids = claim(ctx)
-    done = sum(1 for item_id in ids if purge(ctx, item_id))
+def _claimed(ctx: policies.Context, kind: str, claim: Callable, purge: Callable) -> int:
+    """One batch of a mark-then-purge policy: returns how many this daemon purged (0 ends the policy). An item
+    whose purge fails is logged, recorded in ctx.failed (left out of the next batches, counted by run_once)
+    and retried next cycle; the others go on."""
+    done = 0
+    for item_id in claim(ctx):
+        try:
+            done += bool(purge(ctx, item_id))
+        except Exception:
+            log.exception("retention purge failed: retried next cycle", extra={"policy": kind, "item_id": item_id})
+            ctx.fail(kind, item_id)
     return done
 
 
@@ -164,7 +203,7 @@ def format_dry_run(report: dict[str, dict[str, int]], now: dt.datetime) -> str:
     lines += [f"  {kind:<22} {n}" for kind, n in report["due"].items()]
     lines.append("rows inside the due accounts and models, by table:")
     lines += [f"  {table:<40} {n}" for table, n in sorted(report["contents"].items())] or ["  (none)"]
-    lines.append("orphan blobs past the margin, by kind:")
+    lines.append("orphan blobs past the margin now (real time), by kind:")
     lines += [f"  {'orphan_' + kind + '_blobs':<22} {n}" for kind, n in report["orphan_blobs"].items()]
     return "\n".join(lines)
 
@@ -182,9 +221,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--once", action="store_true", help="run one cycle and exit (for a cron job)")
     parser.add_argument("--interval", type=float, default=None, help="seconds between cycles (default: FACEHARMONY_RETENTION_INTERVAL_SECONDS)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be purged, by kind; change nothing")
-    parser.add_argument("--now", type=parse_time, default=None, help="evaluate the policies as of this ISO-8601 time (implies one cycle)")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    parser.add_argument(
+        "--now", type=parse_time, default=None,
+        help="evaluate the policies' deadlines as of this ISO-8601 time (implies one cycle); the orphan sweep and audit times stay real",
+    )
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on HOST:PORT/metrics (--metrics-host)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     parser.add_argument("--metrics-file", type=Path, default=None, help="write Prometheus metrics to this file after each cycle")
     return parser.parse_args(argv)
 
@@ -194,8 +236,7 @@ def open_store(settings: Settings) -> tuple[BlobStore, int]:
     from faceharmony.core.blobstore.factory import open_blob_store
 
     store = open_blob_store(settings, Role.RETENTION)
-    soft_delete = store.check_soft_delete() if store.backend == "gcs" else 0  # type: ignore[attr-defined]
-    return store, soft_delete
+    return store, store.soft_delete_seconds()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print("faceharmony-retention: the database needs migrations: run `faceharmony-admin migrate`", file=sys.stderr)
             return 2
         store, soft_delete = open_store(settings)
-        retention = Retention(settings, db, store, metrics=Metrics(), soft_delete_seconds=soft_delete)
+        retention = Retention(settings, db, store, soft_delete_seconds=soft_delete)
         if args.dry_run:
             now = args.now or retention.clock.now()
             print(format_dry_run(retention.dry_run(now), now))
@@ -232,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cycle(retention: Retention, args: argparse.Namespace) -> int:
     errors_before = retention.metrics.total("errors_total")
-    purged = retention.run_once(args.now)
+    purged = retention.run_once(args.now, sweep=True)
     if args.metrics_file is not None:
         retention.metrics.write(args.metrics_file)
     print("purged: " + (", ".join(f"{k}={v}" for k, v in purged.items() if v) or "nothing"))

@@ -11,7 +11,7 @@ PREFIX = "faceharmony_retention_"
 
 HELP = {
     "purged_total": ("counter", "Items purged, by kind."),
-    "errors_total": ("counter", "Policy runs that failed, by kind (retried next cycle)."),
+    "errors_total": ("counter", "Policy runs, and single items (accounts, models, photos), that failed, by kind (retried next cycle)."),
     "overdue_items": ("gauge", "Items past their deadline and not yet purged at the end of the last cycle, by kind."),
     "run_duration_seconds": ("gauge", "Duration of the last cycle."),
     "last_run_timestamp_seconds": ("gauge", "When the last cycle finished (Unix time)."),

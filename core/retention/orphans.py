@@ -2,8 +2,9 @@
 
 A blob without a row is what an upload leaves when its process or database
 fails between writing the blob and committing the row. The margin keeps the
-sweep away from uploads still in flight. Deleting is idempotent, so two
-sweeps at once do no harm.
+sweep away from uploads still in flight, so `now` must be the real time (the
+blobs' creation times are real), never a policy moment such as `--now`.
+Deleting is idempotent, so two sweeps at once do no harm.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import peewee as pw
 
 from faceharmony.core.blobstore.base import BlobStore
 from faceharmony.core.db.models import GeneratedPhoto, ModelVersion, Photo
+from faceharmony.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +26,20 @@ REFERENCES: dict[str, tuple[pw.Field, ...]] = {
     "models": (ModelVersion.adapter_blob_id, ModelVersion.metadata_blob_id),
     "generated": (GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id),
 }
-DEFAULT_MARGIN = dt.timedelta(hours=6)
 
 
 def sweep_orphan_blobs(
     db: pw.Database,
     store: BlobStore,
     now: dt.datetime,
-    margin: dt.timedelta = DEFAULT_MARGIN,
-    batch: int = 500,
+    margin: dt.timedelta | None = None,
+    batch: int | None = None,
     dry_run: bool = False,
 ) -> dict[str, int]:
-    """Deletes unreferenced blobs older than now - margin (dry_run: only counts them); returns the count per kind."""
+    """Deletes unreferenced blobs created before now - margin (dry_run: only counts them); returns the count per
+    kind. `now` is the real time; margin and batch default to the settings' defaults (the daemon passes its own)."""
+    margin = dt.timedelta(hours=Settings.orphan_margin_hours) if margin is None else margin
+    batch = Settings.retention_batch_size if batch is None else batch
     deleted: dict[str, int] = {}
     cutoff = now - margin
     for kind, columns in REFERENCES.items():

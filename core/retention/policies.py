@@ -15,6 +15,10 @@ on SQLite; a second daemon that meets the same "purging" row repeats the
 idempotent steps and finds the rows gone, so each purge is recorded once.
 Every due-query is a range over an indexed deadline column, so the cost
 follows what is due, not the size of the tables.
+
+Two times are kept apart: `Context.now` is the moment the deadlines are
+evaluated at (`--now`, or the clock), `Context.clock` the real clock, which
+stamps audit events and other "when did it happen" columns.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import peewee as pw
 
 from faceharmony.core import audit
 from faceharmony.core.blobstore.base import BlobStore
+from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import (
     Account,
@@ -56,36 +61,46 @@ from faceharmony.core.settings import Settings
 log = logging.getLogger(__name__)
 
 PURGING = "purging"
-# The longest window a rate-limit row is counted in (code requests: an hour; invitations: a day).
-RATE_LIMIT_KEEP = dt.timedelta(days=1)
+# The invitation rate limit counts over a fixed day (server/logic/accounts.py).
+INVITATION_WINDOW = dt.timedelta(hours=24)
 
 Blob = tuple[str, str]  # (kind, blob id)
 
 
-class FixedClock:
-    """The clock of one cycle: the moment the policies are evaluated at (`--now` or the system time)."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        self._now = now
-
-    def now(self) -> dt.datetime:
-        return self._now
+def rate_limit_keep(settings: Settings) -> dt.timedelta:
+    """How long a rate-limit row is kept: the longest window one is counted in (code requests, invitations)."""
+    return max(dt.timedelta(seconds=settings.code_request_window_seconds), INVITATION_WINDOW)
 
 
 @dataclass(frozen=True)
 class Context:
+    """One cycle: `now` is the moment the deadlines are evaluated at (`--now`, or the clock's time when the
+    cycle began); `clock` is the real clock, for the times things happen (audit events, updated_at).
+    `failed` holds, by kind, the items that failed this cycle: skipped until the next one."""
+
     db: pw.Database
     store: BlobStore
     settings: Settings
     now: dt.datetime
+    clock: Clock
+    failed: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def batch(self) -> int:
         return self.settings.retention_batch_size
 
-    @property
-    def clock(self) -> FixedClock:
-        return FixedClock(self.now)
+    def marked_at(self) -> dt.datetime:
+        """The time a mark (deleted_at) gets: the real time, but never later than `now`, so that what a cycle
+        marks is due in that same cycle."""
+        return min(self.now, self.clock.now())
+
+    def fail(self, kind: str, item_id: str) -> None:
+        self.failed.setdefault(kind, set()).add(item_id)
+
+    def not_failed(self, kind: str, column: pw.Field) -> list[pw.Expression]:
+        """The conditions (none or one) that leave out the items of this kind that failed this cycle."""
+        failed = self.failed.get(kind)
+        return [column.not_in(sorted(failed))] if failed else []
 
 
 def claimable(query: pw.ModelSelect, db: pw.Database) -> pw.ModelSelect:
@@ -101,33 +116,48 @@ def delete_blobs(store: BlobStore, blobs: Iterable[Blob]) -> int:
     return sum(1 for kind, blob_id in blobs if store.delete(kind, blob_id))
 
 
+def _delete_blobs_of_rows(ctx: Context, kind: str, rows: dict[str, list[Blob]]) -> list[str]:
+    """Deletes each row's blobs; returns the rows whose blobs are all gone. A row whose blob could not be
+    deleted stays, for the next cycle (logged and recorded in ctx.failed), and does not hold back the others."""
+    done = []
+    for row_id, row_blobs in rows.items():
+        try:
+            delete_blobs(ctx.store, row_blobs)
+        except Exception:
+            log.exception("blob delete failed: the row stays for the next cycle", extra={"policy": kind, "item_id": row_id})
+            ctx.fail(kind, row_id)
+        else:
+            done.append(row_id)
+    return done
+
+
 def _ids(query: pw.ModelSelect) -> list:
     return [row[0] for row in query.tuples()]
 
 
 # --- housekeeping: expired codes, sessions, invitations, old rate-limit rows -------------------------
 
-def _housekeeping(ctx: Context) -> dict[str, tuple[type[BaseModel], pw.Field, pw.Expression]]:
-    """kind -> (table, the indexed deadline column, the condition that makes a row due)."""
-    return {
-        "sign_in_codes": (SignInCode, SignInCode.expires_at, SignInCode.expires_at <= ctx.now),
-        "sessions": (Session, Session.expires_at, Session.expires_at <= ctx.now),
-        "invitations": (
-            Invitation,
-            Invitation.expires_at,
-            (Invitation.expires_at <= ctx.now) & Invitation.accepted_at.is_null(),
-        ),
-        "rate_limit_hits": (RateLimitHit, RateLimitHit.at, RateLimitHit.at <= ctx.now - RATE_LIMIT_KEEP),
-    }
-
-
-def housekeeping_kinds() -> tuple[str, ...]:
-    return ("sign_in_codes", "sessions", "invitations", "rate_limit_hits")
+# kind -> (table, the indexed deadline column, the condition that makes a row due at a cycle).
+HOUSEKEEPING: dict[str, tuple[type[BaseModel], pw.Field, Callable[[Context], pw.Expression]]] = {
+    "sign_in_codes": (SignInCode, SignInCode.expires_at, lambda ctx: SignInCode.expires_at <= ctx.now),
+    "sessions": (Session, Session.expires_at, lambda ctx: Session.expires_at <= ctx.now),
+    "invitations": (
+        Invitation,
+        Invitation.expires_at,
+        lambda ctx: (Invitation.expires_at <= ctx.now) & Invitation.accepted_at.is_null(),
+    ),
+    "rate_limit_hits": (
+        RateLimitHit,
+        RateLimitHit.at,
+        lambda ctx: RateLimitHit.at <= ctx.now - rate_limit_keep(ctx.settings),
+    ),
+}
 
 
 def purge_expired(ctx: Context, kind: str) -> int:
     """One batch of expired rows of a kind that holds no blob; returns how many went."""
-    table, deadline, due = _housekeeping(ctx)[kind]
+    table, deadline, due_at = HOUSEKEEPING[kind]
+    due = due_at(ctx)
     pk = table._meta.primary_key
     with write_transaction(ctx.db):
         ids = _ids(claimable(table.select(pk).where(due).order_by(deadline).limit(ctx.batch), ctx.db))
@@ -147,7 +177,7 @@ def mark_expired_photos(ctx: Context) -> int:
     due = _expired_unattached(ctx)
     with write_transaction(ctx.db):
         ids = _ids(claimable(Photo.select(Photo.id).where(due).order_by(Photo.expires_at).limit(ctx.batch), ctx.db))
-        return Photo.update(deleted_at=ctx.now).where(Photo.id.in_(ids), due).execute() if ids else 0
+        return Photo.update(deleted_at=ctx.marked_at()).where(Photo.id.in_(ids), due).execute() if ids else 0
 
 
 def _trained_photos(ctx: Context) -> pw.ModelSelect:
@@ -164,18 +194,21 @@ def mark_trained_photos(ctx: Context) -> int:
         return 0
     with write_transaction(ctx.db):
         ids = _ids(_trained_photos(ctx).limit(ctx.batch))
-        return Photo.update(deleted_at=ctx.now).where(Photo.id.in_(ids), Photo.deleted_at.is_null()).execute() if ids else 0
+        return Photo.update(deleted_at=ctx.marked_at()).where(Photo.id.in_(ids), Photo.deleted_at.is_null()).execute() if ids else 0
 
 
 def purge_deleted_photos(ctx: Context) -> int:
     """One batch of photos marked deleted (by the user, by expiry, or by the P11 option): blobs, then rows."""
     due = Photo.deleted_at <= ctx.now
-    rows = list(Photo.select(Photo.id, Photo.blob_id).where(due).order_by(Photo.deleted_at).limit(ctx.batch).tuples())
+    query = Photo.select(Photo.id, Photo.blob_id).where(due, *ctx.not_failed("photos", Photo.id))
+    rows = {pid: [("photos", blob_id)] for pid, blob_id in query.order_by(Photo.deleted_at).limit(ctx.batch).tuples()}
     if not rows:
         return 0
-    delete_blobs(ctx.store, (("photos", blob_id) for _, blob_id in rows))
+    done = _delete_blobs_of_rows(ctx, "photos", rows)
+    if not done:
+        return 0
     with write_transaction(ctx.db):
-        return Photo.delete().where(Photo.id.in_([pid for pid, _ in rows]), due).execute()
+        return Photo.delete().where(Photo.id.in_(done), due).execute()
 
 
 # --- generated photos (P16 and user deletions) ------------------------------------------------------
@@ -183,18 +216,20 @@ def purge_deleted_photos(ctx: Context) -> int:
 def purge_generated_photos(ctx: Context) -> int:
     """One batch of generated photos whose purge_after has passed (rejected +60 days, or deleted): blobs, then rows."""
     due = GeneratedPhoto.purge_after <= ctx.now
-    rows = list(
+    query = (
         GeneratedPhoto.select(GeneratedPhoto.id, GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id)
-        .where(due)
+        .where(due, *ctx.not_failed("generated_photos", GeneratedPhoto.id))
         .order_by(GeneratedPhoto.purge_after)
         .limit(ctx.batch)
-        .tuples()
     )
+    rows = {gid: [("generated", blob), ("generated", preview)] for gid, blob, preview in query.tuples()}
     if not rows:
         return 0
-    delete_blobs(ctx.store, (("generated", b) for _, blob, preview in rows for b in (blob, preview)))
+    done = _delete_blobs_of_rows(ctx, "generated_photos", rows)
+    if not done:
+        return 0
     with write_transaction(ctx.db):
-        return GeneratedPhoto.delete().where(GeneratedPhoto.id.in_([r[0] for r in rows]), due).execute()
+        return GeneratedPhoto.delete().where(GeneratedPhoto.id.in_(done), due).execute()
 
 
 # --- models (P13) ------------------------------------------------------------------------------------
@@ -219,23 +254,32 @@ def model_rows(model_ids: pw.ModelSelect | list[str]) -> list[tuple[type[BaseMod
     ]
 
 
-def _claim(ctx: Context, table: type[Account] | type[UserModel], from_state: str, on_mark: Callable[[list[str]], object] | None = None) -> list[str]:
+def _claim(
+    ctx: Context,
+    kind: str,
+    table: type[Account] | type[UserModel],
+    from_state: str,
+    on_mark: Callable[[list[str]], object] | None = None,
+) -> list[str]:
     """Marks a batch of the table's due rows "purging", oldest first; returns the purging ones (those a killed
-    run left half-purged included). purge_after is indexed and set only while pending deletion: a range, not a scan."""
+    run left half-purged included, those that failed this cycle left out). purge_after is indexed and set only
+    while pending deletion: a range, not a scan."""
     due = (table.state == from_state) & (table.purge_after <= ctx.now)
     with write_transaction(ctx.db):
         ids = _ids(claimable(table.select(table.id).where(due).order_by(table.purge_after).limit(ctx.batch), ctx.db))
         if ids:
-            table.update(state=PURGING, updated_at=ctx.now).where(table.id.in_(ids), due).execute()
+            table.update(state=PURGING, updated_at=ctx.clock.now()).where(table.id.in_(ids), due).execute()
             if on_mark is not None:
                 on_mark(ids)
-    purging = table.select(table.id).where(table.purge_after.is_null(False), table.state == PURGING)
+    purging = table.select(table.id).where(
+        table.purge_after.is_null(False), table.state == PURGING, *ctx.not_failed(kind, table.id)
+    )
     return _ids(purging.order_by(table.purge_after).limit(ctx.batch))
 
 
 def claim_models(ctx: Context) -> list[str]:
     """Marks due models "purging": support can no longer restore them (restore wants pending_deletion)."""
-    return _claim(ctx, UserModel, "pending_deletion")
+    return _claim(ctx, "models", UserModel, "pending_deletion")
 
 
 def purge_model(ctx: Context, model_id: str) -> bool:
@@ -282,16 +326,16 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
     models = UserModel.select(UserModel.id).where(UserModel.account == aid)
     orders = Order.select(Order.id).where(Order.account == aid)
     tickets = Ticket.select(Ticket.id).where(Ticket.account == aid)
+    invitations = (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)
+    waitlist = (WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)
     owned = [
         models,
         orders,
         tickets,
         Photo.select(Photo.id).where(Photo.account == aid),
         GeneratedPhoto.select(GeneratedPhoto.id).where(GeneratedPhoto.account == aid),
-        Invitation.select(Invitation.id).where(
-            (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)
-        ),
-        WaitlistEntry.select(WaitlistEntry.id).where((WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)),
+        Invitation.select(Invitation.id).where(invitations),
+        WaitlistEntry.select(WaitlistEntry.id).where(waitlist),
         Purchase.select(Purchase.id).where(Purchase.account == aid),
     ]
     about_account = (AuditEvent.actor_id == aid) | (AuditEvent.subject_id == aid)
@@ -304,7 +348,8 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         (GeneratedPhoto, GeneratedPhoto.account == aid),
         (OrderImage, OrderImage.order.in_(orders)),
         (Order, Order.account == aid),
-        *model_rows(models)[:2],
+        (ModelVersion, ModelVersion.model.in_(models)),
+        (TrainingJob, TrainingJob.model.in_(models)),
         (Photo, Photo.account == aid),
         (UserModel, UserModel.account == aid),
         (Purchase, Purchase.account == aid),
@@ -312,8 +357,8 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         (Session, Session.account == aid),
         (SignInCode, SignInCode.email_hmac == hmac),
         (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "invite:" + aid])),
-        (Invitation, (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)),
-        (WaitlistEntry, (WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)),
+        (Invitation, invitations),
+        (WaitlistEntry, waitlist),
         (EmailQueue, (EmailQueue.account == aid) | (EmailQueue.to_address == account.email)),
         (Account, Account.id == aid),
     ]
@@ -332,9 +377,9 @@ def claim_accounts(ctx: Context) -> list[str]:
     """Marks due accounts "purging": no reactivation, no sign-in, and the sessions opened to reactivate die."""
 
     def revoke_sessions(ids: list[str]) -> None:
-        Session.update(revoked_at=ctx.now).where(Session.account.in_(ids), Session.revoked_at.is_null()).execute()
+        Session.update(revoked_at=ctx.clock.now()).where(Session.account.in_(ids), Session.revoked_at.is_null()).execute()
 
-    return _claim(ctx, Account, "deactivated", revoke_sessions)
+    return _claim(ctx, "accounts", Account, "deactivated", revoke_sessions)
 
 
 def purge_account(ctx: Context, account_id: str) -> bool:
@@ -360,39 +405,38 @@ def _count(query: pw.ModelSelect) -> int:
     return query.count()
 
 
-def due_counts(ctx: Context) -> dict[str, int]:
-    """What a cycle at ctx.now would purge, by kind (no writes). Accounts' and models' contents are counted too."""
-    due_accounts = Account.select(Account.id).where(
-        Account.purge_after <= ctx.now, Account.state.in_(["deactivated", PURGING])
-    )
-    due_models = UserModel.select(UserModel.id).where(
+def _due_accounts(ctx: Context) -> pw.ModelSelect:
+    return Account.select().where(Account.purge_after <= ctx.now, Account.state.in_(["deactivated", PURGING]))
+
+
+def _due_models(ctx: Context) -> pw.ModelSelect:
+    return UserModel.select(UserModel.id).where(
         UserModel.purge_after <= ctx.now, UserModel.state.in_(["pending_deletion", PURGING])
     )
+
+
+def due_counts(ctx: Context) -> dict[str, int]:
+    """What a cycle at ctx.now would purge, by kind (no writes). Accounts' and models' contents are counted too."""
     counts = {
-        "accounts": _count(due_accounts),
-        "models": _count(due_models),
+        "accounts": _count(_due_accounts(ctx)),
+        "models": _count(_due_models(ctx)),
         "photos": _count(Photo.select().where((Photo.deleted_at <= ctx.now) | _expired_unattached(ctx))),
         "generated_photos": _count(GeneratedPhoto.select().where(GeneratedPhoto.purge_after <= ctx.now)),
     }
     if ctx.settings.purge_photos_after_training:
         counts["photos"] += _count(_trained_photos(ctx))
-    for kind in housekeeping_kinds():
-        table, _, due = _housekeeping(ctx)[kind]
-        counts[kind] = _count(table.select().where(due))
+    for kind, (table, _, due_at) in HOUSEKEEPING.items():
+        counts[kind] = _count(table.select().where(due_at(ctx)))
     return counts
 
 
 def contents_of_due(ctx: Context) -> dict[str, int]:
     """Rows held by the due accounts and models, by table (dry run: what the account and model purges take)."""
     totals: dict[str, int] = {}
-    accounts = Account.select().where(Account.purge_after <= ctx.now, Account.state.in_(["deactivated", PURGING]))
-    for account in accounts.iterator():
+    for account in _due_accounts(ctx).iterator():
         for table, cond in account_rows(account):
             totals[table._meta.table_name] = totals.get(table._meta.table_name, 0) + _count(table.select().where(cond))
-    due_models = UserModel.select(UserModel.id).where(
-        UserModel.purge_after <= ctx.now, UserModel.state.in_(["pending_deletion", PURGING])
-    )
-    for table, cond in model_rows(due_models):
+    for table, cond in model_rows(_due_models(ctx)):
         name = f"{table._meta.table_name} (of deleted models)"
         totals[name] = _count(table.select().where(cond))
     return {k: v for k, v in totals.items() if v}
