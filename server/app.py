@@ -33,7 +33,7 @@ from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.logic.deps import Deps
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
-from faceharmony.server.watch import WatchHub, model_snapshots, order_snapshots
+from faceharmony.server.watch import MODELS, ORDERS, WatchHub
 from faceharmony.v1 import (
     account_pb2_grpc,
     admin_pb2_grpc,
@@ -165,10 +165,10 @@ async def create_server(
     photo_pb2_grpc.add_PhotoServiceServicer_to_server(
         photo.PhotoService(app, deps, photo_store, verifier, verify_executor), server
     )
-    hub = WatchHub(app, settings.watch_poll_seconds, model_snapshots, gone_state="pending_deletion")
+    hub = WatchHub(app, settings.watch_poll_seconds, MODELS)
     api.watch_hub = hub
     model_pb2_grpc.add_ModelServiceServicer_to_server(model.ModelService(app, deps, hub), server)
-    api.order_hub = WatchHub(app, settings.watch_poll_seconds, order_snapshots, gone_state="purged")
+    api.order_hub = WatchHub(app, settings.watch_poll_seconds, ORDERS)
     # The API role reads generated/ (previews, downloads) and may create only photos/.
     order_pb2_grpc.add_OrderServiceServicer_to_server(order.OrderService(app, deps, photo_store, api.order_hub), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -2,8 +2,9 @@
 
 A watcher costs a small asyncio queue (holding only the newest snapshot),
 not a thread or a database connection, so thousands of concurrent watchers
-cost one read per tick (in chunks of 500 ids), and the API message of each
-change is built once for all its watchers.
+cost one narrow read per tick (id, state, progress; in chunks of 500 ids), and
+only rows that changed are read whole and turned into an API message, once for
+all their watchers.
 """
 
 from __future__ import annotations
@@ -35,34 +36,54 @@ def snapshot(row, message) -> Snapshot:
     return Snapshot(row.id, row.state, round(row.progress, 4), message)
 
 
-def _read(model_cls, build, ids: list[str]) -> dict[str, Snapshot]:
-    out: dict[str, Snapshot] = {}
+def _chunks(ids: list[str]):
     for start in range(0, len(ids), CHUNK):
-        rows = list(model_cls.select().where(model_cls.id.in_(ids[start : start + CHUNK])))
-        for row, message in zip(rows, build(rows)):
-            out[row.id] = snapshot(row, message)
-    return out
+        yield ids[start : start + CHUNK]
 
 
-def model_snapshots(model_ids: list[str]) -> dict[str, Snapshot]:
-    return _read(UserModel, convert.models_with_photos, model_ids)
+class WatchedTable:
+    """What a hub watches: a table with `id`, `state` and `progress`, and how its rows become API messages."""
+
+    def __init__(self, table, build: Callable[[list], list], gone_state: str) -> None:
+        self.table, self.build, self.gone_state = table, build, gone_state
+
+    def probe(self, ids: list[str]) -> tuple[dict[str, tuple[str, float]], int]:
+        """(state, progress) of each row still there, and the queries made: one narrow query per chunk."""
+        t = self.table
+        out, queries = {}, 0
+        for chunk in _chunks(ids):
+            queries += 1
+            for row_id, state, progress in t.select(t.id, t.state, t.progress).where(t.id.in_(chunk)).tuples():
+                out[row_id] = (state, round(progress, 4))
+        return out, queries
+
+    def read(self, ids: list[str]) -> tuple[dict[str, Snapshot], int]:
+        """Full snapshots (rows and their messages) of the given rows, and the queries made (two per chunk)."""
+        t = self.table
+        out, queries = {}, 0
+        for chunk in _chunks(ids):
+            queries += 2
+            rows = list(t.select().where(t.id.in_(chunk)))
+            for row, message in zip(rows, self.build(rows)):
+                out[row.id] = snapshot(row, message)
+        return out, queries
 
 
-def order_snapshots(order_ids: list[str]) -> dict[str, Snapshot]:
-    return _read(Order, convert.orders, order_ids)
+MODELS = WatchedTable(UserModel, convert.models_with_photos, gone_state="pending_deletion")
+ORDERS = WatchedTable(Order, convert.orders, gone_state="purged")
 
 
 class WatchHub:
-    def __init__(self, app: AppContext, poll_seconds: float, fetch: Callable[[list[str]], dict[str, Snapshot]], gone_state: str) -> None:
-        """`fetch` reads the snapshots of a list of ids; a row it no longer finds is reported in `gone_state`."""
+    def __init__(self, app: AppContext, poll_seconds: float, watched: WatchedTable) -> None:
+        """Each tick probes (state, progress) of every watched row in one narrow query and reads full rows and
+        builds messages only for those that changed; a row no longer found is reported in `gone_state`."""
         self.app = app
         self.poll_seconds = poll_seconds
-        self.fetch = fetch
-        self.gone_state = gone_state
+        self.watched = watched
         self._watchers: dict[str, set[asyncio.Queue]] = {}
         self._last: dict[str, Snapshot] = {}
         self._task: asyncio.Task | None = None
-        self.polls = 0  # database queries made (for tests and metrics)
+        self.polls = 0  # database queries made by the hub (for tests and metrics)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="watch-hub")
@@ -104,8 +125,11 @@ class WatchHub:
                 continue
             try:
                 ids = list(self._watchers)
-                self.polls += (len(ids) + CHUNK - 1) // CHUNK
-                fresh = await self.app.run(self.fetch, ids)
+                current, queries = await self.app.run(self.watched.probe, ids)
+                self.polls += queries
+                changed = [k for k in ids if k in current and self._seen(k) != current[k]]
+                fresh, queries = await self.app.run(self.watched.read, changed) if changed else ({}, 0)
+                self.polls += queries
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next tick tries again
@@ -113,8 +137,10 @@ class WatchHub:
                 continue
             for key, queues in list(self._watchers.items()):
                 snap = fresh.get(key)
-                if snap is None:  # purged
-                    snap = Snapshot(key, self.gone_state, 0.0, None)
+                if snap is None:
+                    if key in current:  # unchanged
+                        continue
+                    snap = Snapshot(key, self.watched.gone_state, 0.0, None)  # purged
                 last = self._last.get(key)
                 if last is not None and (last.state, last.progress) == (snap.state, snap.progress):
                     continue
@@ -123,3 +149,7 @@ class WatchHub:
                     if queue.full():
                         queue.get_nowait()
                     queue.put_nowait(snap)
+
+    def _seen(self, key: str) -> tuple[str, float] | None:
+        last = self._last.get(key)
+        return None if last is None else (last.state, last.progress)
