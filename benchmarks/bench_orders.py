@@ -59,8 +59,8 @@ STYLE = styles.get("studio")
 MODEL = "faceharmony_diffusion"
 
 
-def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str, bytes]]:
-    """n accounts, each with a READY model whose version is a random rank-4 adapter: (account, model, adapter bytes)."""
+def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str, str]]:
+    """n accounts, each with a READY model whose version is a random rank-4 adapter: (account, model, adapter blob id)."""
     import safetensors.torch
 
     out = []
@@ -86,7 +86,7 @@ def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str,
                 id=ids.new_id(), model=model.id, version=1, job=job.id, adapter_blob_id=adapter_id,
                 metadata_blob_id=ids.new_id(), base_fingerprint="0" * 64, created_at=now,
             )
-        out.append((account.id, model.id, blob))
+        out.append((account.id, model.id, adapter_id))
     return out
 
 
@@ -138,12 +138,12 @@ def end_to_end(db, users, count: int, settings: Settings, client) -> dict:
     return {"images": len(rows), "wall": wall, "latencies": latencies, "batches": dict(sorted(grown.items()))}
 
 
-def naive(pipe, users, count: int, size: int, steps: int, store: LocalBlobStore, model_blobs: dict[str, str]) -> dict:
+def naive(pipe, users, count: int, size: int, steps: int, store: LocalBlobStore) -> dict:
     t0 = time.perf_counter()
     latencies = []
-    for u, (_account, model_id, _blob) in enumerate(users):
+    for u, (_account, _model, adapter_id) in enumerate(users):
         for k in range(count):
-            adapter = parse_adapter_bytes(store.read("models", model_blobs[model_id]))  # fetched per request, as a naive server would
+            adapter = parse_adapter_bytes(store.read("models", adapter_id))  # fetched per request, as a naive server would
             pipe.load_lora_weights(adapter, adapter_name=f"user{u}_{k}")
             pipe(
                 STYLE.prompt_for("sks"),
@@ -196,7 +196,6 @@ def main() -> int:
         base = load_base(data / "base-model", device="cpu")
         store = LocalBlobStore(settings.blob_dir, Role.TRAINER)
         users = setup_users(db, store, base.unet, max(ns))
-        model_blobs = {mid: b for mid, b in m.ModelVersion.select(m.ModelVersion.model, m.ModelVersion.adapter_blob_id).tuples()}
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
         env["FACEHARMONY_DATA_DIR"] = str(data)
         results = {}
@@ -215,9 +214,9 @@ def main() -> int:
                 thread.join(60)
         pipe = reference_pipeline(data / "base-model", torch.device("cpu"), torch.float32, None)
         reader = LocalBlobStore(settings.blob_dir, Role.ORDER)
-        naive(pipe, users[:2], 1, args.size, args.steps, reader, model_blobs)  # warm-up
+        naive(pipe, users[:2], 1, args.size, args.steps, reader)  # warm-up
         for n in ns:
-            results[n]["naive"] = naive(pipe, users[:n], args.images, args.size, args.steps, reader, model_blobs)
+            results[n]["naive"] = naive(pipe, users[:n], args.images, args.size, args.steps, reader)
 
     for n in ns:
         e2e, base_r = results[n]["e2e"], results[n]["naive"]

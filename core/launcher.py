@@ -25,12 +25,11 @@ import subprocess
 import sys
 import time
 
+from faceharmony.core.settings import Settings
 
 
-def processes() -> list[tuple[str, list[str]]]:
-    from faceharmony.core.settings import Settings
 
-    settings = Settings.from_env()
+def processes(settings: Settings) -> list[tuple[str, list[str]]]:
     # Triton's gRPC port is FACEHARMONY_TRITON_URL's; HTTP and metrics sit on either side (8000/8001/8002).
     grpc_port = int(settings.triton_url.rsplit(":", 1)[-1])
     triton_ports = ["--grpc-port", str(grpc_port), "--http-port", str(grpc_port - 1), "--metrics-port", str(grpc_port + 1)]
@@ -43,22 +42,17 @@ def processes() -> list[tuple[str, list[str]]]:
     ]
 
 
-def ensure_base_model() -> None:
-    from faceharmony.core.settings import Settings
-
-    settings = Settings.from_env()
+def ensure_base_model(settings: Settings) -> None:
     if settings.base_model or (settings.base_model_dir / "model_index.json").exists():
         return
     print(f"faceharmony-up: building the tiny base pipeline in {settings.base_model_dir}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "faceharmony.clients.operator_cli", "build-tiny-base"], check=True)
 
 
-def wait_for_migrations(timeout: float = 60) -> None:
+def wait_for_migrations(settings: Settings, timeout: float = 60) -> None:
     from faceharmony.core.db.connection import close_database, open_database
     from faceharmony.core.db.migrate import pending
-    from faceharmony.core.settings import Settings
 
-    settings = Settings.from_env()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         db = open_database(settings.resolved_database_url)
@@ -82,8 +76,9 @@ def _log(message: str) -> None:
 
 
 def main() -> None:
+    settings = Settings.from_env()  # read once; the children read the same environment
     children: dict[str, subprocess.Popen] = {}
-    commands = dict(processes())
+    commands = dict(processes(settings))
     crashes: dict[str, list[float]] = {}
     restart_at: dict[str, float] = {}
     stopping = False
@@ -97,13 +92,13 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    ensure_base_model()
+    ensure_base_model(settings)
     # The server applies the migrations; the trainer waits for them by starting second.
     for name, argv in commands.items():
         children[name] = subprocess.Popen(argv, env=os.environ.copy())
         _log(f"started {name} (pid {children[name].pid})")
         if name == "server":
-            wait_for_migrations()
+            wait_for_migrations(settings)
     exit_code = 0
     while children or (restart_at and not stopping):
         now = time.monotonic()
