@@ -3,12 +3,16 @@
 A worker *claims* a due job inside a write transaction (`FOR UPDATE SKIP
 LOCKED` on PostgreSQL, so concurrent claimers skip each other's rows;
 `BEGIN IMMEDIATE` on SQLite, which serialises writers) and holds it under a
-*lease*: `lease_owner` plus `lease_expires_at`. While it works it renews the
-lease with heartbeats; a worker that dies simply stops renewing, and once the
-lease has expired the job is due again for anyone. Every write a worker makes
-about its job is fenced by `lease_owner = me AND state = 'running'`, so a
-worker that lost its lease (it stalled, the job was taken over or cancelled)
-can change nothing: its heartbeat says so and it stops.
+*lease*: `lease_owner` plus `lease_expires_at`. `lease_owner` is the worker id
+followed by a token drawn for that one claim, so a worker that claims a job
+it held before (worker ids are host:pid) still holds a new lease. While it
+works it renews the lease with heartbeats; a worker that dies simply stops
+renewing, and once the lease has expired the job is due again for anyone.
+Every write a worker makes about its job is fenced by
+`lease_owner = my claim's AND attempts = my attempt AND state = 'running'`,
+so a worker that lost its lease (it stalled, the job was taken over or
+cancelled, or handed back and claimed again) can change nothing: its
+heartbeat says so and it stops.
 
 Attempts are bounded: a claim counts one attempt; a retryable failure puts the
 job back with exponential backoff; after `max_attempts` the job fails with a
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 
@@ -31,6 +36,8 @@ from faceharmony.core.db.connection import is_sqlite, write_transaction
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 1800
+LEASE_OWNER_MAX = 80  # the length of the lease_owner columns
+_TOKEN_LEN = 12  # hex digits of the per-claim token
 
 
 def default_worker_id() -> str:
@@ -38,11 +45,17 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _lease_owner(worker: str) -> str:
+    """The lease_owner value of one claim: the worker id and a token unique to the claim."""
+    return f"{worker[: LEASE_OWNER_MAX - _TOKEN_LEN - 1]}/{secrets.token_hex(_TOKEN_LEN // 2)}"
+
+
 @dataclass(frozen=True)
 class Claim:
     job_id: str
     worker: str
     attempt: int
+    owner: str  # the lease_owner this claim wrote; no other claim, even of the same worker, writes it
 
 
 class JobQueue:
@@ -80,18 +93,24 @@ class JobQueue:
                 self._finish(job.id, "failed", now, error="ATTEMPTS_EXHAUSTED")
                 self.on_failed(job.id, "ATTEMPTS_EXHAUSTED")
                 return None, True
+            owner = _lease_owner(worker)
             Job.update(
                 state="running",
                 attempts=Job.attempts + 1,
-                lease_owner=worker,
+                lease_owner=owner,
                 lease_expires_at=now + self.lease,
                 updated_at=now,
             ).where(Job.id == job.id).execute()
-            return Claim(job.id, worker, job.attempts + 1), False
+            return Claim(job.id, worker, job.attempts + 1, owner), False
 
     def _fenced(self, claim: Claim):
         Job = self.Job
-        return (Job.id == claim.job_id) & (Job.lease_owner == claim.worker) & (Job.state == "running")
+        return (
+            (Job.id == claim.job_id)
+            & (Job.lease_owner == claim.owner)
+            & (Job.attempts == claim.attempt)
+            & (Job.state == "running")
+        )
 
     def heartbeat(self, claim: Claim, progress: float | None = None) -> bool:
         """Renews the lease (and records progress); False when the job is no longer this worker's."""
@@ -101,7 +120,10 @@ class JobQueue:
             values = {Job.lease_expires_at: now + self.lease, Job.updated_at: now}
             if progress is not None:
                 values[Job.progress] = progress
-            return Job.update(values).where(self._fenced(claim)).execute() == 1
+            if Job.update(values).where(self._fenced(claim)).execute() != 1:
+                return False
+            self.on_heartbeat(claim, progress)
+            return True
 
     def owns(self, claim: Claim) -> bool:
         """Inside a write transaction: whether the claim still holds its job (locks the row on PostgreSQL)."""
@@ -149,6 +171,9 @@ class JobQueue:
             self._finish(job.id, "failed", now, error=error)
             self.on_failed(job.id, error)
             return "failed"
+
+    def on_heartbeat(self, claim: Claim, progress: float | None) -> None:
+        """Called (in the transaction) after a heartbeat renewed the claim's lease."""
 
     def on_failed(self, job_id: str, error: str) -> None:
         """Called (in the transaction) when a job fails for good."""

@@ -16,7 +16,7 @@ import peewee as pw
 
 from faceharmony.core import ids
 from faceharmony.core.clock import Clock
-from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import ModelVersion, TrainingJob, UserModel
 from faceharmony.core.jobs import Claim, JobQueue
 
@@ -50,17 +50,31 @@ class TrainingQueue(JobQueue):
     def __init__(self, db: pw.Database, clock: Clock, lease_seconds: float) -> None:
         super().__init__(TrainingJob, db, clock, lease_seconds)
 
+    @staticmethod
+    def _model_of(job_id: str):
+        """The job's model, as a condition on UserModel: one statement, no read of the job first."""
+        return UserModel.id.in_(TrainingJob.select(TrainingJob.model).where(TrainingJob.id == job_id))
+
     def on_failed(self, job_id: str, error: str) -> None:
-        job = TrainingJob.get_by_id(job_id)
         UserModel.update(state="failed", failure_reason=error, progress=0.0, updated_at=self.clock.now()).where(
-            UserModel.id == job.model_id, UserModel.state.in_(("queued", "training"))
+            self._model_of(job_id), UserModel.state.in_(("queued", "training"))
         ).execute()
 
     def on_requeued(self, job_id: str) -> None:
-        job = TrainingJob.get_by_id(job_id)
         UserModel.update(state="queued", progress=0.0, updated_at=self.clock.now()).where(
-            UserModel.id == job.model_id, UserModel.state == "training"
+            self._model_of(job_id), UserModel.state == "training"
         ).execute()
+
+    def on_heartbeat(self, claim: Claim, progress: float | None) -> None:
+        """The model shows the job's progress; in the heartbeat's transaction, after the job's row was renewed."""
+        if progress is None:
+            return
+        target = UserModel.select(UserModel.id).where(self._model_of(claim.job_id), UserModel.state == "training")
+        if not is_sqlite(self.db):
+            # Here the job's row is locked before the model's; deleting a model locks them the other way round.
+            # A model row another writer holds is skipped (its progress waits for the next beat): no deadlock.
+            target = target.for_update(skip_locked=True)
+        UserModel.update(progress=progress, updated_at=self.clock.now()).where(UserModel.id.in_(target)).execute()
 
     def start(self, claim: Claim) -> UserModel | None:
         """Marks the claimed job's model TRAINING; None when the model may not be trained (deleted meanwhile)."""
@@ -76,16 +90,6 @@ class TrainingQueue(JobQueue):
                 UserModel.id == model.id
             ).execute()
             return UserModel.get_by_id(model.id)
-
-    def heartbeat(self, claim: Claim, progress: float | None = None) -> bool:
-        alive = super().heartbeat(claim, progress)
-        if alive and progress is not None:
-            job = TrainingJob.get_by_id(claim.job_id)
-            with write_transaction(self.db):
-                UserModel.update(progress=progress, updated_at=self.clock.now()).where(
-                    UserModel.id == job.model_id, UserModel.state == "training"
-                ).execute()
-        return alive
 
     def record_version(self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str) -> int | None:
         """Records the new adapter and makes the model READY; None when the job is no longer ours to finish."""

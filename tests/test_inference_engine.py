@@ -13,7 +13,6 @@ diffusers' output quantized the same way (measured: at most 1, on a few pixels s
 
 from __future__ import annotations
 
-import io
 import tempfile
 import threading
 import time
@@ -23,8 +22,6 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from PIL import Image
-from skimage import data as skdata
 
 from faceharmony.core.basemodel import build_tiny_pipeline, load_base
 from faceharmony.core.blobstore.base import Role
@@ -46,16 +43,11 @@ from faceharmony.core.inference.multi_lora import (
     uninstall_multi_lora,
 )
 from faceharmony.trainer.lora import TrainingSettings, load_adapter_bytes, train_lora
+from tests.support import images
 
 STEPS = 8
 FLOAT_TOL = 1e-3  # max abs difference of [0, 1] float images
 UINT8_TOL = 1  # grey levels
-
-
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +70,11 @@ def engine(base):
 @pytest.fixture(scope="module")
 def adapter_bytes(base) -> list[bytes]:
     """Three adapters (ranks 4, 8, 2), each trained for a few steps on a different photo."""
-    photos = [
-        Image.fromarray(skdata.astronaut()).crop((100, 0, 400, 300)),
-        Image.fromarray(skdata.chelsea()),
-        Image.fromarray(skdata.coffee()),
-    ]
+    photos = [images.encode(images.astronaut().crop((100, 0, 400, 300)), quality=90), images.cat(), images.no_face()]
     out = []
     for i, (rank, photo) in enumerate(zip((4, 8, 2), photos)):
         settings = TrainingSettings(rank=rank, steps=12, batch_size=2, learning_rate=2e-2, seed=100 + i, flip=False)
-        out.append(train_lora(base, [_jpeg(photo)], settings).safetensors)
+        out.append(train_lora(base, [photo], settings).safetensors)
     return out
 
 

@@ -111,6 +111,60 @@ def test_delete_hides_at_once_and_support_restores_within_grace(harness):
     assert {"MODEL_DELETED", "MODEL_RESTORED"} <= kinds
 
 
+def test_restore_queues_an_interrupted_retrain_again(harness):
+    user = harness.sign_up("restore-retrain@example.com")
+    model_id, _ = make_job(harness, user)
+    queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
+    staff = harness.staff("support")
+    first = harness.db_call(queue.claim, "w")
+    harness.db_call(queue.start, first)
+    assert harness.db_call(queue.record_version, first, ids.new_id(), ids.new_id(), "f" * 64) == 1
+
+    def delete_and_restore():
+        harness.models.DeleteModel(mp.DeleteModelRequest(id=model_id), metadata=user.md)
+        return harness.admin.RestoreModel(ad.RestoreModelRequest(id=model_id), metadata=staff.md).model
+
+    def jobs():
+        return sorted(harness.db_call(lambda: [(j.kind, j.state) for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id)]))
+
+    restored = delete_and_restore()  # a trained model at rest: ready again, nothing queued
+    assert (restored.state, restored.version, restored.progress) == (mp.MODEL_STATE_READY, 1, 1.0)
+    assert jobs() == [("train", "succeeded")]
+    harness.models.RetrainModel(mp.RetrainModelRequest(id=model_id), metadata=user.md)
+    retrain = harness.db_call(queue.claim, "w")
+    assert harness.db_call(queue.start, retrain).state == "training"
+    restored = delete_and_restore()  # deleted while retraining: the deletion cancelled the job, the restore queues it again
+    assert (restored.state, restored.version, restored.progress) == (mp.MODEL_STATE_QUEUED, 1, 0.0)
+    assert harness.db_call(queue.heartbeat, retrain, 0.5) is False
+    assert jobs() == [("retrain", "cancelled"), ("retrain", "queued"), ("train", "succeeded")]
+    restored = delete_and_restore()  # deleted while queued: queued again, still one live job
+    assert restored.state == mp.MODEL_STATE_QUEUED
+    assert jobs() == [("retrain", "cancelled"), ("retrain", "cancelled"), ("retrain", "queued"), ("train", "succeeded")]
+    again = harness.db_call(queue.claim, "w")
+    assert harness.db_call(queue.start, again) is not None
+    assert harness.db_call(queue.record_version, again, ids.new_id(), ids.new_id(), "f" * 64) == 2
+    assert harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model.state == mp.MODEL_STATE_READY
+
+
+def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
+    user = harness.sign_up("purged@example.com")
+    model_id, _ = make_job(harness, user)
+    queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
+    claim = harness.db_call(queue.claim, "w")
+    harness.db_call(queue.start, claim)
+    assert harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64) == 1
+    # FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING: retention marks a READY model's photos deleted; here one of four so far
+    photo = harness.db_call(lambda: m.Photo.select().where(m.Photo.model_id == model_id).first())
+    harness.db_call(lambda: m.Photo.update(deleted_at=harness.clock.now()).where(m.Photo.id == photo.id).execute())
+    assert status_of(harness.models.RetrainModel, mp.RetrainModelRequest(id=model_id), metadata=user.md) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TOO_FEW_PHOTOS",
+    )
+    got = harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model
+    assert (got.state, got.version) == (mp.MODEL_STATE_READY, 1)  # unchanged, and no job that could only fail
+    assert harness.db_call(lambda: [j.state for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id)]) == ["succeeded"]
+
+
 # --- the job queue ------------------------------------------------------------------------------
 
 
@@ -143,6 +197,39 @@ def test_lease_expiry_hands_the_job_to_another_worker_and_only_the_holder_can_fi
     assert harness.db_call(lambda: m.TrainingJob.get_by_id(job_id).state) == "succeeded"
     retrained = harness.models.RetrainModel(mp.RetrainModelRequest(id=model_id), metadata=user.md).model
     assert retrained.state == mp.MODEL_STATE_QUEUED
+
+
+def test_a_stale_claim_of_the_same_worker_is_fenced_out_after_a_reclaim(harness):
+    """Worker ids are host:pid: a process that claims a job it held before must not be able to use its old claim."""
+    user = harness.sign_up("fence@example.com")
+    model_id, job_id = make_job(harness, user)
+    queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
+    progress = lambda: harness.db_call(lambda: m.UserModel.get_by_id(model_id).progress)  # noqa: E731
+    # Handed back without using an attempt, then claimed again by the same worker: the same attempt number.
+    old = harness.db_call(queue.claim, "host:1")
+    assert harness.db_call(queue.start, old) is not None
+    assert harness.db_call(lambda: queue.fail(old, "INTERRUPTED", retryable=True, count_attempt=False)) == "queued"
+    new = harness.db_call(queue.claim, "host:1")
+    assert (new.job_id, new.worker, new.attempt) == (old.job_id, old.worker, old.attempt) == (job_id, "host:1", 1)
+    assert harness.db_call(queue.start, new) is not None
+    assert harness.db_call(queue.heartbeat, old, 0.3) is False
+    assert progress() == 0.0
+    assert harness.db_call(queue.record_version, old, ids.new_id(), ids.new_id(), "f" * 64) is None
+    assert harness.db_call(lambda: queue.fail(old, "TRAINING_ERROR", retryable=True)) == "lost"
+    assert harness.db_call(queue.heartbeat, new, 0.4) is True
+    assert progress() == 0.4
+    # The lease lapses and the same worker claims the job again: the earlier claim is fenced out too.
+    harness.clock.advance(seconds=61)
+    newer = harness.db_call(queue.claim, "host:1")
+    assert (newer.worker, newer.attempt) == ("host:1", 2)
+    assert harness.db_call(queue.heartbeat, new, 0.5) is False
+    assert progress() == 0.4
+    assert harness.db_call(queue.record_version, new, ids.new_id(), ids.new_id(), "f" * 64) is None
+    assert harness.db_call(queue.heartbeat, newer, 0.6) is True
+    assert progress() == 0.6
+    assert harness.db_call(queue.record_version, newer, ids.new_id(), ids.new_id(), "f" * 64) == 1
+    job = harness.db_call(lambda: m.TrainingJob.get_by_id(job_id))
+    assert (job.state, job.attempts, job.lease_owner) == ("succeeded", 2, None)
 
 
 def test_retries_back_off_then_fail_with_a_reason(harness):

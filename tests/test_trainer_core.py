@@ -7,7 +7,6 @@ well under a minute and a half on a 2-core CPU.
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skdata
 
 from faceharmony.core import basemodel as pipeline_mod
 from faceharmony.trainer.lora import (
     CorruptAdapter,
+    PhotoUnreadable,
     TrainingCancelled,
     TrainingSettings,
     has_adapter,
@@ -29,29 +28,24 @@ from faceharmony.trainer.lora import (
     train_lora,
 )
 from faceharmony.core.basemodel import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
+from tests.support.images import astronaut, encode
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 # Enough signal for a visible loss drop in a few seconds on the tiny random model.
 FAST = dict(steps=60, batch_size=4, learning_rate=5e-3, seed=1234)
 
 
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def photos() -> list[bytes]:
     """Four real photos of one face: crops of skimage's astronaut, one mirrored, one non-square."""
-    img = Image.fromarray(skdata.astronaut())
+    img = astronaut()
     crops = [
         img.crop((100, 0, 400, 300)),
         img.crop((120, 20, 420, 320)),
         img.crop((80, 10, 380, 310)).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
         img.crop((130, 0, 410, 360)),
     ]
-    return [_jpeg(c) for c in crops]
+    return [encode(c, quality=90) for c in crops]
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +170,13 @@ def test_missing_or_incomplete_base(tiny_folder, tmp_path):
 
 
 def test_prepare_images_shapes_and_range(photos):
-    png = io.BytesIO()
-    Image.new("L", (64, 200), 255).save(png, "PNG")  # grey, portrait, PNG: still fine
-    pixels = prepare_images(photos + [png.getvalue()], 64)
+    png = encode(Image.new("L", (64, 200), 255), "PNG")  # grey, portrait, PNG: still fine
+    pixels = prepare_images(photos + [png], 64)
     assert pixels.shape == (5, 3, 64, 64) and pixels.dtype == torch.float32
     assert pixels.min() >= -1.0 and pixels.max() <= 1.0
     assert pixels[:4].min() < -0.9 and pixels[:4].max() > 0.9
     assert torch.allclose(pixels[4], torch.ones(3, 64, 64))
-    with pytest.raises(ValueError, match="photo 1"):
+    with pytest.raises(PhotoUnreadable, match="photo 1"):
         prepare_images([photos[0], b"not a jpeg"], 64)
 
 
@@ -192,9 +185,7 @@ def test_prepare_images_applies_exif_orientation():
     img.paste((255, 255, 255), (40, 0, 80, 40))  # stored: left black, right white
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise: black on top
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif.tobytes())
-    pixels = prepare_images([buf.getvalue()], 32)[0]
+    pixels = prepare_images([encode(img, exif=exif.tobytes())], 32)[0]
     assert pixels[:, :8].mean() < -0.8 and pixels[:, -8:].mean() > 0.8
 
 
@@ -314,11 +305,12 @@ def test_same_seed_same_adapter_bytes(base, photos):
 
 
 def test_bad_training_input(base, photos):
-    with pytest.raises(ValueError, match="no photos"):
+    with pytest.raises(PhotoUnreadable, match="no photos"):
         train_lora(base, [], TrainingSettings(steps=1))
-    with pytest.raises(ValueError, match="multiple of"):
+    with pytest.raises(ValueError, match="multiple of") as info:
         train_lora(base, photos, TrainingSettings(steps=1, resolution=100))
-    with pytest.raises(ValueError, match="cannot be decoded"):
+    assert not isinstance(info.value, PhotoUnreadable)  # a settings problem: the trainer retries it
+    with pytest.raises(PhotoUnreadable, match="cannot be decoded"):
         train_lora(base, [b"\xff\xd8 broken"], TrainingSettings(steps=1))
     for bad in (dict(rank=0), dict(steps=0), dict(learning_rate=-1.0), dict(trigger_token="a b"), dict(target_modules=())):
         with pytest.raises(ValueError, match="invalid training settings"):
@@ -331,32 +323,47 @@ def test_bad_training_input(base, photos):
 # Adapter bytes
 
 
-def test_load_adapter_bytes_rejects_corrupt_payloads(trained):
+def _save(tensors: dict[str, torch.Tensor]) -> bytes:
     import safetensors.torch
 
+    return safetensors.torch.save(tensors)
+
+
+def _two_ranks(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every layer consistent on its own, but one layer cut down to rank 2 beside the others' rank 4."""
+    layer = next(k for k in sorted(tensors) if k.endswith("lora.down.weight"))[: -len("lora.down.weight")]
+    out = dict(tensors)
+    out[layer + "lora.down.weight"] = tensors[layer + "lora.down.weight"][:2].contiguous()
+    out[layer + "lora.up.weight"] = tensors[layer + "lora.up.weight"][:, :2].contiguous()
+    return out
+
+
+# name -> (payload from the good adapter's bytes and tensors, what the error says)
+CORRUPT_PAYLOADS = {
+    "garbage": (lambda good, t: b"\x00\x01garbage" * 50, "not valid safetensors"),
+    "empty": (lambda good, t: b"", "too short"),
+    "truncated": (lambda good, t: good[: len(good) // 2], "not valid safetensors"),
+    "header only": (lambda good, t: good[:8], "too short"),
+    "wrong keys": (lambda good, t: _save({"text_encoder.foo.weight": torch.zeros(2, 2)}), "unexpected key"),
+    "no tensors": (lambda good, t: _save({}), "no tensors"),
+    "half a pair": (lambda good, t: _save({k: v for k, v in t.items() if not k.endswith("lora.up.weight")}), "only its down half"),
+    "rank mismatch": (
+        lambda good, t: _save({k: (v[:, :2].contiguous() if k.endswith("lora.up.weight") else v) for k, v in t.items()}),
+        "inconsistent shapes",
+    ),
+    "mixed ranks": (lambda good, t: _save(_two_ranks(t)), r"mixes ranks \[2, 4\]"),
+    "non-finite": (lambda good, t: _save({k: torch.full_like(v, float("nan")) for k, v in t.items()}), "non-finite"),
+    "integer": (lambda good, t: _save({k: v.to(torch.int32) for k, v in t.items()}), "not floating point"),
+    "not bytes": (lambda good, t: "not bytes", "must be bytes"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPT_PAYLOADS))
+def test_load_adapter_bytes_rejects_corrupt_payloads(trained, name):
     good = trained[0].safetensors
-    tensors = load_adapter_bytes(good)
-    bad_payloads = {
-        "garbage": b"\x00\x01garbage" * 50,
-        "empty": b"",
-        "truncated": good[: len(good) // 2],
-        "header only": good[:8],
-        "wrong keys": safetensors.torch.save({"text_encoder.foo.weight": torch.zeros(2, 2)}),
-        "no tensors": safetensors.torch.save({}),
-        "half a pair": safetensors.torch.save(
-            {k: v for k, v in tensors.items() if not k.endswith("lora.up.weight")}
-        ),
-        "rank mismatch": safetensors.torch.save(
-            {k: (v[:, :2].contiguous() if k.endswith("lora.up.weight") else v) for k, v in tensors.items()}
-        ),
-        "non-finite": safetensors.torch.save(
-            {k: torch.full_like(v, float("nan")) for k, v in tensors.items()}
-        ),
-        "integer": safetensors.torch.save({k: v.to(torch.int32) for k, v in tensors.items()}),
-    }
-    for name, payload in bad_payloads.items():
-        with pytest.raises(CorruptAdapter):
-            load_adapter_bytes(payload)
-        assert name
-    with pytest.raises(CorruptAdapter):
-        load_adapter_bytes("not bytes")  # type: ignore[arg-type]
+    make, message = CORRUPT_PAYLOADS[name]
+    payload = make(good, load_adapter_bytes(good))
+    with pytest.raises(CorruptAdapter, match=message):
+        load_adapter_bytes(payload)
+    with pytest.raises(CorruptAdapter, match=message):
+        read_adapter_metadata(payload)

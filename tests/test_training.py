@@ -166,3 +166,33 @@ def test_sigterm_hands_the_job_back_without_using_an_attempt(system, tmp_path):
     assert (job.state, job.attempts, job.error) == ("queued", 0, "INTERRUPTED")
     # the model waits, visibly, for the next trainer
     assert h.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model.state == mp.MODEL_STATE_QUEUED
+
+
+def test_unreadable_photos_fail_for_good_while_other_errors_retry(system, monkeypatch):
+    h = system
+    user, model = new_model(h, "unreadable@example.com")
+    trainer = Trainer(h.settings, clock=h.clock, worker_id="w", db=h.db)
+
+    def job():
+        return h.db_call(lambda: m.TrainingJob.get(m.TrainingJob.model == model.id))
+
+    from faceharmony.trainer import lora
+
+    def buggy(*args, **kwargs):
+        raise ValueError("a bug, not a photo")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lora, "train_lora", buggy)
+        assert trainer.run_once() is True
+    assert (job().state, job().error) == ("queued", "TRAINING_ERROR")  # any other error is retried
+    h.clock.advance(minutes=5)
+
+    class Garbled:  # every photo reads as bytes no decoder takes
+        def read(self, kind, blob_id):
+            return b"not a jpeg"
+
+    trainer.store = Garbled()
+    assert trainer.run_once() is True
+    assert (job().state, job().error, job().attempts) == ("failed", "PHOTO_UNREADABLE", 2)
+    got = h.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model
+    assert (got.state, got.failure_reason) == (mp.MODEL_STATE_FAILED, "PHOTO_UNREADABLE")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from faceharmony.core.basemodel import BaseModel
-from faceharmony.core.inference.adapter_cache import METADATA_KEY, AdapterCorrupt, parse_adapter_bytes
+from faceharmony.core.inference.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
 
 ADAPTER_NAME = "faceharmony_training"
 FORMAT_VERSION = 1
@@ -49,6 +49,10 @@ DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
 class TrainingCancelled(Exception):
     """`should_stop()` returned True; nothing was produced and the base is restored."""
+
+
+class PhotoUnreadable(ValueError):
+    """The photos cannot be trained on (none given, or one cannot be decoded): retrying will not help."""
 
 
 # The bytes are not a LoRA adapter of the form `train_lora` writes: the one reader of the format lives in
@@ -132,7 +136,7 @@ def prepare_images(jpegs: list[bytes], resolution: int) -> torch.Tensor:
     """Decode photos into a float32 tensor (N, 3, resolution, resolution) in [-1, 1].
 
     EXIF orientation is applied, the shorter side resized to `resolution` (bicubic) and the center cropped.
-    Raises ValueError naming the photo's position when one cannot be decoded (never its bytes).
+    Raises PhotoUnreadable (a ValueError) naming the photo's position when one cannot be decoded (never its bytes).
     """
     if resolution < 1:
         raise ValueError("resolution must be positive")
@@ -143,7 +147,7 @@ def prepare_images(jpegs: list[bytes], resolution: int) -> torch.Tensor:
                 img.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale when large
                 img = ImageOps.exif_transpose(img).convert("RGB")
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad input
-            raise ValueError(f"photo {i} cannot be decoded: {type(exc).__name__}") from None
+            raise PhotoUnreadable(f"photo {i} cannot be decoded: {type(exc).__name__}") from None
         w, h = img.size
         scale = resolution / min(w, h)
         nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
@@ -261,12 +265,13 @@ def train_lora(
 
     `on_progress(step, total)` is called after every step (1..total); `should_stop()` before every step and
     before the expensive preparation: when it returns True, TrainingCancelled is raised at once. Raises
-    ValueError for no photos, an undecodable photo or a resolution the base cannot take.
+    PhotoUnreadable (a ValueError) for no photos or an undecodable photo, ValueError for a resolution the
+    base cannot take.
     """
     from peft import LoraConfig
 
     if not jpegs:
-        raise ValueError("no photos to train on")
+        raise PhotoUnreadable("no photos to train on")
     resolution = settings.resolution or base.resolution
     _check_resolution(base, resolution)
     total = settings.steps
@@ -466,19 +471,18 @@ def load_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
 
 
 def read_adapter_metadata(data: bytes) -> dict:
-    """The training metadata embedded in adapter bytes (validated first); {} when none is embedded."""
+    """The training metadata embedded in adapter bytes, validated first (CorruptAdapter); {} when none is embedded.
+
+    The header is read by core's reader, the one the order side uses: embedded metadata that is not a JSON
+    object also reads as {}.
+    """
     load_adapter_bytes(data)
-    header_len = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-        raw = header.get("__metadata__", {}).get(METADATA_KEY)
-        return json.loads(raw) if raw else {}
-    except (ValueError, AttributeError) as exc:
-        raise CorruptAdapter(f"adapter metadata is unreadable: {type(exc).__name__}") from None
+    return adapter_metadata(data)
 
 
 __all__ = [
     "CorruptAdapter",
+    "PhotoUnreadable",
     "TrainedAdapter",
     "TrainingCancelled",
     "TrainingSettings",

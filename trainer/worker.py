@@ -23,7 +23,7 @@ from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore, 
 from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database
-from faceharmony.core.db.models import Photo, TrainingJob
+from faceharmony.core.db.models import Photo
 from faceharmony.core.jobs import Claim, default_worker_id
 from faceharmony.core.settings import Settings
 from faceharmony.core.training import TrainingQueue
@@ -68,7 +68,7 @@ class Trainer:
         from faceharmony.trainer.lora import TrainingSettings
 
         s = self.settings
-        values = {"rank": s.lora_rank, "alpha": s.lora_rank, "trigger_token": s.trigger_token, "seed": seed}
+        values = {"rank": s.lora_rank, "trigger_token": s.trigger_token, "seed": seed}  # alpha: rank by default
         if s.training_steps:
             values["steps"] = s.training_steps
         if s.learning_rate:
@@ -98,12 +98,18 @@ class Trainer:
         return True
 
     def process(self, claim: Claim) -> None:
-        from faceharmony.trainer.lora import TrainingCancelled, train_lora
+        from faceharmony.trainer.lora import PhotoUnreadable, TrainingCancelled, train_lora
         from faceharmony.core.basemodel import BaseModelMissing
 
         model = self.queue.start(claim)
         if model is None:
             log.info("job dropped: model not trainable", extra={"job_id": claim.job_id})
+            return
+        try:  # before the photos: without a base, retries should not read every photo again
+            base = self.base()
+        except BaseModelMissing:
+            log.error("base model missing", extra={"path": str(self.settings.base_model_dir)})
+            self.queue.fail(claim, "BASE_MODEL_MISSING", retryable=True)
             return
         blob_ids = [
             bid
@@ -120,19 +126,13 @@ class Trainer:
         except BlobError:
             self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
             return
-        try:
-            base = self.base()
-        except BaseModelMissing:
-            log.error("base model missing", extra={"path": str(self.settings.base_model_dir)})
-            self.queue.fail(claim, "BASE_MODEL_MISSING", retryable=True)
-            return
+        # Before the heartbeat thread starts: an error here must not leave it running.
+        training_settings = self.training_settings(seed=int(claim.job_id[:8], 16))
 
         stop = threading.Event()
         progress = {"value": 0.0}
         beat = threading.Thread(target=self._heartbeat, args=(claim, stop, progress), name="heartbeat", daemon=True)
         beat.start()
-        job = TrainingJob.get_by_id(claim.job_id)
-        training_settings = self.training_settings(seed=int(job.id[:8], 16))
 
         def on_progress(step: int, total: int) -> None:
             progress["value"] = round(step / total, 4)
@@ -142,9 +142,8 @@ class Trainer:
 
         try:
             adapter = train_lora(base, jpegs, training_settings, on_progress=on_progress, should_stop=should_stop)
-        except ValueError as exc:  # a photo that cannot be decoded: retrying will not help
-            log.error("training input refused", extra={"job_id": claim.job_id, "error": type(exc).__name__})
-            stop.set()
+        except PhotoUnreadable as exc:  # no photo, or one that cannot be decoded: retrying will not help
+            log.error("training input refused", extra={"job_id": claim.job_id, "error": str(exc)})
             self.queue.fail(claim, "PHOTO_UNREADABLE", retryable=False)
             return
         except TrainingCancelled:

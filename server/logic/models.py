@@ -101,6 +101,11 @@ def retrain_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
         model = _own_visible(deps, account_id, model_id, for_update=True)
         if model.state in ("queued", "training"):
             raise precondition("MODEL_BUSY", "the model is already training")
+        # Retention may have purged a READY model's photos (FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING): a job
+        # queued now could only fail.
+        photos = Photo.select().where(Photo.model_id == model.id, Photo.deleted_at.is_null()).count()
+        if photos < deps.settings.model_min_photos:
+            raise precondition("TOO_FEW_PHOTOS", f"the model has {photos} photos left; training needs at least {deps.settings.model_min_photos}")
         now = deps.clock.now()
         UserModel.update(state="queued", progress=0.0, failure_reason=None, updated_at=now).where(UserModel.id == model.id).execute()
         training.enqueue(model.id, "retrain", now, deps.settings.training_max_attempts)
@@ -141,13 +146,15 @@ def restore_model(deps: Deps, staff_id: str, model_id: str) -> UserModel:
         now = deps.clock.now()
         if model.purge_after <= now:
             raise precondition("GRACE_PERIOD_OVER", "the model's grace period is over")
-        if model.current_version is not None:
+        interrupted = model.state_before_delete in ("queued", "training")  # deleting cancelled its job
+        if model.current_version is not None and not interrupted:
             state = "ready"
         elif model.state_before_delete == "failed":
             state = "failed"
         else:
             state = "queued"
-            training.enqueue(model.id, "train", now, deps.settings.training_max_attempts)
+            kind = "train" if model.current_version is None else "retrain"
+            training.enqueue(model.id, kind, now, deps.settings.training_max_attempts)
         UserModel.update(
             state=state, state_before_delete=None, deleted_at=None, purge_after=None, progress=1.0 if state == "ready" else 0.0, updated_at=now
         ).where(UserModel.id == model.id).execute()
