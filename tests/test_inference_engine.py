@@ -36,6 +36,7 @@ from faceharmony.core.inference.adapter_cache import (
 )
 from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest
 from faceharmony.core.inference.multi_lora import (
+    LoRAWeights,
     MultiLoRALinear,
     install_multi_lora,
     prepare_lora,
@@ -455,3 +456,29 @@ def test_cache_is_thread_safe_and_fetches_once(stores, adapter_bytes):
         t.join()
     assert store.reads == 1 and len(got) == 8 and all(g is got[0] for g in got)
     assert cache.stats.misses == 1 and cache.stats.hits == 7
+
+
+def test_cache_keeps_adapters_prepared_for_the_engine(stores, adapter_bytes, engine):
+    """With `prepare`, an adapter is validated and placed for the engine once per fetch, not once per request."""
+    writer, reader = stores
+    blob = writer.create("models", adapter_bytes[0])
+    calls = []
+
+    def prepare(tensors):
+        calls.append(1)
+        return engine.prepare_adapter(tensors)
+
+    cache = AdapterCache(reader, max_bytes=10**9, prepare=prepare)
+    first = cache.get("m", blob)
+    assert isinstance(first, LoRAWeights) and cache.get("m", blob) is first and len(calls) == 1
+    assert cache.stats.bytes == tensor_bytes(parse_adapter_bytes(adapter_bytes[0]))
+    req = dict(prompt="a photo of sks person", seed=3, steps=2)
+    cached, fresh = engine.generate([GenerationRequest(adapter=first, **req), GenerationRequest(adapter=parse_adapter_bytes(adapter_bytes[0]), **req)])
+    assert cached.ok and fresh.ok and np.array_equal(cached.image, fresh.image)
+
+    # An adapter whose layers do not fit the base is refused as such, and nothing is cached.
+    alien = {"unet.x.to_q.lora.down.weight": torch.zeros(4, 8), "unet.x.to_q.lora.up.weight": torch.zeros(8, 4)}
+    other = writer.create("models", safetensors.torch.save(alien))
+    with pytest.raises(AdapterMismatchedBase, match="does not fit the base"):
+        cache.get("x", other)
+    assert "x" not in cache

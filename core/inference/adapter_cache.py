@@ -18,7 +18,10 @@ Owns:
   concurrent `get`s of one key fetch it once (the others wait for that fetch), and the blob store is never
   called with the cache's lock held. An adapter larger than `max_bytes` is returned but not kept.
   With `base_fingerprint` set, an adapter whose embedded training metadata names another base is refused
-  (`AdapterMismatchedBase`).
+  (`AdapterMismatchedBase`). With `prepare` (e.g. `BatchedGenerator.prepare_adapter`), what is cached and
+  returned is the prepared adapter (checked against the base and placed on the device once per fetch, not
+  once per request); one that does not fit the base is refused (`AdapterMismatchedBase`). The byte bound
+  counts the parsed tensors.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -122,7 +126,7 @@ class CacheStats:
 @dataclass
 class _Entry:
     blob_id: str
-    tensors: dict[str, torch.Tensor]
+    adapter: Any  # the parsed state dict, or what `prepare` made of it
     nbytes: int
 
 
@@ -130,7 +134,7 @@ class _Flight:
     def __init__(self, blob_id: str) -> None:
         self.blob_id = blob_id
         self.done = threading.Event()
-        self.result: dict[str, torch.Tensor] | None = None
+        self.result: Any = None
         self.error: BaseException | None = None
         self.cancelled = False
 
@@ -138,7 +142,14 @@ class _Flight:
 class AdapterCache:
     """LRU of parsed adapters keyed by model version, bounded by the total bytes of their tensors."""
 
-    def __init__(self, store: BlobStore, max_bytes: int, *, base_fingerprint: str | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        max_bytes: int,
+        *,
+        base_fingerprint: str | None = None,
+        prepare: Callable[[dict[str, torch.Tensor]], Any] | None = None,
+    ) -> None:
         if Op.READ not in PERMISSIONS[store.role].get("models", frozenset()):
             raise ValueError(f"the adapter cache needs a blob store that may read models/ (role order), not {store.role.value}")
         if max_bytes < 0:
@@ -146,6 +157,7 @@ class AdapterCache:
         self.store = store
         self.max_bytes = int(max_bytes)
         self.base_fingerprint = base_fingerprint
+        self.prepare = prepare
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._inflight: dict[Hashable, _Flight] = {}
         self._bytes = 0
@@ -154,7 +166,7 @@ class AdapterCache:
 
     # -- reading
 
-    def get(self, key: Hashable, blob_id: str) -> dict[str, torch.Tensor]:
+    def get(self, key: Hashable, blob_id: str) -> Any:
         """The adapter of model version `key`, stored as blob `blob_id`.
 
         Raises AdapterNotFound (no such blob), AdapterCorrupt, AdapterMismatchedBase, or the store's
@@ -167,7 +179,7 @@ class AdapterCache:
                 if entry is not None and entry.blob_id == blob_id:
                     self._entries.move_to_end(key)
                     self._hits += 1
-                    return entry.tensors
+                    return entry.adapter
                 flight = self._inflight.get(key)
                 leader = flight is None
                 if leader:
@@ -184,33 +196,33 @@ class AdapterCache:
                 self._hits += 1
             return flight.result  # type: ignore[return-value]
 
-    def _fetch(self, key: Hashable, flight: _Flight) -> dict[str, torch.Tensor]:
+    def _fetch(self, key: Hashable, flight: _Flight) -> Any:
         try:
-            tensors = self._load(flight.blob_id)
+            adapter, nbytes = self._load(flight.blob_id)
         except BaseException as exc:
             flight.error = exc
             with self._lock:
                 self._inflight.pop(key, None)
             flight.done.set()
             raise
-        nbytes = tensor_bytes(tensors)
         with self._lock:
             self._inflight.pop(key, None)
             if not flight.cancelled and nbytes <= self.max_bytes:
                 old = self._entries.pop(key, None)
                 if old is not None:
                     self._bytes -= old.nbytes
-                self._entries[key] = _Entry(flight.blob_id, tensors, nbytes)
+                self._entries[key] = _Entry(flight.blob_id, adapter, nbytes)
                 self._bytes += nbytes
                 while self._bytes > self.max_bytes:
                     _, dropped = self._entries.popitem(last=False)
                     self._bytes -= dropped.nbytes
                     self._evictions += 1
-        flight.result = tensors
+        flight.result = adapter
         flight.done.set()
-        return tensors
+        return adapter
 
-    def _load(self, blob_id: str) -> dict[str, torch.Tensor]:
+    def _load(self, blob_id: str) -> tuple[Any, int]:
+        """(the adapter as cached, the bytes it counts)."""
         try:
             data = self.store.read("models", blob_id)
         except BlobNotFound:
@@ -220,7 +232,13 @@ class AdapterCache:
             trained_on = adapter_metadata(data).get("base_fingerprint")
             if trained_on is not None and trained_on != self.base_fingerprint:
                 raise AdapterMismatchedBase(f"adapter blob {blob_id} was trained on another base model")
-        return tensors
+        nbytes = tensor_bytes(tensors)
+        if self.prepare is None:
+            return tensors, nbytes
+        try:
+            return self.prepare(tensors), nbytes
+        except ValueError as exc:  # multi_lora.AdapterMismatch: layer names or widths of another base
+            raise AdapterMismatchedBase(f"adapter blob {blob_id} does not fit the base model: {str(exc)[:200]}") from None
 
     # -- management
 

@@ -7,7 +7,8 @@ Owns the Triton side of per-user inference; the work is done by `faceharmony.cor
   default_steps, default_guidance), reads `Settings.from_env()` (FACEHARMONY_DATA_DIR, FACEHARMONY_BASE_MODEL,
   FACEHARMONY_BLOB_BACKEND, ... exactly as every other process), loads the base pipeline once from
   `settings.base_model_dir`, builds the `BatchedGenerator` and an `AdapterCache` over the blob store opened
-  with the ORDER role (the only role that may read `models/`), refusing adapters trained on another base.
+  with the ORDER role (the only role that may read `models/`), refusing adapters trained on another base;
+  the cache holds adapters already prepared for the engine (validated, on its device).
 * `execute(requests)`: one Triton (dynamic) batch. Inputs per request, each `[B, 1]` (B is normally 1):
     PROMPT (BYTES, required to generate), NEGATIVE_PROMPT (BYTES, default ""), SEED (INT64, default 0),
     STEPS (INT32), GUIDANCE (FP32) (defaults from the config parameters), WIDTH, HEIGHT (INT32, default: the
@@ -89,8 +90,12 @@ class TritonPythonModel:
         settings = Settings.from_env()
         t0 = time.perf_counter()
         self.engine = BatchedGenerator(settings.base_model_dir, max_batch=engine_max_batch)
+        # Cached prepared: each adapter is checked against the base and put on the device once per fetch.
         self.cache = AdapterCache(
-            open_blob_store(settings, Role.ORDER), cache_bytes, base_fingerprint=self.engine.base.fingerprint
+            open_blob_store(settings, Role.ORDER),
+            cache_bytes,
+            base_fingerprint=self.engine.base.fingerprint,
+            prepare=self.engine.prepare_adapter,
         )
         self.executions = 0
         pb_utils.Logger.log_info(
