@@ -15,14 +15,17 @@ MAX_TOKEN_LENGTH = 200
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-    """The bearer token; None when there is no authorization header, "" when it is malformed or repeated."""
+    """The bearer token; None when there is no authorization header, "" when it is malformed or repeated.
+
+    The scheme is case-insensitive (RFC 9110 section 11.1): `Bearer`, `bearer` and `BEARER` are the same.
+    """
     values = [value for key, value in metadata or () if key.lower() == "authorization"]
     if not values:
         return None
     if len(values) > 1 or not isinstance(values[0], str):
         return ""  # ambiguous: never pick one of several identities
     scheme, _, token = values[0].strip().partition(" ")
-    if scheme == "Bearer" and token.strip() and len(token) <= MAX_TOKEN_LENGTH:
+    if scheme.lower() == "bearer" and token.strip() and len(token) <= MAX_TOKEN_LENGTH:
         return token.strip()
     return ""
 

@@ -104,6 +104,13 @@ def test_malformed_or_unknown_tokens_are_unauthenticated(harness, header):
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(harness, scheme):
+    user = harness.sign_up("scheme@example.com")
+    reply = harness.accounts.GetAccount(a.GetAccountRequest(), metadata=(("authorization", f"{scheme} {user.token}"),))
+    assert reply.account.id == user.account_id
+
+
 def test_two_authorization_headers_are_refused(harness):
     h = harness
     one, two = h.sign_up("one-h@example.com"), h.sign_up("two-h@example.com")
