@@ -23,6 +23,7 @@ ALLOWED = {
     grpc.StatusCode.OK: {""},
     grpc.StatusCode.INVALID_ARGUMENT: {
         "NO_FACE", "MULTIPLE_FACES", "NSFW", "NOT_RGB", "UNDECODABLE_IMAGE", "IMAGE_TOO_LARGE", "IMAGE_TOO_SMALL",
+        "EMPTY_UPLOAD",
     },
 }
 

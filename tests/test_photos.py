@@ -72,7 +72,7 @@ def test_a_single_face_photo_is_accepted_and_stored_stripped(harness, private_tm
         (images.truncated, "UNDECODABLE_IMAGE"),
         (images.decompression_bomb, "IMAGE_TOO_LARGE"),
         (lambda: images.oversized(10 * 1024 * 1024), "IMAGE_TOO_LARGE"),
-        (lambda: b"", "UNDECODABLE_IMAGE"),
+        (lambda: b"", "EMPTY_UPLOAD"),
         (lambda: b"GIF89a" + b"\0" * 100, "UNDECODABLE_IMAGE"),
         (lambda: images.encode(images.astronaut().resize((100, 100))), "IMAGE_TOO_SMALL"),
         (lambda: images.encode(images.astronaut().convert("CMYK")), "NOT_RGB"),
@@ -88,6 +88,16 @@ def test_rejections_name_their_reason_and_leave_nothing(harness, private_tmp, ma
     assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
     assert state(harness) == before
     assert os.listdir(private_tmp) == []
+
+
+def test_an_empty_upload_has_its_own_reason(harness, private_tmp):
+    """No bytes at all: an empty `content`, and a request that is zero bytes on the wire (no field set)."""
+    user = harness.sign_up("empty@example.com")
+    before = state(harness)
+    assert status_of(upload, harness, user, b"", filename="me.jpg") == (grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_UPLOAD")
+    raw = harness.channel.unary_unary("/faceharmony.v1.PhotoService/UploadPhoto")
+    assert status_of(raw, b"", metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_UPLOAD")
+    assert state(harness) == before
 
 
 def test_overlong_metadata_fields_are_refused(harness):

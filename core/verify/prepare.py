@@ -59,7 +59,7 @@ def _is_grayscale(rgb: np.ndarray) -> bool:
 
 def prepare_upload(data: bytes, limits: Limits) -> PreparedImage:
     if not data:
-        raise ImageRejected("UNDECODABLE_IMAGE", "the upload is empty")
+        raise ImageRejected("EMPTY_UPLOAD", "the upload is empty")
     if len(data) > limits.max_bytes:
         raise ImageRejected("IMAGE_TOO_LARGE", f"the file is larger than {limits.max_bytes} bytes")
     with warnings.catch_warnings():
