@@ -36,6 +36,11 @@ ACCOUNT_PURGED = "ACCOUNT_PURGED"
 MODEL_PURGED = "MODEL_PURGED"
 RETENTION_RUN = "RETENTION_RUN"
 
+# What staff do to other people's accounts and things (P20): these events outlive the staff member's
+# account purge, with the actor replaced by a fixed marker that is not derived from the account's id.
+STAFF_ACTION_KINDS = frozenset({WAITLIST_APPROVED, MODEL_RESTORED, TICKET_REPLIED})
+PURGED_STAFF_ACTOR = "purged-staff"
+
 _EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 
 

@@ -218,6 +218,42 @@ def test_the_acceptance_story(harness):
     assert not balance.free_trial_granted and balance.credits == 0
 
 
+def test_a_purged_staff_members_actions_on_others_stay_tombstoned_their_own_events_go(harness):
+    """P20: a support agent who deletes their account does not erase the record of what they did to others."""
+    h = harness
+    agent = h.staff("support")
+    user = h.sign_up("helped@example.com", approver=agent)  # WAITLIST_APPROVED by the agent
+    entry_id = h.db_call(lambda: m.WaitlistEntry.get(m.WaitlistEntry.account == user.account_id).id)
+    ticket = h.support.CreateTicket(s.CreateTicketRequest(subject="Help", body="Hello", request_id="t-u"), metadata=user.md).ticket
+    h.support.ReplyToTicket(s.ReplyToTicketRequest(id=ticket.id, body="Hi"), metadata=agent.md)
+    model_id = ready_model(h, user, upload(h, user, 4))
+    h.models.DeleteModel(mp.DeleteModelRequest(id=model_id), metadata=user.md)
+    h.admin.RestoreModel(ad.RestoreModelRequest(id=model_id), metadata=agent.md)
+    own = h.support.CreateTicket(s.CreateTicketRequest(subject="Mine", body="Me", request_id="t-a"), metadata=agent.md).ticket
+    h.support.ReplyToTicket(s.ReplyToTicketRequest(id=own.id, body="Myself"), metadata=agent.md)  # about their own ticket
+
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=agent.email), metadata=agent.md)
+    h.clock.advance(31 * DAY)
+    assert run(h)["accounts"] == 1
+
+    kept = h.db_call(lambda: {(e.kind, e.subject_id): e.actor_id for e in m.AuditEvent.select().where(
+        m.AuditEvent.kind.in_(["WAITLIST_APPROVED", "TICKET_REPLIED", "MODEL_RESTORED"]))})
+    assert kept == {
+        ("WAITLIST_APPROVED", entry_id): "purged-staff",
+        ("TICKET_REPLIED", ticket.id): "purged-staff",
+        ("MODEL_RESTORED", model_id): "purged-staff",
+    }  # the reply to their own ticket went with the agent's own record
+    assert traces(h, {agent.account_id, agent.email, agent.name, own.id}) == []
+    purged = h.db_call(lambda: m.AuditEvent.get(m.AuditEvent.kind == "ACCOUNT_PURGED"))
+    assert purged.actor_id is None and purged.subject_id is None and purged.details["staff_actions_kept"] == "3"
+    # the user's own purge later takes the events about their things, the tombstoned ones included
+    md = bearer(h.accounts.SignIn(a.SignInRequest(email=user.email, code=h.code_for(user.email))).session_token)
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=md)
+    h.clock.advance(31 * DAY)
+    assert run(h)["accounts"] == 1
+    assert traces(h, {"purged-staff", entry_id, ticket.id, model_id}) == []
+
+
 def test_a_purging_account_can_neither_sign_in_nor_be_reactivated(harness):
     h = harness
     user = h.sign_up("marked@example.com")

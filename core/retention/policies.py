@@ -315,12 +315,47 @@ def account_blobs(account_id: str) -> set[Blob]:
     return blobs
 
 
+def staff_actions(account: Account) -> pw.Expression:
+    """The audit events that record what the account did, as staff, to another account or its things: they
+    outlive its purge with the actor replaced by audit.PURGED_STAFF_ACTOR (P20). Staff actions are known by
+    their kind (audit.STAFF_ACTION_KINDS), not by the subject row, which may be gone already."""
+    return (
+        (AuditEvent.actor_id == account.id)
+        & AuditEvent.kind.in_(sorted(audit.STAFF_ACTION_KINDS))
+        & AuditEvent.subject_id.is_null(False)
+        & ~_about_account(account)
+    )
+
+
+def _about_account(account: Account) -> pw.Expression:
+    """Audit events whose subject is the account itself or one of its things (its own record)."""
+    aid, hmac = account.id, account.email_hmac
+    invitations = (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)
+    waitlist = (WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)
+    owned = [
+        UserModel.select(UserModel.id).where(UserModel.account == aid),
+        Order.select(Order.id).where(Order.account == aid),
+        Ticket.select(Ticket.id).where(Ticket.account == aid),
+        Photo.select(Photo.id).where(Photo.account == aid),
+        GeneratedPhoto.select(GeneratedPhoto.id).where(GeneratedPhoto.account == aid),
+        Invitation.select(Invitation.id).where(invitations),
+        WaitlistEntry.select(WaitlistEntry.id).where(waitlist),
+        Purchase.select(Purchase.id).where(Purchase.account == aid),
+        Session.select(Session.id).where(Session.account == aid),
+    ]
+    about = AuditEvent.subject_id == aid
+    for query in owned:
+        about |= AuditEvent.subject_id.in_(query)
+    return about
+
+
 def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]]:
     """Every row of the person, children first; only KnownEmail (the email's HMAC, P5) outlives it.
 
     The audit events that name the account (as actor or subject) or one of its things go first, while
-    the things can still be found. tests/test_retention.py reflects over the schema to prove that every
-    table that can hold a trace of an account appears here.
+    the things can still be found; a staff account's actions on others stay, tombstoned (staff_actions).
+    tests/test_retention.py reflects over the schema to prove that every table that can hold a trace of
+    an account appears here.
     """
     aid, hmac = account.id, account.email_hmac
     models = UserModel.select(UserModel.id).where(UserModel.account == aid)
@@ -328,19 +363,7 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
     tickets = Ticket.select(Ticket.id).where(Ticket.account == aid)
     invitations = (Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)
     waitlist = (WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)
-    owned = [
-        models,
-        orders,
-        tickets,
-        Photo.select(Photo.id).where(Photo.account == aid),
-        GeneratedPhoto.select(GeneratedPhoto.id).where(GeneratedPhoto.account == aid),
-        Invitation.select(Invitation.id).where(invitations),
-        WaitlistEntry.select(WaitlistEntry.id).where(waitlist),
-        Purchase.select(Purchase.id).where(Purchase.account == aid),
-    ]
-    about_account = (AuditEvent.actor_id == aid) | (AuditEvent.subject_id == aid)
-    for query in owned:
-        about_account |= AuditEvent.subject_id.in_(query)
+    about_account = ((AuditEvent.actor_id == aid) & ~staff_actions(account)) | _about_account(account)
     return [
         (AuditEvent, about_account),
         (TicketMessage, TicketMessage.ticket.in_(tickets)),
@@ -393,7 +416,10 @@ def purge_account(ctx: Context, account_id: str) -> bool:
         late = account_blobs(account_id)
         for field, cond in account_links(account_id):
             field.model.update({field: None}).where(cond).execute()
+        tombstoned = AuditEvent.update(actor_id=audit.PURGED_STAFF_ACTOR).where(staff_actions(account)).execute()
         counts = {table._meta.table_name: table.delete().where(cond).execute() for table, cond in account_rows(account)}
+        if tombstoned:
+            counts["staff_actions_kept"] = tombstoned
         audit.record(ctx.clock, audit.ACCOUNT_PURGED, blobs=len(blobs | late), **{k: v for k, v in counts.items() if v})
     delete_blobs(ctx.store, late - blobs)
     return True
