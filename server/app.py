@@ -2,7 +2,7 @@
 
 The server owns a thread pool for database work, the email delivery loop, gRPC
 health checking (every service reported SERVING while up, NOT_SERVING while
-draining) and server reflection.
+draining) and server reflection (grpc.reflection.v1 and v1alpha, server/reflection.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from faceharmony.core import logs
 from faceharmony.core.clock import Clock, SystemClock
@@ -32,6 +31,7 @@ from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.logic.deps import Deps
+from faceharmony.server import reflection
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
 from faceharmony.server.watch import MODELS, ORDERS, WatchHub
 from faceharmony.v1 import (
@@ -173,7 +173,7 @@ async def create_server(
     order_pb2_grpc.add_OrderServiceServicer_to_server(order.OrderService(app, deps, photo_store, api.order_hub), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in service_descriptors()]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME], server)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise RuntimeError("could not bind the listen address")

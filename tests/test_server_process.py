@@ -108,6 +108,33 @@ def test_a_reflection_only_client_can_call_the_api(server_process):
     assert reason.number == 43
 
 
+def test_reflection_v1_lists_the_services_and_describes_itself(server_process):
+    """What grpcurl 1.9+ and Postman do: ask `grpc.reflection.v1` (the v1alpha messages are v1's, byte for byte)."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as r
+
+    _, channel, _, _ = server_process
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=r.ServerReflectionRequest.SerializeToString,
+        response_deserializer=r.ServerReflectionResponse.FromString,
+    )
+    listed, described = call(iter([
+        r.ServerReflectionRequest(list_services=""),
+        r.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+    ]), timeout=10)
+    services = {s.name for s in listed.list_services_response.service}
+    assert {svc.full_name for svc in service_descriptors()} <= services
+    assert {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert not described.HasField("error_response"), described.error_response
+    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in described.file_descriptor_response.file_descriptor_proto]
+    v1 = next(f for f in files if f.package == "grpc.reflection.v1")
+    assert v1.name == "grpc/reflection/v1/reflection.proto"
+    method = v1.service[0].method[0]
+    assert (v1.service[0].name, method.name, method.input_type) == (
+        "ServerReflection", "ServerReflectionInfo", ".grpc.reflection.v1.ServerReflectionRequest")
+
+
 def test_command_line_clients_end_to_end(server_process):
     """A newcomer's path through the CLIs: operator makes staff, a person joins, is approved, signs in."""
     proc, channel, env, tmp_path = server_process
