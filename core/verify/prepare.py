@@ -7,8 +7,12 @@ decoding); the minimum side. Then the image is decoded, EXIF orientation
 applied, the colour model checked (three-channel RGB only, P7: grayscale,
 CMYK, palette and 16-bit images are refused; RGBA is accepted only when
 fully opaque; an RGB image whose channels are all equal is grayscale), and it
-is re-encoded as a JPEG without any metadata (EXIF, GPS, ICC, XMP), scaled
-down so its longer side is at most `store_max_side`.
+is re-encoded as a JPEG, scaled down so its longer side is at most
+`store_max_side`. The JPEG is made from the pixels alone (a new image, with an
+empty `info`): Pillow's encoders reuse an opened image's `info`, so nothing of
+the upload's container (JPEG comment, EXIF, GPS, XMP, IPTC, ICC profile, DPI,
+PNG text chunks, WebP EXIF/XMP, any other segment or chunk) reaches what is
+stored or what a remote verifier receives.
 """
 
 from __future__ import annotations
@@ -96,9 +100,19 @@ def prepare_upload(data: bytes, limits: Limits) -> PreparedImage:
     if max(image.size) > limits.store_max_side:
         image.thumbnail((limits.store_max_side, limits.store_max_side), Image.Resampling.LANCZOS)
         rgb = np.asarray(image, dtype=np.uint8)
+    rgb = np.ascontiguousarray(rgb)
+    return PreparedImage(rgb=rgb, jpeg=_encode_pixels(rgb))
+
+
+def _encode_pixels(rgb: np.ndarray) -> bytes:
+    """The stored JPEG of H x W x 3 uint8 pixels, made from the pixels alone: only the encoder's own JFIF header.
+
+    A new image has an empty `info`, so no field of the upload (a JPEG comment, which Pillow's JPEG encoder
+    copies from `info`, EXIF, XMP, ICC, DPI, text chunks) can be written; no metadata argument is passed.
+    """
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)  # no exif/icc/xmp passed: none written
-    return PreparedImage(rgb=np.ascontiguousarray(rgb), jpeg=out.getvalue())
+    Image.fromarray(rgb).save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return out.getvalue()
 
 
 def _describe_mode(mode: str) -> str:
