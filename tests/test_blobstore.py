@@ -113,6 +113,24 @@ def test_gcs_soft_delete_is_reported(gcs_emulator, caplog):
 
 def test_a_local_delete_is_final(tmp_path):
     assert LocalBlobStore(tmp_path / "blobs", Role.RETENTION).soft_delete_seconds() == 0
+    assert LocalBlobStore(tmp_path / "blobs", Role.RETENTION).keeps_deleted_versions() is False
+
+
+def test_gcs_object_versioning_is_seen(gcs_emulator, caplog):
+    """A versioned bucket keeps a noncurrent copy of every deleted object. The emulator stores a bucket's
+    `versioning` field (buckets.patch, as on GCS) without keeping noncurrent copies, so this proves the store
+    reads the real field over the real API, not the emulator's deletes."""
+    client, name = gcs_emulator.client(), gcs_emulator.new_bucket()
+    store = GcsBlobStore(client, name, Role.RETENTION)
+    with caplog.at_level("ERROR"):
+        assert store.keeps_deleted_versions() is False
+    assert "versioning" not in caplog.text
+    bucket = client.get_bucket(name)
+    bucket.versioning_enabled = True
+    bucket.patch()
+    with caplog.at_level("ERROR"):
+        assert store.keeps_deleted_versions() is True
+    assert "object versioning is on" in caplog.text
 
 
 def test_opening_the_gcs_store_reads_no_bucket_metadata(gcs_emulator, monkeypatch):
@@ -126,6 +144,7 @@ def test_opening_the_gcs_store_reads_no_bucket_metadata(gcs_emulator, monkeypatc
         raise AssertionError("the bucket's metadata was read")
 
     monkeypatch.setattr(GcsBlobStore, "soft_delete_seconds", forbidden)
+    monkeypatch.setattr(GcsBlobStore, "keeps_deleted_versions", forbidden)
     settings = dataclasses.replace(
         Settings(), blob_backend="gcs", gcs_bucket=gcs_emulator.new_bucket(), gcs_endpoint=gcs_emulator.endpoint
     )

@@ -139,6 +139,44 @@ def test_with_bucket_soft_delete_the_daemon_reports_when_purged_blobs_are_really
     assert until == (h.clock.now() + dt.timedelta(days=7)).timestamp()  # from the real clock, not the --now moment
 
 
+def test_on_a_versioned_bucket_the_daemon_refuses_to_call_a_purge_final(harness, gcs_emulator, tmp_path):
+    """The daemon as deployed on GCS: it reads the bucket's versioning at start-up; with it on, each purge is
+    counted as not final, logged as an error, and `--once` exits 1. Without it the same run exits 0."""
+    h = harness
+    user = h.sign_up("versioned@example.com")
+    photos = upload(h, user, 2)  # the daemon runs on the real clock, long past the harness's: mark each one's turn
+    h.db_call(lambda: m.Photo.update(expires_at=None).where(m.Photo.id.in_(photos)).execute())
+    client = gcs_emulator.client()
+    plain, versioned = gcs_emulator.new_bucket(), gcs_emulator.new_bucket()
+    bucket = client.get_bucket(versioned)
+    bucket.versioning_enabled = True
+    bucket.patch()
+
+    def once(bucket_name: str) -> tuple[subprocess.CompletedProcess, str]:
+        photo = photos.pop()
+        h.db_call(lambda: m.Photo.update(deleted_at=h.clock.now()).where(m.Photo.id == photo).execute())
+        env = daemon_env(h)
+        env.update(FACEHARMONY_BLOB_BACKEND="gcs", FACEHARMONY_GCS_BUCKET=bucket_name, FACEHARMONY_GCS_ENDPOINT=gcs_emulator.endpoint)
+        metrics_file = tmp_path / f"{bucket_name}.prom"
+        done = subprocess.run(
+            [sys.executable, "-m", "faceharmony.core.retention", "--once", "--metrics-file", str(metrics_file)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        return done, metrics_file.read_text()
+
+    done, text = once(plain)
+    assert done.returncode == 0, done.stderr
+    assert "photos=1" in done.stdout and "faceharmony_retention_bucket_versioning_enabled 0" in text
+    assert "purges_not_final_total{" not in text
+
+    done, text = once(versioned)
+    assert done.returncode == 1 and "photos=1" in done.stdout and "not final" in done.stdout
+    assert "faceharmony_retention_bucket_versioning_enabled 1" in text
+    assert 'faceharmony_retention_purges_not_final_total{kind="photos"} 1' in text
+    assert "object versioning is on" in done.stderr and "purges not final" in done.stderr
+    assert "versioned@example.com" not in done.stdout + done.stderr
+
+
 def test_now_in_the_future_moves_only_deadlines_never_the_orphan_sweep_or_audit_times(harness):
     """`--once --now <far future>` must not sweep the blob of an upload whose row is not committed yet."""
     from faceharmony.core.blobstore.base import Role

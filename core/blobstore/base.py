@@ -112,6 +112,11 @@ class BlobStore:
         policy, which needs `storage.buckets.get`: only the retention daemon calls it."""
         raise NotImplementedError
 
+    def keeps_deleted_versions(self) -> bool:
+        """True when a delete leaves a noncurrent copy behind (GCS object versioning): then no delete is final,
+        for as long as the copy is kept. On GCS this reads the bucket's metadata: only the retention daemon calls it."""
+        raise NotImplementedError
+
     # backends
     def _create(self, kind: str, blob_id: str, data: bytes, content_type: str) -> None:
         raise NotImplementedError

@@ -6,6 +6,10 @@ retention daemon (the only role granted `storage.buckets.get`) reads the
 bucket's soft-delete policy with `soft_delete_seconds` at start-up: while it
 is on, deleted objects stay recoverable for its retention period, so a purge
 is not final until then — the store warns, and the daemon accounts for it.
+It also reads the bucket's object versioning (`keeps_deleted_versions`): on a
+versioned bucket a delete only makes the live object a noncurrent version,
+kept until a lifecycle rule or an operator removes it, so no purge is final —
+the store logs an error, and the daemon refuses to call its purges final.
 """
 
 from __future__ import annotations
@@ -57,6 +61,18 @@ class GcsBlobStore(BlobStore):
                 extra={"soft_delete_seconds": seconds},
             )
         return seconds
+
+    def keeps_deleted_versions(self) -> bool:
+        """True when the bucket has object versioning on: a delete leaves a noncurrent copy (logged as an error).
+        Reads the bucket's metadata, which needs `storage.buckets.get`."""
+        try:
+            self.bucket.reload(timeout=TIMEOUT_SECONDS)
+        except gexc.GoogleAPIError as exc:
+            raise BlobError(f"cannot read the bucket: {type(exc).__name__}") from exc
+        versioned = bool(self.bucket.versioning_enabled)
+        if versioned:
+            log.error("bucket object versioning is on: every deleted object stays as a noncurrent version; no purge is final")
+        return versioned
 
     def _name(self, kind: str, blob_id: str) -> str:
         return f"{kind}/{blob_id}"

@@ -69,6 +69,9 @@ class LocalBlobStore(BlobStore):
     def soft_delete_seconds(self) -> int:
         return 0  # an unlinked file is gone
 
+    def keeps_deleted_versions(self) -> bool:
+        return False
+
     def _list(self, kind: str) -> Iterator[BlobInfo]:
         folder = self.root / kind
         if not folder.exists():

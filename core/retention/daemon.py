@@ -18,6 +18,12 @@ failing policy is logged, counted and retried next cycle without stopping the
 others, and so is a failing account or model, or a photo whose blob could not
 be deleted, without stopping the rest of its policy.
 
+On GCS the daemon reads the bucket's soft delete and object versioning at
+start-up: with soft delete it reports until when purged blobs stay
+recoverable; with versioning (a noncurrent copy of every deleted blob) it
+refuses to call any purge final: purges_not_final_total, an error log, and
+`--once` exits 1.
+
 `--now` moves only the deadlines. The orphan sweep (which compares with the
 blobs' real creation times), audit event times and the soft-delete horizon
 use the real clock, so `--now` in the future never sweeps uploads in flight.
@@ -63,6 +69,7 @@ class Retention:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         soft_delete_seconds: int = 0,
+        keeps_deleted_versions: bool = False,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -71,6 +78,9 @@ class Retention:
         self.metrics = metrics or Metrics()
         self.soft_delete_seconds = soft_delete_seconds
         self.metrics.set("soft_delete_seconds", soft_delete_seconds)
+        # A versioned bucket keeps a noncurrent copy of every deleted blob: no purge is final (see _report).
+        self.keeps_deleted_versions = keeps_deleted_versions
+        self.metrics.set("bucket_versioning_enabled", int(keeps_deleted_versions))
         self._last_sweep: dt.datetime | None = None  # when this daemon last swept orphan blobs (its clock)
 
     def context(self, now: dt.datetime | None = None) -> policies.Context:
@@ -145,6 +155,8 @@ class Retention:
         if purged.get("accounts") or purged.get("models"):  # not for the routine expiries of every cycle
             with write_transaction(self.db):
                 audit.record(self.clock, audit.RETENTION_RUN, **{k: v for k, v in purged.items() if v})
+        if self.keeps_deleted_versions:
+            self._not_final(purged)
         if total:
             if self.soft_delete_seconds:
                 until = self.clock.now() + dt.timedelta(seconds=self.soft_delete_seconds)
@@ -158,6 +170,18 @@ class Retention:
             "retention cycle",
             extra={"purged": total, "errors": len(errors), "duration_ms": round(seconds * 1000), **{f"purged_{k}": v for k, v in purged.items() if v}},
         )
+
+    def _not_final(self, purged: dict[str, int]) -> None:
+        """On a versioned bucket the blobs of what was purged stay as noncurrent versions: counted by kind and
+        logged as an error; `--once` then exits 1. Housekeeping kinds hold no blobs."""
+        kinds = {k: n for k, n in purged.items() if n and k not in policies.HOUSEKEEPING}
+        for kind, n in kinds.items():
+            self.metrics.inc("purges_not_final_total", kind, n)
+        if kinds:
+            log.error(
+                "purges not final: the bucket keeps a noncurrent version of every deleted blob (object versioning is on)",
+                extra={f"not_final_{k}": n for k, n in kinds.items()},
+            )
 
     def dry_run(self, now: dt.datetime | None = None) -> dict[str, dict[str, int]]:
         """What a cycle at `now` would purge: due items by kind, the rows inside due accounts and models, and the
@@ -231,12 +255,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_store(settings: Settings) -> tuple[BlobStore, int]:
-    """The blob store for the retention role, and the bucket's soft-delete period in seconds (0 off, or local)."""
+def open_store(settings: Settings) -> tuple[BlobStore, int, bool]:
+    """The blob store for the retention role, the bucket's soft-delete period in seconds (0 off, or local), and
+    whether a delete leaves a noncurrent version (GCS object versioning)."""
     from faceharmony.core.blobstore.factory import open_blob_store
 
     store = open_blob_store(settings, Role.RETENTION)
-    return store, store.soft_delete_seconds()
+    return store, store.soft_delete_seconds(), store.keeps_deleted_versions()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         elif pending(db):
             print("faceharmony-retention: the database needs migrations: run `faceharmony-admin migrate`", file=sys.stderr)
             return 2
-        store, soft_delete = open_store(settings)
-        retention = Retention(settings, db, store, soft_delete_seconds=soft_delete)
+        store, soft_delete, versioned = open_store(settings)
+        retention = Retention(settings, db, store, soft_delete_seconds=soft_delete, keeps_deleted_versions=versioned)
         if args.dry_run:
             now = args.now or retention.clock.now()
             print(format_dry_run(retention.dry_run(now), now))
@@ -277,6 +302,9 @@ def _cycle(retention: Retention, args: argparse.Namespace) -> int:
     if args.metrics_file is not None:
         retention.metrics.write(args.metrics_file)
     print("purged: " + (", ".join(f"{k}={v}" for k, v in purged.items() if v) or "nothing"))
+    if retention.metrics.total("purges_not_final_total"):
+        print("not final: the bucket keeps noncurrent versions of the deleted blobs (object versioning is on)")
+        return 1
     return 1 if retention.metrics.total("errors_total") > errors_before else 0
 
 

@@ -16,6 +16,14 @@ HELP = {
     "run_duration_seconds": ("gauge", "Duration of the last cycle."),
     "last_run_timestamp_seconds": ("gauge", "When the last cycle finished (Unix time)."),
     "soft_delete_seconds": ("gauge", "The blob bucket's soft-delete retention (0: off); purged blobs stay recoverable this long."),
+    "bucket_versioning_enabled": (
+        "gauge",
+        "1 when the blob bucket has object versioning on: every deleted blob stays as a noncurrent version, so no purge is final.",
+    ),
+    "purges_not_final_total": (
+        "counter",
+        "Items purged whose blobs stay as noncurrent versions in a versioned bucket (not final), by kind.",
+    ),
     "blobs_recoverable_until_timestamp_seconds": (
         "gauge",
         "Unix time until which the blobs purged so far stay recoverable in the bucket (GCS soft delete).",
