@@ -1,4 +1,4 @@
-"""Bearer-session authentication and the access check of each RPC (P20: every access decision is server-side)."""
+"""Bearer-session authentication, the access check of each RPC, and the re-check of the sessions of long-lived streams (P20: every access decision is server-side)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from faceharmony.server.context import AppContext, Principal
 from faceharmony.server.errors import ApiError, denied, precondition, unauthenticated
 
 MAX_TOKEN_LENGTH = 200
+SESSION_CHUNK = 500
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -39,9 +40,9 @@ def authenticate(app: AppContext, token: str) -> Principal:
         .first()
     )
     if row is None:
-        raise unauthenticated("UNAUTHENTICATED", "the session token is not valid; sign in again")
+        raise _not_valid()
     if row.expires_at <= now:
-        raise unauthenticated("SESSION_EXPIRED", "the session has expired; sign in again")
+        raise _expired()
     return Principal(account_id=row.account.id, role=row.account.role, state=row.account.state, session_id=row.id)
 
 
@@ -57,7 +58,7 @@ def authorize(app: AppContext, method: str, rule: int | None, token: str | None)
     if rule == access.USER_OR_DEACTIVATED:
         return principal
     if principal.state != "active":
-        raise precondition("ACCOUNT_DEACTIVATED", "the account is deactivated; reactivate it first")
+        raise _deactivated()
     if rule == access.USER:
         return principal
     allowed = principal.is_staff if rule == access.STAFF else principal.role == "admin"
@@ -65,6 +66,47 @@ def authorize(app: AppContext, method: str, rule: int | None, token: str | None)
         _record_denial(app, principal, method)
         raise denied("this call needs a staff role" if rule == access.STAFF else "this call needs the admin role")
     return principal
+
+
+def session_refusals(app: AppContext, session_ids: list[str]) -> dict[str, ApiError]:
+    """For long-lived USER calls (Watch streams): the error a unary USER call of each session would get now.
+
+    Sessions that would still pass are absent. One narrow query per 500 sessions, so a watch hub can check
+    every watcher's session once per tick: revoked (sign-out, account deletion) or unknown sessions get
+    UNAUTHENTICATED, expired ones SESSION_EXPIRED, those of a deactivated account ACCOUNT_DEACTIVATED.
+    """
+    now = app.clock.now()
+    alive: dict[str, tuple] = {}
+    for start in range(0, len(session_ids), SESSION_CHUNK):
+        chunk = session_ids[start : start + SESSION_CHUNK]
+        query = (
+            Session.select(Session.id, Session.expires_at, Account.state)
+            .join(Account)
+            .where(Session.id.in_(chunk), Session.revoked_at.is_null())
+        )
+        for session_id, expires_at, state in query.tuples():
+            alive[session_id] = (expires_at, state)
+    refusals: dict[str, ApiError] = {}
+    for session_id in session_ids:
+        if session_id not in alive:
+            refusals[session_id] = _not_valid()
+        elif alive[session_id][0] <= now:
+            refusals[session_id] = _expired()
+        elif alive[session_id][1] != "active":
+            refusals[session_id] = _deactivated()
+    return refusals
+
+
+def _not_valid() -> ApiError:
+    return unauthenticated("UNAUTHENTICATED", "the session token is not valid; sign in again")
+
+
+def _expired() -> ApiError:
+    return unauthenticated("SESSION_EXPIRED", "the session has expired; sign in again")
+
+
+def _deactivated() -> ApiError:
+    return precondition("ACCOUNT_DEACTIVATED", "the account is deactivated; reactivate it first")
 
 
 def _record_denial(app: AppContext, principal: Principal, method: str) -> None:
@@ -75,4 +117,4 @@ def _record_denial(app: AppContext, principal: Principal, method: str) -> None:
         pass  # the denial stands even if it could not be recorded
 
 
-__all__ = ["ApiError", "authorize", "bearer_token"]
+__all__ = ["ApiError", "authorize", "bearer_token", "session_refusals"]

@@ -5,6 +5,12 @@ not a thread or a database connection, so thousands of concurrent watchers
 cost one narrow read per tick (id, state, progress; in chunks of 500 ids), and
 only rows that changed are read whole and turned into an API message, once for
 all their watchers.
+
+A stream lasts no longer than the session that opened it: each tick the hub
+also checks every watcher's session in one narrow query (per 500 sessions)
+and ends the streams of sessions that were revoked (sign-out, account
+deletion), expired or whose account was deactivated, with the error a unary
+call of that session would get (`auth.session_refusals`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from dataclasses import dataclass
 
 from faceharmony.core.db.models import Order, UserModel
 from faceharmony.server import convert
+from faceharmony.server.auth import SESSION_CHUNK, session_refusals
 from faceharmony.server.context import AppContext
+from faceharmony.server.errors import ApiError
 
 log = logging.getLogger(__name__)
 CHUNK = 500
@@ -81,9 +89,12 @@ class WatchHub:
         self.poll_seconds = poll_seconds
         self.watched = watched
         self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self._sessions: dict[asyncio.Queue, str] = {}  # each watcher's session (checked every tick)
+        self._ending: set[asyncio.Queue] = set()  # watchers handed their session's error
         self._last: dict[str, Snapshot] = {}
         self._task: asyncio.Task | None = None
-        self.polls = 0  # database queries made by the hub (for tests and metrics)
+        self.polls = 0  # database queries made by the hub for the watched rows (for tests and metrics)
+        self.session_polls = 0  # and for the watchers' sessions
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="watch-hub")
@@ -97,20 +108,29 @@ class WatchHub:
     def watcher_count(self) -> int:
         return sum(len(q) for q in self._watchers.values())
 
-    async def watch(self, first: Snapshot) -> AsyncIterator[Snapshot]:
-        """Yields `first`, then every change of its row, until the caller stops iterating."""
+    async def watch(self, first: Snapshot, session_id: str | None = None) -> AsyncIterator[Snapshot]:
+        """Yields `first`, then every change of its row, until the caller stops iterating.
+
+        With a session_id, raises the session's ApiError once it is no longer valid (checked every tick).
+        """
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
         self._watchers.setdefault(first.key, set()).add(queue)
+        if session_id is not None:
+            self._sessions[queue] = session_id
         self._last.setdefault(first.key, first)
         try:
             yield first
             seen = (first.state, first.progress)
             while True:
                 snap = await queue.get()
+                if isinstance(snap, ApiError):
+                    raise snap
                 if (snap.state, snap.progress) != seen:
                     seen = (snap.state, snap.progress)
                     yield snap
         finally:
+            self._sessions.pop(queue, None)
+            self._ending.discard(queue)
             watchers = self._watchers.get(first.key)
             if watchers is not None:
                 watchers.discard(queue)
@@ -130,11 +150,18 @@ class WatchHub:
                 changed = [k for k in ids if k in current and self._seen(k) != current[k]]
                 fresh, queries = await self.app.run(self.watched.read, changed) if changed else ({}, 0)
                 self.polls += queries
+                sessions = sorted(set(self._sessions.values()))
+                refused = await self.app.run(session_refusals, self.app, sessions) if sessions else {}
+                self.session_polls += -(-len(sessions) // SESSION_CHUNK)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next tick tries again
                 log.exception("watch poll failed")
                 continue
+            for queue, session_id in list(self._sessions.items()):
+                if session_id in refused and queue not in self._ending:
+                    self._ending.add(queue)
+                    self._put(queue, refused[session_id])
             for key, queues in list(self._watchers.items()):
                 snap = fresh.get(key)
                 if snap is None:
@@ -146,9 +173,15 @@ class WatchHub:
                     continue
                 self._last[key] = snap
                 for queue in queues:
-                    if queue.full():
-                        queue.get_nowait()
-                    queue.put_nowait(snap)
+                    if queue not in self._ending:  # a stream told to end is not told anything else
+                        self._put(queue, snap)
+
+    @staticmethod
+    def _put(queue: asyncio.Queue, item) -> None:
+        """Replaces what the watcher has not read yet: it only ever needs the newest item."""
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(item)
 
     def _seen(self, key: str) -> tuple[str, float] | None:
         last = self._last.get(key)

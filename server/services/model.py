@@ -50,14 +50,15 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         return pb.ListModelsResponse(models=items, next_page_token=token)
 
     async def WatchModel(self, request, context):
-        me = self.app.principal().account_id
+        principal = self.app.principal()
+        me = principal.account_id
 
         def first_snapshot():
             row = models.get_model(self.deps, me, request.id)
             return snapshot(row, convert.models_with_photos([row])[0])
 
         first = await self.app.run(first_snapshot)
-        async for snap in self.hub.watch(first):
+        async for snap in self.hub.watch(first, principal.session_id):  # ends when the session does
             if snap.state not in models.VISIBLE:
                 raise not_found("model")  # deleted while watched
             model = snap.message

@@ -58,14 +58,15 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
         return pb.ListOrdersResponse(orders=items, next_page_token=token)
 
     async def WatchOrder(self, request, context):
-        me = self._me()
+        principal = self.app.principal()
+        me = principal.account_id
 
         def first_snapshot():
             row = orders.get_order(self.deps, me, request.id)
             return snapshot(row, convert.orders([row])[0])
 
         first = await self.app.run(first_snapshot)
-        async for snap in self.hub.watch(first):
+        async for snap in self.hub.watch(first, principal.session_id):  # ends when the session does
             if snap.message is None:
                 raise not_found("order")  # purged with its account while watched
             yield pb.WatchOrderResponse(order=snap.message)
