@@ -2,7 +2,9 @@
 
 The system: the API server, a trainer, Triton (the wheel's server on
 `triton_models/`, gRPC on the port of FACEHARMONY_TRITON_URL), an order worker
-and the retention daemon. Each process runs as a child with the same
+and the retention daemon. Every listener is on 127.0.0.1 unless a setting says
+otherwise (FACEHARMONY_LISTEN, FACEHARMONY_TRITON_LISTEN_ADDRESS); the retention
+daemon serves no metrics port here. Each process runs as a child with the same
 environment; SIGTERM/SIGINT are passed on. A worker process (trainer, Triton,
 order worker, retention daemon) that dies is started again after a growing
 pause: its work is not lost (the job queues hand a dead worker's job to the
@@ -30,9 +32,10 @@ from faceharmony.core.settings import Settings
 
 
 def processes(settings: Settings) -> list[tuple[str, list[str]]]:
-    # Triton's gRPC port is FACEHARMONY_TRITON_URL's; HTTP and metrics sit on either side (8000/8001/8002).
+    # Triton's gRPC port is FACEHARMONY_TRITON_URL's, metrics the next one (8001/8002); HTTP is off. Its listeners
+    # bind to FACEHARMONY_TRITON_LISTEN_ADDRESS (127.0.0.1 by default), which faceharmony-triton reads itself.
     grpc_port = int(settings.triton_url.rsplit(":", 1)[-1])
-    triton_ports = ["--grpc-port", str(grpc_port), "--http-port", str(grpc_port - 1), "--metrics-port", str(grpc_port + 1)]
+    triton_ports = ["--grpc-port", str(grpc_port), "--metrics-port", str(grpc_port + 1)]
     return [
         ("server", [sys.executable, "-m", "faceharmony.server"]),
         ("trainer", [sys.executable, "-m", "faceharmony.trainer"]),

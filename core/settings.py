@@ -109,6 +109,8 @@ class Settings:
     # 0: the base pipeline's native size.
     generation_width: int = 0
     generation_height: int = 0
+    # Address of Triton's gRPC and metrics listeners (`faceharmony-triton`, `faceharmony-up`); 0.0.0.0: every interface.
+    triton_listen_address: str = "127.0.0.1"
     preview_max_side: int = 256
     rejected_photo_days: int = 60
     # Seconds between WatchModel polls of the database (one query per tick for every watched model).
@@ -220,6 +222,8 @@ class Settings:
             "upload_max_bytes",
             "upload_max_pixels",
             "upload_min_side",
+        if not self.triton_listen_address.strip():
+            raise SettingsError("FACEHARMONY_TRITON_LISTEN_ADDRESS must not be empty")
             "upload_store_max_side",
             "unattached_photo_ttl_hours",
             "model_min_photos",

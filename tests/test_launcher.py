@@ -1,6 +1,6 @@
 """README's start command: `faceharmony-up` starts the whole system on its embedded defaults (server, trainer,
-Triton, order worker, retention daemon), restarts a worker process that dies, and shuts everything down on
-SIGTERM. Runs the real processes in a temporary folder, on free ports."""
+Triton, order worker, retention daemon), listens on loopback only, restarts a worker process that dies, and
+shuts everything down on SIGTERM. Runs the real processes in a temporary folder, on free ports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceharmony.core.inference.triton_server import free_port
+from tests.support.listeners import listening
 from tests.support.triton import require_triton
 from tests.support.wait import wait_for
 
@@ -58,7 +59,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_make_up_starts_everything_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
+def test_make_up_starts_everything_on_loopback_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
     import tritonclient.grpc as grpcclient
 
     api_port, triton_port = free_port(), triton_ports()
@@ -75,7 +76,7 @@ def test_make_up_starts_everything_restarts_a_dead_worker_and_stops_cleanly(tmp_
         started = wait_for(lambda: (p := pids(log_path.read_text(errors="replace"))) and len(p) == len(NAMES) and p, 180, "all processes")
         with grpc.insecure_channel(f"127.0.0.1:{api_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=60, wait_for_ready=True).status == health_pb2.HealthCheckResponse.SERVING
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton_port}")
 
         def triton_ready() -> bool:
@@ -85,6 +86,9 @@ def test_make_up_starts_everything_restarts_a_dead_worker_and_stops_cleanly(tmp_
                 return False
 
         wait_for(triton_ready, 180, "Triton's model")
+        # Every listener of every process is on loopback: the API, Triton's gRPC and metrics (no HTTP).
+        expected = {("127.0.0.1", api_port), ("127.0.0.1", triton_port), ("127.0.0.1", triton_port + 1)}
+        assert listening(up.pid) == expected
         os.kill(started["order-worker"], signal.SIGKILL)
         restarted = wait_for(lambda: pids(log_path.read_text(errors="replace"), "restarted").get("order-worker"), 30, "the restart")
         assert restarted != started["order-worker"] and alive(restarted)

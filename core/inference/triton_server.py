@@ -6,8 +6,23 @@ Owns:
   Python backend (`libtriton_python.so`, `triton_python_backend_utils.py` from
   `site-packages/pytriton/tritonserver/backends/python/`) and to the backend stub for the running Python
   (`pytriton/tritonserver/python_backend_stubs/<X.Y>/triton_python_backend_stub`).
-* `server_command(...)` / `server_env(...)`: the `tritonserver` command line (explicit model control, the
-  models to load, ports, `--exit-timeout-secs=5`) and its environment: `LD_LIBRARY_PATH` starting with this
+* `prepare_repository_view(repository, models, folder)`: a model repository holding exactly the models to
+  serve (symlinks into `repository`), so Triton can run without model control: it loads every model of
+  the view at start, and its model-repository API (load/unload, which could run any code through the
+  Python backend) answers "not allowed" to everyone.
+* `server_command(...)` / `server_env(...)`: the `tritonserver` command line and its environment. What
+  Triton exposes, and why:
+  - every listener binds to `address` (default 127.0.0.1; FACEHARMONY_TRITON_LISTEN_ADDRESS for
+    `faceharmony-triton`): gRPC and metrics; HTTP is off (`--allow-http=false`: nothing here speaks it);
+  - `--model-control-mode=none` on the view: no load/unload after start, whatever a caller sends;
+  - gRPC protocols: the order worker uses `inference` (images, and EVICT_KEYS evictions, which are
+    inference requests), the readiness checks `health`, the tests and the order benchmark `statistics`
+    (read-only counters per model and batch size: no personal data, loopback only, so left open);
+    every other group (`RESTRICTED_PROTOCOLS`: model-repository, model-config, metadata, shared-memory,
+    trace, logging) is restricted to a header whose value is drawn at each start and handed to nobody.
+    (It is on Triton's command line, which local users who can list processes may read: the primary
+    guard against model loading is the disabled model control, not the key.)
+  `--exit-timeout-secs=5`. The environment: `LD_LIBRARY_PATH` starting with this
   interpreter's `sysconfig` LIBDIR (else the stub may load the system's libpython) then
   `site-packages/nvidia_pytriton.libs`; `PATH` with this interpreter's `bin` first, so the stub runs in this
   environment and `model.py` imports `faceharmony.*` (and numpy<2). FACEHARMONY_* variables pass through
@@ -24,8 +39,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import hashlib
 import importlib.util
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,6 +57,10 @@ DEFAULT_MODELS = ("faceharmony_diffusion",)
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
+LOOPBACK = "127.0.0.1"
+# Triton's gRPC protocol groups the order side never uses (see the module docstring).
+RESTRICTED_PROTOCOLS = ("model-repository", "model-config", "metadata", "shared-memory", "trace", "logging")
+RESTRICTED_HEADER = "faceharmony-admin"
 
 
 class TritonUnavailable(RuntimeError):
@@ -88,6 +109,35 @@ def prepare_backend_dir(folder: Path) -> Path:
     return Path(folder)
 
 
+def prepare_repository_view(repository: Path, models: Sequence[str], folder: Path) -> Path:
+    """`<folder>/<digest>/<model>` -> `<repository>/<model>` for each model; returns the view's folder.
+
+    The digest names the (repository, models) pair, so concurrent starts share a view that never changes."""
+    repository = Path(repository).resolve()
+    if not models:
+        raise TritonUnavailable("no model to serve")
+    for model in models:
+        if not (repository / model / "config.pbtxt").is_file() or "/" in model or model.startswith("."):
+            raise TritonUnavailable(f"no model {model!r} in {repository}")
+    digest = hashlib.sha256("\0".join([str(repository), *sorted(set(models))]).encode()).hexdigest()[:16]
+    view = Path(folder) / digest
+    view.mkdir(parents=True, exist_ok=True)
+    for model in sorted(set(models)):
+        link, src = view / model, repository / model
+        if link.is_symlink() and os.readlink(link) == str(src):
+            continue
+        tmp = view / f".{model}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(src, target_is_directory=True)
+        os.replace(tmp, link)
+    return view
+
+
+def connect_host(address: str) -> str:
+    """Where a local client reaches a server bound to `address` (every interface: loopback)."""
+    return LOOPBACK if address in ("", "0.0.0.0") else address
+
+
 def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -99,24 +149,27 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def server_command(
-    repository: Path,
+    view: Path,
     backend_dir: Path,
     *,
     grpc_port: int,
-    http_port: int,
     metrics_port: int,
-    models: Sequence[str] = DEFAULT_MODELS,
+    address: str = LOOPBACK,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
+    """Serves every model of `view` (see `prepare_repository_view`) on `address`."""
+    restricted_key = secrets.token_urlsafe(32)  # handed to nobody: the restricted protocols stay shut
     cmd = [
         str(tritonserver_binary()),
-        f"--model-repository={Path(repository).resolve()}",
+        f"--model-repository={Path(view).resolve()}",
         f"--backend-directory={Path(backend_dir).resolve()}",
-        "--model-control-mode=explicit",
-        *(f"--load-model={m}" for m in models),
+        "--model-control-mode=none",
+        f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
-        f"--http-port={http_port}",
+        f"--grpc-restricted-protocol={','.join(RESTRICTED_PROTOCOLS)}:{RESTRICTED_HEADER}={restricted_key}",
+        "--allow-http=false",
+        f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--exit-timeout-secs=5",
         "--strict-readiness=true",
@@ -127,7 +180,7 @@ def server_command(
     return cmd
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -136,11 +189,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class TritonServer:
     """A `tritonserver` child process. Use `start_triton` to make one."""
 
-    def __init__(self, process: subprocess.Popen, *, grpc_port: int, http_port: int, metrics_port: int,
-                 models: Sequence[str], log_path: Path | None) -> None:
+    def __init__(self, process: subprocess.Popen, *, grpc_port: int, metrics_port: int, models: Sequence[str],
+                 log_path: Path | None, address: str = LOOPBACK) -> None:
         self.process = process
+        self.address = address
         self.grpc_port = grpc_port
-        self.http_port = http_port
         self.metrics_port = metrics_port
         self.models = tuple(models)
         self.log_path = log_path
@@ -148,7 +201,7 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{connect_host(self.address)}:{self.grpc_port}"
 
     def log_tail(self, chars: int = 4000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -201,26 +254,27 @@ def start_triton(
     models: Sequence[str] = DEFAULT_MODELS,
     env: Mapping[str, str] | None = None,
     grpc_port: int | None = None,
-    http_port: int | None = None,
     metrics_port: int | None = None,
+    address: str = LOOPBACK,
     ready_timeout: float = 180.0,
     log_verbose: int = 0,
 ) -> TritonServer:
-    """Start tritonserver (backend dir and log under `work_dir`), wait until `models` are ready.
+    """Start tritonserver (backend dir, repository view and log under `work_dir`), wait until `models` are ready.
 
     `env`: the environment (default os.environ) before the PATH/LD_LIBRARY_PATH additions; put the
     FACEHARMONY_* settings the model needs there. Ports default to free ones. Raises TritonUnavailable."""
     work_dir = Path(work_dir)
     backend_dir = prepare_backend_dir(work_dir / "backends")
-    ports = [p if p is not None else free_port() for p in (grpc_port, http_port, metrics_port)]
-    cmd = server_command(repository, backend_dir, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2],
-                         models=models, log_verbose=log_verbose)
+    view = prepare_repository_view(repository, models, work_dir / "repositories")
+    ports = [p if p is not None else free_port(connect_host(address)) for p in (grpc_port, metrics_port)]
+    cmd = server_command(view, backend_dir, grpc_port=ports[0], metrics_port=ports[1], address=address,
+                         log_verbose=log_verbose)
     log_path = work_dir / "tritonserver.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    server = TritonServer(process, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2],
-                          models=models, log_path=log_path)
+    server = TritonServer(process, grpc_port=ports[0], metrics_port=ports[1], models=models, log_path=log_path,
+                          address=address)
     try:
         server.wait_ready(ready_timeout)
     except BaseException:
@@ -237,17 +291,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--model", action="append", dest="models", help="model to load (repeatable)")
     parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--address", default=None,
+                        help="address of the gRPC and metrics listeners (default: FACEHARMONY_TRITON_LISTEN_ADDRESS)")
     parser.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()  # fail here, not inside the model, on a bad FACEHARMONY_* variable
     try:
         backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
-        cmd = server_command(args.model_repository, backend_dir, grpc_port=args.grpc_port, http_port=args.http_port,
-                             metrics_port=args.metrics_port, models=args.models or DEFAULT_MODELS,
-                             log_verbose=args.log_verbose)
+        view = prepare_repository_view(args.model_repository, args.models or DEFAULT_MODELS,
+                                       settings.data_dir / "triton" / "repositories")
+        cmd = server_command(view, backend_dir, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                             address=args.address or settings.triton_listen_address, log_verbose=args.log_verbose)
     except TritonUnavailable as exc:
         print(f"faceharmony-triton: {exc}", file=sys.stderr)
         return 2

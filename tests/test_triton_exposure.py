@@ -1,0 +1,171 @@
+"""What Triton exposes when `faceharmony-triton` (and so `make up`) runs it: every listener on 127.0.0.1 unless
+FACEHARMONY_TRITON_LISTEN_ADDRESS says otherwise, no HTTP, and only the protocols the order side uses
+(inference, health, statistics); the model-repository API (load/unload, which can run code through the
+Python backend) is refused, even to a caller holding the restricted-protocol key from Triton's command line.
+
+Runs the real server from the nvidia-pytriton wheel on a repository of two tiny Python-backend models:
+`echo` (served) and `probe` (never to be loaded: its `initialize` writes a marker file)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.triton import require_triton
+
+require_triton()
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from faceharmony.core.inference.triton_server import RESTRICTED_HEADER, free_port  # noqa: E402
+from tests.support.listeners import listening  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
+
+BIN = Path(sys.executable).parent
+CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "X" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+output [ {{ name: "Y" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+instance_group [ {{ count: 1, kind: KIND_CPU }} ]
+"""
+ECHO = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())])
+                for r in requests]
+"""
+PROBE = """import pathlib
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        pathlib.Path({marker!r}).write_text("code ran inside Triton")
+
+    def execute(self, requests):
+        return []
+"""
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("exposure")
+    repo, marker = root / "models", root / "probe-ran"
+    for name, code in (("echo", ECHO), ("probe", PROBE.format(marker=str(marker)))):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(CONFIG.format(name=name))
+        (repo / name / "1" / "model.py").write_text(code)
+    return repo, marker
+
+
+def run_triton(tmp_path: Path, repo: Path, **settings: str):
+    """`faceharmony-triton` on `repo` serving `echo`; returns (process, grpc port, metrics port)."""
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
+    env.update(FACEHARMONY_DATA_DIR=str(tmp_path / "data"), **settings)
+    log = (tmp_path / "triton.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "faceharmony-triton"), "--model-repository", str(repo), "--model", "echo",
+         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    return proc, grpc_port, metrics_port
+
+
+def wait_ready(proc, url: str, log: Path) -> grpcclient.InferenceServerClient:
+    client = grpcclient.InferenceServerClient(url)
+
+    def ready() -> bool:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            return client.is_model_ready("echo")
+        except InferenceServerException:
+            return False
+
+    wait_for(ready, 120, "Triton's echo model")
+    return client
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def echo(client, value: int) -> int:
+    x = grpcclient.InferInput("X", [1], "INT32")
+    x.set_data_from_numpy(np.array([value], dtype=np.int32))
+    return int(client.infer("echo", [x]).as_numpy("Y")[0])
+
+
+def refused(call) -> str:
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    return err.value.message()
+
+
+def restricted_key(pid: int) -> str:
+    """The restricted-protocol key, read from tritonserver's command line as any local user could."""
+    import psutil
+
+    for proc in psutil.Process(pid).children(recursive=True):
+        for arg in proc.cmdline():
+            if arg.startswith("--grpc-restricted-protocol="):
+                return arg.rsplit("=", 1)[1]
+    raise AssertionError("no --grpc-restricted-protocol on tritonserver's command line")
+
+
+def test_listeners_are_on_loopback_and_the_repository_api_is_refused(tmp_path, repository):
+    repo, marker = repository
+    proc, grpc_port, metrics_port = run_triton(tmp_path, repo)
+    try:
+        client = wait_ready(proc, f"127.0.0.1:{grpc_port}", tmp_path / "triton.log")
+        # gRPC and metrics on loopback; no HTTP listener at all.
+        assert listening(proc.pid) == {("127.0.0.1", grpc_port), ("127.0.0.1", metrics_port)}
+
+        # What the order side uses still works: inference, health, statistics.
+        assert echo(client, 41) == 41
+        assert client.is_server_ready() and client.is_model_ready("echo")
+        assert client.get_inference_statistics("echo").model_stats[0].inference_stats.success.count >= 1
+
+        # The model-repository API and the other unused protocols are refused.
+        for call in (lambda: client.load_model("probe"), lambda: client.unload_model("echo"),
+                     lambda: client.get_model_repository_index(), lambda: client.get_model_config("echo"),
+                     lambda: client.get_model_metadata("echo"), lambda: client.get_system_shared_memory_status(),
+                     lambda: client.get_log_settings(), lambda: client.get_trace_settings()):
+            assert "restricted" in refused(call)
+        # Even with the key from Triton's command line, no model can be loaded or unloaded.
+        header = {f"triton-grpc-protocol-{RESTRICTED_HEADER}": restricted_key(proc.pid)}
+        assert "not allowed" in refused(lambda: client.load_model("probe", headers=header))
+        assert "not allowed" in refused(lambda: client.unload_model("echo", headers=header))
+        assert not marker.exists()
+        assert client.is_model_ready("echo") and echo(client, 7) == 7
+        client.close()
+    finally:
+        stop(proc)
+
+
+def test_listeners_follow_the_listen_address_setting(tmp_path, repository):
+    repo, _ = repository
+    proc, grpc_port, metrics_port = run_triton(tmp_path, repo, FACEHARMONY_TRITON_LISTEN_ADDRESS="127.0.0.2")
+    try:
+        client = wait_ready(proc, f"127.0.0.2:{grpc_port}", tmp_path / "triton.log")
+        assert listening(proc.pid) == {("127.0.0.2", grpc_port), ("127.0.0.2", metrics_port)}
+        assert echo(client, 5) == 5
+        client.close()
+    finally:
+        stop(proc)
