@@ -12,11 +12,14 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from faceharmony.core.db import models as m
 from faceharmony.core.retention.metrics import Metrics
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import photo_pb2 as p
 from tests.support.harness import START
+from tests.support.listeners import listening
 from tests.test_retention import blobs, upload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,17 +90,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_loop_serves_metrics_and_stops_on_sigterm(sqlite_harness):
+@pytest.mark.parametrize("host", [None, "127.0.0.2"], ids=["default-loopback", "metrics-host"])
+def test_the_loop_serves_metrics_and_stops_on_sigterm(sqlite_harness, host):
+    """The metrics port listens on 127.0.0.1 unless --metrics-host names another address (and nothing else listens)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "faceharmony.core.retention", "--interval", "0.2", "--metrics-port", str(port)],
+        [sys.executable, "-m", "faceharmony.core.retention", "--interval", "0.2", "--metrics-port", str(port),
+         *(["--metrics-host", host] if host else [])],
         env=daemon_env(sqlite_harness), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                text = urllib.request.urlopen(f"http://{host or '127.0.0.1'}:{port}/metrics", timeout=2).read().decode()
                 if "faceharmony_retention_last_run_timestamp_seconds " in text:
                     break
             except OSError:
@@ -106,6 +112,7 @@ def test_the_loop_serves_metrics_and_stops_on_sigterm(sqlite_harness):
             assert time.monotonic() < deadline, "no metrics"
             time.sleep(0.1)
         assert "# TYPE faceharmony_retention_purged_total counter" in text
+        assert listening(proc.pid) == {(host or "127.0.0.1", port)}
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
