@@ -14,6 +14,10 @@ so a worker that lost its lease (it stalled, the job was taken over or
 cancelled, or handed back and claimed again) can change nothing: its
 heartbeat says so and it stops.
 
+Locks follow the one order of `faceharmony.core.db.locks`: every fenced write
+first calls `lock_first(job_id)` (a hook that locks the rows coming before the
+job's in that order, e.g. a training job's model), then locks the job's row.
+
 Attempts are bounded: a claim counts one attempt; a retryable failure puts the
 job back with exponential backoff; after `max_attempts` the job fails with a
 clear reason. The job table needs the columns of `TrainingJob` (state,
@@ -89,19 +93,33 @@ class JobQueue:
             job = query.first()
             if job is None:
                 return None, False
-            if job.attempts >= job.max_attempts:  # the worker of its last attempt died
-                self._finish(job.id, "failed", now, error="ATTEMPTS_EXHAUSTED")
-                self.on_failed(job.id, "ATTEMPTS_EXHAUSTED")
-                return None, True
-            owner = _lease_owner(worker)
-            Job.update(
-                state="running",
-                attempts=Job.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + self.lease,
-                updated_at=now,
-            ).where(Job.id == job.id).execute()
-            return Claim(job.id, worker, job.attempts + 1, owner), False
+            if job.attempts < job.max_attempts:
+                owner = _lease_owner(worker)
+                Job.update(
+                    state="running",
+                    attempts=Job.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + self.lease,
+                    updated_at=now,
+                ).where(Job.id == job.id).execute()
+                return Claim(job.id, worker, job.attempts + 1, owner), False
+        # The worker of its last attempt died. Failing it writes the rows `lock_first` names, which come
+        # before the job's row in the lock order: a transaction of its own takes them first.
+        self._fail_exhausted(job.id)
+        return None, True
+
+    def _fail_exhausted(self, job_id: str) -> None:
+        Job = self.Job
+        with write_transaction(self.db):
+            self.lock_first(job_id)
+            now = self.clock.now()
+            query = Job.select(Job.id).where(Job.id == job_id, self._due(now), Job.attempts >= Job.max_attempts)
+            if not is_sqlite(self.db):
+                query = query.for_update()
+            if query.first() is None:  # another worker got there first
+                return
+            self._finish(job_id, "failed", now, error="ATTEMPTS_EXHAUSTED")
+            self.on_failed(job_id, "ATTEMPTS_EXHAUSTED")
 
     def _fenced(self, claim: Claim):
         Job = self.Job
@@ -150,6 +168,7 @@ class JobQueue:
         """
         Job = self.Job
         with write_transaction(self.db):
+            self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return "lost"
             job = Job.get_by_id(claim.job_id)
@@ -171,6 +190,9 @@ class JobQueue:
             self._finish(job.id, "failed", now, error=error)
             self.on_failed(job.id, error)
             return "failed"
+
+    def lock_first(self, job_id: str) -> None:
+        """Called first in each fenced write transaction: locks what comes before the job's row in the lock order."""
 
     def on_heartbeat(self, claim: Claim, progress: float | None) -> None:
         """Called (in the transaction) after a heartbeat renewed the claim's lease."""

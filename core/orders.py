@@ -16,6 +16,10 @@ slot filled twice would give the same image; a slot is filled exactly once:
 
 Credits are debited in the transaction that creates the order (`create`), so an order either exists and
 is paid for, or neither.
+
+Lock order (`faceharmony.core.db.locks`): an account's row before its orders'. The worker's fenced writes
+insert rows that reference the account (generated photos, refunds), which takes `FOR KEY SHARE` on it, so
+they take that lock first (`lock_first`), before the order's row.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import peewee as pw
 
 from faceharmony.core import ids
 from faceharmony.core.clock import Clock
-from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import Account, CreditEntry, GeneratedPhoto, Order, OrderImage, UserModel
 from faceharmony.core.jobs import Claim, JobQueue
 
@@ -131,6 +135,13 @@ class OrderQueue(JobQueue):
         super().__init__(Order, db, clock, lease_seconds)
 
     # --- hooks of the generic queue --------------------------------------------------------
+    def lock_first(self, job_id: str) -> None:
+        """The order's account before the order (creating an order or purging an account locks the account first)."""
+        if not is_sqlite(self.db):
+            Account.select(Account.id).where(Account.id.in_(Order.select(Order.account).where(Order.id == job_id))).for_update(
+                "FOR KEY SHARE"
+            ).first()
+
     def on_failed(self, job_id: str, error: str) -> None:
         """The order failed for good: every slot still pending fails and is refunded."""
         order = Order.get_by_id(job_id)
@@ -152,6 +163,7 @@ class OrderQueue(JobQueue):
         or when the model may no longer be served (deleted, account deactivated, while the image was being made):
         then the slot fails and is refunded instead, in the same transaction."""
         with write_transaction(self.db):
+            self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return False
             now = self.clock.now()
@@ -183,6 +195,7 @@ class OrderQueue(JobQueue):
     def fail_image(self, claim: Claim, slot_ids: list[str], error: str) -> int:
         """Fails pending slots and refunds them; returns how many it failed (0 when the order is no longer ours)."""
         with write_transaction(self.db):
+            self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return 0
             return _fail_pending(Order.get_by_id(claim.job_id), slot_ids, error, self.clock.now())
@@ -190,6 +203,7 @@ class OrderQueue(JobQueue):
     def finish(self, claim: Claim) -> str | None:
         """Once no slot is pending: COMPLETED when any image was made, else FAILED. None when not ours or not finished."""
         with write_transaction(self.db):
+            self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return None
             if OrderImage.select().where(OrderImage.order == claim.job_id, OrderImage.state == "pending").exists():

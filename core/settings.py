@@ -120,6 +120,8 @@ class Settings:
     code_max_attempts: int = 5
     code_requests_per_window: int = 5
     code_request_window_seconds: int = 3600
+    # Wrong sign-in codes one email may try in 24 hours, over all its codes (a long-term brute-force cap).
+    code_max_failures_per_day: int = 10
     session_ttl_seconds: int = 30 * 24 * 3600
     invitation_ttl_seconds: int = 14 * 24 * 3600
     invitations_per_day: int = 20
@@ -215,6 +217,7 @@ class Settings:
         for name in (
             "code_ttl_seconds",
             "code_max_attempts",
+            "code_max_failures_per_day",
             "session_ttl_seconds",
             "account_grace_days",
             "verifier_workers",

@@ -6,6 +6,10 @@ recorded, FAILED (with a reason) when the job fails for good. Recording a
 version is fenced by the job's lease and the model's state, in one
 transaction with the job's success, so a job yields at most one version even
 when a stalled trainer wakes up after another one took its job over.
+
+Lock order (`faceharmony.core.db.locks`): a model's row before its jobs' rows.
+`DeleteModel` locks the model and then cancels its jobs; the trainer's fenced
+writes (start, record, fail) lock the model first too (`lock_first`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ class TrainingQueue(JobQueue):
         """The job's model, as a condition on UserModel: one statement, no read of the job first."""
         return UserModel.id.in_(TrainingJob.select(TrainingJob.model).where(TrainingJob.id == job_id))
 
+    def lock_first(self, job_id: str) -> None:
+        """The job's model before the job (DeleteModel locks the model, then cancels its jobs)."""
+        if not is_sqlite(self.db):
+            UserModel.select(UserModel.id).where(self._model_of(job_id)).for_update().first()
+
     def on_failed(self, job_id: str, error: str) -> None:
         UserModel.update(state="failed", failure_reason=error, progress=0.0, updated_at=self.clock.now()).where(
             self._model_of(job_id), UserModel.state.in_(("queued", "training"))
@@ -79,6 +88,7 @@ class TrainingQueue(JobQueue):
     def start(self, claim: Claim) -> UserModel | None:
         """Marks the claimed job's model TRAINING; None when the model may not be trained (deleted meanwhile)."""
         with write_transaction(self.db):
+            self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return None
             job = TrainingJob.get_by_id(claim.job_id)
@@ -94,6 +104,7 @@ class TrainingQueue(JobQueue):
     def record_version(self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str) -> int | None:
         """Records the new adapter and makes the model READY; None when the job is no longer ours to finish."""
         with write_transaction(self.db):
+            self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return None
             job = TrainingJob.get_by_id(claim.job_id)

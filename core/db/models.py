@@ -98,6 +98,8 @@ class Invitation(BaseModel):
     created_at = UtcDateTimeField(index=True)
     expires_at = UtcDateTimeField(index=True)
     accepted_at = UtcDateTimeField(null=True)
+    # Set when the inviter's account is deleted (P1: invited by an active user); reactivation leaves it (migration 0007).
+    revoked_at = UtcDateTimeField(null=True)
     # The account the invitation created; the row (which holds its email) is purged with it.
     account = pw.ForeignKeyField(Account, null=True, on_delete="CASCADE", backref="accepted_invitations")
 

@@ -4,8 +4,25 @@ Sign-in codes: 6 digits from the CSPRNG, stored as a keyed hash, valid
 `code_ttl_seconds`, one live code per email (a new one supersedes the old),
 `code_max_attempts` wrong tries then locked, compared in constant time.
 Requests for codes are rate-limited per email hash, and answered the same
-whether or not the email may sign in. Session tokens are 256-bit random,
-stored as a keyed hash, expire, and die on sign-out and account deletion.
+whether or not the email may sign in. Wrong codes are also capped per email
+over 24 hours (`code_max_failures_per_day`, all its codes together), after
+which every sign-in for that email is refused, known or not: 5 codes an hour
+times 5 tries cannot add up to a day of guessing. Session tokens are 256-bit
+random, stored as a keyed hash, expire, and die on sign-out and account
+deletion.
+
+Concurrency: everything that creates or changes what belongs to one email
+(waiting-list entry, account, invitations to it, codes, failed tries) first
+takes that email's key lock, and rate limits take their key's lock before
+counting (`faceharmony.core.db.locks`, which holds the lock order); so
+concurrent calls for one email give the answers sequential calls would, and a
+burst of requests is counted exactly.
+
+Invitations (P1: invited by an active user): deleting an account revokes its
+open invitations (`revoked_at`), and they stay revoked if the account is
+reactivated (the inviter can invite again); accepting a revoked invitation, or
+one whose inviter is not active, is refused with INVITATION_REVOKED. Once the
+inviter is purged, its invitations are gone with it (NOT_INVITED).
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ import grpc
 from faceharmony.core import audit, ids
 from faceharmony.core.crypto import equal
 from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.db.locks import email_key, key_lock, rate_key
 from faceharmony.core.db.models import (
     Account,
     CreditEntry,
@@ -35,6 +53,7 @@ from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.validation import clean_name, clean_text, normalize_email
 
 _CODE = re.compile(r"^\d{6}$")
+FAILURE_WINDOW = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,7 @@ def _require_attestation(given: bool) -> None:
 
 def _rate_limit(deps: Deps, key: str, limit: int, window_seconds: int) -> None:
     """Counts one request under key; raises RESOURCE_EXHAUSTED past the limit. Call inside a write transaction."""
+    key_lock(deps.db, rate_key(key))  # count-then-insert is exact only under the key's lock
     now = deps.clock.now()
     since = now - dt.timedelta(seconds=window_seconds)
     used = RateLimitHit.select().where(RateLimitHit.key == key, RateLimitHit.at > since).count()
@@ -65,13 +85,15 @@ def join_waitlist(deps: Deps, name: str, email: str, is_16_or_older: bool, note:
     name = clean_name(name)
     note = clean_text(note, reason="INVALID_NOTE", what="note", max_len=1000, required=False, multiline=True)
     _require_attestation(is_16_or_older)
+    email_hmac = deps.hasher.email(email)
     with write_transaction(deps.db):
+        key_lock(deps.db, email_key(email_hmac))
         if WaitlistEntry.get_or_none(WaitlistEntry.email == email) or Account.get_or_none(Account.email == email):
             return
         WaitlistEntry.create(
             id=ids.new_id(),
             email=email,
-            email_hmac=deps.hasher.email(email),
+            email_hmac=email_hmac,
             name=name,
             note=note,
             is_16_or_older=True,
@@ -95,6 +117,7 @@ def request_sign_in_code(deps: Deps, email: str) -> int:
     email = normalize_email(email)
     email_hmac = deps.hasher.email(email)
     with write_transaction(deps.db):
+        key_lock(deps.db, email_key(email_hmac))
         _rate_limit(deps, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
         name = _sign_in_name(deps, email)
         # Every request makes a live code, whether or not the email may sign in: an email that may
@@ -166,6 +189,10 @@ def _create_account(
     return account
 
 
+def _failure_key(email_hmac: str) -> str:
+    return "code-fail:" + email_hmac
+
+
 def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
     email = normalize_email(email)
     code = code.strip()
@@ -174,9 +201,15 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
     email_hmac = deps.hasher.email(email)
     failure: ApiError | None = None
     with write_transaction(deps.db):
+        key_lock(deps.db, email_key(email_hmac))
         now = deps.clock.now()
         account = Account.get_or_none(Account.email == email)
         actor = account.id if account else None
+        failures = (
+            RateLimitHit.select()
+            .where(RateLimitHit.key == _failure_key(email_hmac), RateLimitHit.at > now - FAILURE_WINDOW)
+            .count()
+        )
         row = locked(
             SignInCode.select()
             .where(
@@ -187,7 +220,13 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
             .order_by(SignInCode.created_at.desc()),
             deps.db,
         ).first()
-        if row is None or row.expires_at <= now:
+        if failures >= deps.settings.code_max_failures_per_day:
+            # Before any code is compared, a right one included: the cap stops guessing, whatever the email.
+            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="daily_cap")
+            failure = ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED", "too many wrong codes for this email today; try again tomorrow"
+            )
+        elif row is None or row.expires_at <= now:
             audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="no_live_code")
             failure = invalid("INVALID_CODE", "the code is wrong or has expired")
         elif row.attempts >= deps.settings.code_max_attempts:
@@ -196,6 +235,7 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
         elif not equal(deps.hasher.code(row.id, code), row.code_hash):
             attempts = row.attempts + 1
             SignInCode.update(attempts=SignInCode.attempts + 1).where(SignInCode.id == row.id).execute()
+            RateLimitHit.create(key=_failure_key(email_hmac), at=now)
             audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="wrong_code", attempt=attempts)
             if attempts >= deps.settings.code_max_attempts:
                 audit.record(deps.clock, audit.SIGN_IN_CODE_LOCKED, actor_id=actor)
@@ -230,14 +270,22 @@ def accept_invitation(deps: Deps, token: str, is_16_or_older: bool) -> SignedIn:
     token = token.strip()
     if not token or len(token) > 200:
         raise invalid("NOT_INVITED", "the invitation is not valid")
+    token_hash = deps.hasher.token(token)
     with write_transaction(deps.db):
         now = deps.clock.now()
-        invitation = locked(Invitation.select().where(Invitation.token_hash == deps.hasher.token(token)), deps.db).first()
-        if invitation is None or invitation.expires_at <= now:
+        seen = Invitation.get_or_none(Invitation.token_hash == token_hash)
+        if seen is None or seen.expires_at <= now:
+            raise invalid("NOT_INVITED", "the invitation is not valid or has expired")
+        # The lock order: the email's key, the inviter's account (deleting it revokes its invitations), the invitation.
+        key_lock(deps.db, email_key(seen.email_hmac))
+        inviter = locked(Account.select().where(Account.id == seen.inviter_id), deps.db).first()
+        invitation = locked(Invitation.select().where(Invitation.id == seen.id), deps.db).first()
+        if invitation is None:  # its inviter was purged meanwhile
             raise invalid("NOT_INVITED", "the invitation is not valid or has expired")
         if invitation.accepted_at is not None or Account.get_or_none(Account.email == invitation.email):
             raise precondition("INVITATION_ALREADY_USED", "the invitation was already used; sign in instead")
-        inviter = Account.get_or_none(Account.id == invitation.inviter_id)
+        if invitation.revoked_at is not None or inviter is None or inviter.state != "active":
+            raise precondition("INVITATION_REVOKED", "the invitation was withdrawn: the account that sent it was deleted")
         account = _create_account(deps, email=invitation.email, name=invitation.name, invited_by=inviter)
         Invitation.update(accepted_at=now, account=account).where(Invitation.id == invitation.id).execute()
         audit.record(deps.clock, audit.INVITATION_ACCEPTED, actor_id=account.id, subject_id=invitation.id)
@@ -269,24 +317,32 @@ def invite_friend(deps: Deps, account_id: str, email: str, name: str) -> None:
     s = deps.settings
     email = normalize_email(email)
     name = clean_name(name)
+    email_hmac = deps.hasher.email(email)
     with write_transaction(deps.db):
+        key_lock(deps.db, email_key(email_hmac))
         now = deps.clock.now()
         _rate_limit(deps, "invite:" + account_id, s.invitations_per_day, 24 * 3600)
+        # Locked: an invitation is never made while its inviter's deletion revokes the others.
+        inviter = locked(Account.select().where(Account.id == account_id), deps.db).get()
+        if inviter.state != "active":
+            raise precondition("ACCOUNT_DEACTIVATED", "the account is deactivated")
         if Account.get_or_none(Account.email == email):
             return
         live = Invitation.select().where(
-            Invitation.email == email, Invitation.accepted_at.is_null(), Invitation.expires_at > now
+            Invitation.email == email,
+            Invitation.accepted_at.is_null(),
+            Invitation.revoked_at.is_null(),
+            Invitation.expires_at > now,
         )
         if live.exists():
             return
-        inviter = Account.get_by_id(account_id)
         token = ids.new_token()
         invitation = Invitation.create(
             id=ids.new_id(),
             token_hash=deps.hasher.token(token),
             inviter=inviter,
             email=email,
-            email_hmac=deps.hasher.email(email),
+            email_hmac=email_hmac,
             name=name,
             created_at=now,
             expires_at=now + dt.timedelta(seconds=s.invitation_ttl_seconds),
@@ -319,6 +375,10 @@ def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
             Account.id == account_id
         ).execute()
         Session.update(revoked_at=now).where(Session.account == account_id, Session.revoked_at.is_null()).execute()
+        # P1: an invitation stands for an active member; reactivation does not bring these back.
+        Invitation.update(revoked_at=now).where(
+            Invitation.inviter == account_id, Invitation.accepted_at.is_null(), Invitation.revoked_at.is_null()
+        ).execute()
         enqueue(
             clock=deps.clock,
             kind="deletion_scheduled",
@@ -354,6 +414,7 @@ def create_staff(deps: Deps, email: str, name: str, role: str) -> Account:
     email = normalize_email(email)
     name = clean_name(name)
     with write_transaction(deps.db):
+        key_lock(deps.db, email_key(deps.hasher.email(email)))
         account = Account.get_or_none(Account.email == email)
         if account is None:
             account = _create_account(deps, email=email, name=name, role=role)

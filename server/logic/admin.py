@@ -8,7 +8,7 @@ from faceharmony.core.db.models import Account, AuditEvent, WaitlistEntry
 from faceharmony.core.email.queue import enqueue
 from faceharmony.server.errors import not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
-from faceharmony.server.validation import paginate, require_id, state_filter
+from faceharmony.server.validation import clean_text, paginate, require_id, state_filter
 
 WAITLIST_STATES = {1: "pending", 2: "approved"}
 
@@ -42,8 +42,9 @@ def approve_waitlist_entry(deps: Deps, staff_id: str | None, entry_id: str) -> W
 
 def get_audit_log(deps: Deps, kind: str, actor_id: str, subject_id: str, page_size: int, page_token: str):
     query = AuditEvent.select()
+    kind = clean_text(kind, reason="INVALID_REQUEST", what="kind", max_len=40, required=False, multiline=False)
     if kind:
-        query = query.where(AuditEvent.kind == kind.strip().upper())
+        query = query.where(AuditEvent.kind == kind.upper())
     if actor_id:
         query = query.where(AuditEvent.actor_id == require_id(actor_id, "actor_id"))
     if subject_id:

@@ -40,7 +40,17 @@ def _own_visible(deps: Deps, account_id: str, model_id: str, for_update: bool = 
     return model
 
 
+def _replay(first: UserModel) -> UserModel:
+    """The model an earlier CreateModel with this request_id made; MODEL_PENDING_DELETION once the user deleted it."""
+    if first.state not in VISIBLE:
+        raise precondition("MODEL_PENDING_DELETION", "the model created with this request_id was deleted; send a new request_id")
+    return first
+
+
 def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list[str], request_id: str) -> UserModel:
+    """Queues a model's training from 4-20 of the caller's photos. A photo must be the caller's, not deleted, in
+    no other model, and not expired (an unattached photo past `unattached_photo_ttl_hours` is no longer usable,
+    P11, even before the retention daemon purges it)."""
     s = deps.settings
     name = _display_name(display_name)
     request_id = optional_request_id(request_id)
@@ -56,7 +66,7 @@ def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list
             if request_id:
                 first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id)
                 if first is not None:
-                    return first
+                    return _replay(first)
             photos = list(
                 locked(Photo.select().where(Photo.id.in_(wanted), Photo.account == account_id, Photo.deleted_at.is_null()), deps.db)
             )
@@ -65,6 +75,8 @@ def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list
             if any(p.model_id is not None for p in photos):
                 raise precondition("PHOTO_NOT_USABLE", "a photo already belongs to another model")
             now = deps.clock.now()
+            if any(p.expires_at is not None and p.expires_at <= now for p in photos):
+                raise precondition("PHOTO_NOT_USABLE", "a photo has expired; upload it again")
             model = UserModel.create(
                 id=ids.new_id(),
                 account=account_id,
@@ -83,7 +95,7 @@ def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list
         first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id) if request_id else None
         if first is None:
             raise
-        return first
+        return _replay(first)
 
 
 def get_model(deps: Deps, account_id: str, model_id: str) -> UserModel:

@@ -39,9 +39,15 @@ def rejection_for(verdict: Verdict) -> ApiError | None:
 
 
 def existing_upload(deps: Deps, account_id: str, request_id: str | None) -> Photo | None:
+    """The photo an earlier upload with this request_id stored, or None. FAILED_PRECONDITION PHOTO_DELETED when
+    the user has deleted it since: its row keeps the request_id until the purge, and nothing is stored again.
+    Checked before the blob is written, so a refused upload writes no blob."""
     if not request_id:
         return None
-    return Photo.get_or_none(Photo.account == account_id, Photo.request_id == request_id, Photo.deleted_at.is_null())
+    first = Photo.get_or_none(Photo.account == account_id, Photo.request_id == request_id)
+    if first is not None and first.deleted_at is not None:
+        raise precondition("PHOTO_DELETED", "the photo uploaded with this request_id was deleted; send a new request_id")
+    return first
 
 
 def check_quota(deps: Deps, account_id: str) -> None:
@@ -67,10 +73,12 @@ def record_upload(deps: Deps, account_id: str, blob_id: str, image: PreparedImag
                 expires_at=now + dt.timedelta(hours=deps.settings.unattached_photo_ttl_hours),
             )
     except pw.IntegrityError:
+        # A concurrent upload with the same request_id won (or its photo was deleted meanwhile: PHOTO_DELETED).
+        # Our blob is now an orphan: swept by the retention daemon (the API's role cannot delete blobs).
         first = existing_upload(deps, account_id, request_id)
         if first is None:
             raise
-        return first  # our blob is now an orphan: swept by the retention daemon
+        return first
 
 
 def list_photos(deps: Deps, account_id: str, page_size: int, page_token: str):
