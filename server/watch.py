@@ -162,7 +162,10 @@ class WatchHub:
                 if session_id in refused and queue not in self._ending:
                     self._ending.add(queue)
                     self._put(queue, refused[session_id])
+            probed = set(ids)
             for key, queues in list(self._watchers.items()):
+                if key not in probed:  # a watcher that arrived during this tick: the next tick probes its row
+                    continue
                 snap = fresh.get(key)
                 if snap is None:
                     if key in current:  # unchanged
