@@ -32,6 +32,8 @@ from typing import Any, Iterator
 
 import torch
 
+from faceharmony.core.datadir import make_private, private_dir
+
 # Components the trainer needs, with the files that must be present for each.
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _MODEL_WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
@@ -467,6 +469,7 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     with _quiet_progress():
         pipe.save_pretrained(folder, safe_serialization=True)
+    make_private(folder)  # diffusers writes with the umask's modes: folders 0700, files 0600

@@ -4,7 +4,8 @@ The system: the API server, a trainer, Triton (the wheel's server on
 `triton_models/`, gRPC on the port of FACEHARMONY_TRITON_URL), an order worker
 and the retention daemon. Every listener is on 127.0.0.1 unless a setting says
 otherwise (FACEHARMONY_LISTEN, FACEHARMONY_TRITON_LISTEN_ADDRESS); the retention
-daemon serves no metrics port here. Each process runs as a child with the same
+daemon serves no metrics port here. The data folder is made private (0700,
+files 0600) before anything starts. Each process runs as a child with the same
 environment; SIGTERM/SIGINT are passed on. A worker process (trainer, Triton,
 order worker, retention daemon) that dies is started again after a growing
 pause: its work is not lost (the job queues hand a dead worker's job to the
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 
+from faceharmony.core.datadir import prepare_data_dir
 from faceharmony.core.settings import Settings
 
 
@@ -95,6 +97,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    prepare_data_dir(settings.data_dir)  # 0700 before any child writes into it (core/datadir.py)
     ensure_base_model(settings)
     # The server applies the migrations; the trainer waits for them by starting second.
     for name, argv in commands.items():

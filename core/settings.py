@@ -263,7 +263,9 @@ class Settings:
             return self.secret_key.encode()
         path = self.data_dir / "secret.key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            from faceharmony.core.datadir import private_dir
+
+            private_dir(self.data_dir)
             tmp = path.with_suffix(f".{secrets.token_hex(8)}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:

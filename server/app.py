@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from faceharmony.core import logs
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.crypto import Hasher
+from faceharmony.core.datadir import prepare_data_dir
 from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
@@ -133,7 +134,7 @@ async def create_server(
     pass others (e.g. a store whose backend fails on purpose).
     """
     clock = clock or SystemClock()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)  # 0700, an old loose one tightened (core/datadir.py)
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.database_pool_size, thread_name_prefix="db")
     app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()), executor=executor)

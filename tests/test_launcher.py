@@ -1,6 +1,6 @@
 """README's start command: `faceharmony-up` starts the whole system on its embedded defaults (server, trainer,
-Triton, order worker, retention daemon), listens on loopback only, restarts a worker process that dies, and
-shuts everything down on SIGTERM. Runs the real processes in a temporary folder, on free ports."""
+Triton, order worker, retention daemon), listens on loopback only, keeps its data folder private under umask 0,
+restarts a worker process that dies, and shuts everything down on SIGTERM. Runs the real processes in a temporary folder, on free ports."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceharmony.core.inference.triton_server import free_port
 from tests.support.listeners import listening
+from tests.test_data_dir import loose, modes
 from tests.support.triton import require_triton
 from tests.support.wait import wait_for
 
@@ -71,7 +72,8 @@ def test_make_up_starts_everything_on_loopback_restarts_a_dead_worker_and_stops_
     )
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
-        up = subprocess.Popen([str(BIN / "faceharmony-up")], env=env, cwd=tmp_path, stdout=log, stderr=log)
+        # The most permissive umask: every folder and file in the data folder must still be private.
+        up = subprocess.Popen([str(BIN / "faceharmony-up")], env=env, cwd=tmp_path, stdout=log, stderr=log, umask=0o000)
     try:
         started = wait_for(lambda: (p := pids(log_path.read_text(errors="replace"))) and len(p) == len(NAMES) and p, 180, "all processes")
         with grpc.insecure_channel(f"127.0.0.1:{api_port}") as channel:
@@ -97,6 +99,9 @@ def test_make_up_starts_everything_on_loopback_restarts_a_dead_worker_and_stops_
         assert up.wait(60) == 0
         everyone = [pid for name, pid in started.items() if name != "order-worker"] + [restarted]
         wait_for(lambda: not any(alive(pid) for pid in everyone), 30, "every child to exit")
+        written = modes(tmp_path / "data")
+        assert {"faceharmony.sqlite3", "secret.key", "base-model/model_index.json", "triton/backends/python"} <= set(written)
+        assert loose(tmp_path / "data") == {}
     finally:
         if up.poll() is None:
             up.kill()

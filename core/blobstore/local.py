@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from faceharmony.core.blobstore.base import BlobError, BlobInfo, BlobNotFound, BlobStore, Role
+from faceharmony.core.datadir import private_dir
 
 
 class LocalBlobStore(BlobStore):
@@ -21,7 +22,7 @@ class LocalBlobStore(BlobStore):
     def _dir(self, kind: str) -> Path:
         path = self.root / kind
         try:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(path)  # 0700 with its parents, whatever the umask
         except OSError as exc:
             raise BlobError(f"local blob folder unusable: {exc.strerror}") from exc
         return path

@@ -15,6 +15,7 @@ from pathlib import Path
 import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase
 
+from faceharmony.core.datadir import private_dir, private_file, tighten
 from faceharmony.core.db.models import database_proxy
 
 SQLITE_PRAGMAS = {
@@ -36,7 +37,12 @@ def make_database(url: str, pool_size: int = 10) -> pw.Database:
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # The database file made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+            # database file's mode (whatever the umask); loose ones left by an older version are tightened.
+            private_dir(path.parent)
+            private_file(path)
+            for suffix in ("-wal", "-shm"):
+                tighten(path.with_name(path.name + suffix))
         return pw.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=10, autoconnect=True)
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("postgresql", "postgres"):

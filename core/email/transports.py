@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+from faceharmony.core.datadir import private_dir
 from faceharmony.core.settings import Settings
 
 
@@ -40,7 +41,7 @@ class OutboxTransport:
         self.directory = directory
 
     def send(self, message: email.message.EmailMessage) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)  # 0700 with its parents, whatever the umask
         name = str(message["Message-ID"]).strip("<>").split("@")[0] or secrets.token_hex(16)
         final = self.directory / f"{name}.eml"
         tmp = self.directory / f".{name}.{secrets.token_hex(4)}.tmp"

@@ -22,7 +22,9 @@ Owns:
     trace, logging) is restricted to a header whose value is drawn at each start and handed to nobody.
     (It is on Triton's command line, which local users who can list processes may read: the primary
     guard against model loading is the disabled model control, not the key.)
-  `--exit-timeout-secs=5`. The environment: `LD_LIBRARY_PATH` starting with this
+  `--exit-timeout-secs=5`. It runs under umask 077 (`TRITON_UMASK`), so what Triton and its stubs write
+  (the stub's `__pycache__` in the backend folder) is private like the rest of the data folder
+  (core/datadir.py). The environment: `LD_LIBRARY_PATH` starting with this
   interpreter's `sysconfig` LIBDIR (else the stub may load the system's libpython) then
   `site-packages/nvidia_pytriton.libs`; `PATH` with this interpreter's `bin` first, so the stub runs in this
   environment and `model.py` imports `faceharmony.*` (and numpy<2). FACEHARMONY_* variables pass through
@@ -52,6 +54,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from faceharmony.core.datadir import private_dir
+
 DEFAULT_MODELS = ("faceharmony_diffusion",)
 # The repository next to the project's packages (an editable install or a source checkout).
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
@@ -61,6 +65,9 @@ LOOPBACK = "127.0.0.1"
 # Triton's gRPC protocol groups the order side never uses (see the module docstring).
 RESTRICTED_PROTOCOLS = ("model-repository", "model-config", "metadata", "shared-memory", "trace", "logging")
 RESTRICTED_HEADER = "faceharmony-admin"
+# Triton and its Python-backend stubs write files we do not control (the stub's __pycache__ beside the
+# backend's symlinked triton_python_backend_utils.py, in the data folder): they run under this umask.
+TRITON_UMASK = 0o077
 
 
 class TritonUnavailable(RuntimeError):
@@ -97,7 +104,7 @@ def prepare_backend_dir(folder: Path) -> Path:
         if not src.exists():
             raise TritonUnavailable(f"the wheel has no {name} for Python {version} ({src})")
     target = Path(folder) / "python"
-    target.mkdir(parents=True, exist_ok=True)
+    private_dir(target)
     for name, src in sources.items():
         link = target / name
         if link.is_symlink() and os.readlink(link) == str(src):
@@ -121,7 +128,7 @@ def prepare_repository_view(repository: Path, models: Sequence[str], folder: Pat
             raise TritonUnavailable(f"no model {model!r} in {repository}")
     digest = hashlib.sha256("\0".join([str(repository), *sorted(set(models))]).encode()).hexdigest()[:16]
     view = Path(folder) / digest
-    view.mkdir(parents=True, exist_ok=True)
+    private_dir(view)
     for model in sorted(set(models)):
         link, src = view / model, repository / model
         if link.is_symlink() and os.readlink(link) == str(src):
@@ -272,7 +279,7 @@ def start_triton(
     log_path = work_dir / "tritonserver.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, umask=TRITON_UMASK)
     server = TritonServer(process, grpc_port=ports[0], metrics_port=ports[1], models=models, log_path=log_path,
                           address=address)
     try:
@@ -307,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TritonUnavailable as exc:
         print(f"faceharmony-triton: {exc}", file=sys.stderr)
         return 2
-    process = subprocess.Popen(cmd, env=server_env())
+    process = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK)
 
     def forward(signum, _frame):
         if process.poll() is None:
