@@ -23,23 +23,7 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email.transports import OutboxTransport, build_message
 from faceharmony.core.settings import Settings
-
-
-def modes(folder: Path) -> dict[str, str]:
-    """Relative path -> octal mode of every folder and file under `folder` (itself included), symlinks left out."""
-    found = {".": oct(stat.S_IMODE(folder.stat().st_mode))}
-    for root, dirs, files in os.walk(folder):
-        for name in (*dirs, *files):
-            path = Path(root) / name
-            if not path.is_symlink():
-                found[str(path.relative_to(folder))] = oct(stat.S_IMODE(path.lstat().st_mode))
-    return found
-
-
-def loose(folder: Path) -> dict[str, str]:
-    """Entries that are not 0700 folders or 0600 files."""
-    return {p: mode for p, mode in modes(folder).items()
-            if mode != oct(0o700 if (folder / p).is_dir() else 0o600)}
+from tests.support.modes import loose, modes
 
 
 @pytest.fixture

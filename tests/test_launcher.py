@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceharmony.core.inference.triton_server import free_port
 from tests.support.listeners import listening
-from tests.test_data_dir import loose, modes
+from tests.support.modes import loose, modes
 from tests.support.triton import require_triton
 from tests.support.wait import wait_for
 

@@ -34,7 +34,7 @@ Owns:
   `with` block, and at interpreter exit.
 * `main()`: the console entry point `faceharmony-triton`: runs the server in the foreground, SIGTERM and
   SIGINT forwarded to it, exit status passed through. The backend directory lives in
-  `<FACEHARMONY_DATA_DIR>/triton/backends`.
+  `<FACEHARMONY_DATA_DIR>/triton/backends`, the repository views in `<FACEHARMONY_DATA_DIR>/triton/repositories`.
 """
 
 from __future__ import annotations
