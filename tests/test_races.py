@@ -282,3 +282,26 @@ def test_the_order_worker_locks_the_account_before_the_order(harness, pg_probe):
         _probe_unlocked(locker, "photo_order", order_id)
     assert worker.result(timeout=60) == 1
     assert h.db_call(lambda: m.OrderImage.get_by_id(slot_ids[0]).state) == "failed"
+
+
+def test_the_account_purge_locks_the_models_before_their_jobs(harness, pg_probe):
+    """A trainer's write holds the model's row (then wants the job's); the purge must not take the job's first."""
+    import datetime as dt
+
+    from faceharmony.core.blobstore.base import Role
+    from faceharmony.core.blobstore.local import LocalBlobStore
+    from faceharmony.core.retention.daemon import Retention
+
+    h = harness
+    locker, watcher = pg_probe
+    user, model_id, job_id = _model_with_job(h, "purged-trainee@example.com")
+    deleted = h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md).account
+    h.clock.set(deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=1))
+    retention = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
+    with locker.atomic():
+        locker.execute_sql("SELECT id FROM user_model WHERE id = %s FOR UPDATE", (model_id,)).fetchone()
+        purge = _in_thread(h, retention.run_once)
+        wait_for(lambda: _lock_waiters(watcher) >= 1, timeout=30, what="the purge to wait for the model's lock")
+        _probe_unlocked(locker, "training_job", job_id)
+    assert purge.result(timeout=120)["accounts"] == 1
+    assert h.db_call(m.TrainingJob.select().count) == 0

@@ -162,3 +162,24 @@ def test_wrong_codes_are_capped_per_day_the_same_for_known_and_unknown_emails(ha
     h.clock.advance(dt.timedelta(hours=24))
     code = h.code_for(member.email)
     assert h.accounts.SignIn(a.SignInRequest(email=member.email, code=code)).account.id == member.account_id
+
+
+def test_the_account_purge_takes_the_counted_wrong_codes_with_it(harness):
+    import dataclasses
+
+    from faceharmony.core.blobstore.base import Role
+    from faceharmony.core.blobstore.local import LocalBlobStore
+    from faceharmony.core.retention.daemon import Retention
+
+    h = harness
+    member = h.sign_up("forgetful@example.com")
+    wrong_codes(h, member.email, 2)
+    key = "code-fail:" + h.api.app.hasher.email(member.email)
+    assert h.db_call(m.RateLimitHit.select().where(m.RateLimitHit.key == key).count) == 2
+    deleted = h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=member.email), metadata=member.md).account
+    # Rate-limit rows expire after a day anyway: move the window so only the account purge can take them.
+    settings = dataclasses.replace(h.settings, code_request_window_seconds=60 * 24 * 3600)
+    h.clock.set(deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=1))
+    retention = Retention(settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
+    assert h.db_call(retention.run_once)["accounts"] == 1
+    assert h.db_call(m.RateLimitHit.select().where(m.RateLimitHit.key == key).count) == 0

@@ -21,7 +21,9 @@ reaches back to an earlier kind once it holds a later one:
 Inserting a row with a foreign key takes `FOR KEY SHARE` on the row it names,
 so an insert counts as a lock of that row: that is why the trainer locks a
 job's model before the job (`TrainingQueue.lock_first`), and the order worker
-its order's account before the order (`OrderQueue.lock_first`). A lock taken
+its order's account before the order (`OrderQueue.lock_first`), and why the
+retention daemon's account purge locks the account's models before it deletes
+their jobs. A lock taken
 with `SKIP LOCKED` never waits, so it may be taken out of order (the
 heartbeat's progress update does).
 """

@@ -68,7 +68,8 @@ Blob = tuple[str, str]  # (kind, blob id)
 
 
 def rate_limit_keep(settings: Settings) -> dt.timedelta:
-    """How long a rate-limit row is kept: the longest window one is counted in (code requests, invitations)."""
+    """How long a rate-limit row is kept: the longest window one is counted in (code requests, wrong codes (24 h),
+    invitations)."""
     return max(dt.timedelta(seconds=settings.code_request_window_seconds), INVITATION_WINDOW)
 
 
@@ -379,7 +380,7 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         (CreditEntry, CreditEntry.account == aid),
         (Session, Session.account == aid),
         (SignInCode, SignInCode.email_hmac == hmac),
-        (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "invite:" + aid])),
+        (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "code-fail:" + hmac, "invite:" + aid])),
         (Invitation, invitations),
         (WaitlistEntry, waitlist),
         (EmailQueue, (EmailQueue.account == aid) | (EmailQueue.to_address == account.email)),
@@ -413,6 +414,9 @@ def purge_account(ctx: Context, account_id: str) -> bool:
         account = _locked(Account.select().where(Account.id == account_id, Account.state == PURGING), ctx.db).first()
         if account is None:
             return False
+        # The lock order (core/db/locks.py): the account, its models, then their jobs (deleted below before the
+        # models): a trainer's write locks the model before the job too.
+        list(_locked(UserModel.select(UserModel.id).where(UserModel.account == account_id), ctx.db))
         late = account_blobs(account_id)
         for field, cond in account_links(account_id):
             field.model.update({field: None}).where(cond).execute()
