@@ -18,6 +18,10 @@ Owns:
   also embedded in the safetensors header under `faceharmony_training` (JSON) so the blob describes itself.
 * `load_adapter_bytes(data)`: validates such a payload and raises `CorruptAdapter` for anything else.
 
+diffusers writes LoRA weights only into a folder, so the adapter is on disk for a moment while it is
+serialized: in a 0700 temporary folder inside `scratch_dir` (the trainer passes its data folder's scratch
+folder, core/tempfiles.py, where the orphan sweep finds what a `kill -9` left; never the system's /tmp).
+
 Randomness (LoRA init, latent sampling, noise, timesteps, batch order) all comes from the settings' seed via
 a private CPU generator, so training on the CPU is bit-for-bit repeatable and the global RNG is untouched.
 """
@@ -41,6 +45,7 @@ from PIL import Image, ImageOps
 
 from faceharmony.core.basemodel import BaseModel
 from faceharmony.core.inference.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
+from faceharmony.core.tempfiles import TEMP_PREFIX
 
 ADAPTER_NAME = "faceharmony_training"
 FORMAT_VERSION = 1
@@ -210,8 +215,9 @@ def _library_versions() -> dict[str, str]:
     }
 
 
-def _serialize(base: BaseModel, settings: TrainingSettings, metadata: dict) -> bytes:
-    """The attached adapter as diffusers-format LoRA safetensors bytes, alpha folded into `up`."""
+def _serialize(base: BaseModel, settings: TrainingSettings, metadata: dict, scratch_dir: Path | None) -> bytes:
+    """The attached adapter as diffusers-format LoRA safetensors bytes, alpha folded into `up`; written for a
+    moment into a temporary folder in `scratch_dir` (None: the system's temporary folder)."""
     import safetensors.torch
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -230,7 +236,7 @@ def _serialize(base: BaseModel, settings: TrainingSettings, metadata: dict) -> b
     lora_config = unet.peft_config[ADAPTER_NAME].to_dict()
     lora_config["lora_alpha"] = settings.rank  # the scale is already inside the `up` weights
     lora_config["target_modules"] = sorted(lora_config["target_modules"])
-    with tempfile.TemporaryDirectory(prefix="faceharmony-lora-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}lora-", dir=scratch_dir) as tmp:
         StableDiffusionPipeline.save_lora_weights(
             tmp, unet_lora_layers=tensors, safe_serialization=True, unet_lora_adapter_metadata=lora_config
         )
@@ -260,8 +266,12 @@ def train_lora(
     settings: TrainingSettings,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    scratch_dir: Path | None = None,
 ) -> TrainedAdapter:
     """Train one LoRA adapter on `jpegs` over the shared `base`; the base is unchanged afterwards.
+
+    `scratch_dir` is where the adapter is serialized for a moment (the trainer: its data folder's scratch
+    folder; None, for synthetic data only: the system's temporary folder).
 
     `on_progress(step, total)` is called after every step (1..total); `should_stop()` before every step and
     before the expensive preparation: when it returns True, TrainingCancelled is raised at once. Raises
@@ -386,7 +396,7 @@ def train_lora(
                 "num_images": len(jpegs),
                 "library_versions": _library_versions(),
             }
-            data = _serialize(base, settings, metadata)
+            data = _serialize(base, settings, metadata, scratch_dir)
             timings["serialize"] = time.perf_counter() - t0
         finally:
             _detach_adapter(base, frozen, was_training, settings.gradient_checkpointing)

@@ -7,11 +7,15 @@ still holding the lease can record a version (fenced in one transaction with
 the job's success), so a job yields exactly one version; adapter blobs
 written by a trainer that lost its job are orphans, removed by the orphan
 sweep. A heartbeat that finds the job gone (the model was deleted, or the
-job was taken over) stops the training at the next step.
+job was taken over) stops the training at the next step. The adapter is
+serialized in the data folder's scratch folder (never the system's /tmp): what
+a trainer killed mid-save leaves there is removed once older than the orphan
+margin, by the retention daemon's sweep and when a trainer starts.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -19,6 +23,7 @@ import time
 
 import peewee as pw
 
+from faceharmony.core import tempfiles
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore, Role
 from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
@@ -76,8 +81,18 @@ class Trainer:
         return TrainingSettings(**values)
 
     # --- the loop ------------------------------------------------------------------------
+    def sweep_scratch(self) -> int:
+        """Removes what a trainer killed mid-save left in the data folder's scratch folder, once older than the
+        orphan margin (real time; the retention daemon sweeps it too, where it shares the data folder)."""
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=self.settings.orphan_margin_hours)
+        swept = tempfiles.sweep_stale(tempfiles.scratch_dir(self.settings.data_dir), cutoff)
+        if swept:
+            log.info("stale temporary files removed", extra={"swept_temporary_files": swept})
+        return swept
+
     def run_forever(self) -> None:
         log.info("trainer started", extra={"worker": self.worker_id})
+        self.sweep_scratch()
         while not self.shutting_down.is_set():
             if not self.run_once():
                 self.shutting_down.wait(self.settings.trainer_poll_seconds)
@@ -141,7 +156,10 @@ class Trainer:
             return stop.is_set() or self.shutting_down.is_set()
 
         try:
-            adapter = train_lora(base, jpegs, training_settings, on_progress=on_progress, should_stop=should_stop)
+            adapter = train_lora(
+                base, jpegs, training_settings, on_progress=on_progress, should_stop=should_stop,
+                scratch_dir=tempfiles.scratch_dir(self.settings.data_dir),
+            )
         except PhotoUnreadable as exc:  # no photo, or one that cannot be decoded: retrying will not help
             log.error("training input refused", extra={"job_id": claim.job_id, "error": str(exc)})
             self.queue.fail(claim, "PHOTO_UNREADABLE", retryable=False)

@@ -117,7 +117,17 @@ class BlobStore:
         for as long as the copy is kept. On GCS this reads the bucket's metadata: only the retention daemon calls it."""
         raise NotImplementedError
 
+    def sweep_temporary(self, cutoff: dt.datetime, dry_run: bool = False) -> int:
+        """Deletes the temporary files of writes that never finished (a writer killed mid-write) last modified
+        before `cutoff` (a real time); returns how many (dry_run: only counts them). Retention role only."""
+        for kind in KINDS:
+            self._check(kind, Op.DELETE)
+        return self._sweep_temporary(cutoff, dry_run)
+
     # backends
+    def _sweep_temporary(self, cutoff: dt.datetime, dry_run: bool) -> int:
+        return 0  # a backend that writes no temporary file (GCS uploads from memory)
+
     def _create(self, kind: str, blob_id: str, data: bytes, content_type: str) -> None:
         raise NotImplementedError
 

@@ -1,14 +1,19 @@
-"""The local-folder blob store (embedded default): <root>/<kind>/<id>, files 0600 in 0700 folders, written atomically (temporary file, fsync, link into place), never overwritten."""
+"""The local-folder blob store (embedded default): <root>/<kind>/<id>, files 0600 in 0700 folders, written atomically (temporary file, fsync, link into place), never overwritten.
+
+A writer killed before it removes its temporary file (`.tmp-<id>-<random>`, core/tempfiles.py) leaves it
+behind, after the link as a second name of the blob's file: `sweep_temporary` (the retention daemon's orphan
+sweep) deletes those older than the margin.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from faceharmony.core.blobstore.base import BlobError, BlobInfo, BlobNotFound, BlobStore, Role
+from faceharmony.core import tempfiles
+from faceharmony.core.blobstore.base import KINDS, BlobError, BlobInfo, BlobNotFound, BlobStore, Role
 from faceharmony.core.datadir import private_dir
 
 
@@ -29,7 +34,7 @@ class LocalBlobStore(BlobStore):
 
     def _create(self, kind: str, blob_id: str, data: bytes, content_type: str) -> None:
         folder = self._dir(kind)
-        tmp = folder / f".tmp-{blob_id}-{secrets.token_hex(4)}"
+        tmp = tempfiles.temporary_path(folder, blob_id)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
@@ -72,6 +77,9 @@ class LocalBlobStore(BlobStore):
 
     def keeps_deleted_versions(self) -> bool:
         return False
+
+    def _sweep_temporary(self, cutoff: dt.datetime, dry_run: bool) -> int:
+        return sum(tempfiles.sweep_stale(self.root / kind, cutoff, dry_run) for kind in KINDS)
 
     def _list(self, kind: str) -> Iterator[BlobInfo]:
         folder = self.root / kind

@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+from faceharmony.core import tempfiles
 from faceharmony.core.datadir import private_dir
 from faceharmony.core.settings import Settings
 
@@ -44,7 +45,7 @@ class OutboxTransport:
         private_dir(self.directory)  # 0700 with its parents, whatever the umask
         name = str(message["Message-ID"]).strip("<>").split("@")[0] or secrets.token_hex(16)
         final = self.directory / f"{name}.eml"
-        tmp = self.directory / f".{name}.{secrets.token_hex(4)}.tmp"
+        tmp = tempfiles.temporary_path(self.directory, name)  # swept after a crash (core/tempfiles.py)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:

@@ -13,10 +13,12 @@ expired (and, with FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING, photos of trained
 models), generated photos past purge_after, expired codes, sessions,
 invitations and old rate-limit rows; then, every
 FACEHARMONY_ORPHAN_SWEEP_INTERVAL_SECONDS (and in every `--once` run), it
-sweeps orphan blobs. Each policy repeats batches until nothing is due; a
-failing policy is logged, counted and retried next cycle without stopping the
-others, and so is a failing account or model, or a photo whose blob could not
-be deleted, without stopping the rest of its policy.
+sweeps orphan blobs and the temporary files of writes that never finished
+(core/tempfiles.py), once older than the orphan margin. Each policy repeats
+batches until nothing is due; a failing policy is logged, counted and retried
+next cycle without stopping the others, and so is a failing account or model,
+or a photo whose blob could not be deleted, without stopping the rest of its
+policy.
 
 On GCS the daemon reads the bucket's soft delete and object versioning at
 start-up: with soft delete it reports until when purged blobs stay
@@ -49,10 +51,13 @@ from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import close_database, open_database, write_transaction
 from faceharmony.core.retention import policies
 from faceharmony.core.retention.metrics import Metrics
-from faceharmony.core.retention.orphans import sweep_orphan_blobs
+from faceharmony.core.retention.orphans import sweep_orphan_blobs, sweep_temporary_files, temporary_folders
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.retention")
+
+# The sweep's count of temporary files left by writers killed mid-write (no blob: never "not final").
+TEMPORARY_FILES = "temporary_files"
 
 # Safety stop for one policy in one cycle (a batch that makes no progress ends it anyway).
 MAX_BATCHES_PER_CYCLE = 10_000
@@ -142,7 +147,14 @@ class Retention:
             errors.append("orphan_blobs")
             return {}
         self._last_sweep = now
-        return {f"orphan_{kind}_blobs": n for kind, n in swept.items()}
+        result = {f"orphan_{kind}_blobs": n for kind, n in swept.items()}
+        try:  # what writers killed mid-write left (core/tempfiles.py), past the same margin
+            result[TEMPORARY_FILES] = sweep_temporary_files(self.store, temporary_folders(self.settings), now, margin)
+        except Exception:
+            log.exception("temporary file sweep failed")
+            self.metrics.inc("errors_total", TEMPORARY_FILES)
+            errors.append(TEMPORARY_FILES)
+        return result
 
     def _report(self, ctx: policies.Context, purged: dict[str, int], errors: list[str], seconds: float) -> None:
         for kind, n in purged.items():
@@ -174,7 +186,7 @@ class Retention:
     def _not_final(self, purged: dict[str, int]) -> None:
         """On a versioned bucket the blobs of what was purged stay as noncurrent versions: counted by kind and
         logged as an error; `--once` then exits 1. Housekeeping kinds hold no blobs."""
-        kinds = {k: n for k, n in purged.items() if n and k not in policies.HOUSEKEEPING}
+        kinds = {k: n for k, n in purged.items() if n and k not in policies.HOUSEKEEPING and k != TEMPORARY_FILES}
         for kind, n in kinds.items():
             self.metrics.inc("purges_not_final_total", kind, n)
         if kinds:
@@ -191,10 +203,12 @@ class Retention:
         orphans = sweep_orphan_blobs(
             self.db, self.store, self.clock.now(), margin, self.settings.retention_batch_size, dry_run=True
         )
+        temporary = sweep_temporary_files(self.store, temporary_folders(self.settings), self.clock.now(), margin, dry_run=True)
         return {
             "due": policies.due_counts(ctx),
             "contents": policies.contents_of_due(ctx),
             "orphan_blobs": orphans,
+            "temporary": {TEMPORARY_FILES: temporary},
         }
 
 
@@ -227,8 +241,9 @@ def format_dry_run(report: dict[str, dict[str, int]], now: dt.datetime) -> str:
     lines += [f"  {kind:<22} {n}" for kind, n in report["due"].items()]
     lines.append("rows inside the due accounts and models, by table:")
     lines += [f"  {table:<40} {n}" for table, n in sorted(report["contents"].items())] or ["  (none)"]
-    lines.append("orphan blobs past the margin now (real time), by kind:")
+    lines.append("orphan blobs and temporary files of unfinished writes past the margin now (real time), by kind:")
     lines += [f"  {'orphan_' + kind + '_blobs':<22} {n}" for kind, n in report["orphan_blobs"].items()]
+    lines += [f"  {kind:<22} {n}" for kind, n in report["temporary"].items()]
     return "\n".join(lines)
 
 

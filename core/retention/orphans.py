@@ -5,15 +5,21 @@ fails between writing the blob and committing the row. The margin keeps the
 sweep away from uploads still in flight, so `now` must be the real time (the
 blobs' creation times are real), never a policy moment such as `--now`.
 Deleting is idempotent, so two sweeps at once do no harm.
+
+The same sweep deletes the temporary files a crash left behind (core/tempfiles.py):
+a blob store's unfinished writes, and the `.tmp-*` entries of the data folder's
+scratch folder and email outbox, once last modified before the same margin.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 
 import peewee as pw
 
+from faceharmony.core import tempfiles
 from faceharmony.core.blobstore.base import BlobStore
 from faceharmony.core.db.models import GeneratedPhoto, ModelVersion, Photo
 from faceharmony.core.settings import Settings
@@ -65,4 +71,26 @@ def _delete_unreferenced(store: BlobStore, kind: str, columns: tuple[pw.Field, .
     for blob_id in blob_ids:
         if blob_id not in referenced and (dry_run or store.delete(kind, blob_id)):
             count += 1
+    return count
+
+
+def temporary_folders(settings: Settings) -> tuple[Path, ...]:
+    """The data folder's folders where temporary files holding personal data are made (besides the blob store)."""
+    return (settings.data_dir / tempfiles.SCRATCH_FOLDER, settings.outbox_dir)
+
+
+def sweep_temporary_files(
+    store: BlobStore,
+    folders: tuple[Path, ...],
+    now: dt.datetime,
+    margin: dt.timedelta | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Deletes the temporary files of unfinished writes (the store's, and those in `folders`) last modified before
+    now - margin (dry_run: only counts them); returns how many. `now` is the real time, as for the blobs."""
+    margin = dt.timedelta(hours=Settings.orphan_margin_hours) if margin is None else margin
+    cutoff = now - margin
+    count = store.sweep_temporary(cutoff, dry_run) + sum(tempfiles.sweep_stale(f, cutoff, dry_run) for f in folders)
+    if count and not dry_run:
+        log.info("temporary files swept", extra={"swept_temporary_files": count})
     return count
