@@ -123,6 +123,26 @@ def test_a_burst_of_invitations_is_counted_exactly(harness):
     assert h.db_call(m.Invitation.select().count) == allowed
 
 
+def test_concurrent_create_model_with_one_request_id_answers_one_model(harness):
+    """Sequentially, a replay answers the first model; concurrently too (not PHOTO_NOT_USABLE for the photos the
+    first call just took)."""
+    h = harness
+    user = h.sign_up("samereq@example.com")
+    payload = images.one_face()
+    photo_ids = [h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)]
+    request = mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids, request_id="same")
+
+    def create(i):
+        try:
+            return h.models.CreateModel(request, metadata=user.md).model.id
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+
+    got = together(6, create)
+    assert len(set(got)) == 1 and isinstance(got[0], str), got
+    assert h.db_call(m.UserModel.select().count) == 1 and h.db_call(m.TrainingJob.select().count) == 1
+
+
 # --- NUL and other text PostgreSQL refuses ------------------------------------------------------------
 
 SERVICES = [account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2]

@@ -8,7 +8,7 @@ import peewee as pw
 
 from faceharmony.core import ids
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Photo, UserModel
+from faceharmony.core.db.models import Account, Photo, UserModel
 from faceharmony.core import audit, training
 from faceharmony.server.errors import invalid, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
@@ -63,6 +63,9 @@ def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list
         raise invalid("TOO_MANY_PHOTOS", f"a model takes at most {s.model_max_photos} photos")
     try:
         with write_transaction(deps.db):
+            # Serialises this account's creates (the lock order: account, then photos and models), so a concurrent
+            # replay of one request_id sees the first model instead of finding its photos taken.
+            locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
             if request_id:
                 first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id)
                 if first is not None:
