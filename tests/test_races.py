@@ -143,6 +143,21 @@ def test_concurrent_create_model_with_one_request_id_answers_one_model(harness):
     assert h.db_call(m.UserModel.select().count) == 1 and h.db_call(m.TrainingJob.select().count) == 1
 
 
+def test_concurrent_replays_of_a_purchase_a_ticket_and_an_upload_answer_the_first(harness):
+    h = harness
+    user = h.sign_up("replays@example.com")
+    purchase = purchase_pb2.RecordPurchaseRequest(store=purchase_pb2.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-1")
+    got = together(6, lambda i: h.purchases.RecordPurchase(purchase, metadata=user.md).purchase.id)
+    assert len(set(got)) == 1 and h.db_call(m.Purchase.select().count) == 1
+    assert h.db_call(m.CreditEntry.select().where(m.CreditEntry.kind == "purchase").count) == 1
+    ticket = support_pb2.CreateTicketRequest(subject="Help", body="Hi", request_id="t-1")
+    got = together(6, lambda i: h.support.CreateTicket(ticket, metadata=user.md).ticket.id)
+    assert len(set(got)) == 1 and h.db_call(m.Ticket.select().count) == 1 and h.db_call(m.TicketMessage.select().count) == 1
+    upload = p.UploadPhotoRequest(content=images.one_face(), request_id="u-1")
+    got = together(4, lambda i: h.photos.UploadPhoto(upload, metadata=user.md).photo.id)
+    assert len(set(got)) == 1 and h.db_call(m.Photo.select().count) == 1
+
+
 # --- NUL and other text PostgreSQL refuses ------------------------------------------------------------
 
 SERVICES = [account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2]
