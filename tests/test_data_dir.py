@@ -1,6 +1,6 @@
 """The data folder is its owner's alone: folders 0700 and files 0600 whatever the umask (the SQLite file and
 its -wal/-shm, the secret key, blobs, outbox emails, the base pipeline, Triton's backend folder and
-repository view), and a loose folder from an older version is tightened at start.
+repository view, the scratch folder), and a loose folder from an older version is tightened at start.
 
 Each component writes exactly as its process does, under a permissive umask; the test then walks the
 folder. tests/test_launcher.py walks the folder of the whole system started by `faceharmony-up` under
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from faceharmony.core import tempfiles
 from faceharmony.core.basemodel import build_tiny_pipeline
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
@@ -48,6 +49,7 @@ def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
         OutboxTransport(settings.outbox_dir).send(build_message(
             sender="a@faceharmony.invalid", to="ada@example.com", subject="code", body="123456", message_id="m1"))
         build_tiny_pipeline(settings.base_model_dir)
+        tempfiles.scratch_dir(settings.data_dir)
         try:
             from faceharmony.core.inference.triton_server import (
                 DEFAULT_MODELS, DEFAULT_REPOSITORY, TritonUnavailable, prepare_backend_dir, prepare_repository_view)
@@ -59,7 +61,7 @@ def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
 
         written = modes(data)
         for name in ("faceharmony.sqlite3", "faceharmony.sqlite3-wal", "faceharmony.sqlite3-shm", "secret.key",
-                     "blobs", "blobs/photos", "outbox", "base-model/model_index.json", "base-model/unet"):
+                     "blobs", "blobs/photos", "outbox", "tmp", "base-model/model_index.json", "base-model/unet"):
             assert name in written, sorted(written)
         assert any(p.startswith("outbox/") and p.endswith(".eml") for p in written)
         assert len([p for p in written if p.startswith("blobs/photos/")]) == 1
