@@ -76,6 +76,13 @@ class Settings:
     upload_min_side: int = 128
     upload_store_max_side: int = 2048
     max_photos_per_account: int = 200
+    # The bounded queue in front of the verifier threads: uploads that may wait for a thread beyond those being
+    # verified (VERIFY_QUEUE_FULL beyond), how long one may wait for a thread and for the pixel budget before it
+    # is refused, and the budget: decoded pixels (width x height from the header, reserved before decoding,
+    # released after verification) of all uploads being verified at once; at least upload_max_pixels.
+    verify_queue_size: int = 16
+    verify_queue_wait_seconds: float = 10.0
+    verify_max_pixels_in_flight: int = 40_000_000
     # Photos never attached to a model expire after this long (P11).
     unattached_photo_ttl_hours: int = 72
     # Personal models and training (P10-P13).
@@ -102,6 +109,8 @@ class Settings:
     order_worker_orders: int = 8
     order_worker_inflight: int = 16
     triton_url: str = "127.0.0.1:8001"
+    # Address of Triton's gRPC and metrics listeners (`faceharmony-triton`, `faceharmony-up`); 0.0.0.0: every interface.
+    triton_listen_address: str = "127.0.0.1"
     triton_model: str = "faceharmony_diffusion"
     triton_timeout_seconds: float = 600.0
     generation_steps: int = 25
@@ -109,8 +118,6 @@ class Settings:
     # 0: the base pipeline's native size.
     generation_width: int = 0
     generation_height: int = 0
-    # Address of Triton's gRPC and metrics listeners (`faceharmony-triton`, `faceharmony-up`); 0.0.0.0: every interface.
-    triton_listen_address: str = "127.0.0.1"
     preview_max_side: int = 256
     rejected_photo_days: int = 60
     # Seconds between WatchModel polls of the database (one query per tick for every watched model).
@@ -144,6 +151,12 @@ class Settings:
     # gRPC limits.
     max_receive_message_bytes: int = 12 * 1024 * 1024
     max_send_message_bytes: int = 12 * 1024 * 1024
+    # Calls in progress per server and per signed-in account (RESOURCE_EXHAUSTED with SERVER_BUSY or
+    # TOO_MANY_CONCURRENT_CALLS beyond); long-lived Watch streams are counted apart, with bounds of their own.
+    max_concurrent_calls: int = 64
+    max_calls_per_account: int = 16
+    max_concurrent_watches: int = 4096
+    max_watches_per_account: int = 32
     shutdown_grace_seconds: float = 10.0
     # Logging: "json" (structured, default) or "text".
     log_format: str = "json"
@@ -209,6 +222,8 @@ class Settings:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be 0 or a multiple of 8 in 64-2048")
         if self.generation_guidance < 0:
             raise SettingsError("FACEHARMONY_GENERATION_GUIDANCE must not be negative")
+        if not self.triton_listen_address.strip():
+            raise SettingsError("FACEHARMONY_TRITON_LISTEN_ADDRESS must not be empty")
         if self.log_format not in ("json", "text"):
             raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
         url = self.resolved_database_url
@@ -225,8 +240,6 @@ class Settings:
             "upload_max_bytes",
             "upload_max_pixels",
             "upload_min_side",
-        if not self.triton_listen_address.strip():
-            raise SettingsError("FACEHARMONY_TRITON_LISTEN_ADDRESS must not be empty")
             "upload_store_max_side",
             "unattached_photo_ttl_hours",
             "model_min_photos",
@@ -253,9 +266,18 @@ class Settings:
             "retention_batch_size",
             "orphan_margin_hours",
             "orphan_sweep_interval_seconds",
+            "verify_queue_wait_seconds",
+            "max_concurrent_calls",
+            "max_calls_per_account",
+            "max_concurrent_watches",
+            "max_watches_per_account",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")
+        if self.verify_queue_size < 0:
+            raise SettingsError("FACEHARMONY_VERIFY_QUEUE_SIZE must not be negative")
+        if self.verify_max_pixels_in_flight < self.upload_max_pixels:
+            raise SettingsError("FACEHARMONY_VERIFY_MAX_PIXELS_IN_FLIGHT must be at least FACEHARMONY_UPLOAD_MAX_PIXELS")
 
     def secret(self) -> bytes:
         """The server secret: the configured one, or one generated once into the data folder."""

@@ -31,9 +31,11 @@ from faceharmony.core.verify.factory import make_verifier
 from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
+from faceharmony.server.limits import CallLimits, hard_limit
 from faceharmony.server.logic.deps import Deps
 from faceharmony.server import reflection
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
+from faceharmony.server.verify_queue import VerifyQueue
 from faceharmony.server.watch import MODELS, ORDERS, WatchHub
 from faceharmony.v1 import (
     account_pb2_grpc,
@@ -70,6 +72,8 @@ class ApiServer:
         self._email_task: asyncio.Task | None = None
         self.watch_hub: WatchHub | None = None
         self.order_hub: WatchHub | None = None
+        self.limits: CallLimits | None = None  # calls in progress (server/limits.py)
+        self.verify_queue: VerifyQueue | None = None
 
     async def start(self) -> None:
         await self.grpc_server.start()
@@ -147,9 +151,19 @@ async def create_server(
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
     verify_executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.verifier_workers, thread_name_prefix="verify")
+    verify_queue = VerifyQueue(
+        verify_executor,
+        settings.verifier_workers,
+        settings.verify_queue_size,
+        settings.verify_max_pixels_in_flight,
+        settings.verify_queue_wait_seconds,
+    )
+    limits = CallLimits(settings)
 
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(app)],
+        interceptors=[ApiInterceptor(app, limits)],
+        # The hard outer bound, refused by gRPC before the request is read (no ErrorInfo); ours answer first.
+        maximum_concurrent_rpcs=hard_limit(settings),
         options=[
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
@@ -158,13 +172,14 @@ async def create_server(
     )
     health_servicer = health.aio.HealthServicer()
     api = ApiServer(server, app, deps, make_transport(settings), health_servicer, verify_executor)
+    api.limits, api.verify_queue = limits, verify_queue
     wake = api.wake_email
     account_pb2_grpc.add_AccountServiceServicer_to_server(account.AccountService(app, deps, wake), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(app, deps, wake), server)
     purchase_pb2_grpc.add_PurchaseServiceServicer_to_server(purchase.PurchaseService(app, deps), server)
     support_pb2_grpc.add_SupportServiceServicer_to_server(support.SupportService(app, deps), server)
     photo_pb2_grpc.add_PhotoServiceServicer_to_server(
-        photo.PhotoService(app, deps, photo_store, verifier, verify_executor), server
+        photo.PhotoService(app, deps, photo_store, verifier, verify_queue), server
     )
     hub = WatchHub(app, settings.watch_poll_seconds, MODELS)
     api.watch_hub = hub

@@ -1,4 +1,4 @@
-"""The one interceptor every RPC passes through: decodes the request safely, authenticates and authorises the caller, turns errors into statuses with reasons, and logs one line per call (ids and codes only).
+"""The one interceptor every RPC passes through: decodes the request safely, bounds the calls in progress (server/limits.py), authenticates and authorises the caller, turns errors into statuses with reasons, and logs one line per call (ids and codes only).
 
 Nothing a client sends may come out as UNKNOWN or INTERNAL: undecodable
 request bytes become INVALID_ARGUMENT, database outages UNAVAILABLE, and only
@@ -19,6 +19,7 @@ from faceharmony.server import access
 from faceharmony.server.auth import authorize, bearer_token
 from faceharmony.server.context import AppContext, current_principal
 from faceharmony.server.errors import ApiError
+from faceharmony.server.limits import CallLimits, Slot, kind_of
 
 log = logging.getLogger("faceharmony.server.rpc")
 
@@ -62,9 +63,10 @@ async def _abort(context: grpc.aio.ServicerContext, error: ApiError) -> None:
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, app: AppContext) -> None:
+    def __init__(self, app: AppContext, limits: CallLimits | None = None) -> None:
         self.app = app
         self.policy = access.build_policy()
+        self.limits = limits or CallLimits(app.settings)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -74,6 +76,16 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         rule = access.rule_for(self.policy, method)
         token = bearer_token(handler_call_details.invocation_metadata)
         app = self.app
+        limits, kind = self.limits, kind_of(method, handler.response_streaming)
+
+        def enter() -> Slot | None:
+            """The server's slot for this call (SERVER_BUSY when none is free), taken before authentication."""
+            return limits.enter(kind) if kind is not None else None
+
+        def hold(slot: Slot | None, principal) -> None:
+            """And the account's (TOO_MANY_CONCURRENT_CALLS), once the caller is known."""
+            if slot is not None and principal is not None:
+                slot.add_account(principal.account_id)
 
         async def prepare(request, context):
             if request is UNDECODABLE:
@@ -97,9 +109,11 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request, context):
-                started, principal, code = time.perf_counter(), None, grpc.StatusCode.OK
+                started, principal, code, slot = time.perf_counter(), None, grpc.StatusCode.OK, None
                 try:
+                    slot = enter()
                     principal = await prepare(request, context)
+                    hold(slot, principal)
                     current_principal.set(principal)
                     return await inner(request, context)
                 except BaseException as exc:  # noqa: BLE001 - every error becomes a status
@@ -109,6 +123,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                     code = error.code
                     await _abort(context, error)
                 finally:
+                    if slot is not None:
+                        slot.release()
                     finish(started, code, principal)
 
             factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
@@ -121,9 +137,11 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def stream_response(request, context):
-            started, principal, code = time.perf_counter(), None, grpc.StatusCode.OK
+            started, principal, code, slot = time.perf_counter(), None, grpc.StatusCode.OK, None
             try:
+                slot = enter()
                 principal = await prepare(request, context)
+                hold(slot, principal)
                 current_principal.set(principal)
                 async for item in inner_stream(request, context):
                     yield item
@@ -134,6 +152,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                 code = error.code
                 await _abort(context, error)
             finally:
+                if slot is not None:
+                    slot.release()
                 finish(started, code, principal)
 
         factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler

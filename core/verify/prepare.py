@@ -61,6 +61,23 @@ def _is_grayscale(rgb: np.ndarray) -> bool:
     return float((spread > 8).mean()) < 0.005
 
 
+def declared_pixels(data: bytes, limits: Limits) -> int:
+    """The pixels decoding `data` would allocate (width x height from the header, nothing decoded), for the budget
+    of pixels in flight; 0 when prepare_upload refuses it before decoding (empty, too many bytes or pixels,
+    too small, no readable header)."""
+    if not data or len(data) > limits.max_bytes:
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError, Image.DecompressionBombError):
+            return 0
+    pixels = width * height
+    return pixels if pixels <= limits.max_pixels and min(width, height) >= limits.min_side else 0
+
+
 def prepare_upload(data: bytes, limits: Limits) -> PreparedImage:
     if not data:
         raise ImageRejected("EMPTY_UPLOAD", "the upload is empty")

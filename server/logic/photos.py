@@ -20,7 +20,7 @@ import peewee as pw
 
 from faceharmony.core import ids
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Photo
+from faceharmony.core.db.models import Account, Photo
 from faceharmony.core.verify.base import PreparedImage, Verdict
 from faceharmony.server.errors import ApiError, invalid, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
@@ -50,7 +50,13 @@ def existing_upload(deps: Deps, account_id: str, request_id: str | None) -> Phot
     return first
 
 
-def check_quota(deps: Deps, account_id: str) -> None:
+def check_quota(deps: Deps, account_id: str, lock: bool = False) -> None:
+    """RESOURCE_EXHAUSTED when the account already keeps its quota of photos. Checked early (before the upload is
+    verified) and again inside the insert's transaction with lock=True: the account row is locked first (as
+    the credit debit does; on SQLite the IMMEDIATE transaction), so concurrent uploads of one account count
+    one after another and never exceed the quota."""
+    if lock:
+        locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
     count = Photo.select().where(Photo.account == account_id, Photo.deleted_at.is_null()).count()
     if count >= deps.settings.max_photos_per_account:
         raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many photos; delete some first")
@@ -61,6 +67,7 @@ def record_upload(deps: Deps, account_id: str, blob_id: str, image: PreparedImag
     now = deps.clock.now()
     try:
         with write_transaction(deps.db):
+            check_quota(deps, account_id, lock=True)  # a refusal here leaves our blob an orphan, swept later
             return Photo.create(
                 id=ids.new_id(),
                 account=account_id,

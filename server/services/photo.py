@@ -1,22 +1,21 @@
-"""PhotoService: verified uploads (P6-P11). Decoding and verification run on their own thread pool, database and blob work on the database pool."""
+"""PhotoService: verified uploads (P6-P11). Decoding and verification run on their own thread pool behind a bounded queue and a budget of decoded pixels (server/verify_queue.py), database and blob work on the database pool."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 
 import grpc
 
 from faceharmony.core.blobstore.base import BlobError, BlobStore
 from faceharmony.core.verify.base import PreparedImage, Verdict, Verifier, VerifierUnavailable
-from faceharmony.core.verify.prepare import ImageRejected, Limits, prepare_upload
+from faceharmony.core.verify.prepare import ImageRejected, Limits, declared_pixels, prepare_upload
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, invalid
 from faceharmony.server.logic import photos
 from faceharmony.server.logic.deps import Deps
 from faceharmony.server.validation import optional_request_id
+from faceharmony.server.verify_queue import VerifyQueue
 from faceharmony.v1 import photo_pb2 as pb
 from faceharmony.v1 import photo_pb2_grpc
 
@@ -34,9 +33,9 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         deps: Deps,
         store: BlobStore,
         verifier: Verifier,
-        verify_executor: concurrent.futures.Executor,
+        verify_queue: VerifyQueue,
     ) -> None:
-        self.app, self.deps, self.store, self.verifier, self.verify_executor = app, deps, store, verifier, verify_executor
+        self.app, self.deps, self.store, self.verifier, self.verify_queue = app, deps, store, verifier, verify_queue
         s = deps.settings
         self.limits = Limits(
             max_bytes=s.upload_max_bytes, max_pixels=s.upload_max_pixels, min_side=s.upload_min_side, store_max_side=s.upload_store_max_side
@@ -55,9 +54,9 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         if first is not None:
             return pb.UploadPhotoResponse(photo=convert.photo(first))
         await self.app.run(photos.check_quota, self.deps, account_id)
-        loop = asyncio.get_running_loop()
+        pixels = declared_pixels(request.content, self.limits)  # reserved before decoding, given back after
         try:
-            image, verdict = await loop.run_in_executor(self.verify_executor, self._check, request.content)
+            image, verdict = await self.verify_queue.run(pixels, self._check, request.content)
         except ImageRejected as exc:
             raise invalid(exc.reason, exc.message) from None
         except VerifierUnavailable:

@@ -162,6 +162,10 @@ class Harness:
 
 
 def start_harness(data_dir: Path, database_url: str, *, verifier=None, photo_store=None, **overrides) -> Harness:
+    """A started server. The per-account bounds on calls in progress are raised (race tests fire bursts of
+    dozens of calls from one account, and one test holds 1000 watch streams); tests of the bounds set their own."""
+    overrides.setdefault("max_calls_per_account", 64)
+    overrides.setdefault("max_watches_per_account", 1000)
     settings = Settings(
         data_dir=data_dir,
         listen="127.0.0.1:0",
