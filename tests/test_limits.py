@@ -16,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from faceharmony.clients.errors import reason_of
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
@@ -214,5 +215,31 @@ def test_concurrent_uploads_never_exceed_the_photo_quota(database_url, tmp_path)
         later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=h.settings.orphan_margin_hours + 1)
         h.db_call(sweep_orphan_blobs, h.db, retention, later)
         assert len(os.listdir(h.settings.blob_dir / "photos")) == quota
+    finally:
+        h.stop()
+
+
+def test_replays_of_the_last_upload_the_quota_allows_all_answer_the_first_photo(database_url, tmp_path):
+    """One place left under the quota and one request_id sent at once from several threads: every replay gets
+    the photo the first one stored, none RATE_LIMITED (the insert's transaction looks for it before counting)."""
+    n = 6
+    h = start_harness(tmp_path / "data", database_url, max_photos_per_account=1)
+    try:
+        user = h.sign_up("replays@example.com")
+        payload = images.one_face()
+        barrier = threading.Barrier(n)
+
+        def one(_):
+            barrier.wait()
+            try:
+                request = p.UploadPhotoRequest(content=payload, request_id="last-one")
+                return h.photos.UploadPhoto(request, metadata=user.md).photo.id
+            except grpc.RpcError as exc:
+                return exc.code(), reason_of(exc)
+
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            got = list(pool.map(one, range(n)))
+        assert len(set(got)) == 1 and isinstance(got[0], str), got
+        assert h.db_call(m.Photo.select().count) == 1
     finally:
         h.stop()

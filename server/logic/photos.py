@@ -50,13 +50,11 @@ def existing_upload(deps: Deps, account_id: str, request_id: str | None) -> Phot
     return first
 
 
-def check_quota(deps: Deps, account_id: str, lock: bool = False) -> None:
+def check_quota(deps: Deps, account_id: str) -> None:
     """RESOURCE_EXHAUSTED when the account already keeps its quota of photos. Checked early (before the upload is
-    verified) and again inside the insert's transaction with lock=True: the account row is locked first (as
-    the credit debit does; on SQLite the IMMEDIATE transaction), so concurrent uploads of one account count
-    one after another and never exceed the quota."""
-    if lock:
-        locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
+    verified) and again in record_upload's transaction after the account row is locked (as the credit debit
+    does; on SQLite the IMMEDIATE transaction), so concurrent uploads of one account count one after another
+    and never exceed the quota."""
     count = Photo.select().where(Photo.account == account_id, Photo.deleted_at.is_null()).count()
     if count >= deps.settings.max_photos_per_account:
         raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many photos; delete some first")
@@ -67,7 +65,11 @@ def record_upload(deps: Deps, account_id: str, blob_id: str, image: PreparedImag
     now = deps.clock.now()
     try:
         with write_transaction(deps.db):
-            check_quota(deps, account_id, lock=True)  # a refusal here leaves our blob an orphan, swept later
+            locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
+            first = existing_upload(deps, account_id, request_id)
+            if first is not None:  # a replay that finished first: its photo (our blob is an orphan, swept later)
+                return first
+            check_quota(deps, account_id)  # a refusal here leaves our blob an orphan too
             return Photo.create(
                 id=ids.new_id(),
                 account=account_id,
