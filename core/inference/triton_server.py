@@ -31,7 +31,10 @@ Owns:
   unchanged: the model reads them with `Settings.from_env()`.
 * `TritonServer` / `start_triton(...)`: a started server process for tests and the launcher; waits until
   the models are ready (tritonclient gRPC), stops it with SIGTERM (then SIGKILL) on `stop()`, on leaving its
-  `with` block, and at interpreter exit.
+  `with` block, and at interpreter exit. Each launch names the Python backend's shared-memory regions
+  (requests and generated images) with its own prefix and holds a lock on them in `<work dir>/shm`; the
+  regions of a server that is gone (a SIGKILL leaves them in /dev/shm) are removed before each start and
+  after each stop (`core/inference/triton_shm.py`).
 * `main()`: the console entry point `faceharmony-triton`: runs the server in the foreground, SIGTERM and
   SIGINT forwarded to it, exit status passed through. The backend directory lives in
   `<FACEHARMONY_DATA_DIR>/triton/backends`, the repository views in `<FACEHARMONY_DATA_DIR>/triton/repositories`.
@@ -55,6 +58,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from faceharmony.core.datadir import private_dir
+from faceharmony.core.inference.triton_shm import ShmLease, sweep_regions
 
 DEFAULT_MODELS = ("faceharmony_diffusion",)
 # The repository next to the project's packages (an editable install or a source checkout).
@@ -204,6 +208,7 @@ class TritonServer:
         self.metrics_port = metrics_port
         self.models = tuple(models)
         self.log_path = log_path
+        self.shm_locks: Path | None = None  # its launch's shared-memory lock folder (core/inference/triton_shm.py)
         atexit.register(self.stop)
 
     @property
@@ -244,6 +249,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.shm_locks is not None:
+            sweep_regions(self.shm_locks)
         atexit.unregister(self.stop)
         return self.process.returncode
 
@@ -274,14 +281,21 @@ def start_triton(
     backend_dir = prepare_backend_dir(work_dir / "backends")
     view = prepare_repository_view(repository, models, work_dir / "repositories")
     ports = [p if p is not None else free_port(connect_host(address)) for p in (grpc_port, metrics_port)]
+    sweep_regions(work_dir / "shm")  # what a SIGKILLed earlier launch left in /dev/shm
+    lease = ShmLease(work_dir / "shm")
     cmd = server_command(view, backend_dir, grpc_port=ports[0], metrics_port=ports[1], address=address,
-                         log_verbose=log_verbose)
+                         log_verbose=log_verbose, extra_args=[lease.backend_arg])
     log_path = work_dir / "tritonserver.log"
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, umask=TRITON_UMASK)
+    try:
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, umask=TRITON_UMASK,
+                                       pass_fds=(lease.fd,))
+    finally:
+        lease.handed_over()
     server = TritonServer(process, grpc_port=ports[0], metrics_port=ports[1], models=models, log_path=log_path,
                           address=address)
+    server.shm_locks = work_dir / "shm"
     try:
         server.wait_ready(ready_timeout)
     except BaseException:
@@ -305,16 +319,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()  # fail here, not inside the model, on a bad FACEHARMONY_* variable
+    shm_locks = settings.data_dir / "triton" / "shm"
     try:
         backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
         view = prepare_repository_view(args.model_repository, args.models or DEFAULT_MODELS,
                                        settings.data_dir / "triton" / "repositories")
+        sweep_regions(shm_locks)  # what a SIGKILLed earlier launch left in /dev/shm
+        lease = ShmLease(shm_locks)
         cmd = server_command(view, backend_dir, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                             address=args.address or settings.triton_listen_address, log_verbose=args.log_verbose)
+                             address=args.address or settings.triton_listen_address, log_verbose=args.log_verbose,
+                             extra_args=[lease.backend_arg])
     except TritonUnavailable as exc:
         print(f"faceharmony-triton: {exc}", file=sys.stderr)
         return 2
-    process = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK)
+    try:
+        process = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,))
+    finally:
+        lease.handed_over()
 
     def forward(signum, _frame):
         if process.poll() is None:
@@ -322,7 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return process.wait()
+    status = process.wait()
+    sweep_regions(shm_locks)  # a server that died without unlinking its regions (SIGKILL, crash)
+    return status
 
 
 if __name__ == "__main__":
