@@ -15,8 +15,13 @@ Failure handling:
   the worker holds the order (heartbeats keep the lease); nothing is failed or refunded meanwhile.
 * Triton refuses an image (adapter gone, invalid input): that image fails and its credits are refunded;
   the order's other images go on.
-* A model deleted mid-order: its remaining images fail (MODEL_DELETED) and are refunded; the worker also
-  tells Triton to drop every version of models pending deletion from its adapter cache (EVICT_KEYS).
+* A model deleted mid-order: its remaining images fail (MODEL_DELETED) and are refunded.
+* Models that may no longer be served (deleted, account deactivated or purged) leave Triton's adapter
+  cache: every EVICT_SWEEP_SECONDS the worker takes the pending eviction records (core/evictions.py), asks
+  each configured Triton replica to drop the keys it has not confirmed (EVICT_KEYS), and records each
+  replica's confirmation; a replica that fails or is unreachable is asked again at the next sweep, by this
+  worker or another. An image request that was at Triton when its model became unservable requests the
+  eviction again (Triton may have fetched the adapter after the sweep).
 * The worker dies: the lease lapses, another worker claims the order and fills only the slots still
   pending (each slot is recorded once; blobs of an unrecorded image are swept as orphans).
 """
@@ -31,19 +36,20 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import peewee as pw
 from PIL import Image
 
-from faceharmony.core import styles
+from faceharmony.core import evictions, styles
 from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
-from faceharmony.core.db.connection import open_database
+from faceharmony.core.db.connection import open_database, write_transaction
 from faceharmony.core.db.models import ModelVersion, Order, OrderImage, UserModel
 from faceharmony.core.jobs import Claim, default_worker_id
-from faceharmony.core.orders import UNSERVABLE_MODEL_STATES, OrderQueue, unservable_reason
+from faceharmony.core.orders import OrderQueue, unservable_reason
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.order_worker")
@@ -71,9 +77,7 @@ class TritonRejected(Exception):
         self.reason = reason
 
 
-def model_key(model_id: str, version: int) -> str:
-    """The adapter-cache key Triton uses for a model version."""
-    return f"{model_id}:{version}"
+model_key = evictions.model_key  # the adapter-cache key Triton uses for a model version
 
 
 class TritonImages:
@@ -170,6 +174,7 @@ class OrderWorker:
         store: BlobStore | None = None,
         db: pw.Database | None = None,
         triton: TritonImages | None = None,
+        replicas: Sequence[str] | None = None,
     ) -> None:
         from faceharmony.core.blobstore.factory import open_blob_store
 
@@ -184,8 +189,10 @@ class OrderWorker:
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
         self._images = concurrent.futures.ThreadPoolExecutor(settings.order_worker_inflight, thread_name_prefix="image")
+        # The Triton replicas whose adapter caches must each confirm an eviction (core/evictions.py).
+        self.replicas = tuple(replicas or evictions.replicas(settings))
+        self._evictors: dict[str, TritonImages] = {}
         self._last_evict_sweep: float = 0.0
-        self._evicted: set[str] = set()
 
     # --- the loop ------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -337,13 +344,17 @@ class OrderWorker:
         internal_tries = 0
         made: tuple[bytes, bytes, int, int] | None = None  # kept across retries: a storage or database
         stored: tuple[str, str] | None = None  # failure does not make the image (or its blobs) again
+        asked = False  # a request of this image reached (or may have reached) Triton
         while not (lost.is_set() or self.shutting_down.is_set()):
             try:
                 reason = self._db(unservable_reason, account_id, slot.model_id)
                 if reason is not None:
                     self._db(self.queue.fail_image, claim, [slot.id], reason)
+                    if asked:
+                        self._evict_again(slot)
                     return
                 if made is None:
+                    asked = True
                     pixels = self.triton.generate(
                         adapter_blob_id=adapter_blob_id,
                         key=key,
@@ -361,6 +372,8 @@ class OrderWorker:
                     stored = (self.store.create("generated", png, "image/png"), self.store.create("generated", jpeg, "image/jpeg"))
                 if not self._db(self.queue.record_image, claim, slot, *stored, "image/png", len(png), width, height):
                     log.info("image not recorded: order or slot no longer ours, or model no longer served", extra={"order_id": claim.job_id})
+                    if self._db(unservable_reason, account_id, slot.model_id) is not None:
+                        self._evict_again(slot)
                 return
             except TritonRejected as exc:
                 log.warning("image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason})
@@ -382,42 +395,67 @@ class OrderWorker:
         while not (lost.is_set() or self.shutting_down.is_set()) and time.monotonic() < deadline:
             lost.wait(min(0.1, max(0.0, deadline - time.monotonic())))
 
-    # --- models pending deletion leave Triton's cache ---------------------------------------
+    # --- unservable models leave every Triton replica's cache (core/evictions.py) ----------
     def _evict_sweep(self) -> None:
         if time.monotonic() - self._last_evict_sweep < EVICT_SWEEP_SECONDS:
             return
         self._last_evict_sweep = time.monotonic()
-        self.evict_pending_deletion()
+        self.sweep_evictions()
 
-    def evict_pending_deletion(self) -> int:
-        """Tells Triton to drop every cached version of models pending deletion; returns how many were cached."""
-        def pending_keys() -> list[str]:
-            rows = (
-                ModelVersion.select(ModelVersion.model, ModelVersion.version)
-                .join(UserModel)
-                .where(UserModel.state.in_(UNSERVABLE_MODEL_STATES))
-                .tuples()
-            )
-            return [model_key(m, v) for m, v in rows]
+    def _evictor(self, replica: str) -> TritonImages:
+        if replica == self.triton.url:
+            return self.triton
+        if replica not in self._evictors:
+            s = self.settings
+            self._evictors[replica] = TritonImages(replica, s.triton_model, s.triton_timeout_seconds)
+        return self._evictors[replica]
 
+    def sweep_evictions(self) -> int:
+        """Asks each replica to drop the keys of the pending eviction records it has not confirmed, and records
+        its confirmation (a record every replica confirmed is done). A replica that fails is asked again at the
+        next sweep. Returns how many cached adapters the replicas reported dropped."""
         try:
-            keys = self._db(pending_keys)
+            records = self._db(evictions.pending)
         except pw.DatabaseError:
+            log.warning("eviction sweep skipped (database)")
             return 0
-        # Forget keys of models no longer pending deletion (restored, or purged): deleted again later,
-        # they must be evicted again.
-        self._evicted &= set(keys)
-        fresh = [k for k in keys if k not in self._evicted]
-        if not fresh:
-            return 0
+        dropped = completed = 0
+        for replica in self.replicas:
+            todo = [r for r in records if replica not in r.confirmed_by]
+            if not todo:
+                continue
+            try:
+                dropped += self._evictor(replica).evict(sorted({r.key for r in todo}))
+            except (TritonRetryable, TritonRejected) as exc:
+                status = exc.status if isinstance(exc, TritonRetryable) else exc.reason
+                log.warning(
+                    "eviction not confirmed by a Triton replica: asked again at the next sweep",
+                    extra={"replica": replica, "records": len(todo), "status": status},
+                )
+                try:
+                    self._db(evictions.failed, self.db, todo, status)
+                except pw.DatabaseError:
+                    pass
+                continue
+            try:
+                completed += self._db(evictions.confirm, self.db, todo, replica, self.replicas)
+            except pw.DatabaseError:
+                log.warning("eviction confirmation not recorded (database): asked again at the next sweep", extra={"replica": replica})
+        if dropped or completed:
+            log.info("unservable models evicted from Triton", extra={"evicted": dropped, "records_done": completed})
+        return dropped
+
+    def _evict_again(self, slot: OrderImage) -> None:
+        """This slot's request was at Triton when its model became unservable: Triton may have fetched the
+        adapter after a sweep evicted it, so the eviction is requested again."""
+        def again() -> None:
+            with write_transaction(self.db):
+                evictions.request_versions([(slot.model_id, slot.model_version)], self.clock.now())
+
         try:
-            evicted = self.triton.evict(fresh)
-        except (TritonRetryable, TritonRejected):
-            return 0  # tried again at the next sweep
-        self._evicted.update(fresh)
-        if evicted:
-            log.info("models pending deletion evicted from Triton", extra={"evicted": evicted})
-        return evicted
+            self._db(again)
+        except pw.DatabaseError:
+            log.warning("eviction not requested again (database)", extra={"model_id": slot.model_id})
 
 
 def main(argv: list[str] | None = None) -> None:

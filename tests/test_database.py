@@ -86,3 +86,42 @@ def test_unique_constraints_hold(database_url):
     except pw.IntegrityError:
         pass
     close_database(db)
+
+
+def test_migration_0006_requests_the_evictions_of_versions_already_unservable(database_url):
+    """Before 0006 only an in-memory sweep evicted models pending deletion from Triton, and the adapters of
+    deactivated accounts were never evicted: the migration writes a record for each version unservable now."""
+    import importlib.util
+
+    from playhouse.migrate import SchemaMigrator
+
+    from faceharmony.core.db.migrate import MIGRATIONS_DIR
+
+    db = open_database(database_url)
+    migrate(db)
+    now = ManualClock().now()
+
+    def model(state: str, account_state: str) -> str:
+        acc = m.Account.create(
+            id=ids.new_id(), email=f"{ids.new_id()}@example.com", email_hmac="h", name="M", is_16_or_older=True,
+            state=account_state, created_at=now, updated_at=now,
+        )
+        row = m.UserModel.create(id=ids.new_id(), account=acc, display_name="Me", state=state, trigger_token="sks", created_at=now, updated_at=now)
+        job = m.TrainingJob.create(id=ids.new_id(), model=row, kind="train", state="succeeded", max_attempts=3, next_attempt_at=now, created_at=now, updated_at=now)
+        m.ModelVersion.create(
+            id=ids.new_id(), model=row, version=1, job=job, adapter_blob_id=ids.new_id(), metadata_blob_id=ids.new_id(),
+            base_fingerprint="0" * 64, created_at=now,
+        )
+        return row.id
+
+    with write_transaction(db):
+        deleted, deactivated, servable = model("pending_deletion", "active"), model("ready", "deactivated"), model("ready", "active")
+    db.execute_sql("DROP TABLE model_eviction")  # as before 0006
+    spec = importlib.util.spec_from_file_location("m0006", MIGRATIONS_DIR / "0006_model_evictions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with db.atomic():
+        module.up(SchemaMigrator.from_database(db), db)
+    assert sorted((e.model_id, e.version) for e in m.ModelEviction.select()) == sorted([(deleted, 1), (deactivated, 1)])
+    assert servable not in {e.model_id for e in m.ModelEviction.select()}
+    close_database(db)

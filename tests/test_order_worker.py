@@ -13,6 +13,10 @@ What it proves (issue 5's acceptance story):
 * Triton unreachable: the worker waits and retries (nothing failed or refunded), then completes;
 * a model deleted mid-order: its images fail and are refunded, the other model's are made; Triton drops
   the deleted model's adapter from its cache; a deactivated account's order is not served.
+* evictions (core/evictions.py): a deactivated account's adapters leave Triton's cache and come back after
+  reactivation; an eviction Triton missed (unreachable) is retried and completed later, after the account's
+  purge; an eviction is done only once every replica confirmed it; an image request that was at Triton when
+  its account was deactivated requests the eviction again.
 """
 
 from __future__ import annotations
@@ -139,6 +143,26 @@ def batch_sizes(client) -> dict[int, int]:
 
 def gallery(h, user) -> list[o.GeneratedPhoto]:
     return list(h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(page_size=100), metadata=user.md).generated_photos)
+
+
+def evict_at_triton(h, key: str) -> int:
+    """Asks Triton itself to drop a key from its adapter cache: 1 when it held it, 0 when not."""
+    client = grpcclient.InferenceServerClient(h.settings.triton_url)
+    keys = np.array([[key.encode()]], dtype=object)
+    x = grpcclient.InferInput("EVICT_KEYS", list(keys.shape), "BYTES")
+    x.set_data_from_numpy(keys)
+    return int(client.infer(TRITON_MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0])
+
+
+def evictions_of(h) -> dict[str, tuple[list[str], int, str | None]]:
+    """The pending eviction records: model_id:version -> (replicas that confirmed, attempts, last error)."""
+    rows = h.db_call(lambda: list(m.ModelEviction.select()))
+    return {f"{r.model_id}:{r.version}": (sorted(r.confirmed_by), r.attempts, r.last_error) for r in rows}
+
+
+def signed_in_again(h, user):
+    token = h.accounts.SignIn(a.SignInRequest(email=user.email, code=h.code_for(user.email))).session_token
+    return type(user)(user.account_id, user.email, user.name, token)
 
 
 def download(h, user, photo_id) -> bytes:
@@ -312,18 +336,14 @@ def test_a_model_deleted_mid_order_stops_its_images_and_is_evicted(h, adapters):
     h.models.DeleteModel(mp.DeleteModelRequest(id=drop), metadata=user.md)
     with RunningWorker(h) as worker:
         done = wait_final(h, user, placed.id)
-        assert worker.evict_pending_deletion() == 0  # already evicted by the worker's own sweep
+        assert worker.sweep_evictions() == 0  # already evicted by the worker's own sweep
     assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 2, 2, 2)
     assert balance(h, user) == 10 - 1 - 2
     assert {p.model_id for p in gallery(h, user) if p.order_id == placed.id} == {keep}
     errors = h.db_call(lambda: sorted(s.error or "" for s in m.OrderImage.select().where(m.OrderImage.order == placed.id)))
     assert errors == ["", "", "MODEL_DELETED", "MODEL_DELETED"]
     # The deleted model's version was in Triton's cache and is gone from it: asking again evicts nothing.
-    client = grpcclient.InferenceServerClient(h.settings.triton_url)
-    keys = np.array([[f"{drop}:1".encode()]], dtype=object)
-    x = grpcclient.InferInput("EVICT_KEYS", list(keys.shape), "BYTES")
-    x.set_data_from_numpy(keys)
-    assert int(client.infer(TRITON_MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0]) == 0
+    assert evict_at_triton(h, f"{drop}:1") == 0
 
 
 def test_a_deactivated_accounts_order_is_not_served_and_refunded(h, adapters):
@@ -395,12 +415,12 @@ def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):
 
     use_it()
     h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)
-    assert sweeper.evict_pending_deletion() == 1
+    assert sweeper.sweep_evictions() == 1
     h.admin.RestoreModel(ad.RestoreModelRequest(id=model), metadata=staff.md)
-    assert sweeper.evict_pending_deletion() == 0  # nothing pending: the sweeper forgets the key
+    assert sweeper.sweep_evictions() == 0  # nothing pending
     use_it()
     h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)
-    assert sweeper.evict_pending_deletion() == 1
+    assert sweeper.sweep_evictions() == 1
     sweeper.close()
 
 
@@ -415,3 +435,126 @@ def test_two_workers_share_the_queue_and_make_every_image_once(h, adapters):
     assert len(rows) == 9 and len({r.image_id for r in rows}) == 9
     owners = h.db_call(lambda: {r.lease_owner for r in m.Order.select().where(m.Order.id.in_(ids_))})
     assert owners == {None}  # every lease released
+
+
+def used_model(h, user, adapter) -> str:
+    """A READY model whose adapter is in Triton's cache (one image made)."""
+    model = ready_model(h, user, copy_of(h, adapter))
+    placed = order(h, user, [model], count=1)
+    with RunningWorker(h):
+        assert wait_final(h, user, placed.id).state == o.ORDER_STATE_COMPLETED
+    return model
+
+
+def test_a_deactivated_accounts_adapters_leave_triton_and_come_back_after_reactivation(h, adapters):
+    user = h.sign_up("deactivated-evict@example.com")
+    model = used_model(h, user, adapters[0])
+    key = f"{model}:1"
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    assert evictions_of(h).get(key) == ([], 0, None)  # written with the deactivation
+    sweeper = OrderWorker(h.settings, worker_id="sweeper", db=h.db)
+    try:
+        assert sweeper.sweep_evictions() == 1  # Triton held the adapter and dropped it
+        assert key not in evictions_of(h)  # every replica confirmed: done
+        assert evict_at_triton(h, key) == 0  # Triton's cache no longer holds it
+
+        again = signed_in_again(h, user)
+        h.accounts.ReactivateAccount(a.ReactivateAccountRequest(), metadata=again.md)
+        placed = order(h, again, [model], count=1)
+        with RunningWorker(h):
+            assert wait_final(h, again, placed.id).state == o.ORDER_STATE_COMPLETED  # fetched again on demand
+        assert evict_at_triton(h, key) == 1
+    finally:
+        sweeper.close()
+
+
+def test_an_eviction_triton_missed_is_retried_and_completed_after_the_accounts_purge(h, adapters):
+    """Triton unreachable at deactivation: the eviction stays pending; the purge does not wait for it (rows and
+    blobs go on time) and its record outlives them; once Triton answers, the next sweep completes it."""
+    import datetime as dt
+    from dataclasses import replace
+
+    from faceharmony.core.retention.daemon import Retention
+
+    user = h.sign_up("missed-evict@example.com")
+    model = used_model(h, user, adapters[1])
+    key = f"{model}:1"
+    proxy = Proxy(h.settings.triton_url)  # switched off: nothing listens
+    replica = f"127.0.0.1:{proxy.port}"
+    worker = OrderWorker(replace(h.settings, triton_url=replica), worker_id="behind-proxy", db=h.db)
+    try:
+        h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+        assert worker.sweep_evictions() == 0
+        assert worker.sweep_evictions() == 0
+        assert evictions_of(h).get(key) == ([], 2, "UNAVAILABLE")  # not confirmed: asked again at each sweep
+
+        daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
+        assert h.db_call(daemon.run_once, h.clock.now() + dt.timedelta(days=h.settings.account_grace_days + 1))["accounts"] >= 1
+        assert h.db_call(lambda: m.UserModel.select().where(m.UserModel.id == model).count()) == 0
+        assert evictions_of(h).get(key) == ([], 0, None)  # requested again by the purge, and kept after it
+        assert daemon.metrics.get("evictions_pending") >= 1
+
+        proxy.start()  # the worker's channel reconnects after its gRPC backoff: the sweeps go on until then
+        dropped: list[int] = []
+        wait_for(lambda: dropped.append(worker.sweep_evictions()) or key not in evictions_of(h), 180, "the eviction to complete (after gRPC's reconnect backoff)")
+        assert sum(dropped) >= 1  # Triton still held the purged account's adapter: dropped now
+        assert evict_at_triton(h, key) == 0
+    finally:
+        proxy.close()
+        worker.close()
+
+
+def test_an_eviction_is_done_only_once_every_replica_confirmed_it(h, adapters):
+    """Two replicas, one unreachable: the record keeps the confirmation of the one that answered, and another
+    worker (or this one after a restart) completes it once the other answers, asking only that one."""
+    user = h.sign_up("replicas-evict@example.com")
+    model = used_model(h, user, adapters[2])
+    key = f"{model}:1"
+    proxy = Proxy(h.settings.triton_url)
+    replicas = [h.settings.triton_url, f"127.0.0.1:{proxy.port}"]
+    first = OrderWorker(h.settings, worker_id="first", db=h.db, replicas=replicas)
+    second = OrderWorker(h.settings, worker_id="second", db=h.db, replicas=replicas)
+    try:
+        h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)
+        assert first.sweep_evictions() == 1  # the reachable replica dropped it
+        assert evictions_of(h).get(key) == ([h.settings.triton_url], 1, "UNAVAILABLE")
+        proxy.start()  # gRPC reconnects to it after its backoff: the second worker's sweeps go on until then
+        dropped: list[int] = []
+        wait_for(lambda: dropped.append(second.sweep_evictions()) or key not in evictions_of(h), 180, "the eviction to complete (after gRPC's reconnect backoff)")
+        assert sum(dropped) == 0  # only the second replica was asked (here the same server: nothing left to drop)
+    finally:
+        proxy.close()
+        first.close()
+        second.close()
+
+
+def test_an_image_request_at_triton_when_the_account_is_deactivated_requests_the_eviction_again(h, adapters):
+    """The account is deactivated, and the eviction swept, while an image request is on its way to Triton:
+    Triton fetches the adapter again for it; the worker, finding the model unservable when it records the
+    image, requests the eviction again."""
+    from faceharmony.core.order_worker import TritonImages
+
+    user = h.sign_up("in-flight-evict@example.com")
+    model = ready_model(h, user, copy_of(h, adapters[0]))
+    key = f"{model}:1"
+    placed = order(h, user, [model], count=1)
+    sweeper = OrderWorker(h.settings, worker_id="sweeper", db=h.db)
+
+    class DeactivatedOnTheWay(TritonImages):
+        def generate(self, **kwargs):
+            h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+            sweeper.sweep_evictions()  # completes the record: Triton does not hold the adapter yet
+            assert key not in evictions_of(h)
+            return super().generate(**kwargs)
+
+    s = h.settings
+    worker = OrderWorker(s, worker_id="in-flight", db=h.db, triton=DeactivatedOnTheWay(s.triton_url, s.triton_model, s.triton_timeout_seconds))
+    try:
+        assert worker.run_once()
+        row = h.db_call(m.Order.get_by_id, placed.id)
+        assert (row.images_done, row.images_failed, row.credits_refunded) == (0, 1, 1)
+        assert evictions_of(h).get(key) == ([], 0, None)  # requested again by the worker
+        assert sweeper.sweep_evictions() == 1  # Triton had fetched the adapter again: dropped
+    finally:
+        worker.close()
+        sweeper.close()

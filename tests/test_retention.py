@@ -131,6 +131,7 @@ def traces(h, needles: set[str]) -> list[tuple[str, str]]:
 # Tables deliberately outside the account purge, and why.
 NOT_PURGED = {
     m.KnownEmail: "the email's HMAC survives the purge by design (P5)",
+    m.ModelEviction: "a model version's random id stays until every Triton replica dropped it from its cache (core/evictions.py)",
 }
 # Columns that can hold a person's data or an account's id without a foreign key.
 TRACE_COLUMNS = {"email", "email_hmac", "to_address", "name", "key", "actor_id", "subject_id", "model_id"}
@@ -208,7 +209,10 @@ def test_the_acceptance_story(harness):
     hmac = h.api.app.hasher.email(user.email)
     needles = {user.account_id, user.email, "Story Person", model_id, order_id, ticket.id, *photo_ids, *generated, *my_blobs, hmac}
     needles |= {"friend-of-story@example.com", "tx-story", entry_id}
-    assert traces(h, needles) == [("known_email", "email_hmac")]
+    # No order worker runs here, so the eviction of the model's adapter from Triton's cache, requested by the
+    # purge, is still pending: its record (the model's random id and version, nothing else) outlives the rows.
+    assert sorted(traces(h, needles)) == [("known_email", "email_hmac"), ("model_eviction", "model_id")]
+    assert h.db_call(lambda: list(m.ModelEviction.select(m.ModelEviction.model_id, m.ModelEviction.version).tuples())) == [(model_id, 1)]
     events = h.db_call(lambda: list(m.AuditEvent.select().where(m.AuditEvent.kind == "ACCOUNT_PURGED").dicts()))
     assert len(events) == 1 and events[0]["actor_id"] is None and events[0]["subject_id"] is None
     assert int(events[0]["details"]["photo"]) == 4 and int(events[0]["details"]["blobs"]) == len(my_blobs)
@@ -251,7 +255,33 @@ def test_a_purged_staff_members_actions_on_others_stay_tombstoned_their_own_even
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=md)
     h.clock.advance(31 * DAY)
     assert run(h)["accounts"] == 1
-    assert traces(h, {"purged-staff", entry_id, ticket.id, model_id}) == []
+    assert traces(h, {"purged-staff", entry_id, ticket.id}) == []
+    assert traces(h, {model_id}) == [("model_eviction", "model_id")]  # its adapter's pending eviction (no order worker here)
+
+
+def test_evictions_triton_has_not_confirmed_are_reported_with_their_keys(harness, caplog):
+    """What the operator sees when a Triton replica stays away (no order worker runs here): the pending evictions
+    in the metrics, and those older than evictions.OVERDUE_AFTER in an error log with their model keys."""
+    from faceharmony.core import evictions
+
+    h = harness
+    user = h.sign_up("unconfirmed@example.com")
+    model_id = ready_model(h, user, upload(h, user, 4))
+    h.models.DeleteModel(mp.DeleteModelRequest(id=model_id), metadata=user.md)
+    daemon = retention(h)
+    h.db_call(daemon.run_once)
+    assert (daemon.metrics.get("evictions_pending"), daemon.metrics.get("evictions_overdue")) == (1, 0)
+    h.clock.advance(evictions.OVERDUE_AFTER + SECOND)
+    with caplog.at_level("ERROR"):
+        h.db_call(daemon.run_once)
+    assert (daemon.metrics.get("evictions_pending"), daemon.metrics.get("evictions_overdue")) == (1, 1)
+    assert daemon.metrics.get("eviction_oldest_age_seconds") == (evictions.OVERDUE_AFTER + SECOND).total_seconds()
+    (record,) = [r for r in caplog.records if "not confirmed by every Triton replica" in r.getMessage()]
+    assert record.keys == f"{model_id}:1"
+    # support restores the model: servable again, nothing left to evict
+    h.admin.RestoreModel(ad.RestoreModelRequest(id=model_id), metadata=h.staff("support").md)
+    h.db_call(daemon.run_once)
+    assert daemon.metrics.get("evictions_pending") == 0
 
 
 def test_a_purging_account_can_neither_sign_in_nor_be_reactivated(harness):

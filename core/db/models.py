@@ -298,6 +298,29 @@ class ModelVersion(BaseModel):
         indexes = ((("model", "version"), True),)
 
 
+class ModelEviction(BaseModel):
+    """A model version that every Triton replica must drop from its adapter cache (core/evictions.py).
+
+    Written in the transaction that makes the model unservable (deleted, account deactivated, purge); deleted
+    once every configured replica confirmed. It names the model by its random id and version only, with no
+    foreign key: it outlives the model's purge, so an unreachable replica is still told later.
+    """
+
+    id = IdField(primary_key=True)
+    model_id = pw.CharField(max_length=32)
+    version = pw.IntegerField()
+    # A new random token each time the eviction is requested again: a confirmation of an older request is refused.
+    token = pw.CharField(max_length=32)
+    requested_at = UtcDateTimeField(index=True)
+    confirmed_by = JsonField(default=list)  # the replicas (Triton addresses) that confirmed this request
+    attempts = pw.IntegerField(default=0)
+    last_error = pw.CharField(max_length=40, null=True)
+
+    class Meta:
+        table_name = "model_eviction"
+        indexes = ((("model_id", "version"), True),)
+
+
 class Order(BaseModel):
     """An order of generated portraits (P14); also the order workers' job (the `core.jobs` columns).
 
@@ -407,6 +430,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     UserModel,
     TrainingJob,
     ModelVersion,
+    ModelEviction,
     Order,
     OrderImage,
     GeneratedPhoto,

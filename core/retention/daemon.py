@@ -45,7 +45,7 @@ from pathlib import Path
 
 import peewee as pw
 
-from faceharmony.core import audit
+from faceharmony.core import audit, evictions
 from faceharmony.core.blobstore.base import BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import close_database, open_database, write_transaction
@@ -167,6 +167,7 @@ class Retention:
         if purged.get("accounts") or purged.get("models"):  # not for the routine expiries of every cycle
             with write_transaction(self.db):
                 audit.record(self.clock, audit.RETENTION_RUN, **{k: v for k, v in purged.items() if v})
+        self._report_evictions()
         if self.keeps_deleted_versions:
             self._not_final(purged)
         if total:
@@ -182,6 +183,24 @@ class Retention:
             "retention cycle",
             extra={"purged": total, "errors": len(errors), "duration_ms": round(seconds * 1000), **{f"purged_{k}": v for k, v in purged.items() if v}},
         )
+
+    def _report_evictions(self) -> None:
+        """Evictions from Triton's adapter cache not yet confirmed by every replica (core/evictions.py): gauges,
+        and an error log with the model keys of those pending longer than evictions.OVERDUE_AFTER."""
+        try:
+            state = evictions.overdue(self.clock.now())
+        except pw.DatabaseError:
+            log.exception("eviction records could not be read")
+            return
+        self.metrics.set("evictions_pending", state.pending)
+        self.metrics.set("evictions_overdue", state.overdue)
+        self.metrics.set("eviction_oldest_age_seconds", state.oldest_seconds)
+        if state.overdue:
+            log.error(
+                "model evictions not confirmed by every Triton replica: a replica that was unreachable may still "
+                "hold these adapters in its cache (remove a replica retired for good from the configuration)",
+                extra={"evictions_overdue": state.overdue, "keys": ",".join(state.keys)},
+            )
 
     def _not_final(self, purged: dict[str, int]) -> None:
         """On a versioned bucket the blobs of what was purged stay as noncurrent versions: counted by kind and

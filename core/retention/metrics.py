@@ -16,6 +16,9 @@ HELP = {
     "run_duration_seconds": ("gauge", "Duration of the last cycle."),
     "last_run_timestamp_seconds": ("gauge", "When the last cycle finished (Unix time)."),
     "soft_delete_seconds": ("gauge", "The blob bucket's soft-delete retention (0: off); purged blobs stay recoverable this long."),
+    "evictions_pending": ("gauge", "Model versions not yet evicted from every Triton replica's adapter cache."),
+    "evictions_overdue": ("gauge", "Of those, the ones requested more than an hour ago (logged as an error with their keys)."),
+    "eviction_oldest_age_seconds": ("gauge", "Age of the oldest eviction not yet confirmed by every Triton replica (0: none)."),
     "bucket_versioning_enabled": (
         "gauge",
         "1 when the blob bucket has object versioning on: every deleted blob stays as a noncurrent version, so no purge is final.",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from faceharmony.core import audit, ids
+from faceharmony.core import audit, evictions, ids
 from faceharmony.core.crypto import equal
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.locks import email_key, key_lock, rate_key
@@ -45,9 +45,11 @@ from faceharmony.core.db.models import (
     RateLimitHit,
     Session,
     SignInCode,
+    UserModel,
     WaitlistEntry,
 )
 from faceharmony.core.email.queue import enqueue
+from faceharmony.core.orders import UNSERVABLE_MODEL_STATES
 from faceharmony.server.errors import ApiError, invalid, precondition, rate_limited
 from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.validation import clean_name, clean_text, normalize_email
@@ -388,6 +390,8 @@ def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
             purge_after=purge_after.strftime("%Y-%m-%d %H:%M UTC"),
         )
         audit.record(deps.clock, audit.ACCOUNT_DELETED, actor_id=account_id, subject_id=account_id)
+        # P17: every model of the account leaves every Triton replica's adapter cache (core/evictions.py).
+        evictions.request(UserModel.select(UserModel.id).where(UserModel.account == account_id), now)
     return Account.get_by_id(account_id)
 
 
@@ -404,6 +408,10 @@ def reactivate_account(deps: Deps, account_id: str) -> Account:
         ).execute()
         enqueue(clock=deps.clock, kind="reactivated", to=account.email, name=account.name, account_id=account.id)
         audit.record(deps.clock, audit.ACCOUNT_REACTIVATED, actor_id=account_id, subject_id=account_id)
+        # Its models are servable again (those not deleted on their own): Triton fetches them again on demand.
+        evictions.cancel(
+            UserModel.select(UserModel.id).where(UserModel.account == account_id, UserModel.state.not_in(UNSERVABLE_MODEL_STATES))
+        )
     return Account.get_by_id(account_id)
 
 

@@ -9,7 +9,7 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, Photo, UserModel
-from faceharmony.core import audit, training
+from faceharmony.core import audit, evictions, training
 from faceharmony.server.errors import invalid, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id
@@ -141,6 +141,7 @@ def delete_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
         ).where(UserModel.id == model.id).execute()
         training.cancel_jobs(model.id, now)
         audit.record(deps.clock, audit.MODEL_DELETED, actor_id=account_id, subject_id=model.id)
+        evictions.request([model.id], now)  # P13: out of every Triton replica's adapter cache (core/evictions.py)
     return UserModel.get_by_id(model_id)
 
 
@@ -174,4 +175,6 @@ def restore_model(deps: Deps, staff_id: str, model_id: str) -> UserModel:
             state=state, state_before_delete=None, deleted_at=None, purge_after=None, progress=1.0 if state == "ready" else 0.0, updated_at=now
         ).where(UserModel.id == model.id).execute()
         audit.record(deps.clock, audit.MODEL_RESTORED, actor_id=staff_id, subject_id=model.id)
+        if Account.select(Account.state).where(Account.id == model.account_id).scalar() == "active":
+            evictions.cancel([model.id])  # servable again: Triton fetches the adapter again on demand
     return UserModel.get_by_id(model_id)
