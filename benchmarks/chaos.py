@@ -111,6 +111,8 @@ PATIENCE_SECONDS = 90.0  # how long a user waits for training before deleting th
 # Models in training at once, over all clients: one trainer on 2 cores trains a tiny model in 10-40 s, so
 # more would leave a queue that cannot drain in a bounded time; the other users leave before training.
 TRAINING_SLOTS = 3
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX_OPTION = "shm-region-prefix-name="  # core/inference/triton_shm.py names each launch's regions
 LEFT_BEHIND_GRACE_SECONDS = 30.0  # how long a process of the system may outlive the launcher (a Triton stub notices late)
 ORPHAN_MARGIN_HOURS = 6  # FACEHARMONY_ORPHAN_MARGIN_HOURS's default, which the run keeps
 STAFF_EMAIL = "chaos-admin@staff.example.com"
@@ -225,6 +227,7 @@ class System:
     triton_port: int
     launcher: subprocess.Popen | None = None
     seen: dict[int, float] = field(default_factory=dict)  # pid -> create time of every descendant seen
+    shm_prefixes: set[str] = field(default_factory=set)  # each tritonserver's shared-memory region prefix
 
     @property
     def data_dir(self) -> Path:
@@ -245,10 +248,18 @@ class System:
             return []
         for p in found:
             try:
-                self.seen.setdefault(p.pid, p.create_time())
+                if p.pid not in self.seen:
+                    self.seen[p.pid] = p.create_time()
+                    if p.name() == "tritonserver":
+                        self.shm_prefixes.update(a.split(SHM_PREFIX_OPTION, 1)[1] for a in p.cmdline() if SHM_PREFIX_OPTION in a)
             except psutil.NoSuchProcess:
                 pass
         return found
+
+    def shm_left(self) -> list[str]:
+        """Shared-memory regions of this run's Triton launches still in /dev/shm (requests, generated images)."""
+        names = os.listdir(SHM_DIR) if SHM_DIR.exists() else []
+        return sorted(n for n in names if any(n.startswith(prefix) for prefix in self.shm_prefixes))
 
     def find(self, match) -> psutil.Process | None:
         for p in self.descendants():
@@ -909,16 +920,16 @@ def blob_census(url: str, data_dir: Path, margin_hours: float) -> dict[str, list
     return found
 
 
-# Files that land in TMPDIR and hold nothing of anybody's: onnxruntime writes a session stamp on import.
-TMPDIR_NOISE = {".ses"}
-
-
 def wait_for_exit(system: System, grace: float) -> list[str]:
     """The system's processes still alive `grace` seconds after the launcher exited (polled, returns early)."""
     deadline = time.monotonic() + grace
     while (left := system.left_behind()) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
+
+
+# Files that land in TMPDIR and hold nothing of anybody's: onnxruntime writes a session stamp on import.
+TMPDIR_NOISE = {".ses"}
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -984,6 +995,7 @@ def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | N
         sampler.join()
         left_at_exit = system.left_behind()
         left = wait_for_exit(system, LEFT_BEHIND_GRACE_SECONDS) if left_at_exit else []
+        shm_left = system.shm_left()
         ledger = check_images_and_credits(url, tally.deleted_generated)
         retention_codes = [system.retention_once()]
         census = blob_census(url, system.data_dir, ORPHAN_MARGIN_HOURS)
@@ -995,7 +1007,7 @@ def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | N
             shutil.copytree(system.data_dir / "base-model", base_model_cache)
         ok = report(
             database, tally, killer.kills, sampler.peak_rss, ledger, census, aged, tmp_left, left_at_exit, left, retention_codes,
-            open_orders, open_jobs, [c.crashed for c in clients if c.crashed], stuck_clients, up_alive_at_end, launcher_code,
+            (len(system.shm_prefixes), shm_left), open_orders, open_jobs, [c.crashed for c in clients if c.crashed], stuck_clients, up_alive_at_end, launcher_code,
         )
         return ok, root
     finally:
@@ -1009,7 +1021,7 @@ def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | N
             shutil.rmtree(root, ignore_errors=True)
 
 
-def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, left_at_exit, left, retention_codes, open_orders, open_jobs,
+def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, left_at_exit, left, retention_codes, shm, open_orders, open_jobs,
            crashed, stuck_clients, up_alive, launcher_code) -> bool:
     goals: list[tuple[str, bool]] = []
     by_code = collections.Counter()
@@ -1051,6 +1063,12 @@ def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, lef
     goals.append(("the final retention runs exited 0", retention_codes == [0, 0]))
     print(f"files left in the system's TMPDIR: {len(tmp_left)}" + "".join(f"\n    {p}" for p in tmp_left[:8]))
     goals.append(("0 files left in TMPDIR", not tmp_left))
+    launches, shm_left = shm
+    if launches:
+        print(f"shared-memory regions of the run's {launches} Triton launches left in /dev/shm: {len(shm_left)}")
+        goals.append(("0 shared-memory regions left in /dev/shm", not shm_left))
+    else:
+        print("shared-memory regions in /dev/shm: not checked (no tritonserver named its regions)")
     print(f"processes alive when the launcher exited ({launcher_code}): {len(left_at_exit)}"
           + "".join(f"\n    {p}" for p in left_at_exit[:8]) + f"; {LEFT_BEHIND_GRACE_SECONDS:.0f} s later: {len(left)}")
     goals.append((f"the launcher ran to the end, exited 0 and left no process after {LEFT_BEHIND_GRACE_SECONDS:.0f} s",
