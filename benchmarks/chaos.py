@@ -7,14 +7,15 @@ retention daemon) starts in a temporary folder on free loopback ports (PostgreSQ
 cluster started by `tests.support.postgres`, the one the test suite uses, so there is one tested way
 to run a cluster as root or not). A staff account is made with `faceharmony-admin create-staff`.
 Then, for `--seconds`, `--clients` threads each live the whole flow over the real gRPC API with the
-generated stubs, one user after another (at most TRAINING_SLOTS of them train at once, which one trainer
-on 2 cores can serve; the others leave before training): sign-up (waiting list and staff approval, or the invitation
+generated stubs, one user after another: sign-up (waiting list and staff approval, or the invitation
 the previous user of the thread sent; codes and invitation tokens are read from the email outbox),
 uploads good and bad (real faces from scikit-image, a cat, coffee, grayscale, two faces, truncated,
-empty, not an image), training (create, watch, sometimes delete while training), orders (sometimes
-repeated with the same request id, credits bought when they run out), previews, downloads,
-rejections, deletions of photos, generated photos and models, and account deletion (sometimes
-reactivated and deleted again). Meanwhile the trainer, the `tritonserver` process, the order worker
+empty, not an image), training (create, watch; sometimes deleted while training, or after
+PATIENCE_SECONDS without result; at most TRAINING_SLOTS users train at once, which one trainer on
+2 cores can serve, the others browse meanwhile), orders (sometimes repeated with the same request
+id, credits bought when they run out, the model sometimes deleted while its order runs, so its
+images fail and are refunded), previews, downloads, rejections, deletions of photos, generated
+photos and models, and account deletion (sometimes reactivated and deleted again). Meanwhile the trainer, the `tritonserver` process, the order worker
 and the retention daemon are each SIGKILLed at random moments (at least 30 s apart per process, so
 the launcher's crash-loop rule, 5 exits in 2 minutes, is never what stops the run); the launcher
 restarts them. Every random choice comes from `--seed`.
@@ -705,9 +706,15 @@ class Client(threading.Thread):
                 order = self.order(token, model, styles)
                 if order is None:
                     break
+                gone = rng.random() < 0.15  # the model deleted while its order runs: its images fail and are refunded
+                if gone:
+                    api.call("models.DeleteModel", mdl.DeleteModelRequest(id=model), token)
+                    tally.event("models deleted while their order ran")
                 final = self.watch_order(token, order)
                 tally.event(f"orders ended {ordr.OrderState.Name(final)}")
                 self.handle_generated(token, order)
+                if gone:
+                    return
             api.call("purchases.GetBalance", pur.GetBalanceRequest(), token)
             if rng.random() < 0.3:
                 api.call("models.DeleteModel", mdl.DeleteModelRequest(id=model), token)
