@@ -6,7 +6,8 @@ and the retention daemon. Every listener is on 127.0.0.1 unless a setting says
 otherwise (FACEHARMONY_LISTEN, FACEHARMONY_TRITON_LISTEN_ADDRESS); the retention
 daemon serves no metrics port here. The data folder is made private (0700,
 files 0600) before anything starts. Each process runs as a child with the same
-environment; SIGTERM/SIGINT are passed on. A worker process (trainer, Triton,
+environment; SIGTERM/SIGINT are passed on, and a child gets SIGTERM from the
+kernel if the supervisor itself dies (SIGKILL included: core/children.py). A worker process (trainer, Triton,
 order worker, retention daemon) that dies is started again after a growing
 pause: its work is not lost (the job queues hand a dead worker's job to the
 next one). One that keeps dying (5 exits within 2 minutes), or the API server
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from faceharmony.core.children import die_with_parent
 from faceharmony.core.datadir import prepare_data_dir
 from faceharmony.core.settings import Settings
 
@@ -101,7 +103,7 @@ def main() -> None:
     ensure_base_model(settings)
     # The server applies the migrations; the trainer waits for them by starting second.
     for name, argv in commands.items():
-        children[name] = subprocess.Popen(argv, env=os.environ.copy())
+        children[name] = subprocess.Popen(argv, env=os.environ.copy(), preexec_fn=die_with_parent())
         _log(f"started {name} (pid {children[name].pid})")
         if name == "server":
             wait_for_migrations(settings)
@@ -130,7 +132,7 @@ def main() -> None:
                 restart_at.clear()
             elif now >= when:
                 del restart_at[name]
-                children[name] = subprocess.Popen(commands[name], env=os.environ.copy())
+                children[name] = subprocess.Popen(commands[name], env=os.environ.copy(), preexec_fn=die_with_parent())
                 _log(f"restarted {name} (pid {children[name].pid})")
         time.sleep(0.2)
     sys.exit(exit_code)

@@ -57,6 +57,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from faceharmony.core.children import die_with_parent
 from faceharmony.core.datadir import private_dir
 from faceharmony.core.inference.triton_shm import ShmLease, sweep_regions
 
@@ -333,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"faceharmony-triton: {exc}", file=sys.stderr)
         return 2
     try:
-        process = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,))
+        # If this wrapper is SIGKILLed, tritonserver gets SIGTERM (not orphaned holding the ports).
+        process = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,),
+                                   preexec_fn=die_with_parent())
     finally:
         lease.handed_over()
 
