@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 def new_id() -> str:
@@ -14,7 +14,8 @@ def new_id() -> str:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+    # fullmatch: `$` in a pattern also matches before a trailing newline.
+    return bool(ID_PATTERN.fullmatch(value))
 
 
 def new_token() -> str:

@@ -316,6 +316,18 @@ def test_delete_requires_the_right_email_and_changes_nothing_otherwise(harness):
     assert row_counts(harness) == before
 
 
+def test_a_second_deletion_that_raced_past_the_access_check_keeps_the_first_purge_date(harness):
+    from faceharmony.server.logic import accounts
+
+    user = harness.sign_up("twice@example.com")
+    first = harness.db_call(accounts.delete_account, harness.api.deps, user.account_id, user.email)
+    harness.clock.advance(days=3)
+    # What a concurrent DeleteAccount that passed the access check before the first one committed reaches.
+    second = harness.db_call(accounts.delete_account, harness.api.deps, user.account_id, user.email)
+    assert second.purge_after == first.purge_after and second.deleted_at == first.deleted_at
+    assert len([e for e in harness.new_emails() if "will be deleted" in e["Subject"]]) == 1
+
+
 def test_deleted_account_can_only_reactivate_and_not_after_the_grace_period(harness):
     user = harness.sign_up("grace@example.com", "Grace")
     other = harness.accounts.SignIn(a.SignInRequest(email=user.email, code=harness.code_for(user.email)))

@@ -131,6 +131,11 @@ def test_delete_hides_unattached_photos_only(harness):
         "PHOTO_IN_USE",
     )
     assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id="nope"), metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID")
+    # A real id with a trailing newline is not an id (a `$` anchor alone would let it through).
+    assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=keep.id + "\n"), metadata=user.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ID",
+    )
 
 
 def test_request_id_makes_uploads_idempotent(harness):

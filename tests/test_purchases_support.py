@@ -57,6 +57,7 @@ def test_another_users_transaction_is_refused(harness):
         (p.STORE_APP_STORE, "credits_10", "", "INVALID_TRANSACTION_ID"),
         (p.STORE_APP_STORE, "credits_10", "x" * 201, "INVALID_TRANSACTION_ID"),
         (p.STORE_APP_STORE, "credits_10", "tx\n1", "INVALID_TRANSACTION_ID"),
+        (p.STORE_APP_STORE, "credits_10", "tx-1\n", "INVALID_TRANSACTION_ID"),
     ],
 )
 def test_bad_purchases_store_nothing(harness, store, product, tx, reason):

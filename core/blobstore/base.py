@@ -84,7 +84,7 @@ class BlobStore:
             raise ValueError(f"unknown blob kind {kind!r}")
         if op not in PERMISSIONS[self.role].get(kind, frozenset()):
             raise BlobPermissionError(f"role {self.role.value} may not {op.value} {kind}")
-        if blob_id is not None and not _BLOB_ID.match(blob_id):
+        if blob_id is not None and not _BLOB_ID.fullmatch(blob_id):
             raise ValueError("not a blob id")
 
     def create(self, kind: str, data: bytes, content_type: str = "application/octet-stream") -> str:

@@ -78,7 +78,7 @@ def parse_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
         raise AdapterCorrupt("adapter holds no tensors")
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        m = _KEY.match(key)
+        m = _KEY.fullmatch(key)
         if m is None:
             raise AdapterCorrupt(f"unexpected key in adapter: {key[:120]!r}")
         half = "down" if m["half"] in ("lora.down", "lora_A") else "up"

@@ -107,7 +107,7 @@ def prepare_lora(
     shapes = _layer_shapes(unet)
     halves: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
-        m = _KEY.match(key) if isinstance(key, str) else None
+        m = _KEY.fullmatch(key) if isinstance(key, str) else None
         if not m:
             raise AdapterMismatch(f"unexpected key in adapter: {str(key)[:120]!r}")
         if not isinstance(tensor, torch.Tensor):

@@ -198,7 +198,7 @@ def _failure_key(email_hmac: str) -> str:
 def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
     email = normalize_email(email)
     code = code.strip()
-    if not _CODE.match(code):
+    if not _CODE.fullmatch(code):
         raise invalid("INVALID_CODE", "the code is wrong or has expired")
     email_hmac = deps.hasher.email(email)
     failure: ApiError | None = None
@@ -371,6 +371,9 @@ def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
             confirmed = False
         if not confirmed:
             raise invalid("EMAIL_MISMATCH", "confirm_email must be the account's email")
+        if account.state == "deactivated":
+            # A second call that raced past the access check: the first one's purge date stands (P17).
+            return account
         now = deps.clock.now()
         purge_after = now + dt.timedelta(days=deps.settings.account_grace_days)
         Account.update(state="deactivated", deleted_at=now, purge_after=purge_after, updated_at=now).where(

@@ -34,7 +34,7 @@ def record_purchase(deps: Deps, account_id: str, store: int, product_id: str, tr
     credits = deps.settings.products.get(product_id)
     if credits is None:
         raise invalid("UNKNOWN_PRODUCT", "no such product")
-    if not _TRANSACTION.match(transaction_id):
+    if not _TRANSACTION.fullmatch(transaction_id):
         raise invalid("INVALID_TRANSACTION_ID", "transaction_id must be 1-200 characters of [A-Za-z0-9._:-]")
     if purchase_time is not None and purchase_time > deps.clock.now() + dt.timedelta(days=1):
         raise invalid("INVALID_REQUEST", "purchase_time is in the future")
