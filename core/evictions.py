@@ -79,8 +79,20 @@ def request_versions(versions: Iterable[tuple[str, int]], now: dt.datetime) -> i
 
 
 def cancel(model_ids: pw.ModelSelect | Sequence[str]) -> int:
-    """Inside the transaction that makes these models servable again: their pending evictions are dropped."""
-    return ModelEviction.delete().where(ModelEviction.model_id.in_(model_ids)).execute()
+    """Inside the transaction that makes these models servable again: their pending evictions are dropped.
+
+    The rows are locked first in (model_id, version) order, the order every writer of these rows uses, so a
+    cancel never deadlocks with an order worker's confirm or a new request (a DELETE alone locks in scan order)."""
+    query = (
+        ModelEviction.select(ModelEviction.id)
+        .where(ModelEviction.model_id.in_(model_ids))
+        .order_by(ModelEviction.model_id, ModelEviction.version)
+    )
+    db = ModelEviction._meta.database
+    locked_ids = [r.id for r in (query if is_sqlite(db) else query.for_update())]
+    if not locked_ids:
+        return 0
+    return ModelEviction.delete().where(ModelEviction.id.in_(locked_ids)).execute()
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,13 @@ def pending(limit: int = SWEEP_BATCH) -> list[Pending]:
 
 
 def _locked(db: pw.Database, records: Sequence[Pending]) -> list[ModelEviction]:
-    """The records still holding the token that was read (a request made again since is left alone), locked in id order."""
-    query = ModelEviction.select().where(ModelEviction.id.in_([r.id for r in records])).order_by(ModelEviction.id)
+    """The records still holding the token that was read (a request made again since is left alone), locked in
+    (model_id, version) order: the order request_versions' upsert and cancel lock them in (core/db/locks.py)."""
+    query = (
+        ModelEviction.select()
+        .where(ModelEviction.id.in_([r.id for r in records]))
+        .order_by(ModelEviction.model_id, ModelEviction.version)
+    )
     tokens = {r.id: r.token for r in records}
     rows = list(query if is_sqlite(db) else query.for_update())
     return [row for row in rows if tokens.get(row.id) == row.token]

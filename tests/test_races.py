@@ -340,3 +340,40 @@ def test_the_account_purge_locks_the_models_before_their_jobs(harness, pg_probe)
         _probe_unlocked(locker, "training_job", job_id)
     assert purge.result(timeout=120)["accounts"] == 1
     assert h.db_call(m.TrainingJob.select().count) == 0
+
+
+@pytest.mark.parametrize("writer", ["confirm", "cancel"])
+def test_eviction_records_are_locked_in_model_order_by_every_writer(harness, pg_probe, writer):
+    """A request (the upsert locks in (model_id, version) order) holds the first record; the order worker's
+    confirm, or a reactivation's cancel, must wait for it holding nothing, not lock the second record first
+    (their ids sort the other way round)."""
+    from faceharmony.core import evictions
+
+    h = harness
+    locker, watcher = pg_probe
+    first, second = ("0" * 32, "f" * 32), ("f" * 32, "0" * 32)  # (id, model_id): ids sort against model ids
+    now = h.clock.now()
+    h.db_call(lambda: m.ModelEviction.insert_many(
+        [{"id": i, "model_id": mid, "version": 1, "token": ids.new_id(), "requested_at": now, "confirmed_by": [],
+          "attempts": 0} for i, mid in (first, second)]
+    ).execute())
+    records = h.db_call(evictions.pending)
+    calls = {
+        "confirm": lambda: evictions.confirm(h.db, records, "replica-a", ["replica-a"]),
+        "cancel": lambda: _cancel_both(h),
+    }
+    with locker.atomic():
+        # What request_versions' upsert takes first: the record of the smaller model id.
+        locker.execute_sql("SELECT id FROM model_eviction WHERE model_id = %s FOR UPDATE", (second[1],)).fetchone()
+        other = _in_thread(h, calls[writer])
+        wait_for(lambda: _lock_waiters(watcher) >= 1, timeout=30, what=f"{writer} to wait for the first record")
+        _probe_unlocked(locker, "model_eviction", first[0])  # the record of the larger model id is free
+    assert other.result(timeout=60) == 2
+    assert h.db_call(m.ModelEviction.select().count) == 0
+
+
+def _cancel_both(h) -> int:
+    from faceharmony.core import evictions
+
+    with write_transaction(h.db):
+        return evictions.cancel(["0" * 32, "f" * 32])
