@@ -19,6 +19,7 @@ Everything but the work itself runs on the server's event loop (no lock).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 from collections.abc import Callable
 from typing import TypeVar
@@ -35,6 +36,10 @@ def _full() -> ApiError:
 
 
 class VerifyQueue:
+    """Uploads wait in line (first come, first served): a newcomer never overtakes a waiting upload, and only the
+    head of the line starts once a thread is free and its pixels fit, so no waiter runs out of time while later
+    uploads go ahead of it."""
+
     def __init__(
         self,
         executor: concurrent.futures.Executor,
@@ -45,10 +50,13 @@ class VerifyQueue:
     ) -> None:
         self.executor = executor
         self.workers, self.queue_size, self.max_pixels, self.wait_seconds = workers, queue_size, max_pixels, wait_seconds
-        self.waiting = 0  # admitted, not yet running
         self.running = 0  # handed to a thread and not finished
         self.pixels = 0  # reserved by the running ones
-        self._wakeups: list[asyncio.Future] = []
+        self._line: collections.deque[asyncio.Event] = collections.deque()  # admitted, not yet running
+
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
 
     def _fits(self, pixels: int) -> bool:
         if self.running >= self.workers:
@@ -58,7 +66,7 @@ class VerifyQueue:
     async def run(self, pixels: int, fn: Callable[..., T], *args) -> T:
         """fn(*args) on a verifier thread once a thread is free and `pixels` fit; VERIFY_QUEUE_FULL otherwise."""
         loop = asyncio.get_running_loop()
-        if not self._fits(pixels):
+        if self._line or not self._fits(pixels):
             await self._wait(loop, pixels)
         self.running += 1
         self.pixels += pixels
@@ -71,31 +79,34 @@ class VerifyQueue:
         return await asyncio.wrap_future(work)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, pixels: int) -> None:
-        if self.waiting >= self.queue_size:
+        if len(self._line) >= self.queue_size:
             raise _full()
-        self.waiting += 1
+        turn = asyncio.Event()
+        self._line.append(turn)
         deadline = loop.time() + self.wait_seconds
         try:
-            while not self._fits(pixels):
+            # No await between the check and clear(): a wake-up cannot be missed (one event loop, no threads).
+            while not (self._line[0] is turn and self._fits(pixels)):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise _full()
-                wakeup = loop.create_future()
-                self._wakeups.append(wakeup)
+                turn.clear()
                 try:
-                    await asyncio.wait_for(wakeup, remaining)
+                    await asyncio.wait_for(turn.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self.waiting -= 1
+            self._line.remove(turn)
+            self._wake_head()  # the next in line may fit too (another thread free), or is now first
+
+    def _wake_head(self) -> None:
+        if self._line:
+            self._line[0].set()
 
     def _release(self, pixels: int) -> None:
         self.running -= 1
         self.pixels -= pixels
-        wakeups, self._wakeups = self._wakeups, []
-        for wakeup in wakeups:
-            if not wakeup.done():
-                wakeup.set_result(None)
+        self._wake_head()
 
     def held(self) -> dict[str, int]:
         """What is held now (for tests and metrics)."""

@@ -182,10 +182,29 @@ def test_the_pixel_budget_holds_an_upload_that_does_not_fit_and_refuses_it_after
     assert held(h) == NOTHING_HELD
 
 
+def test_the_verify_queue_is_first_come_first_served(gated):
+    """A small upload that would fit the budget does not overtake a large one already waiting for it."""
+    h, gate = gated(verifier_workers=3, upload_max_pixels=300_000, verify_max_pixels_in_flight=300_000, verify_queue_wait_seconds=60)
+    users = [h.sign_up(f"line{i}@example.com") for i in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = in_background(pool, upload, h, users[0])  # 512 x 512: most of the budget
+        wait_for(lambda: gate.inside == 1, 30, "the first upload inside verification")
+        second = in_background(pool, upload, h, users[1])  # does not fit beside the first: waits
+        wait_for(lambda: held(h)[1]["waiting"] == 1, 30, "the second upload waiting")
+        third = in_background(pool, upload, h, users[2], images.noise(128))  # would fit, but is later in line
+        wait_for(lambda: held(h)[1]["waiting"] == 2, 30, "the third upload waiting behind the second")
+        assert gate.inside == 1
+        gate.gate.set()
+        assert (first.result(), second.result(), third.result()) == (OK, OK, OK)
+    assert held(h) == NOTHING_HELD
+
+
 def test_a_cancelled_upload_keeps_its_verify_slot_until_its_thread_is_done(gated):
     h, gate = gated(verifier_workers=1, verify_queue_size=0)
     user = h.sign_up("quitter@example.com")
-    assert status_of(upload, h, user, timeout=1) == (grpc.StatusCode.DEADLINE_EXCEEDED, "")
+    call = h.photos.UploadPhoto.future(p.UploadPhotoRequest(content=images.one_face()), metadata=user.md)
+    wait_for(lambda: gate.inside == 1, 30, "the upload inside verification")
+    assert call.cancel()  # the client gives up mid-verification
     assert gate.inside == 1 and held(h)[1]["running"] == 1  # the thread still works on it: the slot stays taken
     assert status_of(upload, h, user) == QUEUE_FULL
     gate.gate.set()
