@@ -17,7 +17,9 @@ received. In front of them, grpc.aio's own `maximum_concurrent_rpcs` is set as
 a hard outer bound (`hard_limit`): both server bounds plus as many calls again,
 so a flood of RPCs is refused by gRPC itself before their messages are read
 (RESOURCE_EXHAUSTED without an ErrorInfo), while ordinary overload meets our
-bounds first and gets a reason.
+bounds first and gets a reason. gRPC reads each request in full before the
+interceptor runs, so the bytes a flood of slow uploads can have buffered at once
+are bounded by that hard limit times the largest message, not by our bounds.
 
 Everything here runs on the server's event loop: the counters need no lock.
 """

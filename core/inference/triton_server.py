@@ -171,7 +171,8 @@ def server_command(
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """Serves every model of `view` (see `prepare_repository_view`) on `address`."""
-    restricted_key = secrets.token_urlsafe(32)  # handed to nobody: the restricted protocols stay shut
+    # Given to no client; local users who can read Triton's command line can see it (module docstring).
+    restricted_key = secrets.token_urlsafe(32)
     cmd = [
         str(tritonserver_binary()),
         f"--model-repository={Path(view).resolve()}",
