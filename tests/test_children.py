@@ -13,8 +13,8 @@ import textwrap
 
 import psutil
 
+from tests.support.triton import require_triton
 from tests.support.wait import wait_for
-from tests.test_triton_exposure import repository, run_triton, stop, wait_ready  # noqa: F401 - fixture
 
 PARENT = textwrap.dedent(
     """
@@ -58,8 +58,11 @@ def test_a_tied_child_ends_when_its_parent_is_killed_and_an_untied_one_would_not
                 pass
 
 
-def test_a_sigkilled_triton_wrapper_takes_tritonserver_with_it(tmp_path, repository):  # noqa: F811
-    repo, _ = repository
+def test_a_sigkilled_triton_wrapper_takes_tritonserver_with_it(tmp_path):
+    require_triton()
+    from tests.support.triton_wrapper import echo_repository, run_triton, stop, wait_ready
+
+    repo, _ = echo_repository(tmp_path / "models")
     proc, grpc_port, _ = run_triton(tmp_path, repo)
     try:
         client = wait_ready(proc, f"127.0.0.1:{grpc_port}", tmp_path / "triton.log")
