@@ -78,7 +78,7 @@ def request_versions(versions: Iterable[tuple[str, int]], now: dt.datetime) -> i
     return len(rows)
 
 
-def cancel(model_ids: pw.ModelSelect | Sequence[str]) -> int:
+def cancel(db: pw.Database, model_ids: pw.ModelSelect | Sequence[str]) -> int:
     """Inside the transaction that makes these models servable again: their pending evictions are dropped.
 
     The rows are locked first in (model_id, version) order, the order every writer of these rows uses, so a
@@ -88,7 +88,6 @@ def cancel(model_ids: pw.ModelSelect | Sequence[str]) -> int:
         .where(ModelEviction.model_id.in_(model_ids))
         .order_by(ModelEviction.model_id, ModelEviction.version)
     )
-    db = ModelEviction._meta.database
     locked_ids = [r.id for r in (query if is_sqlite(db) else query.for_update())]
     if not locked_ids:
         return 0

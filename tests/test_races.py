@@ -376,4 +376,4 @@ def _cancel_both(h) -> int:
     from faceharmony.core import evictions
 
     with write_transaction(h.db):
-        return evictions.cancel(["0" * 32, "f" * 32])
+        return evictions.cancel(h.db, ["0" * 32, "f" * 32])

@@ -413,6 +413,7 @@ def reactivate_account(deps: Deps, account_id: str) -> Account:
         audit.record(deps.clock, audit.ACCOUNT_REACTIVATED, actor_id=account_id, subject_id=account_id)
         # Its models are servable again (those not deleted on their own): Triton fetches them again on demand.
         evictions.cancel(
+            deps.db,
             UserModel.select(UserModel.id).where(UserModel.account == account_id, UserModel.state.not_in(UNSERVABLE_MODEL_STATES))
         )
     return Account.get_by_id(account_id)

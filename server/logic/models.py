@@ -176,5 +176,5 @@ def restore_model(deps: Deps, staff_id: str, model_id: str) -> UserModel:
         ).where(UserModel.id == model.id).execute()
         audit.record(deps.clock, audit.MODEL_RESTORED, actor_id=staff_id, subject_id=model.id)
         if Account.select(Account.state).where(Account.id == model.account_id).scalar() == "active":
-            evictions.cancel([model.id])  # servable again: Triton fetches the adapter again on demand
+            evictions.cancel(deps.db, [model.id])  # servable again: Triton fetches the adapter again on demand
     return UserModel.get_by_id(model_id)
