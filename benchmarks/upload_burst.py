@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from PIL import Image
 from skimage import data
 
 from faceharmony.clients.errors import reason_of
+from faceharmony.core.inference.triton_server import free_port
 from faceharmony.v1 import account_pb2, account_pb2_grpc, admin_pb2, admin_pb2_grpc, photo_pb2, photo_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -65,12 +65,6 @@ def face_jpeg() -> bytes:
     out = io.BytesIO()
     Image.fromarray(data.astronaut()).save(out, format="JPEG", quality=90)
     return out.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RssSampler:
