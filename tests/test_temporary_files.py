@@ -30,7 +30,7 @@ from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p
 from tests.support import images
-from tests.support.harness import start_harness
+from tests.support.harness import start_harness, trainer_env
 from tests.support.killed_writer import PERSONAL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,21 +113,6 @@ def test_a_writer_killed_mid_write_leaves_nothing_after_a_sweep_past_the_margin(
     assert not [name for name, data in files_under(h.settings.data_dir).items() if MARKER in data]
 
 
-def trainer_env(h, tmpdir: Path) -> dict[str, str]:
-    s = h.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
-    env.update(
-        FACEHARMONY_DATA_DIR=str(s.data_dir),
-        FACEHARMONY_DATABASE_URL=s.database_url,
-        FACEHARMONY_SECRET_KEY=s.secret_key,
-        FACEHARMONY_BASE_MODEL=s.base_model,
-        FACEHARMONY_TRAINING_STEPS=str(s.training_steps),
-        FACEHARMONY_LOG_FORMAT="text",
-        TMPDIR=str(tmpdir),
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("base") / "tiny"
@@ -143,7 +128,7 @@ def test_the_trainer_serializes_inside_the_data_folder_and_a_kill_mid_save_is_sw
         ids = [h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)]
         model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=ids), metadata=user.md).model
 
-        killed_mid_write("trainer-mid-save", env=trainer_env(h, private_tmp), tmpdir=private_tmp)
+        killed_mid_write("trainer-mid-save", env=trainer_env(h, TMPDIR=str(private_tmp)), tmpdir=private_tmp)
         scratch = h.settings.data_dir / tempfiles.SCRATCH_FOLDER
         [folder] = temporary_entries(scratch)  # the adapter being saved, inside the data folder
         assert folder.name.startswith(".tmp-lora-") and [x.name for x in folder.iterdir()] == ["pytorch_lora_weights.safetensors"]

@@ -20,7 +20,7 @@ from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p
 from tests.support import images
-from tests.support.harness import start_harness
+from tests.support.harness import start_harness, trainer_env
 from tests.support.wait import wait_for
 
 BIN = Path(sys.executable).parent
@@ -45,22 +45,6 @@ def system(tmp_path, base_model):
     )
     yield h
     h.stop()
-
-
-def trainer_env(h) -> dict[str, str]:
-    s = h.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
-    env.update(
-        FACEHARMONY_DATA_DIR=str(s.data_dir),
-        FACEHARMONY_DATABASE_URL=s.database_url,
-        FACEHARMONY_SECRET_KEY=s.secret_key,
-        FACEHARMONY_BASE_MODEL=s.base_model,
-        FACEHARMONY_TRAINING_LEASE_SECONDS=str(s.training_lease_seconds),
-        FACEHARMONY_TRAINER_POLL_SECONDS=str(s.trainer_poll_seconds),
-        FACEHARMONY_TRAINING_STEPS=str(s.training_steps),
-        FACEHARMONY_LOG_FORMAT="text",
-    )
-    return env
 
 
 def new_model(h, email: str):

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import email
 import email.policy
+import os
 import re
 import threading
 import time
@@ -203,3 +204,22 @@ def status_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
     except grpc.RpcError as exc:
         return exc.code(), reason_of(exc)
     return grpc.StatusCode.OK, ""
+
+
+def trainer_env(h: Harness, **extra: str) -> dict[str, str]:
+    """The environment of a `faceharmony-trainer` subprocess working on the harness's database and data folder."""
+    s = h.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
+    env.update(
+        FACEHARMONY_DATA_DIR=str(s.data_dir),
+        FACEHARMONY_DATABASE_URL=s.database_url,
+        FACEHARMONY_SECRET_KEY=s.secret_key,
+        FACEHARMONY_BASE_MODEL=str(s.base_model),
+        FACEHARMONY_TRAINING_LEASE_SECONDS=str(s.training_lease_seconds),
+        FACEHARMONY_TRAINER_POLL_SECONDS=str(s.trainer_poll_seconds),
+        FACEHARMONY_TRAINING_STEPS=str(s.training_steps),
+        FACEHARMONY_LOG_FORMAT="text",
+        **extra,
+    )
+    return env
+
