@@ -56,9 +56,9 @@ except ImportError:
 # bench_training maps the faceharmony packages by hand where the project is not installed (the GPU box).
 from bench_training import build_real_size_pipeline, machine_lines  # noqa: E402
 
-from faceharmony.core.basemodel import build_tiny_pipeline, load_base  # noqa: E402
-from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest  # noqa: E402
-from faceharmony.core.inference.multi_lora import target_layers  # noqa: E402
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
+from faceharmony.core.diffusion.multi_lora import target_layers  # noqa: E402
 
 PROMPTS = [
     "a photo of sks person",

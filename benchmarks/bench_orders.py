@@ -43,16 +43,16 @@ from bench_engine import random_adapter, reference_pipeline  # noqa: E402
 from bench_training import machine_lines  # noqa: E402
 
 from faceharmony.core import ids, styles  # noqa: E402
-from faceharmony.core.basemodel import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.db import models as m  # noqa: E402
 from faceharmony.core.db.connection import open_database, write_transaction  # noqa: E402
 from faceharmony.core.db.migrate import migrate  # noqa: E402
-from faceharmony.core.inference.adapter_cache import parse_adapter_bytes  # noqa: E402
-from faceharmony.core.inference.triton_server import start_triton  # noqa: E402
-from faceharmony.core.order_worker import OrderWorker  # noqa: E402
-from faceharmony.core.orders import create as create_order  # noqa: E402
+from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
+from faceharmony.triton_launcher.server import start_triton  # noqa: E402
+from faceharmony.order_worker.worker import OrderWorker  # noqa: E402
+from faceharmony.core.jobs.orders import create as create_order  # noqa: E402
 from faceharmony.core.settings import Settings  # noqa: E402
 
 STYLE = styles.get("studio")

@@ -31,7 +31,7 @@ from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate
-from faceharmony.core.retention.daemon import Retention
+from faceharmony.retention.daemon import Retention
 from faceharmony.core.settings import Settings
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)

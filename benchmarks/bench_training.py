@@ -60,7 +60,7 @@ except ImportError:  # a machine without the project installed (the GPU box): ma
         _spec.loader.exec_module(_module)  # type: ignore[union-attr]
 
 from faceharmony.trainer.lora import TrainingSettings, prepare_images, train_lora  # noqa: E402
-from faceharmony.core.basemodel import (  # noqa: E402
+from faceharmony.core.diffusion.pipeline import (  # noqa: E402
     build_tiny_pipeline,
     load_base,
     pick_device,

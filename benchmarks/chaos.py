@@ -103,8 +103,8 @@ SYSTEM_SETTINGS = {
 KILL_TARGETS = {
     "trainer": lambda p: _module_of(p) == "faceharmony.trainer",
     "triton": lambda p: p.name() == "tritonserver",
-    "order-worker": lambda p: _module_of(p) == "faceharmony.core.order_worker",
-    "retention": lambda p: _module_of(p) == "faceharmony.core.retention",
+    "order-worker": lambda p: _module_of(p) == "faceharmony.order_worker",
+    "retention": lambda p: _module_of(p) == "faceharmony.retention",
 }
 KILL_GAP_SECONDS = (30.0, 50.0)
 CALL_TIMEOUT = 60.0
@@ -113,7 +113,7 @@ PATIENCE_SECONDS = 90.0  # how long a user waits for training before deleting th
 # more would leave a queue that cannot drain in a bounded time; the other users leave before training.
 TRAINING_SLOTS = 3
 SHM_DIR = Path("/dev/shm")
-SHM_PREFIX_OPTION = "shm-region-prefix-name="  # core/inference/triton_shm.py names each launch's regions
+SHM_PREFIX_OPTION = "shm-region-prefix-name="  # triton_launcher/shm.py names each launch's regions
 LEFT_BEHIND_GRACE_SECONDS = 30.0  # how long a process of the system may outlive the launcher (a Triton stub notices late)
 ORPHAN_MARGIN_HOURS = 6  # FACEHARMONY_ORPHAN_MARGIN_HOURS's default, which the run keeps
 STAFF_EMAIL = "chaos-admin@staff.example.com"
@@ -896,7 +896,7 @@ def check_images_and_credits(url: str, deleted_generated: dict[str, str]) -> dic
 def blob_census(url: str, data_dir: Path, margin_hours: float) -> dict[str, list[str]]:
     """Files of the data folder no row names, and rows whose blob is gone, by what they are."""
     from faceharmony.core.db.connection import close_database, open_database
-    from faceharmony.core.retention.orphans import REFERENCES
+    from faceharmony.retention.orphans import REFERENCES
 
     db = open_database(url, pool_size=1)
     found: dict[str, list[str]] = collections.defaultdict(list)

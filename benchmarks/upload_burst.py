@@ -41,7 +41,7 @@ from PIL import Image
 from skimage import data
 
 from faceharmony.clients.errors import reason_of
-from faceharmony.core.inference.triton_server import free_port
+from faceharmony.triton_launcher.server import free_port
 from faceharmony.v1 import account_pb2, account_pb2_grpc, admin_pb2, admin_pb2_grpc, photo_pb2, photo_pb2_grpc
 
 BIN = Path(sys.executable).parent

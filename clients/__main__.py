@@ -1,3 +1,5 @@
+import sys
+
 from faceharmony.clients.user_cli import main
 
-main()
+sys.exit(main())

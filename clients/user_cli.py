@@ -228,15 +228,16 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
         _show(support.GetTicket(support_pb2.GetTicketRequest(id=args.id), metadata=md).ticket)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with grpc.insecure_channel(args.server) as channel:
         try:
             run(args, channel)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name} {reason_of(exc)}: {exc.details()}", file=sys.stderr)
-            sys.exit(1)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

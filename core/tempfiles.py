@@ -16,7 +16,7 @@ Nothing with personal data goes to the system's temporary folder, where a
 ``kill -9`` would leave it for good. A process killed between making such an
 entry and removing it leaves it behind (after the blob store's link, as a
 second name of the stored blob's file, so deleting the blob would free
-nothing); the retention daemon's orphan sweep (``core/retention/orphans.py``)
+nothing); the retention daemon's orphan sweep (``retention/orphans.py``)
 deletes every entry last modified before the orphan margin, by real time, so
 a write still in progress is left alone. The trainer also sweeps its own
 scratch folder when it starts (a trainer may run where no daemon sweeps).

@@ -1,3 +1,5 @@
+import sys
+
 from faceharmony.server.main import main
 
-main()
+sys.exit(main())

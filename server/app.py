@@ -1,4 +1,4 @@
-"""Assembles the API server: `create_server(settings) -> (server, port)` builds and binds it; `serve()` runs it until SIGTERM/SIGINT and shuts down gracefully.
+"""Assembles the API server: `create_server(settings) -> (server, port)` builds and binds it; `serve()` runs it until the process is stopped (SIGTERM/SIGINT, core/process.py) and shuts down gracefully.
 
 The server owns a thread pool for database work, the email delivery loop, gRPC
 health checking (every service reported SERVING while up, NOT_SERVING while
@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from faceharmony.core import logs
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.crypto import Hasher
 from faceharmony.core.datadir import prepare_data_dir
@@ -23,6 +21,7 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import Transport, make_transport
+from faceharmony.core.process import Entry, MIGRATE_HINT
 from faceharmony.core.settings import Settings
 from faceharmony.core.blobstore.base import BlobStore, Role
 from faceharmony.core.blobstore.factory import open_blob_store
@@ -145,7 +144,7 @@ async def create_server(
     if settings.auto_migrate:
         await app.run(migrate, db)
     elif await app.run(pending, db):
-        raise RuntimeError("the database needs migrations: run `faceharmony-admin migrate`")
+        raise RuntimeError(MIGRATE_HINT)
     deps = Deps(settings=settings, clock=clock, hasher=app.hasher, db=db)
     loop = asyncio.get_running_loop()
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
@@ -196,21 +195,17 @@ async def create_server(
     return api, port
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, entry: Entry) -> None:
+    """Runs the server until the process is told to stop (`entry`: SIGTERM/SIGINT), then shuts down gracefully."""
     api, port = await create_server(settings)
     await api.start()
     log.info("server listening", extra={"port": port, "database": settings.resolved_database_url.split(":", 1)[0]})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    entry.on_stop(lambda _signum: loop.call_soon_threadsafe(stopping.set))
+    if entry.stopping.is_set():
+        stopping.set()
     await stopping.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await api.stop(settings.shutdown_grace_seconds)
     log.info("stopped")
-
-
-def run(settings: Settings | None = None) -> None:
-    settings = settings or Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from faceharmony.core import audit
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, Session
 from faceharmony.server import access

@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from faceharmony.core import tempfiles
-from faceharmony.core.basemodel import build_tiny_pipeline
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.datadir import prepare_data_dir
@@ -50,7 +50,7 @@ def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
         build_tiny_pipeline(settings.base_model_dir)
         tempfiles.scratch_dir(settings.data_dir)
         try:
-            from faceharmony.core.inference.triton_server import (
+            from faceharmony.triton_launcher.server import (
                 DEFAULT_MODELS, DEFAULT_REPOSITORY, TritonUnavailable, prepare_backend_dir, prepare_repository_view)
 
             prepare_backend_dir(settings.data_dir / "triton" / "backends")

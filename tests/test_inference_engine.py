@@ -23,10 +23,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from faceharmony.core.basemodel import build_tiny_pipeline, load_base
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
-from faceharmony.core.inference.adapter_cache import (
+from faceharmony.core.diffusion.adapter_cache import (
     AdapterCache,
     AdapterCorrupt,
     AdapterMismatchedBase,
@@ -34,8 +34,8 @@ from faceharmony.core.inference.adapter_cache import (
     parse_adapter_bytes,
     tensor_bytes,
 )
-from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest
-from faceharmony.core.inference.multi_lora import (
+from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest
+from faceharmony.core.diffusion.multi_lora import (
     LoRAWeights,
     MultiLoRALinear,
     install_multi_lora,

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from faceharmony.core.inference.triton_server import free_port
+from faceharmony.triton_launcher.server import free_port
 from tests.support.listeners import listening
 from tests.support.modes import loose, modes
 from tests.support.triton import require_triton

@@ -20,7 +20,7 @@ from faceharmony.clients.errors import reason_of
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.core.retention.orphans import sweep_orphan_blobs
+from faceharmony.retention.orphans import sweep_orphan_blobs
 from faceharmony.core.verify.base import Verdict
 from faceharmony.server.limits import hard_limit
 from faceharmony.v1 import account_pb2 as a

@@ -13,7 +13,7 @@ from faceharmony.core import ids
 from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.training import TrainingQueue
+from faceharmony.core.jobs.training import TrainingQueue
 from faceharmony.v1 import admin_pb2 as ad
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p

@@ -13,7 +13,7 @@ What it proves (issue 5's acceptance story):
 * Triton unreachable: the worker waits and retries (nothing failed or refunded), then completes;
 * a model deleted mid-order: its images fail and are refunded, the other model's are made; Triton drops
   the deleted model's adapter from its cache; a deactivated account's order is not served.
-* evictions (core/evictions.py): a deactivated account's adapters leave Triton's cache and come back after
+* evictions (core/jobs/evictions.py): a deactivated account's adapters leave Triton's cache and come back after
   reactivation; an eviction Triton missed (unreachable) is retried and completed later, after the account's
   purge; an eviction is done only once every replica confirmed it; an image request that was at Triton when
   its account was deactivated requests the eviction again.
@@ -41,15 +41,15 @@ require_triton()
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 from faceharmony.core import styles  # noqa: E402
-from faceharmony.core.basemodel import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.db import models as m  # noqa: E402
-from faceharmony.core.inference.adapter_cache import parse_adapter_bytes  # noqa: E402
-from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest  # noqa: E402
-from faceharmony.core.inference.triton_server import free_port, start_triton  # noqa: E402
-from faceharmony.core.order_worker import OrderWorker  # noqa: E402
-from faceharmony.core.retention.orphans import sweep_orphan_blobs  # noqa: E402
+from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
+from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
+from faceharmony.triton_launcher.server import free_port, start_triton  # noqa: E402
+from faceharmony.order_worker.worker import OrderWorker  # noqa: E402
+from faceharmony.retention.orphans import sweep_orphan_blobs  # noqa: E402
 from faceharmony.v1 import account_pb2 as a  # noqa: E402
 from faceharmony.v1 import model_pb2 as mp  # noqa: E402
 from faceharmony.v1 import order_pb2 as o  # noqa: E402
@@ -474,7 +474,7 @@ def test_an_eviction_triton_missed_is_retried_and_completed_after_the_accounts_p
     import datetime as dt
     from dataclasses import replace
 
-    from faceharmony.core.retention.daemon import Retention
+    from faceharmony.retention.daemon import Retention
 
     user = h.sign_up("missed-evict@example.com")
     model = used_model(h, user, adapters[1])
@@ -532,7 +532,7 @@ def test_an_image_request_at_triton_when_the_account_is_deactivated_requests_the
     """The account is deactivated, and the eviction swept, while an image request is on its way to Triton:
     Triton fetches the adapter again for it; the worker, finding the model unservable when it records the
     image, requests the eviction again."""
-    from faceharmony.core.order_worker import TritonImages
+    from faceharmony.order_worker.worker import TritonImages
 
     user = h.sign_up("in-flight-evict@example.com")
     model = ready_model(h, user, copy_of(h, adapters[0]))

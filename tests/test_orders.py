@@ -19,8 +19,8 @@ from faceharmony.core import ids
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.core.order_worker import encode
-from faceharmony.core.orders import OrderQueue
+from faceharmony.order_worker.worker import encode
+from faceharmony.core.jobs.orders import OrderQueue
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import order_pb2 as o
 from tests.support.harness import status_of

@@ -14,7 +14,7 @@ from PIL import Image
 from faceharmony.core.blobstore.base import BlobError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.core.retention.orphans import sweep_orphan_blobs
+from faceharmony.retention.orphans import sweep_orphan_blobs
 from faceharmony.core.verify.base import VerifierUnavailable
 from faceharmony.v1 import photo_pb2 as p
 from tests.support import images

@@ -21,7 +21,7 @@ from faceharmony.core import ids
 from faceharmony.core import orders as core_orders
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, is_sqlite, make_database, write_transaction
-from faceharmony.core.training import TrainingQueue
+from faceharmony.core.jobs.training import TrainingQueue
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2
 from faceharmony.v1 import admin_pb2 as ad
@@ -325,7 +325,7 @@ def test_the_account_purge_locks_the_models_before_their_jobs(harness, pg_probe)
 
     from faceharmony.core.blobstore.base import Role
     from faceharmony.core.blobstore.local import LocalBlobStore
-    from faceharmony.core.retention.daemon import Retention
+    from faceharmony.retention.daemon import Retention
 
     h = harness
     locker, watcher = pg_probe
@@ -347,7 +347,7 @@ def test_eviction_records_are_locked_in_model_order_by_every_writer(harness, pg_
     """A request (the upsert locks in (model_id, version) order) holds the first record; the order worker's
     confirm, or a reactivation's cancel, must wait for it holding nothing, not lock the second record first
     (their ids sort the other way round)."""
-    from faceharmony.core import evictions
+    from faceharmony.core.jobs import evictions
 
     h = harness
     locker, watcher = pg_probe
@@ -373,7 +373,7 @@ def test_eviction_records_are_locked_in_model_order_by_every_writer(harness, pg_
 
 
 def _cancel_both(h) -> int:
-    from faceharmony.core import evictions
+    from faceharmony.core.jobs import evictions
 
     with write_transaction(h.db):
         return evictions.cancel(h.db, ["0" * 32, "f" * 32])

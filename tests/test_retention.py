@@ -18,8 +18,8 @@ from faceharmony.core.blobstore.base import KINDS, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.retention import policies
-from faceharmony.core.retention.daemon import Retention
+from faceharmony.retention import policies
+from faceharmony.retention.daemon import Retention
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import admin_pb2 as ad
 from faceharmony.v1 import model_pb2 as mp
@@ -131,7 +131,7 @@ def traces(h, needles: set[str]) -> list[tuple[str, str]]:
 # Tables deliberately outside the account purge, and why.
 NOT_PURGED = {
     m.KnownEmail: "the email's HMAC survives the purge by design (P5)",
-    m.ModelEviction: "a model version's random id stays until every Triton replica dropped it from its cache (core/evictions.py)",
+    m.ModelEviction: "a model version's random id stays until every Triton replica dropped it from its cache (core/jobs/evictions.py)",
 }
 # Columns that can hold a person's data or an account's id without a foreign key.
 TRACE_COLUMNS = {"email", "email_hmac", "to_address", "name", "key", "actor_id", "subject_id", "model_id"}
@@ -262,7 +262,7 @@ def test_a_purged_staff_members_actions_on_others_stay_tombstoned_their_own_even
 def test_evictions_triton_has_not_confirmed_are_reported_with_their_keys(harness, caplog):
     """What the operator sees when a Triton replica stays away (no order worker runs here): the pending evictions
     in the metrics, and those older than evictions.OVERDUE_AFTER in an error log with their model keys."""
-    from faceharmony.core import evictions
+    from faceharmony.core.jobs import evictions
 
     h = harness
     user = h.sign_up("unconfirmed@example.com")

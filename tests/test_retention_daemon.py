@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from faceharmony.core.db import models as m
-from faceharmony.core.retention.metrics import Metrics
+from faceharmony.retention.metrics import Metrics
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import photo_pb2 as p
 from tests.support.harness import START
@@ -38,7 +38,7 @@ def daemon_env(h) -> dict[str, str]:
 
 def cli(h, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "faceharmony.core.retention", *args],
+        [sys.executable, "-m", "faceharmony.retention", *args],
         env=daemon_env(h), cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
 
@@ -95,7 +95,7 @@ def test_the_loop_serves_metrics_and_stops_on_sigterm(sqlite_harness, host):
     """The metrics port listens on 127.0.0.1 unless --metrics-host names another address (and nothing else listens)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "faceharmony.core.retention", "--interval", "0.2", "--metrics-port", str(port),
+        [sys.executable, "-m", "faceharmony.retention", "--interval", "0.2", "--metrics-port", str(port),
          *(["--metrics-host", host] if host else [])],
         env=daemon_env(sqlite_harness), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -166,7 +166,7 @@ def test_on_a_versioned_bucket_the_daemon_refuses_to_call_a_purge_final(harness,
         env.update(FACEHARMONY_BLOB_BACKEND="gcs", FACEHARMONY_GCS_BUCKET=bucket_name, FACEHARMONY_GCS_ENDPOINT=gcs_emulator.endpoint)
         metrics_file = tmp_path / f"{bucket_name}.prom"
         done = subprocess.run(
-            [sys.executable, "-m", "faceharmony.core.retention", "--once", "--metrics-file", str(metrics_file)],
+            [sys.executable, "-m", "faceharmony.retention", "--once", "--metrics-file", str(metrics_file)],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
         )
         return done, metrics_file.read_text()

@@ -169,7 +169,7 @@ def test_the_account_purge_takes_the_counted_wrong_codes_with_it(harness):
 
     from faceharmony.core.blobstore.base import Role
     from faceharmony.core.blobstore.local import LocalBlobStore
-    from faceharmony.core.retention.daemon import Retention
+    from faceharmony.retention.daemon import Retention
 
     h = harness
     member = h.sign_up("forgetful@example.com")

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from faceharmony.core import tempfiles
-from faceharmony.core.basemodel import build_tiny_pipeline
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.core.blobstore.base import BlobPermissionError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
-from faceharmony.core.retention.daemon import Retention
+from faceharmony.retention.daemon import Retention
 from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p

@@ -27,7 +27,7 @@ from faceharmony.trainer.lora import (
     read_adapter_metadata,
     train_lora,
 )
-from faceharmony.core.basemodel import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
+from faceharmony.core.diffusion.pipeline import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
 from tests.support.images import astronaut, encode
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")

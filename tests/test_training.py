@@ -15,7 +15,7 @@ from faceharmony.core.blobstore.base import BlobPermissionError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
 from faceharmony.trainer.lora import load_adapter_bytes, read_adapter_metadata
-from faceharmony.core.basemodel import build_tiny_pipeline
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p

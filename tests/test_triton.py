@@ -33,12 +33,12 @@ require_triton()
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from faceharmony.core.basemodel import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
-from faceharmony.core.inference.adapter_cache import parse_adapter_bytes  # noqa: E402
-from faceharmony.core.inference.engine import BatchedGenerator, GenerationRequest  # noqa: E402
-from faceharmony.core.inference.triton_server import start_triton  # noqa: E402
+from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
+from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
+from faceharmony.triton_launcher.server import start_triton  # noqa: E402
 
 MODEL = "faceharmony_diffusion"
 STEPS = 4

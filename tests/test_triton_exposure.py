@@ -20,7 +20,7 @@ require_triton()
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from faceharmony.core.inference.triton_server import RESTRICTED_HEADER  # noqa: E402
+from faceharmony.triton_launcher.server import RESTRICTED_HEADER  # noqa: E402
 from tests.support.listeners import listening  # noqa: E402
 from tests.support.triton_wrapper import echo_repository, run_triton, stop, wait_ready  # noqa: E402
 

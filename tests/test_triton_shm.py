@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from faceharmony.core.inference.triton_shm import REGION_PREFIX, SHM_DIR, ShmLease, sweep_regions
+from faceharmony.triton_launcher.shm import REGION_PREFIX, SHM_DIR, ShmLease, sweep_regions
 from tests.support.triton import require_triton, triton_env
 from tests.support.wait import wait_for
 
@@ -53,8 +53,8 @@ def own_regions(work_dir: Path) -> list[Path]:
 
 def test_a_sigkilled_triton_leaves_no_shared_memory_after_the_next_start(tmp_path):
     require_triton()
-    from faceharmony.core.basemodel import build_tiny_pipeline
-    from faceharmony.core.inference.triton_server import start_triton
+    from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
+    from faceharmony.triton_launcher.server import start_triton
 
     data = tmp_path / "data"
     build_tiny_pipeline(data / "base-model", seed=0)

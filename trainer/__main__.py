@@ -1,3 +1,5 @@
+import sys
+
 from faceharmony.trainer.main import main
 
-main()
+sys.exit(main())

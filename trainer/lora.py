@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from faceharmony.core.basemodel import BaseModel
-from faceharmony.core.inference.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
+from faceharmony.core.diffusion.pipeline import BaseModel
+from faceharmony.core.diffusion.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
 from faceharmony.core.tempfiles import TEMP_PREFIX
 
 ADAPTER_NAME = "faceharmony_training"

@@ -7,41 +7,31 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+from collections.abc import Sequence
 
-from faceharmony.core import logs
-from faceharmony.core.db.migrate import pending
-from faceharmony.core.settings import Settings, SettingsError
+from faceharmony.core import process
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceharmony-trainer", description="FaceHarmony trainer")
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"faceharmony-trainer: {exc}", file=sys.stderr)
-        sys.exit(2)
-    logs.configure(settings.log_level, settings.log_format)
-    from faceharmony.trainer.worker import Trainer
+    return process.run("faceharmony-trainer", lambda entry: _run(entry, once=args.once))
 
-    trainer = Trainer(settings)
-    if pending(trainer.db):
-        print("faceharmony-trainer: the database needs migrations (faceharmony-admin migrate)", file=sys.stderr)
-        sys.exit(2)
 
-    def stop(signum, frame) -> None:
-        trainer.shutting_down.set()
+def _run(entry: process.Entry, *, once: bool) -> int:
+    from faceharmony.trainer.worker import Trainer  # torch and diffusers: after the settings are known good
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if args.once:
+    trainer = Trainer(entry.settings)
+    entry.require_migrated(trainer.db)
+    entry.on_stop(lambda _signum: trainer.shutting_down.set())
+    if once:
         trainer.run_once()
     else:
         trainer.run_forever()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,9 +29,9 @@ from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.models import Photo
-from faceharmony.core.jobs import Claim, default_worker_id
+from faceharmony.core.jobs.queue import Claim, default_worker_id
 from faceharmony.core.settings import Settings
-from faceharmony.core.training import TrainingQueue
+from faceharmony.core.jobs.training import TrainingQueue
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Trainer:
     # --- the base pipeline, loaded once per process --------------------------------------
     def base(self):
         if self._base is None:
-            from faceharmony.core.basemodel import load_base
+            from faceharmony.core.diffusion.pipeline import load_base
 
             started = time.perf_counter()
             self._base = load_base(self.settings.base_model_dir)
@@ -114,7 +114,7 @@ class Trainer:
 
     def process(self, claim: Claim) -> None:
         from faceharmony.trainer.lora import PhotoUnreadable, TrainingCancelled, train_lora
-        from faceharmony.core.basemodel import BaseModelMissing
+        from faceharmony.core.diffusion.pipeline import BaseModelMissing
 
         model = self.queue.start(claim)
         if model is None:

@@ -19,7 +19,7 @@ reaches back to an earlier kind once it holds a later one:
 5. everything else (photos, slots, credit entries, audit events); among
    themselves, Triton eviction records (`model_eviction`) are always locked in
    (model_id, version) order: by the upsert that requests them, by `cancel`
-   and by the order worker's confirm (core/evictions.py).
+   and by the order worker's confirm (core/jobs/evictions.py).
 
 Inserting a row with a foreign key takes `FOR KEY SHARE` on the row it names,
 so an insert counts as a lock of that row: that is why the trainer locks a

@@ -299,7 +299,7 @@ class ModelVersion(BaseModel):
 
 
 class ModelEviction(BaseModel):
-    """A model version that every Triton replica must drop from its adapter cache (core/evictions.py).
+    """A model version that every Triton replica must drop from its adapter cache (core/jobs/evictions.py).
 
     Written in the transaction that makes the model unservable (deleted, account deactivated, purge); deleted
     once every configured replica confirmed. It names the model by its random id and version only, with no

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from faceharmony.core import audit, evictions, ids
+from faceharmony.core import ids
+from faceharmony.core.db import audit
+from faceharmony.core.jobs import evictions
 from faceharmony.core.crypto import equal
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.locks import email_key, key_lock, rate_key
@@ -49,7 +51,7 @@ from faceharmony.core.db.models import (
     WaitlistEntry,
 )
 from faceharmony.core.email.queue import enqueue
-from faceharmony.core.orders import UNSERVABLE_MODEL_STATES
+from faceharmony.core.jobs.orders import UNSERVABLE_MODEL_STATES
 from faceharmony.server.errors import ApiError, invalid, precondition, rate_limited
 from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.validation import clean_name, clean_text, normalize_email
@@ -393,7 +395,7 @@ def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
             purge_after=purge_after.strftime("%Y-%m-%d %H:%M UTC"),
         )
         audit.record(deps.clock, audit.ACCOUNT_DELETED, actor_id=account_id, subject_id=account_id)
-        # P17: every model of the account leaves every Triton replica's adapter cache (core/evictions.py).
+        # P17: every model of the account leaves every Triton replica's adapter cache (core/jobs/evictions.py).
         evictions.request(UserModel.select(UserModel.id).where(UserModel.account == account_id), now)
     return Account.get_by_id(account_id)
 

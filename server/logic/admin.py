@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from faceharmony.core import audit
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, AuditEvent, WaitlistEntry
 from faceharmony.core.email.queue import enqueue

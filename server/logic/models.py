@@ -9,7 +9,8 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, Photo, UserModel
-from faceharmony.core import audit, evictions, training
+from faceharmony.core.db import audit
+from faceharmony.core.jobs import evictions, training
 from faceharmony.server.errors import invalid, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id
@@ -141,7 +142,7 @@ def delete_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
         ).where(UserModel.id == model.id).execute()
         training.cancel_jobs(model.id, now)
         audit.record(deps.clock, audit.MODEL_DELETED, actor_id=account_id, subject_id=model.id)
-        evictions.request([model.id], now)  # P13: out of every Triton replica's adapter cache (core/evictions.py)
+        evictions.request([model.id], now)  # P13: out of every Triton replica's adapter cache (core/jobs/evictions.py)
     return UserModel.get_by_id(model_id)
 
 

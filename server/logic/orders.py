@@ -6,7 +6,8 @@ import datetime as dt
 
 import peewee as pw
 
-from faceharmony.core import audit, orders, styles
+from faceharmony.core.db import audit
+from faceharmony.core.jobs import orders, styles
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, GeneratedPhoto, Order, OrderImage, UserModel
 from faceharmony.server.errors import invalid, not_found, precondition

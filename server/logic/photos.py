@@ -6,7 +6,7 @@ Order of work and what a failure leaves behind:
 2. the stripped JPEG goes to the blob store under a new random id (the API's
    role can create photos, never read or delete them): a failure stores nothing;
 3. the row is inserted: if that fails, the blob written in step 2 has no row.
-   Such orphans are removed by `faceharmony.core.retention.orphans.sweep_orphan_blobs`
+   Such orphans are removed by `faceharmony.retention.orphans.sweep_orphan_blobs`
    (run by the retention daemon) once they are older than its safety margin;
    a test proves it.
 """

@@ -11,7 +11,8 @@ import re
 
 import peewee as pw
 
-from faceharmony.core import audit, ids
+from faceharmony.core import ids
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, CreditEntry, Purchase
 from faceharmony.server.errors import invalid, precondition

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import peewee as pw
 
-from faceharmony.core import audit, ids
+from faceharmony.core import ids
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Ticket, TicketMessage
 from faceharmony.server.context import Principal

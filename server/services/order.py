@@ -8,8 +8,8 @@ import logging
 import grpc
 from PIL import Image
 
-from faceharmony.core import styles
-from faceharmony.core.orders import FINAL_STATES
+from faceharmony.core.jobs import styles
+from faceharmony.core.jobs.orders import FINAL_STATES
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext

@@ -13,7 +13,7 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from faceharmony.core.inference.triton_server import free_port
+from faceharmony.triton_launcher.server import free_port
 from tests.support.wait import wait_for
 
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
 """Triton Python-backend model `faceharmony_diffusion`: per-user LoRA images, many users in one denoising loop.
 
-Owns the Triton side of per-user inference; the work is done by `faceharmony.core.inference`
+Owns the Triton side of per-user inference; the work is done by `faceharmony.core.diffusion`
 (`BatchedGenerator`, `AdapterCache`). Contract:
 
 * `initialize(args)`: parses `config.pbtxt` once (its `parameters`: adapter_cache_bytes, engine_max_batch,
@@ -75,8 +75,8 @@ class TritonPythonModel:
     def initialize(self, args):
         from faceharmony.core.blobstore.base import Role
         from faceharmony.core.blobstore.factory import open_blob_store
-        from faceharmony.core.inference.adapter_cache import AdapterCache
-        from faceharmony.core.inference.engine import BatchedGenerator
+        from faceharmony.core.diffusion.adapter_cache import AdapterCache
+        from faceharmony.core.diffusion.engine import BatchedGenerator
         from faceharmony.core.settings import Settings
 
         config = json.loads(args["model_config"])
@@ -117,7 +117,7 @@ class TritonPythonModel:
         return arr.reshape(arr.shape[0], -1)[:, 0]
 
     def _parse(self, request, pending: _Pending) -> None:
-        from faceharmony.core.inference.engine import GenerationRequest
+        from faceharmony.core.diffusion.engine import GenerationRequest
 
         evict = pb_utils.get_input_tensor_by_name(request, "EVICT_KEYS")
         if evict is not None:
@@ -161,7 +161,7 @@ class TritonPythonModel:
 
     def _fetch_adapters(self, pending: _Pending) -> None:
         from faceharmony.core.blobstore.base import BlobError
-        from faceharmony.core.inference.adapter_cache import AdapterError, AdapterNotFound
+        from faceharmony.core.diffusion.adapter_cache import AdapterError, AdapterNotFound
 
         for req in pending.rows:
             blob_id, _, key = req.request_id.partition("\x00")

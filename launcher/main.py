@@ -23,12 +23,15 @@ folder of real diffusers weights instead.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
+from faceharmony.core import process
 from faceharmony.core.children import die_with_parent
 from faceharmony.core.datadir import prepare_data_dir
 from faceharmony.core.settings import Settings
@@ -43,9 +46,9 @@ def processes(settings: Settings) -> list[tuple[str, list[str]]]:
     return [
         ("server", [sys.executable, "-m", "faceharmony.server"]),
         ("trainer", [sys.executable, "-m", "faceharmony.trainer"]),
-        ("triton", [sys.executable, "-m", "faceharmony.core.inference.triton_server", *triton_ports]),
-        ("order-worker", [sys.executable, "-m", "faceharmony.core.order_worker"]),
-        ("retention", [sys.executable, "-m", "faceharmony.core.retention"]),
+        ("triton", [sys.executable, "-m", "faceharmony.triton_launcher", *triton_ports]),
+        ("order-worker", [sys.executable, "-m", "faceharmony.order_worker"]),
+        ("retention", [sys.executable, "-m", "faceharmony.retention"]),
     ]
 
 
@@ -53,7 +56,7 @@ def ensure_base_model(settings: Settings) -> None:
     if settings.base_model or (settings.base_model_dir / "model_index.json").exists():
         return
     print(f"faceharmony-up: building the tiny base pipeline in {settings.base_model_dir}", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "faceharmony.clients.operator_cli", "build-tiny-base"], check=True)
+    subprocess.run([sys.executable, "-m", "faceharmony.server.admin_cli", "build-tiny-base"], check=True)
 
 
 def wait_for_migrations(settings: Settings, timeout: float = 60) -> None:
@@ -82,40 +85,44 @@ def _log(message: str) -> None:
     print(f"faceharmony-up: {message}", file=sys.stderr, flush=True)
 
 
-def main() -> None:
-    settings = Settings.from_env()  # read once; the children read the same environment
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="faceharmony-up", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    return process.run("faceharmony-up", _supervise)
+
+
+def _supervise(entry: process.Entry) -> int:
+    settings = entry.settings  # read once; the children read the same environment
     children: dict[str, subprocess.Popen] = {}
     commands = dict(processes(settings))
     crashes: dict[str, list[float]] = {}
     restart_at: dict[str, float] = {}
-    stopping = False
 
-    def stop(signum=None, frame=None) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop(_signum: int | None = None) -> None:
+        entry.stopping.set()
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    entry.on_stop(stop)
     prepare_data_dir(settings.data_dir)  # 0700 before any child writes into it (core/datadir.py)
     ensure_base_model(settings)
     # The server applies the migrations; the trainer waits for them by starting second.
     for name, argv in commands.items():
+        if entry.stopping.is_set():
+            break
         children[name] = subprocess.Popen(argv, env=os.environ.copy(), preexec_fn=die_with_parent())
         _log(f"started {name} (pid {children[name].pid})")
         if name == "server":
             wait_for_migrations(settings)
     exit_code = 0
-    while children or (restart_at and not stopping):
+    while children or (restart_at and not entry.stopping.is_set()):
         now = time.monotonic()
         for name, child in list(children.items()):
             code = child.poll()
             if code is None:
                 continue
             del children[name]
-            if stopping:
+            if entry.stopping.is_set():
                 continue
             recent = [t for t in crashes.get(name, []) if now - t < CRASH_WINDOW_SECONDS] + [now]
             crashes[name] = recent
@@ -128,15 +135,15 @@ def main() -> None:
             exit_code = code or 1
             stop()
         for name, when in list(restart_at.items()):
-            if stopping:
+            if entry.stopping.is_set():
                 restart_at.clear()
             elif now >= when:
                 del restart_at[name]
                 children[name] = subprocess.Popen(commands[name], env=os.environ.copy(), preexec_fn=die_with_parent())
                 _log(f"restarted {name} (pid {children[name].pid})")
         time.sleep(0.2)
-    sys.exit(exit_code)
+    return exit_code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceharmony.core.basemodel import BaseModel, load_base
-from faceharmony.core.inference.multi_lora import AdapterMismatch, LoRAWeights, installed, prepare_lora
+from faceharmony.core.diffusion.pipeline import BaseModel, load_base
+from faceharmony.core.diffusion.multi_lora import AdapterMismatch, LoRAWeights, installed, prepare_lora
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ Owns:
   `with` block, and at interpreter exit. Each launch names the Python backend's shared-memory regions
   (requests and generated images) with its own prefix and holds a lock on them in `<work dir>/shm`; the
   regions of a server that is gone (a SIGKILL leaves them in /dev/shm) are removed before each start and
-  after each stop (`core/inference/triton_shm.py`).
+  after each stop (`triton_launcher/shm.py`).
 * `main()`: the console entry point `faceharmony-triton`: runs the server in the foreground, SIGTERM and
   SIGINT forwarded to it, exit status passed through. The backend directory lives in
   `<FACEHARMONY_DATA_DIR>/triton/backends`, the repository views in `<FACEHARMONY_DATA_DIR>/triton/repositories`.
@@ -42,7 +42,6 @@ Owns:
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import hashlib
 import importlib.util
@@ -59,11 +58,11 @@ from pathlib import Path
 
 from faceharmony.core.children import die_with_parent
 from faceharmony.core.datadir import private_dir
-from faceharmony.core.inference.triton_shm import ShmLease, sweep_regions
+from faceharmony.triton_launcher.shm import ShmLease, sweep_regions
 
 DEFAULT_MODELS = ("faceharmony_diffusion",)
 # The repository next to the project's packages (an editable install or a source checkout).
-DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "triton_models"
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
 LOOPBACK = "127.0.0.1"
@@ -210,7 +209,7 @@ class TritonServer:
         self.metrics_port = metrics_port
         self.models = tuple(models)
         self.log_path = log_path
-        self.shm_locks: Path | None = None  # its launch's shared-memory lock folder (core/inference/triton_shm.py)
+        self.shm_locks: Path | None = None  # its launch's shared-memory lock folder (triton_launcher/shm.py)
         atexit.register(self.stop)
 
     @property
@@ -304,53 +303,3 @@ def start_triton(
         server.stop()
         raise
     return server
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`faceharmony-triton`: the Triton server on the model repository, in the foreground."""
-    from faceharmony.core.settings import Settings
-
-    parser = argparse.ArgumentParser(prog="faceharmony-triton", description=main.__doc__)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--model", action="append", dest="models", help="model to load (repeatable)")
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--address", default=None,
-                        help="address of the gRPC and metrics listeners (default: FACEHARMONY_TRITON_LISTEN_ADDRESS)")
-    parser.add_argument("--log-verbose", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    settings = Settings.from_env()  # fail here, not inside the model, on a bad FACEHARMONY_* variable
-    shm_locks = settings.data_dir / "triton" / "shm"
-    try:
-        backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
-        view = prepare_repository_view(args.model_repository, args.models or DEFAULT_MODELS,
-                                       settings.data_dir / "triton" / "repositories")
-        sweep_regions(shm_locks)  # what a SIGKILLed earlier launch left in /dev/shm
-        lease = ShmLease(shm_locks)
-        cmd = server_command(view, backend_dir, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                             address=args.address or settings.triton_listen_address, log_verbose=args.log_verbose,
-                             extra_args=[lease.backend_arg])
-    except TritonUnavailable as exc:
-        print(f"faceharmony-triton: {exc}", file=sys.stderr)
-        return 2
-    try:
-        # If this wrapper is SIGKILLed, tritonserver gets SIGTERM (not orphaned holding the ports).
-        process = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,),
-                                   preexec_fn=die_with_parent())
-    finally:
-        lease.handed_over()
-
-    def forward(signum, _frame):
-        if process.poll() is None:
-            process.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = process.wait()
-    sweep_regions(shm_locks)  # a server that died without unlinking its regions (SIGKILL, crash)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

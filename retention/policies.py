@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
-from faceharmony.core import audit, evictions
+from faceharmony.core.db import audit
+from faceharmony.core.jobs import evictions
 from faceharmony.core.blobstore.base import BlobStore
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
@@ -281,7 +282,7 @@ def _claim(
 def claim_models(ctx: Context) -> list[str]:
     """Marks due models "purging": support can no longer restore them (restore wants pending_deletion). Their
     adapters must be out of every Triton replica's cache: the eviction is requested again with the mark
-    (core/evictions.py; the record outlives the model's rows)."""
+    (core/jobs/evictions.py; the record outlives the model's rows)."""
     return _claim(ctx, "models", UserModel, "pending_deletion", lambda ids: evictions.request(ids, ctx.clock.now()))
 
 
@@ -405,7 +406,7 @@ def claim_accounts(ctx: Context) -> list[str]:
     def on_mark(ids: list[str]) -> None:
         Session.update(revoked_at=ctx.clock.now()).where(Session.account.in_(ids), Session.revoked_at.is_null()).execute()
         # Before the purge, every model of the accounts leaves every Triton replica's cache (the eviction
-        # record outlives the rows: core/evictions.py).
+        # record outlives the rows: core/jobs/evictions.py).
         evictions.request(UserModel.select(UserModel.id).where(UserModel.account.in_(ids)), ctx.clock.now())
 
     return _claim(ctx, "accounts", Account, "deactivated", on_mark)

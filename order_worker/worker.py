@@ -17,7 +17,7 @@ Failure handling:
   the order's other images go on.
 * A model deleted mid-order: its remaining images fail (MODEL_DELETED) and are refunded.
 * Models that may no longer be served (deleted, account deactivated or purged) leave Triton's adapter
-  cache: every EVICT_SWEEP_SECONDS the worker takes the pending eviction records (core/evictions.py), asks
+  cache: every EVICT_SWEEP_SECONDS the worker takes the pending eviction records (core/jobs/evictions.py), asks
   each configured Triton replica to drop the keys it has not confirmed (EVICT_KEYS), and records each
   replica's confirmation; a replica that fails or is unreachable is asked again at the next sweep, by this
   worker or another. An image request that was at Triton when its model became unservable requests the
@@ -28,12 +28,9 @@ Failure handling:
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import io
 import logging
-import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -43,13 +40,13 @@ import numpy as np
 import peewee as pw
 from PIL import Image
 
-from faceharmony.core import evictions, styles
+from faceharmony.core.jobs import evictions, styles
 from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database, write_transaction
 from faceharmony.core.db.models import ModelVersion, Order, OrderImage, UserModel
-from faceharmony.core.jobs import Claim, default_worker_id
-from faceharmony.core.orders import OrderQueue, unservable_reason
+from faceharmony.core.jobs.queue import Claim, default_worker_id
+from faceharmony.core.jobs.orders import OrderQueue, unservable_reason
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.order_worker")
@@ -189,7 +186,7 @@ class OrderWorker:
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
         self._images = concurrent.futures.ThreadPoolExecutor(settings.order_worker_inflight, thread_name_prefix="image")
-        # The Triton replicas whose adapter caches must each confirm an eviction (core/evictions.py).
+        # The Triton replicas whose adapter caches must each confirm an eviction (core/jobs/evictions.py).
         self.replicas = tuple(replicas or evictions.replicas(settings))
         self._evictors: dict[str, TritonImages] = {}
         self._last_evict_sweep: float = 0.0
@@ -395,7 +392,7 @@ class OrderWorker:
         while not (lost.is_set() or self.shutting_down.is_set()) and time.monotonic() < deadline:
             lost.wait(min(0.1, max(0.0, deadline - time.monotonic())))
 
-    # --- unservable models leave every Triton replica's cache (core/evictions.py) ----------
+    # --- unservable models leave every Triton replica's cache (core/jobs/evictions.py) ----------
     def _evict_sweep(self) -> None:
         if time.monotonic() - self._last_evict_sweep < EVICT_SWEEP_SECONDS:
             return
@@ -456,38 +453,3 @@ class OrderWorker:
             self._db(again)
         except pw.DatabaseError:
             log.warning("eviction not requested again (database)", extra={"model_id": slot.model_id})
-
-
-def main(argv: list[str] | None = None) -> None:
-    from faceharmony.core import logs
-    from faceharmony.core.db.migrate import pending
-    from faceharmony.core.settings import SettingsError
-
-    parser = argparse.ArgumentParser(prog="faceharmony-order-worker", description="FaceHarmony order worker")
-    parser.add_argument("--once", action="store_true", help="process at most one order, then exit")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"faceharmony-order-worker: {exc}", file=sys.stderr)
-        sys.exit(2)
-    logs.configure(settings.log_level, settings.log_format)
-    worker = OrderWorker(settings)
-    if pending(worker.db):
-        print("faceharmony-order-worker: the database needs migrations (faceharmony-admin migrate)", file=sys.stderr)
-        sys.exit(2)
-
-    def stop(signum, frame) -> None:
-        worker.shutting_down.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if args.once:
-        worker.run_once()
-        worker.close()
-    else:
-        worker.run_forever()
-
-
-if __name__ == "__main__":
-    main()

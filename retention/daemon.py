@@ -1,4 +1,4 @@
-"""The retention daemon (`faceharmony-retention`): runs every deletion policy on time, in bounded batches, and reports.
+"""The retention daemon's work: `Retention` runs every deletion policy on time, in bounded batches, and reports.
 
     faceharmony-retention                  loop, a cycle every FACEHARMONY_RETENTION_INTERVAL_SECONDS
     faceharmony-retention --once           one cycle (a cron job); exit 0 when every policy ran
@@ -33,11 +33,8 @@ use the real clock, so `--now` in the future never sweeps uploads in flight.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,13 +42,14 @@ from pathlib import Path
 
 import peewee as pw
 
-from faceharmony.core import audit, evictions
+from faceharmony.core.db import audit
+from faceharmony.core.jobs import evictions
 from faceharmony.core.blobstore.base import BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import close_database, open_database, write_transaction
-from faceharmony.core.retention import policies
-from faceharmony.core.retention.metrics import Metrics
-from faceharmony.core.retention.orphans import sweep_orphan_blobs, sweep_temporary_files, temporary_folders
+from faceharmony.retention import policies
+from faceharmony.retention.metrics import Metrics
+from faceharmony.retention.orphans import sweep_orphan_blobs, sweep_temporary_files, temporary_folders
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.retention")
@@ -185,7 +183,7 @@ class Retention:
         )
 
     def _report_evictions(self) -> None:
-        """Evictions from Triton's adapter cache not yet confirmed by every replica (core/evictions.py): gauges,
+        """Evictions from Triton's adapter cache not yet confirmed by every replica (core/jobs/evictions.py): gauges,
         and an error log with the model keys of those pending longer than evictions.OVERDUE_AFTER."""
         try:
             state = evictions.overdue(self.clock.now())
@@ -255,40 +253,6 @@ def _claimed(ctx: policies.Context, kind: str, claim: Callable, purge: Callable)
     return done
 
 
-def format_dry_run(report: dict[str, dict[str, int]], now: dt.datetime) -> str:
-    lines = [f"retention dry run as of {now.strftime('%Y-%m-%dT%H:%M:%SZ')}: nothing was changed", "due, by kind:"]
-    lines += [f"  {kind:<22} {n}" for kind, n in report["due"].items()]
-    lines.append("rows inside the due accounts and models, by table:")
-    lines += [f"  {table:<40} {n}" for table, n in sorted(report["contents"].items())] or ["  (none)"]
-    lines.append("orphan blobs and temporary files of unfinished writes past the margin now (real time), by kind:")
-    lines += [f"  {'orphan_' + kind + '_blobs':<22} {n}" for kind, n in report["orphan_blobs"].items()]
-    lines += [f"  {kind:<22} {n}" for kind, n in report["temporary"].items()]
-    return "\n".join(lines)
-
-
-def parse_time(text: str) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from exc
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="faceharmony-retention", description="Enforces the deletion promises (retention daemon).")
-    parser.add_argument("--once", action="store_true", help="run one cycle and exit (for a cron job)")
-    parser.add_argument("--interval", type=float, default=None, help="seconds between cycles (default: FACEHARMONY_RETENTION_INTERVAL_SECONDS)")
-    parser.add_argument("--dry-run", action="store_true", help="print what would be purged, by kind; change nothing")
-    parser.add_argument(
-        "--now", type=parse_time, default=None,
-        help="evaluate the policies' deadlines as of this ISO-8601 time (implies one cycle); the orphan sweep and audit times stay real",
-    )
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on HOST:PORT/metrics (--metrics-host)")
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
-    parser.add_argument("--metrics-file", type=Path, default=None, help="write Prometheus metrics to this file after each cycle")
-    return parser.parse_args(argv)
-
-
 def open_store(settings: Settings) -> tuple[BlobStore, int, bool]:
     """The blob store for the retention role, the bucket's soft-delete period in seconds (0 off, or local), and
     whether a delete leaves a noncurrent version (GCS object versioning)."""
@@ -296,69 +260,3 @@ def open_store(settings: Settings) -> tuple[BlobStore, int, bool]:
 
     store = open_blob_store(settings, Role.RETENTION)
     return store, store.soft_delete_seconds(), store.keeps_deleted_versions()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from faceharmony.core import logs
-    from faceharmony.core.db.migrate import migrate, pending
-
-    args = parse_args(argv)
-    settings = Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format)
-    db = open_database(settings.resolved_database_url, pool_size=2)
-    try:
-        if settings.auto_migrate:
-            migrate(db)
-        elif pending(db):
-            print("faceharmony-retention: the database needs migrations: run `faceharmony-admin migrate`", file=sys.stderr)
-            return 2
-        store, soft_delete, versioned = open_store(settings)
-        retention = Retention(settings, db, store, soft_delete_seconds=soft_delete, keeps_deleted_versions=versioned)
-        if args.dry_run:
-            now = args.now or retention.clock.now()
-            print(format_dry_run(retention.dry_run(now), now))
-            return 0
-        server = retention.metrics.serve(args.metrics_port, args.metrics_host) if args.metrics_port is not None else None
-        try:
-            if args.once or args.now is not None:
-                return _cycle(retention, args)
-            return _loop(retention, args, args.interval or settings.retention_interval_seconds)
-        finally:
-            if server is not None:
-                server.shutdown()
-    finally:
-        close_database(db)
-
-
-def _cycle(retention: Retention, args: argparse.Namespace) -> int:
-    errors_before = retention.metrics.total("errors_total")
-    purged = retention.run_once(args.now, sweep=True)
-    if args.metrics_file is not None:
-        retention.metrics.write(args.metrics_file)
-    print("purged: " + (", ".join(f"{k}={v}" for k, v in purged.items() if v) or "nothing"))
-    if retention.metrics.total("purges_not_final_total"):
-        print("not final: the bucket keeps noncurrent versions of the deleted blobs (object versioning is on)")
-        return 1
-    return 1 if retention.metrics.total("errors_total") > errors_before else 0
-
-
-def _loop(retention: Retention, args: argparse.Namespace, interval: float) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("retention daemon started", extra={"interval_seconds": interval})
-    while not stop.is_set():
-        try:
-            retention.run_once()
-        except Exception:  # the database may be away for a moment: try again next cycle
-            log.exception("retention cycle failed")
-            retention.metrics.inc("errors_total", "cycle")
-        if args.metrics_file is not None:
-            retention.metrics.write(args.metrics_file)
-        stop.wait(interval)
-    log.info("retention daemon stopped")
-    return 0
-
-
-def entry() -> None:
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 A model version stops being servable when its model is deleted (P13), its account deactivated (P17) or
 the account or model purged (P5, P13). In the transaction of that decision, `request` writes one
-ModelEviction record per version. Order workers (core/order_worker.py) ask each configured Triton replica
+ModelEviction record per version. Order workers (order_worker/worker.py) ask each configured Triton replica
 (`replicas`, the one place that says what "every replica" is) to drop the keys that replica has not
 confirmed yet, and `confirm` records each replica's answer; a record is deleted only once every configured
 replica confirmed it. A replica that is unreachable or fails, a worker killed mid-sweep or restarted, only

@@ -33,7 +33,7 @@ from faceharmony.core import ids
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import Account, CreditEntry, GeneratedPhoto, Order, OrderImage, UserModel
-from faceharmony.core.jobs import Claim, JobQueue
+from faceharmony.core.jobs.queue import Claim, JobQueue
 
 FINAL_STATES = ("completed", "failed", "cancelled")
 # A model in these states is never served (P13): pending deletion, or being purged by the retention daemon.

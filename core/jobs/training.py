@@ -22,7 +22,7 @@ from faceharmony.core import ids
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import ModelVersion, TrainingJob, UserModel
-from faceharmony.core.jobs import Claim, JobQueue
+from faceharmony.core.jobs.queue import Claim, JobQueue
 
 LIVE_JOB_STATES = ("queued", "running")
 

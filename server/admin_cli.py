@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
+from faceharmony.core import process
 from faceharmony.core.clock import SystemClock
 from faceharmony.core.crypto import Hasher
 from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import make_transport
-from faceharmony.core.settings import Settings, SettingsError
 from faceharmony.server.errors import ApiError
 from faceharmony.server.logic import accounts, admin
 from faceharmony.server.logic.deps import Deps
@@ -43,22 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"faceharmony-admin: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return process.run("faceharmony-admin", lambda entry: _command(entry, args), configure_logs=False)
+
+
+def _command(entry: process.Entry, args: argparse.Namespace) -> int:
+    settings = entry.settings
     if args.command == "build-tiny-base":
         from pathlib import Path
 
-        from faceharmony.core.basemodel import build_tiny_pipeline
+        from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 
         out = Path(args.out) if args.out else settings.base_model_dir
         build_tiny_pipeline(out, seed=args.seed)
         print(f"tiny base pipeline written to {out}")
-        return
+        return 0
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     clock = SystemClock()
     deps = Deps(settings=settings, clock=clock, hasher=Hasher(settings.secret()), db=db)
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "migrate":
             applied = migrate(db)
             print("applied: " + ", ".join(applied) if applied else "nothing to apply")
-        elif args.command == "create-staff":
+            return 0
+        entry.require_migrated(db)
+        if args.command == "create-staff":
             account = accounts.create_staff(deps, args.email, args.name, args.role)
             print(f"{account.id} {account.role}")
         elif args.command == "waitlist":
@@ -74,16 +77,17 @@ def main(argv: list[str] | None = None) -> None:
             for row in rows:
                 print(f"{row.id}\t{row.state}\t{row.created_at:%Y-%m-%d}\t{row.name}\t{row.email}")
         elif args.command == "approve":
-            entry = admin.approve_waitlist_entry(deps, None, args.entry_id)
-            print(f"{entry.id} approved")
+            approved = admin.approve_waitlist_entry(deps, None, args.entry_id)
+            print(f"{approved.id} approved")
         elif args.command == "deliver-emails":
             print(f"sent {deliver_due(db, make_transport(settings), clock, settings.email_from, limit=500)}")
     except ApiError as exc:
         print(f"faceharmony-admin: {exc.reason}: {exc.message}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     finally:
         db.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

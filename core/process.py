@@ -1,0 +1,104 @@
+"""What every process entry does: settings or a clear exit, logs, a migrated database, a stop on SIGTERM/SIGINT.
+
+Each process package has a `main(argv) -> int` that parses its own arguments and then hands its body to
+`run()`:
+
+    def main(argv=None) -> int:
+        args = parser.parse_args(argv)
+        return process.run("faceharmony-trainer", lambda entry: _serve(entry, args))
+
+`run()` loads the settings (a bad FACEHARMONY_* variable exits 2 with `prog: message`, never a traceback),
+configures the logs, and installs the SIGTERM/SIGINT handlers before the body starts: the first signal sets
+`entry.stopping` and calls what the body registered with `entry.on_stop()` (a worker hands its job back, the
+launcher passes the signal on to its children). A body refuses an unmigrated database with
+`entry.require_migrated(db)`; `Refused` from anywhere in the body exits with its code and message.
+
+This is the only place in core that touches signals (core never has a `main` or parses arguments).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from faceharmony.core import logs
+from faceharmony.core.settings import Settings, SettingsError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+MIGRATE_HINT = "the database needs migrations: run `faceharmony-admin migrate`"
+
+
+class Refused(Exception):
+    """The process cannot start (or go on): `prog: message` on stderr and exit `code`."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Entry:
+    prog: str
+    settings: Settings
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _on_stop: list[Callable[[int], None]] = field(default_factory=list)
+
+    def on_stop(self, callback: Callable[[int], None]) -> None:
+        """Calls `callback(signum)` on every SIGTERM/SIGINT (after `stopping` is set); it must not block."""
+        self._on_stop.append(callback)
+
+    def require_migrated(self, db: object, *, apply: bool = False) -> None:
+        """Applies the pending migrations when `apply` (FACEHARMONY_AUTO_MIGRATE), else refuses to run on them."""
+        from faceharmony.core.db.migrate import migrate, pending
+
+        if apply:
+            migrate(db)
+        elif pending(db):
+            raise Refused(MIGRATE_HINT)
+
+    def signalled(self, signum: int) -> None:
+        self.stopping.set()
+        for callback in list(self._on_stop):
+            callback(signum)
+
+
+def load_settings(prog: str) -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise Refused(str(exc)) from exc
+
+
+def run(prog: str, body: Callable[[Entry], int | None], *, configure_logs: bool = True) -> int:
+    """Runs `body(entry)` as the process `prog` and returns its exit status (None is 0)."""
+    try:
+        settings = load_settings(prog)
+        if configure_logs:
+            logs.configure(settings.log_level, settings.log_format)
+        entry = Entry(prog, settings)
+        previous = _install(entry)
+        try:
+            return body(entry) or 0
+        finally:
+            _restore(previous)
+    except Refused as exc:
+        print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+
+
+def _install(entry: Entry) -> dict[int, object]:
+    # Signal handlers can be set from the main thread only; a body run from another thread (a test) has none.
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in STOP_SIGNALS:
+        previous[signum] = signal.signal(signum, lambda s, _frame: entry.signalled(s))
+    return previous
+
+
+def _restore(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)  # type: ignore[arg-type]

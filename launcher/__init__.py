@@ -1,0 +1,1 @@
+"""The launcher that `make up` runs (`faceharmony-up`): every process on the embedded defaults, supervised."""

@@ -1,0 +1,5 @@
+import sys
+
+from faceharmony.order_worker.main import main
+
+sys.exit(main())
