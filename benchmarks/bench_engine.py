@@ -44,21 +44,23 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no torchvision-fallback notices in the output
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
 try:
     import diffusers  # noqa: F401
 except ImportError:
-    print("diffusers is not installed on this machine: nothing measured. Install the diffusers and peft wheels "
-          "(pip install --no-deps diffusers-*.whl peft-*.whl accelerate-*.whl) and rerun.")
+    print(
+        "diffusers is not installed on this machine: nothing measured. Install the diffusers and peft wheels "
+        "(pip install --no-deps diffusers-*.whl peft-*.whl accelerate-*.whl) and rerun."
+    )
     sys.exit(0)
 
 # bench_training maps the faceharmony packages by hand where the project is not installed (the GPU box).
-from bench_training import build_real_size_pipeline, machine_lines  # noqa: E402
+from bench_training import build_real_size_pipeline, machine_lines
 
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
-from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
-from faceharmony.core.diffusion.multi_lora import target_layers  # noqa: E402
+from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest
+from faceharmony.core.diffusion.multi_lora import target_layers
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 
 PROMPTS = [
     "a photo of sks person",
@@ -281,15 +283,19 @@ def run_real_size(args) -> None:
         prepared = [engine.prepare_adapter(sd) for sd in raw]
         raw_of = {id(p): sd for p, sd in zip(prepared, raw)}
         adapter_mb = sum(t.numel() for t in raw[0].values()) * 4 / 2**20
-        print(f"{size}x{size}, {steps} steps, guidance {g}, rank {args.rank} ({adapter_mb:.1f} MB fp32 per adapter), "
-              f"{len(target_layers(base.unet))} adapted projections")
+        print(
+            f"{size}x{size}, {steps} steps, guidance {g}, rank {args.rank} ({adapter_mb:.1f} MB fp32 per adapter), "
+            f"{len(target_layers(base.unet))} adapted projections"
+        )
 
         rate = matmul_rate(device, base.dtype)
         unet_flops, vae_flops = flops_per_image(base, size, steps, guided=g > 1)
         limit = rate / (unet_flops + vae_flops)
-        print(f"compute limit: matmul {rate / 1e12:.1f} TFLOP/s measured ({base.dtype}); per image UNet "
-              f"{unet_flops / 1e12:.2f} TFLOP ({steps} steps{', CFG x2' if g > 1 else ''}) + VAE decode "
-              f"{vae_flops / 1e12:.2f} TFLOP -> at most {limit:.2f} images/s")
+        print(
+            f"compute limit: matmul {rate / 1e12:.1f} TFLOP/s measured ({base.dtype}); per image UNet "
+            f"{unet_flops / 1e12:.2f} TFLOP ({steps} steps{', CFG x2' if g > 1 else ''}) + VAE decode "
+            f"{vae_flops / 1e12:.2f} TFLOP -> at most {limit:.2f} images/s"
+        )
 
         def timed(fn) -> float:
             fn(warm=True)
@@ -314,7 +320,15 @@ def run_real_size(args) -> None:
         for b in batches:
             engine.max_batch = b
             plain = make_requests([], b, steps, size, g)
-            rows.append(("(d) engine, no adapter", b, 0, b, timed(lambda warm: engine_run(engine, plain[:1] if warm else plain))))
+            rows.append(
+                (
+                    "(d) engine, no adapter",
+                    b,
+                    0,
+                    b,
+                    timed(lambda warm: engine_run(engine, plain[:1] if warm else plain)),
+                )
+            )
             for d in distinct:
                 n = max(args.requests, b)
                 reqs = make_requests(prepared[:d], n, steps, size, g)
@@ -336,7 +350,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 10 tiny, 25 real-size)")
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 256 tiny, 512 real-size)")
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--requests", type=int, default=None, help="requests per variant (default 8 tiny, 32 real-size)")
+    parser.add_argument(
+        "--requests", type=int, default=None, help="requests per variant (default 8 tiny, 32 real-size)"
+    )
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per variant; the best is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -37,23 +37,23 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
+from bench_engine import random_adapter, reference_pipeline
+from bench_training import machine_lines
 
-from bench_engine import random_adapter, reference_pipeline  # noqa: E402
-from bench_training import machine_lines  # noqa: E402
-
-from faceharmony.core import ids, styles  # noqa: E402
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
-from faceharmony.core.blobstore.base import Role  # noqa: E402
-from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
-from faceharmony.core.db import models as m  # noqa: E402
-from faceharmony.core.db.connection import open_database, write_transaction  # noqa: E402
-from faceharmony.core.db.migrate import migrate  # noqa: E402
-from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
-from faceharmony.triton_launcher.server import start_triton  # noqa: E402
-from faceharmony.order_worker.worker import OrderWorker  # noqa: E402
-from faceharmony.core.jobs.orders import create as create_order  # noqa: E402
-from faceharmony.core.settings import Settings  # noqa: E402
+from faceharmony.core import ids
+from faceharmony.core.blobstore.base import Role
+from faceharmony.core.blobstore.local import LocalBlobStore
+from faceharmony.core.db import models as m
+from faceharmony.core.db.connection import open_database, write_transaction
+from faceharmony.core.db.migrate import migrate
+from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
+from faceharmony.core.jobs import styles
+from faceharmony.core.jobs.orders import create as create_order
+from faceharmony.core.settings import Settings
+from faceharmony.order_worker.worker import OrderWorker
+from faceharmony.triton_launcher.server import start_triton
 
 STYLE = styles.get("studio")
 MODEL = "faceharmony_diffusion"
@@ -64,34 +64,60 @@ def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str,
     import safetensors.torch
 
     out = []
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for i in range(n):
         blob = safetensors.torch.save({k: v.contiguous() for k, v in random_adapter(unet, 4, seed=i).items()})
         adapter_id = store.create("models", blob)
         with write_transaction(db):
             account = m.Account.create(
-                id=ids.new_id(), email=f"bench-{i}@example.invalid", email_hmac=f"{i:064x}", name="Bench",
-                is_16_or_older=True, created_at=now, updated_at=now,
+                id=ids.new_id(),
+                email=f"bench-{i}@example.invalid",
+                email_hmac=f"{i:064x}",
+                name="Bench",
+                is_16_or_older=True,
+                created_at=now,
+                updated_at=now,
             )
             m.CreditEntry.create(id=ids.new_id(), account=account.id, delta=100_000, kind="trial", created_at=now)
             model = m.UserModel.create(
-                id=ids.new_id(), account=account.id, display_name="Bench", state="ready", progress=1.0,
-                trigger_token="sks", current_version=1, created_at=now, updated_at=now,
+                id=ids.new_id(),
+                account=account.id,
+                display_name="Bench",
+                state="ready",
+                progress=1.0,
+                trigger_token="sks",
+                current_version=1,
+                created_at=now,
+                updated_at=now,
             )
             job = m.TrainingJob.create(
-                id=ids.new_id(), model=model.id, kind="train", state="succeeded", attempts=1, max_attempts=1,
-                next_attempt_at=now, created_at=now, updated_at=now, finished_at=now,
+                id=ids.new_id(),
+                model=model.id,
+                kind="train",
+                state="succeeded",
+                attempts=1,
+                max_attempts=1,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+                finished_at=now,
             )
             m.ModelVersion.create(
-                id=ids.new_id(), model=model.id, version=1, job=job.id, adapter_blob_id=adapter_id,
-                metadata_blob_id=ids.new_id(), base_fingerprint="0" * 64, created_at=now,
+                id=ids.new_id(),
+                model=model.id,
+                version=1,
+                job=job.id,
+                adapter_blob_id=adapter_id,
+                metadata_blob_id=ids.new_id(),
+                base_fingerprint="0" * 64,
+                created_at=now,
             )
         out.append((account.id, model.id, adapter_id))
     return out
 
 
 def place_orders(db, users, count: int, max_attempts: int) -> list[str]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     order_ids = []
     for account_id, model_id, _ in users:
         with write_transaction(db):
@@ -102,7 +128,10 @@ def place_orders(db, users, count: int, max_attempts: int) -> list[str]:
 def wait_done(order_ids: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if m.Order.select().where(m.Order.id.in_(order_ids), m.Order.state.not_in(("completed", "failed"))).count() == 0:
+        if (
+            m.Order.select().where(m.Order.id.in_(order_ids), m.Order.state.not_in(("completed", "failed"))).count()
+            == 0
+        ):
             return
         time.sleep(0.05)
     raise RuntimeError("orders did not finish in time")
@@ -110,7 +139,10 @@ def wait_done(order_ids: list[str], timeout: float) -> None:
 
 def batch_sizes(client) -> dict[int, int]:
     stats = client.get_inference_statistics(MODEL, as_json=True)
-    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats["model_stats"][0].get("batch_stats", [])}
+    return {
+        int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+        for b in stats["model_stats"][0].get("batch_stats", [])
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -143,7 +175,9 @@ def naive(pipe, users, count: int, size: int, steps: int, store: LocalBlobStore)
     latencies = []
     for u, (_account, _model, adapter_id) in enumerate(users):
         for k in range(count):
-            adapter = parse_adapter_bytes(store.read("models", adapter_id))  # fetched per request, as a naive server would
+            adapter = parse_adapter_bytes(
+                store.read("models", adapter_id)
+            )  # fetched per request, as a naive server would
             pipe.load_lora_weights(adapter, adapter_name=f"user{u}_{k}")
             pipe(
                 STYLE.prompt_for("sks"),
@@ -162,34 +196,45 @@ def naive(pipe, users, count: int, size: int, steps: int, store: LocalBlobStore)
 
 def line(label: str, r: dict) -> str:
     lat = r["latencies"]
-    return (f"  {label:<32} {r['images']:>4} images in {r['wall']:7.2f} s = {r['images'] / r['wall']:6.2f} images/s; "
-            f"latency p50 {statistics.median(lat):6.2f} s, p99 {percentile(lat, 99):6.2f} s")
+    return (
+        f"  {label:<32} {r['images']:>4} images in {r['wall']:7.2f} s = {r['images'] / r['wall']:6.2f} images/s; "
+        f"latency p50 {statistics.median(lat):6.2f} s, p99 {percentile(lat, 99):6.2f} s"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", default="1,8,32", help="comma-separated N values (distinct users with an order in flight)")
+    parser.add_argument(
+        "--users", default="1,8,32", help="comma-separated N values (distinct users with an order in flight)"
+    )
     parser.add_argument("--images", type=int, default=2, help="images per order")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     ns = [int(x) for x in args.users.split(",")]
     import tritonclient.grpc as grpcclient
-
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     for text in machine_lines(torch.device("cpu")):
         print(text)
-    print(f"tiny pipeline, {args.size}x{args.size}, {args.steps} steps, guidance 7.5, rank-4 adapters, {args.images} images per order, "
-          f"Triton max_batch_size 8 (dynamic batching, 50 ms window)")
+    print(
+        f"tiny pipeline, {args.size}x{args.size}, {args.steps} steps, guidance 7.5, rank-4 adapters, {args.images} images per order, "
+        f"Triton max_batch_size 8 (dynamic batching, 50 ms window)"
+    )
     with tempfile.TemporaryDirectory(prefix="faceharmony-bench-orders-") as tmp:
         data = Path(tmp) / "data"
         build_tiny_pipeline(data / "base-model", seed=0)
         settings = Settings(
-            data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite3'}", generation_width=args.size, generation_height=args.size,
-            generation_steps=args.steps, order_worker_inflight=32, order_worker_orders=32, order_worker_poll_seconds=0.02,
+            data_dir=data,
+            database_url=f"sqlite:///{data / 'db.sqlite3'}",
+            generation_width=args.size,
+            generation_height=args.size,
+            generation_steps=args.steps,
+            order_worker_inflight=32,
+            order_worker_orders=32,
+            order_worker_poll_seconds=0.02,
         )
         db = open_database(settings.resolved_database_url, pool_size=40)
         migrate(db)

@@ -31,28 +31,55 @@ from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate
-from faceharmony.retention.daemon import Retention
 from faceharmony.core.settings import Settings
+from faceharmony.retention.daemon import Retention
 
-NOW = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 CHUNK = 1000
 
 
 def _insert(model, rows) -> None:
     for i in range(0, len(rows), CHUNK):
-        model.insert_many(rows[i:i + CHUNK]).execute()
+        model.insert_many(rows[i : i + CHUNK]).execute()
 
 
 def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: int, due: int) -> None:
     """total rows in all, of which `due` are due; the rest split over sessions, codes and attached photos."""
     past, future = NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=30)
     with db.atomic():
-        m.Account.create(id="a" * 32, email="bench@example.com", email_hmac="h" * 64, name="Bench", is_16_or_older=True, created_at=past, updated_at=past)
+        m.Account.create(
+            id="a" * 32,
+            email="bench@example.com",
+            email_hmac="h" * 64,
+            name="Bench",
+            is_16_or_older=True,
+            created_at=past,
+            updated_at=past,
+        )
         model_id = "b" * 32
-        m.UserModel.create(id=model_id, account="a" * 32, display_name="m", state="ready", trigger_token="sks", created_at=past, updated_at=past)
+        m.UserModel.create(
+            id=model_id,
+            account="a" * 32,
+            display_name="m",
+            state="ready",
+            trigger_token="sks",
+            created_at=past,
+            updated_at=past,
+        )
         order_id = "c" * 32
-        m.Order.create(id=order_id, account="a" * 32, style_id="s", count=1, state="completed", images_total=1, credits_charged=1,
-                       max_attempts=1, next_attempt_at=past, created_at=past, updated_at=past)
+        m.Order.create(
+            id=order_id,
+            account="a" * 32,
+            style_id="s",
+            count=1,
+            state="completed",
+            images_total=1,
+            credits_charged=1,
+            max_attempts=1,
+            next_attempt_at=past,
+            created_at=past,
+            updated_at=past,
+        )
     due_photos, due_generated = due * 3 // 10, due * 2 // 10
     due_sessions = (due - due_photos - due_generated) // 2
     due_codes = due - due_photos - due_generated - due_sessions
@@ -61,8 +88,17 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
     bg_photos = background - bg_sessions - bg_codes
 
     def photo(blob_id, deleted):
-        return dict(id=ids.new_id(), account="a" * 32, blob_id=blob_id, width=8, height=8, size_bytes=3, created_at=past,
-                    model_id=None if deleted else model_id, deleted_at=past if deleted else None)
+        return dict(
+            id=ids.new_id(),
+            account="a" * 32,
+            blob_id=blob_id,
+            width=8,
+            height=8,
+            size_bytes=3,
+            created_at=past,
+            model_id=None if deleted else model_id,
+            deleted_at=past if deleted else None,
+        )
 
     def session(expires):
         return dict(id=ids.new_id(), token_hash=ids.new_id() * 2, account="a" * 32, created_at=past, expires_at=expires)
@@ -75,16 +111,43 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
         _insert(m.SignInCode, [code(future) for _ in range(bg_codes)] + [code(past) for _ in range(due_codes)])
         _insert(m.Photo, [photo(ids.new_id(), False) for _ in range(bg_photos)])
         _insert(m.Photo, [photo(creator_photos.create("photos", b"p"), True) for _ in range(due_photos)])
-        images = [dict(id=ids.new_id(), order=order_id, position=i, model_id=model_id, model_version=1, seed=i, state="done", updated_at=past)
-                  for i in range(due_generated)]
+        images = [
+            dict(
+                id=ids.new_id(),
+                order=order_id,
+                position=i,
+                model_id=model_id,
+                model_version=1,
+                seed=i,
+                state="done",
+                updated_at=past,
+            )
+            for i in range(due_generated)
+        ]
         _insert(m.OrderImage, images)
-        _insert(m.GeneratedPhoto, [
-            dict(id=ids.new_id(), account="a" * 32, order=order_id, image=img["id"], model_id=model_id,
-                 blob_id=creator_generated.create("generated", b"g"), preview_blob_id=creator_generated.create("generated", b"p"),
-                 content_type="image/png", size_bytes=1, width=8, height=8, state="rejected", created_at=past,
-                 reject_time=past, purge_after=past)
-            for img in images
-        ])
+        _insert(
+            m.GeneratedPhoto,
+            [
+                dict(
+                    id=ids.new_id(),
+                    account="a" * 32,
+                    order=order_id,
+                    image=img["id"],
+                    model_id=model_id,
+                    blob_id=creator_generated.create("generated", b"g"),
+                    preview_blob_id=creator_generated.create("generated", b"p"),
+                    content_type="image/png",
+                    size_bytes=1,
+                    width=8,
+                    height=8,
+                    state="rejected",
+                    created_at=past,
+                    reject_time=past,
+                    purge_after=past,
+                )
+                for img in images
+            ],
+        )
 
 
 def run_size(total: int, due: int, cluster=None) -> tuple[float, int, float]:
@@ -95,8 +158,14 @@ def run_size(total: int, due: int, cluster=None) -> tuple[float, int, float]:
         db = open_database(settings.resolved_database_url)
         migrate(db)
         t0 = time.perf_counter()
-        build(db, store := LocalBlobStore(settings.blob_dir, Role.RETENTION),
-              LocalBlobStore(settings.blob_dir, Role.API), LocalBlobStore(settings.blob_dir, Role.ORDER), total, due)
+        build(
+            db,
+            store := LocalBlobStore(settings.blob_dir, Role.RETENTION),
+            LocalBlobStore(settings.blob_dir, Role.API),
+            LocalBlobStore(settings.blob_dir, Role.ORDER),
+            total,
+            due,
+        )
         built = time.perf_counter() - t0
         rows = sum(model.select().count() for model in m.ALL_MODELS)
         db.execute_sql("ANALYZE")
@@ -107,9 +176,13 @@ def run_size(total: int, due: int, cluster=None) -> tuple[float, int, float]:
         count = sum(v for k, v in purged.items() if not k.startswith("orphan_"))
         assert count == due, purged
         assert sum(1 for kind in ("photos", "generated") for _ in store.list(kind)) == 0
-        assert sum(model.select().count() for model in m.ALL_MODELS) == rows - due  # (no account or model purged: no RETENTION_RUN row)
+        assert (
+            sum(model.select().count() for model in m.ALL_MODELS) == rows - due
+        )  # (no account or model purged: no RETENTION_RUN row)
         close_database(db)
-        print(f"  {total:>9} rows: built in {built:6.1f} s; purged {count} items in {seconds:6.3f} s ({count / seconds:8.0f} items/s)")
+        print(
+            f"  {total:>9} rows: built in {built:6.1f} s; purged {count} items in {seconds:6.3f} s ({count / seconds:8.0f} items/s)"
+        )
         return seconds, count, built
 
 

@@ -38,9 +38,9 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no torchvision-fallback notices in the output
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 try:
     import faceharmony.trainer  # noqa: F401
@@ -59,13 +59,13 @@ except ImportError:  # a machine without the project installed (the GPU box): ma
         sys.modules[_name] = _module
         _spec.loader.exec_module(_module)  # type: ignore[union-attr]
 
-from faceharmony.trainer.lora import TrainingSettings, prepare_images, train_lora  # noqa: E402
-from faceharmony.core.diffusion.pipeline import (  # noqa: E402
+from faceharmony.core.diffusion.pipeline import (
     build_tiny_pipeline,
     load_base,
     pick_device,
     train_tokenizer_vocab,
 )
+from faceharmony.trainer.lora import TrainingSettings, prepare_images, train_lora
 
 
 def machine_lines(device: torch.device) -> list[str]:
@@ -352,11 +352,7 @@ def report(title: str, project: dict[str, float], baseline: dict[str, float]) ->
     cols = ("load", "prepare+cache", "train", "serialize", "time_to_model", "sec_per_step")
     print(f"  {'variant':<22}" + "".join(f"{c:>15}" for c in cols) + f"{'final loss':>12}{'adapter B':>11}")
     for name, r in (("project (cached)", project), ("baseline (plain loop)", baseline)):
-        print(
-            f"  {name:<22}"
-            + "".join(f"{r[c]:>14.3f}s" for c in cols)
-            + f"{r['loss']:>12.4f}{int(r['bytes']):>11}"
-        )
+        print(f"  {name:<22}" + "".join(f"{r[c]:>14.3f}s" for c in cols) + f"{r['loss']:>12.4f}{int(r['bytes']):>11}")
     print(
         f"  ratio baseline/project: sec/step {baseline['sec_per_step'] / project['sec_per_step']:.2f}x, "
         f"time-to-model {baseline['time_to_model'] / project['time_to_model']:.2f}x"

@@ -81,7 +81,12 @@ def run_load(fn, concurrency: int, seconds: float) -> tuple[list[float], float]:
 def sign_up(channel, data_dir: Path) -> tuple:
     accounts = account_pb2_grpc.AccountServiceStub(channel)
     env = dict(os.environ, FACEHARMONY_DATA_DIR=str(data_dir))
-    subprocess.run([str(BIN / "faceharmony-admin"), "create-staff", "bench-staff@example.com", "Bench Staff", "--role", "admin"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "faceharmony-admin"), "create-staff", "bench-staff@example.com", "Bench Staff", "--role", "admin"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
     def code(email: str) -> str:
         accounts.RequestSignInCode(account_pb2.RequestSignInCodeRequest(email=email))
@@ -95,7 +100,9 @@ def sign_up(channel, data_dir: Path) -> tuple:
             time.sleep(0.05)
         raise RuntimeError("no code")
 
-    staff = accounts.SignIn(account_pb2.SignInRequest(email="bench-staff@example.com", code=code("bench-staff@example.com")))
+    staff = accounts.SignIn(
+        account_pb2.SignInRequest(email="bench-staff@example.com", code=code("bench-staff@example.com"))
+    )
     staff_md = (("authorization", f"Bearer {staff.session_token}"),)
     accounts.JoinWaitlist(account_pb2.JoinWaitlistRequest(name="Bench", email="bench@example.com", is_16_or_older=True))
     admin = admin_pb2_grpc.AdminServiceStub(channel)
@@ -112,7 +119,9 @@ def main() -> None:
     args = parser.parse_args()
     payload = jpeg_512()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"image: 512x512 JPEG, {len(payload)} bytes; {args.seconds:.0f} s per measurement; {args.workers} verifier threads")
+    print(
+        f"image: 512x512 JPEG, {len(payload)} bytes; {args.seconds:.0f} s per measurement; {args.workers} verifier threads"
+    )
 
     verifier = LocalVerifier()
     limits = Limits()
@@ -160,7 +169,9 @@ def main() -> None:
             server_log.close()
 
     print()
-    print("| concurrency | RPC p50 ms | RPC p99 ms | RPC photos/s | verifier p50 ms | verifier photos/s | p50 ratio | throughput ratio |")
+    print(
+        "| concurrency | RPC p50 ms | RPC p99 ms | RPC photos/s | verifier p50 ms | verifier photos/s | p50 ratio | throughput ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for concurrency, r_lat, r_rate, v_lat, v_rate in rows:
         print(

@@ -75,17 +75,29 @@ sys.path.insert(0, str(REPO))  # tests.support (images, the PostgreSQL cluster) 
 from faceharmony.clients.errors import reason_of  # noqa: E402
 from faceharmony.v1 import (  # noqa: E402
     account_pb2 as acc,
+)
+from faceharmony.v1 import (
     account_pb2_grpc,
-    admin_pb2 as adm,
     admin_pb2_grpc,
-    model_pb2 as mdl,
     model_pb2_grpc,
-    order_pb2 as ordr,
     order_pb2_grpc,
-    photo_pb2 as pho,
     photo_pb2_grpc,
-    purchase_pb2 as pur,
     purchase_pb2_grpc,
+)
+from faceharmony.v1 import (
+    admin_pb2 as adm,
+)
+from faceharmony.v1 import (
+    model_pb2 as mdl,
+)
+from faceharmony.v1 import (
+    order_pb2 as ordr,
+)
+from faceharmony.v1 import (
+    photo_pb2 as pho,
+)
+from faceharmony.v1 import (
+    purchase_pb2 as pur,
 )
 from tests.support import images  # noqa: E402
 
@@ -114,7 +126,9 @@ PATIENCE_SECONDS = 90.0  # how long a user waits for training before deleting th
 TRAINING_SLOTS = 3
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX_OPTION = "shm-region-prefix-name="  # triton_launcher/shm.py names each launch's regions
-LEFT_BEHIND_GRACE_SECONDS = 30.0  # how long a process of the system may outlive the launcher (a Triton stub notices late)
+LEFT_BEHIND_GRACE_SECONDS = (
+    30.0  # how long a process of the system may outlive the launcher (a Triton stub notices late)
+)
 ORPHAN_MARGIN_HOURS = 6  # FACEHARMONY_ORPHAN_MARGIN_HOURS's default, which the run keeps
 STAFF_EMAIL = "chaos-admin@staff.example.com"
 
@@ -147,6 +161,7 @@ def triton_port() -> int:
 # --------------------------------------------------------------------------------------------
 # Uploads: real faces and the bad cases, made once
 # --------------------------------------------------------------------------------------------
+
 
 def good_uploads(seed: int, count: int = 16) -> list[bytes]:
     """One-face photos: crops of the astronaut's face, jittered, sometimes mirrored, JPEG or PNG."""
@@ -183,6 +198,7 @@ def bad_uploads() -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------------
 # The system under test
 # --------------------------------------------------------------------------------------------
+
 
 class Outbox:
     """The email outbox folder, indexed by recipient; each message is handed out once."""
@@ -240,7 +256,9 @@ class System:
 
     def start(self) -> None:
         with (self.root / "up.log").open("ab") as log:
-            self.launcher = subprocess.Popen([str(BIN / "faceharmony-up")], env=self.env, cwd=self.root, stdout=log, stderr=log)
+            self.launcher = subprocess.Popen(
+                [str(BIN / "faceharmony-up")], env=self.env, cwd=self.root, stdout=log, stderr=log
+            )
 
     def descendants(self) -> list[psutil.Process]:
         try:
@@ -252,7 +270,9 @@ class System:
                 if p.pid not in self.seen:
                     self.seen[p.pid] = p.create_time()
                     if p.name() == "tritonserver":
-                        self.shm_prefixes.update(a.split(SHM_PREFIX_OPTION, 1)[1] for a in p.cmdline() if SHM_PREFIX_OPTION in a)
+                        self.shm_prefixes.update(
+                            a.split(SHM_PREFIX_OPTION, 1)[1] for a in p.cmdline() if SHM_PREFIX_OPTION in a
+                        )
             except psutil.NoSuchProcess:
                 pass
         return found
@@ -286,8 +306,15 @@ class System:
                 if self.launcher.poll() is not None:
                     raise RuntimeError(f"faceharmony-up exited with {self.launcher.returncode}: {self.log_tail()}")
                 try:
-                    serving = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
-                    if serving and triton.is_model_ready("faceharmony_diffusion") and all(self.find(m) for m in KILL_TARGETS.values()):
+                    serving = (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    )
+                    if (
+                        serving
+                        and triton.is_model_ready("faceharmony_diffusion")
+                        and all(self.find(m) for m in KILL_TARGETS.values())
+                    ):
                         return
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass
@@ -323,11 +350,15 @@ class System:
         return (self.root / "up.log").read_text(errors="replace")[-chars:]
 
     def admin(self, *argv: str) -> None:
-        subprocess.run([str(BIN / "faceharmony-admin"), *argv], env=self.env, cwd=self.root, check=True, capture_output=True)
+        subprocess.run(
+            [str(BIN / "faceharmony-admin"), *argv], env=self.env, cwd=self.root, check=True, capture_output=True
+        )
 
     def retention_once(self) -> int:
         """One `faceharmony-retention --once` with the system's settings; its exit status."""
-        return subprocess.run([str(BIN / "faceharmony-retention"), "--once"], env=self.env, cwd=self.root, capture_output=True).returncode
+        return subprocess.run(
+            [str(BIN / "faceharmony-retention"), "--once"], env=self.env, cwd=self.root, capture_output=True
+        ).returncode
 
 
 def system_env(root: Path, database_url: str | None, api_port: int, grpc_port: int) -> dict[str, str]:
@@ -348,6 +379,7 @@ def system_env(root: Path, database_url: str | None, api_port: int, grpc_port: i
 # --------------------------------------------------------------------------------------------
 # Talking to the API, counting every answer
 # --------------------------------------------------------------------------------------------
+
 
 class Refused(Exception):
     def __init__(self, code: grpc.StatusCode, reason: str) -> None:
@@ -502,10 +534,15 @@ class Client(threading.Thread):
         api, tally = self.api, self.s.tally
         if self.invitation:
             token, self.invitation = self.invitation, None
-            reply = api.call("accounts.AcceptInvitation", acc.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True))
+            reply = api.call(
+                "accounts.AcceptInvitation", acc.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)
+            )
             tally.event("users signed up by invitation")
             return reply.session_token
-        api.call("accounts.JoinWaitlist", acc.JoinWaitlistRequest(name=f"Chaos User {self.number}", email=address, is_16_or_older=True))
+        api.call(
+            "accounts.JoinWaitlist",
+            acc.JoinWaitlistRequest(name=f"Chaos User {self.number}", email=address, is_16_or_older=True),
+        )
         entry = self.find_waitlist_entry(address)
         api.call("admin.ApproveWaitlistEntry", adm.ApproveWaitlistEntryRequest(id=entry), self.s.staff_token)
         token = self.sign_in(address)
@@ -538,11 +575,17 @@ class Client(threading.Thread):
 
     # --- photos ----------------------------------------------------------------------------
     def upload(self, token: str, content: bytes, retry: bool = False) -> str | None:
-        request = pho.UploadPhotoRequest(content=content, filename="me.jpg", content_type="image/jpeg", request_id=self.request_id())
+        request = pho.UploadPhotoRequest(
+            content=content, filename="me.jpg", content_type="image/jpeg", request_id=self.request_id()
+        )
         try:
             photo = self.api.call("photos.UploadPhoto", request, token).photo
         except Refused as exc:
-            if exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            if exc.code in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.UNAVAILABLE,
+            ):
                 return None
             raise
         if retry:  # the app retries after a lost answer: the same photo comes back
@@ -584,14 +627,25 @@ class Client(threading.Thread):
         give_up = time.monotonic() + PATIENCE_SECONDS
         while time.monotonic() < give_up:
             self.check()
-            replies = self.api.stream("models.WatchModel", mdl.WatchModelRequest(id=model_id), token, 10.0, lambda r: r.state in TERMINAL_MODEL)
+            replies = self.api.stream(
+                "models.WatchModel",
+                mdl.WatchModelRequest(id=model_id),
+                token,
+                10.0,
+                lambda r: r.state in TERMINAL_MODEL,
+            )
             if replies and replies[-1].state in TERMINAL_MODEL:
                 return replies[-1].state
         return None
 
     # --- orders ----------------------------------------------------------------------------
     def order(self, token: str, model_id: str, styles: list[str]) -> str | None:
-        request = ordr.CreateOrderRequest(model_ids=[model_id], style_id=self.rng.choice(styles), count=self.rng.randint(1, 3), request_id=self.request_id())
+        request = ordr.CreateOrderRequest(
+            model_ids=[model_id],
+            style_id=self.rng.choice(styles),
+            count=self.rng.randint(1, 3),
+            request_id=self.request_id(),
+        )
         for _ in range(2):
             try:
                 created = self.api.call("orders.CreateOrder", request, token).order
@@ -599,7 +653,9 @@ class Client(threading.Thread):
             except Refused as exc:
                 if exc.reason != "INSUFFICIENT_CREDITS":
                     raise
-                purchase = pur.RecordPurchaseRequest(store=pur.STORE_APP_STORE, product_id="credits_10", transaction_id=self.request_id())
+                purchase = pur.RecordPurchaseRequest(
+                    store=pur.STORE_APP_STORE, product_id="credits_10", transaction_id=self.request_id()
+                )
                 self.api.call("purchases.RecordPurchase", purchase, token)
                 self.s.tally.event("credits bought")
         else:
@@ -616,21 +672,40 @@ class Client(threading.Thread):
     def watch_order(self, token: str, order_id: str) -> int:
         while True:
             self.check()
-            replies = self.api.stream("orders.WatchOrder", ordr.WatchOrderRequest(id=order_id), token, 10.0, lambda r: r.order.state in TERMINAL_ORDER)
+            replies = self.api.stream(
+                "orders.WatchOrder",
+                ordr.WatchOrderRequest(id=order_id),
+                token,
+                10.0,
+                lambda r: r.order.state in TERMINAL_ORDER,
+            )
             if replies and replies[-1].order.state in TERMINAL_ORDER:
                 return replies[-1].order.state
 
     def handle_generated(self, token: str, order_id: str) -> None:
-        listed = self.api.call("orders.ListGeneratedPhotos", ordr.ListGeneratedPhotosRequest(order_id=order_id, page_size=50), token)
+        listed = self.api.call(
+            "orders.ListGeneratedPhotos", ordr.ListGeneratedPhotosRequest(order_id=order_id, page_size=50), token
+        )
         for photo in listed.generated_photos:
             self.check()
             action = self.rng.choice(["preview", "download", "download", "reject", "delete", "keep"])
             if action == "preview":
-                self.api.call("orders.GetGeneratedPhotoPreview", ordr.GetGeneratedPhotoPreviewRequest(id=photo.id), token)
+                self.api.call(
+                    "orders.GetGeneratedPhotoPreview", ordr.GetGeneratedPhotoPreviewRequest(id=photo.id), token
+                )
             elif action == "download":
-                chunks = self.api.stream("orders.DownloadGeneratedPhoto", ordr.DownloadGeneratedPhotoRequest(id=photo.id), token, CALL_TIMEOUT)
+                chunks = self.api.stream(
+                    "orders.DownloadGeneratedPhoto",
+                    ordr.DownloadGeneratedPhotoRequest(id=photo.id),
+                    token,
+                    CALL_TIMEOUT,
+                )
                 data = b"".join(c.data for c in chunks)
-                ok = chunks and len(data) == chunks[0].total_size and Image.open(io.BytesIO(data)).size == (photo.width, photo.height)
+                ok = (
+                    chunks
+                    and len(data) == chunks[0].total_size
+                    and Image.open(io.BytesIO(data)).size == (photo.width, photo.height)
+                )
                 if ok:
                     self.s.tally.event("images downloaded")
                 else:
@@ -668,10 +743,18 @@ class Client(threading.Thread):
 
     def wait_for_a_training_slot(self, token: str) -> None:
         """Browses (cheap calls) until fewer than TRAINING_SLOTS users train."""
-        browse = ["purchases.GetBalance", "purchases.ListProducts", "photos.ListPhotos", "models.ListModels", "accounts.GetAccount"]
+        browse = [
+            "purchases.GetBalance",
+            "purchases.ListProducts",
+            "photos.ListPhotos",
+            "models.ListModels",
+            "accounts.GetAccount",
+        ]
         requests = {
-            "purchases.GetBalance": pur.GetBalanceRequest(), "purchases.ListProducts": pur.ListProductsRequest(),
-            "photos.ListPhotos": pho.ListPhotosRequest(page_size=50), "models.ListModels": mdl.ListModelsRequest(page_size=50),
+            "purchases.GetBalance": pur.GetBalanceRequest(),
+            "purchases.ListProducts": pur.ListProductsRequest(),
+            "photos.ListPhotos": pho.ListPhotosRequest(page_size=50),
+            "models.ListModels": mdl.ListModelsRequest(page_size=50),
             "accounts.GetAccount": acc.GetAccountRequest(),
         }
         while not self.s.training_slots.acquire(timeout=self.rng.uniform(2.0, 6.0)):
@@ -726,7 +809,11 @@ class Client(threading.Thread):
         self.check()
         invited = rng.random() < 0.5
         if invited:  # the next user of this thread comes by invitation
-            api.call("accounts.InviteFriend", acc.InviteFriendRequest(email=self.email_of(self.life + 1), name="A Friend"), token)
+            api.call(
+                "accounts.InviteFriend",
+                acc.InviteFriendRequest(email=self.email_of(self.life + 1), name="A Friend"),
+                token,
+            )
             body = self.s.outbox.take(self.email_of(self.life + 1), "invited you", self.s.stop)
             self.check()
             if body is None:
@@ -760,6 +847,7 @@ def staff_token(system: System, outbox: Outbox, stop: threading.Event) -> str:
 # --------------------------------------------------------------------------------------------
 # Chaos and measurement threads
 # --------------------------------------------------------------------------------------------
+
 
 class Killer(threading.Thread):
     """SIGKILLs each target process at seeded random moments, at least KILL_GAP_SECONDS[0] apart."""
@@ -813,6 +901,7 @@ class MemorySampler(threading.Thread):
 # Checks on the database and the data folder
 # --------------------------------------------------------------------------------------------
 
+
 def wait_drained(url: str, timeout: float) -> tuple[int, int]:
     """Waits until no order and no training job is queued or running; returns (open orders, open jobs)."""
     from faceharmony.core.db import models as m
@@ -849,7 +938,9 @@ def check_images_and_credits(url: str, deleted_generated: dict[str, str]) -> dic
             gone_by_order = collections.Counter(o for g, o in deleted_generated.items() if g not in generated_ids)
             debits = collections.defaultdict(list)
             refunds = collections.defaultdict(list)
-            for kind, ref, delta in m.CreditEntry.select(m.CreditEntry.kind, m.CreditEntry.ref_id, m.CreditEntry.delta).tuples():
+            for kind, ref, delta in m.CreditEntry.select(
+                m.CreditEntry.kind, m.CreditEntry.ref_id, m.CreditEntry.delta
+            ).tuples():
                 if kind in ("order", "refund"):
                     (debits if kind == "order" else refunds)[ref].append(delta)
             for order in m.Order.select():
@@ -872,7 +963,11 @@ def check_images_and_credits(url: str, deleted_generated: dict[str, str]) -> dic
                 r["credits of delivered images"] += cost * len(done)
                 r["credits refunded"] += order.credits_refunded
                 r["credits of pending images"] += cost * len(pending)
-                debit_once = debits.get(order.id) == [-order.credits_charged] if order.credits_charged else order.id not in debits
+                debit_once = (
+                    debits.get(order.id) == [-order.credits_charged]
+                    if order.credits_charged
+                    else order.id not in debits
+                )
                 exact = (
                     debit_once
                     and len(mine) == order.images_total
@@ -912,7 +1007,11 @@ def blob_census(url: str, data_dir: Path, margin_hours: float) -> dict[str, list
                         found["temporary files in the blob store"].append(f"{kind}/{path.name}")
                     elif path.name not in named:
                         older = path.stat().st_mtime <= cutoff
-                        found["blobs no row names, older than the margin" if older else "blobs no row names, within the margin"].append(f"{kind}/{path.name}")
+                        found[
+                            "blobs no row names, older than the margin"
+                            if older
+                            else "blobs no row names, within the margin"
+                        ].append(f"{kind}/{path.name}")
                     present.add(path.name)
                 found["rows whose blob is gone"] += [f"{kind}/{b}" for b in sorted(named - present)]
     finally:
@@ -955,6 +1054,7 @@ def age_files(folder: Path, seconds: float) -> None:
 # One run, and the report
 # --------------------------------------------------------------------------------------------
 
+
 def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | None) -> tuple[bool, Path | None]:
     root = Path(tempfile.mkdtemp(prefix=f"fh-chaos-{database}-"))
     cluster = None
@@ -981,7 +1081,16 @@ def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | N
         system.wait_ready()
         print(f"system ready in {time.monotonic() - t0:.0f} s (run folder {root})", flush=True)
         outbox = Outbox(system.data_dir / "outbox")
-        shared = Shared(system.address, outbox, staff_token(system, outbox, stop), good_uploads(args.seed), bad_uploads(), tally, stop, args.seed)
+        shared = Shared(
+            system.address,
+            outbox,
+            staff_token(system, outbox, stop),
+            good_uploads(args.seed),
+            bad_uploads(),
+            tally,
+            stop,
+            args.seed,
+        )
         sampler, killer = MemorySampler(system, sampling), Killer(system, args.seed, stop)
         clients = [Client(i, shared) for i in range(args.clients)]
         for thread in (sampler, killer, *clients):
@@ -1013,8 +1122,24 @@ def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | N
         if base_model_cache and not (base_model_cache / "model_index.json").exists():
             shutil.copytree(system.data_dir / "base-model", base_model_cache)
         ok = report(
-            database, tally, killer.kills, sampler.peak_rss, ledger, census, aged, tmp_left, left_at_exit, left, retention_codes,
-            (len(system.shm_prefixes), shm_left), open_orders, open_jobs, [c.crashed for c in clients if c.crashed], stuck_clients, up_alive_at_end, launcher_code,
+            database,
+            tally,
+            killer.kills,
+            sampler.peak_rss,
+            ledger,
+            census,
+            aged,
+            tmp_left,
+            left_at_exit,
+            left,
+            retention_codes,
+            (len(system.shm_prefixes), shm_left),
+            open_orders,
+            open_jobs,
+            [c.crashed for c in clients if c.crashed],
+            stuck_clients,
+            up_alive_at_end,
+            launcher_code,
         )
         return ok, root
     finally:
@@ -1028,8 +1153,26 @@ def run_once(database: str, args: argparse.Namespace, base_model_cache: Path | N
             shutil.rmtree(root, ignore_errors=True)
 
 
-def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, left_at_exit, left, retention_codes, shm, open_orders, open_jobs,
-           crashed, stuck_clients, up_alive, launcher_code) -> bool:
+def report(
+    database,
+    tally,
+    kills,
+    peak_rss,
+    ledger,
+    census,
+    aged,
+    tmp_left,
+    left_at_exit,
+    left,
+    retention_codes,
+    shm,
+    open_orders,
+    open_jobs,
+    crashed,
+    stuck_clients,
+    up_alive,
+    launcher_code,
+) -> bool:
     goals: list[tuple[str, bool]] = []
     by_code = collections.Counter()
     errors = collections.Counter()
@@ -1037,7 +1180,9 @@ def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, lef
         by_code[code] += n
         if code != "OK":
             errors[(code, reason or "-", method)] += n
-    print(f"requests: {sum(by_code.values())}; by status code: " + ", ".join(f"{c} {n}" for c, n in by_code.most_common()))
+    print(
+        f"requests: {sum(by_code.values())}; by status code: " + ", ".join(f"{c} {n}" for c, n in by_code.most_common())
+    )
     for (code, reason, method), n in sorted(errors.items()):
         print(f"    {code:<20} {reason:<28} {method:<26} {n}")
     goals.append(("0 UNKNOWN/INTERNAL answers", by_code["UNKNOWN"] + by_code["INTERNAL"] == 0))
@@ -1047,25 +1192,73 @@ def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, lef
     goals.append(("every bad upload refused, every retry idempotent, every download the image", not tally.anomalies))
     print("kills: " + ", ".join(f"{name} {kills[name]}" for name in KILL_TARGETS))
     print(f"API server peak RSS: {peak_rss / 2**20:.0f} MiB")
-    print("images: " + ", ".join(f"{k} {ledger.get(k, 0)}" for k in (
-        "orders", "slots", "images delivered", "images failed", "images pending", "images deleted by their owner and purged",
-        "images lost", "images made twice", "images made for failed or pending slots")))
-    goals.append(("0 images lost or made twice", ledger.get("images lost", 0) + ledger.get("images made twice", 0)
-                  + ledger.get("images made for failed or pending slots", 0) == 0))
-    print("credits: " + ", ".join(f"{k} {ledger.get(k, 0)}" for k in (
-        "credits charged", "credits of delivered images", "credits refunded", "credits of pending images",
-        "orders whose credits are not exact", "accounts with a negative balance")))
-    balanced = ledger.get("credits charged", 0) == ledger.get("credits of delivered images", 0) + ledger.get("credits refunded", 0) + ledger.get("credits of pending images", 0)
-    goals.append(("credits exact (charged = delivered + refunded, every order's ledger rows once)",
-                  balanced and not ledger.get("orders whose credits are not exact") and not ledger.get("accounts with a negative balance")))
+    print(
+        "images: "
+        + ", ".join(
+            f"{k} {ledger.get(k, 0)}"
+            for k in (
+                "orders",
+                "slots",
+                "images delivered",
+                "images failed",
+                "images pending",
+                "images deleted by their owner and purged",
+                "images lost",
+                "images made twice",
+                "images made for failed or pending slots",
+            )
+        )
+    )
+    goals.append(
+        (
+            "0 images lost or made twice",
+            ledger.get("images lost", 0)
+            + ledger.get("images made twice", 0)
+            + ledger.get("images made for failed or pending slots", 0)
+            == 0,
+        )
+    )
+    print(
+        "credits: "
+        + ", ".join(
+            f"{k} {ledger.get(k, 0)}"
+            for k in (
+                "credits charged",
+                "credits of delivered images",
+                "credits refunded",
+                "credits of pending images",
+                "orders whose credits are not exact",
+                "accounts with a negative balance",
+            )
+        )
+    )
+    balanced = ledger.get("credits charged", 0) == ledger.get("credits of delivered images", 0) + ledger.get(
+        "credits refunded", 0
+    ) + ledger.get("credits of pending images", 0)
+    goals.append(
+        (
+            "credits exact (charged = delivered + refunded, every order's ledger rows once)",
+            balanced
+            and not ledger.get("orders whose credits are not exact")
+            and not ledger.get("accounts with a negative balance"),
+        )
+    )
     print(f"queues after draining: {open_orders} orders and {open_jobs} training jobs still open")
     goals.append(("queues drained", open_orders == 0 and open_jobs == 0 and ledger.get("images pending", 0) == 0))
-    for title, found in (("after the final retention run", census), ("after a retention run past the orphan margin", aged)):
-        print(f"data folder {title}: " + (", ".join(f"{k} {len(v)}" for k, v in sorted(found.items()) if v) or "nothing left over"))
+    for title, found in (
+        ("after the final retention run", census),
+        ("after a retention run past the orphan margin", aged),
+    ):
+        print(
+            f"data folder {title}: "
+            + (", ".join(f"{k} {len(v)}" for k, v in sorted(found.items()) if v) or "nothing left over")
+        )
         for k, v in sorted(found.items()):
             for item in v[:5]:
                 print(f"    {k}: {item}")
-    goals.append(("0 files no row names and 0 rows without their blob, once the margin has passed", not any(aged.values())))
+    goals.append(
+        ("0 files no row names and 0 rows without their blob, once the margin has passed", not any(aged.values()))
+    )
     print(f"final retention runs exited {retention_codes[0]} and {retention_codes[1]}")
     goals.append(("the final retention runs exited 0", retention_codes == [0, 0]))
     print(f"files left in the system's TMPDIR: {len(tmp_left)}" + "".join(f"\n    {p}" for p in tmp_left[:8]))
@@ -1076,10 +1269,17 @@ def report(database, tally, kills, peak_rss, ledger, census, aged, tmp_left, lef
         goals.append(("0 shared-memory regions left in /dev/shm", not shm_left))
     else:
         print("shared-memory regions in /dev/shm: not checked (no tritonserver named its regions)")
-    print(f"processes alive when the launcher exited ({launcher_code}): {len(left_at_exit)}"
-          + "".join(f"\n    {p}" for p in left_at_exit[:8]) + f"; {LEFT_BEHIND_GRACE_SECONDS:.0f} s later: {len(left)}")
-    goals.append((f"the launcher ran to the end, exited 0 and left no process after {LEFT_BEHIND_GRACE_SECONDS:.0f} s",
-                  up_alive and launcher_code == 0 and not left))
+    print(
+        f"processes alive when the launcher exited ({launcher_code}): {len(left_at_exit)}"
+        + "".join(f"\n    {p}" for p in left_at_exit[:8])
+        + f"; {LEFT_BEHIND_GRACE_SECONDS:.0f} s later: {len(left)}"
+    )
+    goals.append(
+        (
+            f"the launcher ran to the end, exited 0 and left no process after {LEFT_BEHIND_GRACE_SECONDS:.0f} s",
+            up_alive and launcher_code == 0 and not left,
+        )
+    )
     goals.append(("every client ran to the end", not crashed and not stuck_clients))
     for text in crashed:
         print(f"    client crashed: {text}")
@@ -1095,7 +1295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the clients run, per database")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--drain-seconds", type=float, default=240.0, help="most time to wait for the queues at the end")
+    parser.add_argument(
+        "--drain-seconds", type=float, default=240.0, help="most time to wait for the queues at the end"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folders (logs, data) for a post-mortem")
     args = parser.parse_args(argv)
     databases = ["sqlite", "postgres"] if args.database == "both" else [args.database]

@@ -86,7 +86,7 @@ def fit(a: np.ndarray, side: int) -> np.ndarray:
 
 def paste(background: np.ndarray, patch: np.ndarray, x: int, y: int) -> np.ndarray:
     out = background.copy()
-    out[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+    out[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
     return out
 
 
@@ -110,7 +110,7 @@ def paste_rotated(background: np.ndarray, patch: np.ndarray, x: int, y: int, deg
     turned = cv2.warpAffine(patch, m, (d, d))
     inside = cv2.warpAffine(np.full((s, s), 255, np.uint8), m, (d, d)) > 127
     out = background.copy()
-    out[y:y + d, x:x + d][inside] = turned[inside]
+    out[y : y + d, x : x + d][inside] = turned[inside]
     return out
 
 
@@ -138,9 +138,26 @@ def build_set() -> list[tuple[str, str, np.ndarray, int]]:
     add("photo", "cat", data.cat(), 0)
     add("photo", "coffee", coffee, 0)
     add("photo", "rocket", rocket, 0)
-    for n in ["hubble_deep_field", "immunohistochemistry", "retina", "logo", "colorwheel", "coins", "clock", "text",
-              "page", "moon", "brick", "grass", "gravel", "cell", "checkerboard", "horse", "shepp_logan_phantom",
-              "microaneurysms"]:
+    for n in [
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "logo",
+        "colorwheel",
+        "coins",
+        "clock",
+        "text",
+        "page",
+        "moon",
+        "brick",
+        "grass",
+        "gravel",
+        "cell",
+        "checkerboard",
+        "horse",
+        "shepp_logan_phantom",
+        "microaneurysms",
+    ]:
         img = rgb3(getattr(data, n)())
         if max(img.shape[:2]) > 640:
             img = fit(img, 640)
@@ -203,9 +220,18 @@ def build_set() -> list[tuple[str, str, np.ndarray, int]]:
     for i, f in nonfaces:
         add("lfw_nonface", f"lfw_nonface_{i:03d}", resize(f, 160, 160), 0)
 
-    backgrounds = [coffee, rocket, fit(data.hubble_deep_field(), 600), data.immunohistochemistry(),
-                   rgb3(data.grass()), rgb3(data.brick()), rgb3(data.gravel()), cat,
-                   np.full((400, 400, 3), 200, np.uint8), rgb3(data.moon())]
+    backgrounds = [
+        coffee,
+        rocket,
+        fit(data.hubble_deep_field(), 600),
+        data.immunohistochemistry(),
+        rgb3(data.grass()),
+        rgb3(data.brick()),
+        rgb3(data.gravel()),
+        cat,
+        np.full((400, 400, 3), 200, np.uint8),
+        rgb3(data.moon()),
+    ]
 
     def background(k: int, w: int, h: int) -> np.ndarray:
         return resize(rgb3(backgrounds[k % len(backgrounds)]), w, h)
@@ -227,8 +253,12 @@ def build_set() -> list[tuple[str, str, np.ndarray, int]]:
     for j in range(10):  # three faces in a row
         ids = rng.choice(100, 3, replace=False)
         img = np.concatenate([resize(faces[i], 128, 128) for i in ids], 1)
-        add("composite", f"paste3_{j:02d}", cv2.copyMakeBorder(img, 40, 40, 20, 20, cv2.BORDER_CONSTANT,
-                                                               value=(60, 90, 120)), 3)
+        add(
+            "composite",
+            f"paste3_{j:02d}",
+            cv2.copyMakeBorder(img, 40, 40, 20, 20, cv2.BORDER_CONSTANT, value=(60, 90, 120)),
+            3,
+        )
     for j in range(6):  # the astronaut and a second face
         i = int(rng.randint(100))
         s = int(rng.uniform(100, 140))
@@ -253,9 +283,17 @@ def build_holdout() -> list[tuple[str, str, np.ndarray, int]]:
     lfw = data.lfw_subset()
     faces = [rgb3(lfw[i]) for i in range(100)]
     nonfaces = [rgb3(lfw[i]) for i in range(100, 200) if i not in AMBIGUOUS_NONFACES]
-    backgrounds = [data.coffee(), data.rocket(), data.grass(), data.brick(), data.chelsea(),
-                   data.immunohistochemistry(),
-                   data.gravel(), data.moon(), np.full((300, 300, 3), 90, np.uint8)]
+    backgrounds = [
+        data.coffee(),
+        data.rocket(),
+        data.grass(),
+        data.brick(),
+        data.chelsea(),
+        data.immunohistochemistry(),
+        data.gravel(),
+        data.moon(),
+        np.full((300, 300, 3), 90, np.uint8),
+    ]
 
     def background(k: int, w: int, h: int) -> np.ndarray:
         return resize(rgb3(backgrounds[k % len(backgrounds)]), w, h)
@@ -265,18 +303,29 @@ def build_holdout() -> list[tuple[str, str, np.ndarray, int]]:
         s = int(min(w, h) * rng.uniform(0.10, 0.18))
         degrees = float(rng.uniform(-30, 30))
         d = int(np.ceil(s * 1.42))
-        img = paste_rotated(background(j, w, h), resize(faces[i], s, s), int(rng.randint(0, w - d)),
-                            int(rng.randint(0, h - d)), degrees)
+        img = paste_rotated(
+            background(j, w, h), resize(faces[i], s, s), int(rng.randint(0, w - d)), int(rng.randint(0, h - d)), degrees
+        )
         add(f"hold1_{j:02d}_lfw{i:03d}_rot{degrees:+.0f}", img, 1)
     for j in range(15):  # two small, tilted faces
         a, b = rng.choice(100, 2, replace=False)
         w, h = 560, 420
         s = int(min(w, h) * rng.uniform(0.12, 0.2))
         d = int(np.ceil(s * 1.42))
-        img = paste_rotated(background(j + 2, w, h), resize(faces[a], s, s), int(rng.randint(0, w // 2 - d)),
-                            int(rng.randint(0, h - d)), float(rng.uniform(-25, 25)))
-        img = paste_rotated(img, resize(faces[b], s, s), int(rng.randint(w // 2, w - d)), int(rng.randint(0, h - d)),
-                            float(rng.uniform(-25, 25)))
+        img = paste_rotated(
+            background(j + 2, w, h),
+            resize(faces[a], s, s),
+            int(rng.randint(0, w // 2 - d)),
+            int(rng.randint(0, h - d)),
+            float(rng.uniform(-25, 25)),
+        )
+        img = paste_rotated(
+            img,
+            resize(faces[b], s, s),
+            int(rng.randint(w // 2, w - d)),
+            int(rng.randint(0, h - d)),
+            float(rng.uniform(-25, 25)),
+        )
         add(f"hold2_{j:02d}_lfw{a:03d}_{b:03d}", img, 2)
     cam = rgb3(data.camera())
     for j, (x, y) in enumerate([(380, 20), (380, 300), (10, 380), (300, 380), (400, 200)]):  # cameraman + a face
@@ -289,8 +338,17 @@ def build_holdout() -> list[tuple[str, str, np.ndarray, int]]:
         f = nonfaces[int(rng.randint(len(nonfaces)))]
         s = int(rng.uniform(100, 160))
         d = int(np.ceil(s * 1.42))
-        add(f"hold0_{j:02d}", paste_rotated(background(j, 420, 420), resize(f, s, s), int(rng.randint(0, 420 - d)),
-                                            int(rng.randint(0, 420 - d)), float(rng.uniform(-30, 30))), 0)
+        add(
+            f"hold0_{j:02d}",
+            paste_rotated(
+                background(j, 420, 420),
+                resize(f, s, s),
+                int(rng.randint(0, 420 - d)),
+                int(rng.randint(0, 420 - d)),
+                float(rng.uniform(-30, 30)),
+            ),
+            0,
+        )
     astro = data.astronaut()
     add("hold_astronaut_160_jpeg10", jpeg(resize(astro, 160, 160), 10), 1)
     add("hold_camera_jpeg10", jpeg(cam, 10), 1)
@@ -319,8 +377,16 @@ def build_holdout2() -> list[tuple[str, str, np.ndarray, int]]:
     lfw = data.lfw_subset()
     faces = [rgb3(lfw[i]) for i in range(100)]
     nonfaces = [rgb3(lfw[i]) for i in range(100, 200) if i not in AMBIGUOUS_NONFACES]
-    backgrounds = [data.rocket(), data.gravel(), data.coffee(), data.moon(), data.brick(), data.hubble_deep_field(),
-                   data.grass(), np.full((300, 300, 3), (150, 170, 190), np.uint8)]
+    backgrounds = [
+        data.rocket(),
+        data.gravel(),
+        data.coffee(),
+        data.moon(),
+        data.brick(),
+        data.hubble_deep_field(),
+        data.grass(),
+        np.full((300, 300, 3), (150, 170, 190), np.uint8),
+    ]
 
     def background(k: int, w: int, h: int) -> np.ndarray:
         return resize(rgb3(backgrounds[k % len(backgrounds)]), w, h)
@@ -337,11 +403,19 @@ def build_holdout2() -> list[tuple[str, str, np.ndarray, int]]:
         a, b = rng.choice(100, 2, replace=False)
         w, h = 600, 400
         big, small = int(h * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.12, 0.16))
-        img = paste(background(j + 1, w, h), resize(faces[a], big, big), int(rng.randint(0, w // 2 - big)),
-                    int(rng.randint(0, h - big)))
-        add(f"h2_big_small_{j:02d}_lfw{a:03d}_{b:03d}", paste(img, resize(faces[b], small, small),
-                                                             int(rng.randint(w // 2, w - small)),
-                                                             int(rng.randint(0, h - small))), 2)
+        img = paste(
+            background(j + 1, w, h),
+            resize(faces[a], big, big),
+            int(rng.randint(0, w // 2 - big)),
+            int(rng.randint(0, h - big)),
+        )
+        add(
+            f"h2_big_small_{j:02d}_lfw{a:03d}_{b:03d}",
+            paste(
+                img, resize(faces[b], small, small), int(rng.randint(w // 2, w - small)), int(rng.randint(0, h - small))
+            ),
+            2,
+        )
     for j in range(10):  # one face, degraded after pasting
         i, w, h = int(rng.randint(100)), 480, 480
         s = int(w * rng.uniform(0.2, 0.35))
@@ -357,7 +431,7 @@ def build_holdout2() -> list[tuple[str, str, np.ndarray, int]]:
         i, s = int(rng.randint(100)), 200
         face = resize(faces[i], s, s)
         y = [60, 150, 40, 120, 95][j]
-        face[y:y + 30, 20:180] = [20, 230, 120, 60, 200][j]
+        face[y : y + 30, 20:180] = [20, 230, 120, 60, 200][j]
         add(f"h2_barred_{j:02d}_lfw{i:03d}", paste(background(j + 3, 420, 420), face, 110, 110), 1)
     astro, cam = data.astronaut(), rgb3(data.camera())
     for j in range(6):  # random crops that keep the whole face
@@ -370,13 +444,18 @@ def build_holdout2() -> list[tuple[str, str, np.ndarray, int]]:
         add(f"h2_camera_crop_{j}", cam[y0:y1, x0:x1], 1)
     for j in range(5):  # crops below the chin: no face
         y0 = int(rng.randint(230, 300))
-        add(f"h2_astronaut_noface_{j}", astro[y0:512, int(rng.randint(0, 200)):512], 0)
+        add(f"h2_astronaut_noface_{j}", astro[y0:512, int(rng.randint(0, 200)) : 512], 0)
     for j in range(5):  # three faces in a 2x2 grid
         ids = rng.choice(100, 3, replace=False)
         cells = [resize(faces[i], 150, 150) for i in ids] + [resize(rgb3(data.grass()), 150, 150)]
         order = rng.permutation(4)
-        grid = np.concatenate([np.concatenate([cells[order[0]], cells[order[1]]], 1),
-                               np.concatenate([cells[order[2]], cells[order[3]]], 1)], 0)
+        grid = np.concatenate(
+            [
+                np.concatenate([cells[order[0]], cells[order[1]]], 1),
+                np.concatenate([cells[order[2]], cells[order[3]]], 1),
+            ],
+            0,
+        )
         add(f"h2_grid3_{j}", grid, 3)
     for j in range(10):  # three non-face crops on a background
         img = background(j + 4, 480, 360)
@@ -387,7 +466,7 @@ def build_holdout2() -> list[tuple[str, str, np.ndarray, int]]:
     cat = data.chelsea()
     for j in range(5):  # cat crops and tilts
         x0, y0 = int(rng.randint(0, 150)), int(rng.randint(0, 60))
-        add(f"h2_cat_{j}", rotate(cat[y0:y0 + 240, x0:x0 + 300], float(rng.uniform(-30, 30))), 0)
+        add(f"h2_cat_{j}", rotate(cat[y0 : y0 + 240, x0 : x0 + 300], float(rng.uniform(-30, 30))), 0)
     return items
 
 
@@ -480,9 +559,11 @@ def main() -> None:
     items = build_set()
     truth_counts = np.bincount([n for _, _, _, n in items], minlength=3)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"labelled images: {len(items)} (0 faces: {truth_counts[0]}, 1 face: {truth_counts[1]}, "
-          f"2+ faces: {truth_counts[2]}); inputs scaled to <= {MAX_SIDE} px; boxes under "
-          f"{MIN_FACE_FRACTION:.0%} of the shorter side ignored")
+    print(
+        f"labelled images: {len(items)} (0 faces: {truth_counts[0]}, 1 face: {truth_counts[1]}, "
+        f"2+ faces: {truth_counts[2]}); inputs scaled to <= {MAX_SIDE} px; boxes under "
+        f"{MIN_FACE_FRACTION:.0%} of the shorter side ignored"
+    )
 
     verifier = LocalVerifier(min_face_fraction=MIN_FACE_FRACTION, max_side=MAX_SIDE)
     centerface = CenterFaceDetector(max_side=MAX_SIDE)
@@ -522,27 +603,38 @@ def main() -> None:
     ms_512 = {key: statistics.median(timed(fn, small_astro)[1] for _ in range(7)) for key, fn in raw_detectors.items()}
     ms_512["local"] = statistics.median(timed(verifier.verify, astro)[1] for _ in range(7))
     # frontal+profile: both cascades' boxes together, in the time of both
-    raw["haar_frontal_profile"] = [merged(np.concatenate([a, b])) for a, b in zip(raw["haar_frontal"],
-                                                                                   raw["haar_profile"])]
+    raw["haar_frontal_profile"] = [
+        merged(np.concatenate([a, b])) for a, b in zip(raw["haar_frontal"], raw["haar_profile"])
+    ]
     times["haar_frontal_profile"] = [a + b for a, b in zip(times["haar_frontal"], times["haar_profile"])]
     ms_512["haar_frontal_profile"] = ms_512["haar_frontal"] + ms_512["haar_profile"]
 
     # name -> (what it counts per image, time source, description)
     decisions = {
-        "LocalVerifier (chosen)": (lambda k: verdicts[k].faces, "local",
-                                   "CenterFace>=0.5 or MTCNN>=0.95 or both (>=0.1, >=0.7)"),
+        "LocalVerifier (chosen)": (
+            lambda k: verdicts[k].faces,
+            "local",
+            "CenterFace>=0.5 or MTCNN>=0.95 or both (>=0.1, >=0.7)",
+        ),
         "first rule, dropped after held-out part 1": (
-            lambda k: confirmed_count(raw["centerface"][k], raw["mtcnn"][k], 0.5, 0.2, 0.7), "cf+mtcnn",
-            "CenterFace>=0.5, or >=0.2 if MTCNN>=0.7 agrees"),
+            lambda k: confirmed_count(raw["centerface"][k], raw["mtcnn"][k], 0.5, 0.2, 0.7),
+            "cf+mtcnn",
+            "CenterFace>=0.5, or >=0.2 if MTCNN>=0.7 agrees",
+        ),
         "CenterFace": (lambda k: count(raw["centerface"][k], 0.5), "centerface", "score>=0.5"),
         "MTCNN": (lambda k: count(raw["mtcnn"][k], 0.7), "mtcnn", "stages 0.6/0.7/0.7"),
         "NudeNet FACE_*": (lambda k: count(raw["nudenet"][k], 0.3), "nudenet", "score>=0.3"),
         "Haar frontal": (lambda k: len(raw["haar_frontal"][k]), "haar_frontal", "minNeighbors=5"),
-        "Haar frontal+profile": (lambda k: len(raw["haar_frontal_profile"][k]), "haar_frontal_profile",
-                                 "minNeighbors=5"),
+        "Haar frontal+profile": (
+            lambda k: len(raw["haar_frontal_profile"][k]),
+            "haar_frontal_profile",
+            "minNeighbors=5",
+        ),
         "MTCNN>=0.9, 0.7-0.9 confirmed by NudeNet": (
-            lambda k: confirmed_count(raw["mtcnn"][k], raw["nudenet"][k], 0.9, 0.7, 0.2), None,
-            "ensemble (time: MTCNN+NudeNet)"),
+            lambda k: confirmed_count(raw["mtcnn"][k], raw["nudenet"][k], 0.9, 0.7, 0.2),
+            None,
+            "ensemble (time: MTCNN+NudeNet)",
+        ),
     }
     times[None] = [a + b for a, b in zip(times["mtcnn"], times["nudenet"])]
     ms_512[None] = ms_512["mtcnn"] + ms_512["nudenet"]
@@ -551,17 +643,22 @@ def main() -> None:
 
     subsets = {
         "all images": range(len(items)),
-        "tuning part (all thresholds were chosen on it)": [k for k, it in enumerate(items)
-                                                           if not it[0].startswith("holdout")],
-        "held-out part 1 (made after the first rule was fixed; the rule was then revised)":
-            [k for k, it in enumerate(items) if it[0] == "holdout"],
-        "held-out part 2 (made after the revision; never used to change anything)":
-            [k for k, it in enumerate(items) if it[0] == "holdout2"],
+        "tuning part (all thresholds were chosen on it)": [
+            k for k, it in enumerate(items) if not it[0].startswith("holdout")
+        ],
+        "held-out part 1 (made after the first rule was fixed; the rule was then revised)": [
+            k for k, it in enumerate(items) if it[0] == "holdout"
+        ],
+        "held-out part 2 (made after the revision; never used to change anything)": [
+            k for k, it in enumerate(items) if it[0] == "holdout2"
+        ],
     }
     tallies = {}
     for title, indices in subsets.items():
-        header = (f"{'detector':42s} {'P(=1)':>6s} {'R(=1)':>6s} {'count':>6s}  {'truth 0 -> 0/1/2+':>17s} "
-                  f"{'truth 1 -> 0/1/2+':>17s} {'truth 2+ -> 0/1/2+':>18s} {'med ms':>7s} {'512px ms':>8s}  setting")
+        header = (
+            f"{'detector':42s} {'P(=1)':>6s} {'R(=1)':>6s} {'count':>6s}  {'truth 0 -> 0/1/2+':>17s} "
+            f"{'truth 1 -> 0/1/2+':>17s} {'truth 2+ -> 0/1/2+':>18s} {'med ms':>7s} {'512px ms':>8s}  setting"
+        )
         print()
         print(f"{title}: {len(indices)} images")
         print(header)
@@ -574,14 +671,18 @@ def main() -> None:
             c = t.confusion
             rows = ["/".join(str(v) for v in c[r]) for r in range(3)]
             med = statistics.median(times[time_key][k] for k in indices)
-            print(f"{label:42s} {t.precision:6.3f} {t.recall:6.3f} {t.accuracy:6.3f}  {rows[0]:>17s} {rows[1]:>17s} "
-                  f"{rows[2]:>18s} {med:7.1f} {ms_512[time_key]:8.1f}  {description}")
+            print(
+                f"{label:42s} {t.precision:6.3f} {t.recall:6.3f} {t.accuracy:6.3f}  {rows[0]:>17s} {rows[1]:>17s} "
+                f"{rows[2]:>18s} {med:7.1f} {ms_512[time_key]:8.1f}  {description}"
+            )
 
     print()
     print("single detectors at the threshold best on the tuning part (optimistic: tuned on the data it is scored on)")
-    grids = {"CenterFace": ("centerface", [0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7]),
-             "MTCNN": ("mtcnn", [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]),
-             "NudeNet FACE_*": ("nudenet", [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])}
+    grids = {
+        "CenterFace": ("centerface", [0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7]),
+        "MTCNN": ("mtcnn", [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]),
+        "NudeNet FACE_*": ("nudenet", [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]),
+    }
     for label, (key, grid) in grids.items():
         best = None
         for threshold in grid:
@@ -592,8 +693,10 @@ def main() -> None:
             if best is None or tally.accuracy > best[1].accuracy:
                 best = (threshold, tally)
         threshold, tally = best
-        print(f"  {label:16s} >= {threshold:<5} P(=1) {tally.precision:.3f}  R(=1) {tally.recall:.3f}  "
-              f"count {tally.accuracy:.3f}  errors {len(tally.misses)}")
+        print(
+            f"  {label:16s} >= {threshold:<5} P(=1) {tally.precision:.3f}  R(=1) {tally.recall:.3f}  "
+            f"count {tally.accuracy:.3f}  errors {len(tally.misses)}"
+        )
 
     chosen = tallies[("all images", "LocalVerifier (chosen)")]
     print()
@@ -609,17 +712,25 @@ def main() -> None:
         print(f"  {name}: truth {truth}{'+' if truth == 2 else ''}, counted {predicted}")
     counted = [f for v in verdicts for f in v.detail["face_scores"]]
     both = sum(1 for f in counted if f["centerface"] and f["mtcnn"])
-    print(f"faces counted: {len(counted)}; by both detectors: {both}"
-          f" (with CenterFace < {verifier.face_threshold}: "
-          f"{sum(1 for f in counted if f['mtcnn'] and 0 < f['centerface'] < verifier.face_threshold)}), "
-          f"CenterFace alone: {sum(1 for f in counted if not f['mtcnn'])}, "
-          f"MTCNN alone: {sum(1 for f in counted if not f['centerface'])}")
+    print(
+        f"faces counted: {len(counted)}; by both detectors: {both}"
+        f" (with CenterFace < {verifier.face_threshold}: "
+        f"{sum(1 for f in counted if f['mtcnn'] and 0 < f['centerface'] < verifier.face_threshold)}), "
+        f"CenterFace alone: {sum(1 for f in counted if not f['mtcnn'])}, "
+        f"MTCNN alone: {sum(1 for f in counted if not f['centerface'])}"
+    )
 
-    nsfw_flags = [(items[k][1], max(v.detail["nsfw_scores"].items(), key=lambda kv: kv[1]))
-                  for k, v in enumerate(verdicts) if v.nsfw]
+    nsfw_flags = [
+        (items[k][1], max(v.detail["nsfw_scores"].items(), key=lambda kv: kv[1]))
+        for k, v in enumerate(verdicts)
+        if v.nsfw
+    ]
     top = sorted(((max(v.detail["nsfw_scores"].values()), items[k][1]) for k, v in enumerate(verdicts)), reverse=True)
-    print(f"NSFW false alarms at threshold {verifier.nsfw_threshold} (all {len(items)} images are safe): "
-          f"{len(nsfw_flags)}", "".join(f"\n  {name}: {label} {score}" for name, (label, score) in nsfw_flags))
+    print(
+        f"NSFW false alarms at threshold {verifier.nsfw_threshold} (all {len(items)} images are safe): "
+        f"{len(nsfw_flags)}",
+        "".join(f"\n  {name}: {label} {score}" for name, (label, score) in nsfw_flags),
+    )
     print("highest NSFW scores:", ", ".join(f"{name} {score:.3f}" for score, name in top[:5]))
     print(f"total run time {time.perf_counter() - started:.0f} s")
 

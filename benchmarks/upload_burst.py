@@ -84,7 +84,7 @@ class RssSampler:
                 return
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -99,7 +99,10 @@ def sign_up_accounts(channel, data_dir: Path, count: int) -> list[tuple]:
     env = dict(os.environ, FACEHARMONY_DATA_DIR=str(data_dir))
     staff_email = "burst-staff@example.com"
     subprocess.run(
-        [str(BIN / "faceharmony-admin"), "create-staff", staff_email, "Burst Staff", "--role", "admin"], env=env, check=True, capture_output=True
+        [str(BIN / "faceharmony-admin"), "create-staff", staff_email, "Burst Staff", "--role", "admin"],
+        env=env,
+        check=True,
+        capture_output=True,
     )
 
     def code(email: str) -> str:
@@ -120,8 +123,12 @@ def sign_up_accounts(channel, data_dir: Path, count: int) -> list[tuple]:
     out = []
     for i in range(count):
         email = f"burst{i}@example.com"
-        accounts.JoinWaitlist(account_pb2.JoinWaitlistRequest(name="Burst", email=email, is_16_or_older=True), timeout=30)
-        entries = admin.ListWaitlist(admin_pb2.ListWaitlistRequest(page_size=200), metadata=staff_md, timeout=30).entries
+        accounts.JoinWaitlist(
+            account_pb2.JoinWaitlistRequest(name="Burst", email=email, is_16_or_older=True), timeout=30
+        )
+        entries = admin.ListWaitlist(
+            admin_pb2.ListWaitlistRequest(page_size=200), metadata=staff_md, timeout=30
+        ).entries
         entry = next(e for e in entries if e.email == email)
         admin.ApproveWaitlistEntry(admin_pb2.ApproveWaitlistEntryRequest(id=entry.id), metadata=staff_md, timeout=30)
         user = accounts.SignIn(account_pb2.SignInRequest(email=email, code=code(email)), timeout=30)
@@ -155,17 +162,25 @@ def run_burst(config: str, env_extra: dict, accounts: int, uploads: int, payload
         )
         log = open(Path(tmp) / "server.log", "wb")
         server = subprocess.Popen([str(BIN / "faceharmony-server")], env=env, stdout=log, stderr=log)
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 16 * 1024 * 1024)])
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
+        )
         try:
             grpc.channel_ready_future(channel).result(timeout=120)
             users = sign_up_accounts(channel, data_dir, accounts)
             photos = photo_pb2_grpc.PhotoServiceStub(channel)
-            photos.UploadPhoto(photo_pb2.UploadPhotoRequest(content=face_jpeg()), metadata=users[0], timeout=CALL_TIMEOUT)
+            photos.UploadPhoto(
+                photo_pb2.UploadPhotoRequest(content=face_jpeg()), metadata=users[0], timeout=CALL_TIMEOUT
+            )
             baseline = settle(server.pid)
 
             def one(i: int):
                 try:
-                    photos.UploadPhoto(photo_pb2.UploadPhotoRequest(content=payload), metadata=users[i % accounts], timeout=CALL_TIMEOUT)
+                    photos.UploadPhoto(
+                        photo_pb2.UploadPhotoRequest(content=payload),
+                        metadata=users[i % accounts],
+                        timeout=CALL_TIMEOUT,
+                    )
                     return "OK"
                 except grpc.RpcError as exc:
                     return f"{exc.code().name} {reason_of(exc)}".strip()
@@ -182,8 +197,14 @@ def run_burst(config: str, env_extra: dict, accounts: int, uploads: int, payload
                     answers = Counter(pool.map(together, range(uploads)))
                 seconds = time.perf_counter() - started
             return {
-                "config": config, "accounts": accounts, "uploads": uploads, "baseline": baseline,
-                "peak": sampler.peak, "increase": max(0, sampler.peak - baseline), "seconds": seconds, "answers": answers,
+                "config": config,
+                "accounts": accounts,
+                "uploads": uploads,
+                "baseline": baseline,
+                "peak": sampler.peak,
+                "increase": max(0, sampler.peak - baseline),
+                "seconds": seconds,
+                "answers": answers,
             }
         finally:
             channel.close()
@@ -205,7 +226,9 @@ def main() -> None:
     args = parser.parse_args()
     payload = near_limit_jpeg(args.side)
     mib = 1024 * 1024
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+    )
     print(
         f"payload: {args.side}x{args.side} JPEG, {len(payload) / 1024:.0f} KiB on the wire, "
         f"{args.side * args.side * 3 / mib:.0f} MiB as RGB; {args.uploads} concurrent uploads per burst; {args.workers} verifier threads"

@@ -53,7 +53,9 @@ def _metadata() -> tuple[tuple[str, str], ...]:
 
 
 def _show(message) -> None:
-    print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2) if message.ListFields() else "ok")
+    print(
+        json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2) if message.ListFields() else "ok"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,13 +133,21 @@ def run_media(args: argparse.Namespace, channel: grpc.Channel, md) -> bool:
     orders = order_pb2_grpc.OrderServiceStub(channel)
     cmd = args.command
     if cmd == "upload-photo":
-        _show(photos.UploadPhoto(photo_pb2.UploadPhotoRequest(content=args.path.read_bytes(), filename=args.path.name[:255]), metadata=md).photo)
+        _show(
+            photos.UploadPhoto(
+                photo_pb2.UploadPhotoRequest(content=args.path.read_bytes(), filename=args.path.name[:255]), metadata=md
+            ).photo
+        )
     elif cmd == "photos":
         _show(photos.ListPhotos(photo_pb2.ListPhotosRequest(page_size=100), metadata=md))
     elif cmd == "delete-photo":
         _show(photos.DeletePhoto(photo_pb2.DeletePhotoRequest(id=args.id), metadata=md))
     elif cmd == "create-model":
-        _show(models.CreateModel(model_pb2.CreateModelRequest(display_name=args.name, photo_ids=args.photo_ids), metadata=md).model)
+        _show(
+            models.CreateModel(
+                model_pb2.CreateModelRequest(display_name=args.name, photo_ids=args.photo_ids), metadata=md
+            ).model
+        )
     elif cmd == "models":
         _show(models.ListModels(model_pb2.ListModelsRequest(page_size=100), metadata=md))
     elif cmd == "watch-model":
@@ -148,19 +158,30 @@ def run_media(args: argparse.Namespace, channel: grpc.Channel, md) -> bool:
     elif cmd == "styles":
         _show(orders.ListStyles(order_pb2.ListStylesRequest(), metadata=md))
     elif cmd == "order":
-        request = order_pb2.CreateOrderRequest(model_ids=args.model_ids, style_id=args.style, count=args.count, request_id=args.request_id)
+        request = order_pb2.CreateOrderRequest(
+            model_ids=args.model_ids, style_id=args.style, count=args.count, request_id=args.request_id
+        )
         _show(orders.CreateOrder(request, metadata=md).order)
     elif cmd == "orders":
         _show(orders.ListOrders(order_pb2.ListOrdersRequest(page_size=100), metadata=md))
     elif cmd == "watch-order":
         for event in orders.WatchOrder(order_pb2.WatchOrderRequest(id=args.id), metadata=md):
             o = event.order
-            print(f"{order_pb2.OrderState.Name(o.state)} {o.images_done}/{o.images_total} made, {o.images_failed} failed", flush=True)
+            print(
+                f"{order_pb2.OrderState.Name(o.state)} {o.images_done}/{o.images_total} made, {o.images_failed} failed",
+                flush=True,
+            )
     elif cmd == "generated":
-        _show(orders.ListGeneratedPhotos(order_pb2.ListGeneratedPhotosRequest(order_id=args.order, page_size=100), metadata=md))
+        _show(
+            orders.ListGeneratedPhotos(
+                order_pb2.ListGeneratedPhotosRequest(order_id=args.order, page_size=100), metadata=md
+            )
+        )
     elif cmd == "download":
         with args.out.open("wb") as fh:
-            for chunk in orders.DownloadGeneratedPhoto(order_pb2.DownloadGeneratedPhotoRequest(id=args.id), metadata=md):
+            for chunk in orders.DownloadGeneratedPhoto(
+                order_pb2.DownloadGeneratedPhotoRequest(id=args.id), metadata=md
+            ):
                 fh.write(chunk.data)
         print(f"saved {args.out}")
     elif cmd == "preview":
@@ -168,7 +189,9 @@ def run_media(args: argparse.Namespace, channel: grpc.Channel, md) -> bool:
         args.out.write_bytes(reply.jpeg)
         print(f"saved {args.out} ({reply.width}x{reply.height})")
     elif cmd == "reject":
-        _show(orders.RejectGeneratedPhoto(order_pb2.RejectGeneratedPhotoRequest(id=args.id), metadata=md).generated_photo)
+        _show(
+            orders.RejectGeneratedPhoto(order_pb2.RejectGeneratedPhotoRequest(id=args.id), metadata=md).generated_photo
+        )
     elif cmd == "delete-generated":
         _show(orders.DeleteGeneratedPhoto(order_pb2.DeleteGeneratedPhotoRequest(id=args.id), metadata=md))
     else:
@@ -185,7 +208,13 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
     if run_media(args, channel, md):
         return
     if cmd == "join-waitlist":
-        _show(accounts.JoinWaitlist(account_pb2.JoinWaitlistRequest(name=args.name, email=args.email, is_16_or_older=args.adult, note=args.note)))
+        _show(
+            accounts.JoinWaitlist(
+                account_pb2.JoinWaitlistRequest(
+                    name=args.name, email=args.email, is_16_or_older=args.adult, note=args.note
+                )
+            )
+        )
     elif cmd == "request-code":
         accounts.RequestSignInCode(account_pb2.RequestSignInCodeRequest(email=args.email))
         print("If this email may sign in, a code is on its way.")
@@ -193,7 +222,9 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
         if cmd == "sign-in":
             reply = accounts.SignIn(account_pb2.SignInRequest(email=args.email, code=args.code))
         else:
-            reply = accounts.AcceptInvitation(account_pb2.AcceptInvitationRequest(invitation_token=args.token, is_16_or_older=args.adult))
+            reply = accounts.AcceptInvitation(
+                account_pb2.AcceptInvitationRequest(invitation_token=args.token, is_16_or_older=args.adult)
+            )
         _save_token(reply.session_token)
         _show(reply.account)
     elif cmd == "sign-out":
@@ -208,7 +239,11 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
         accounts.InviteFriend(account_pb2.InviteFriendRequest(email=args.email, name=args.name), metadata=md)
         print("invitation sent")
     elif cmd == "delete-account":
-        _show(accounts.DeleteAccount(account_pb2.DeleteAccountRequest(confirm_email=args.confirm_email), metadata=md).account)
+        _show(
+            accounts.DeleteAccount(
+                account_pb2.DeleteAccountRequest(confirm_email=args.confirm_email), metadata=md
+            ).account
+        )
     elif cmd == "reactivate":
         _show(accounts.ReactivateAccount(account_pb2.ReactivateAccountRequest(), metadata=md).account)
     elif cmd == "balance":
@@ -217,11 +252,22 @@ def run(args: argparse.Namespace, channel: grpc.Channel) -> None:
         _show(purchases.ListProducts(purchase_pb2.ListProductsRequest(), metadata=md))
     elif cmd == "record-purchase":
         store = {"app_store": purchase_pb2.STORE_APP_STORE, "google_play": purchase_pb2.STORE_GOOGLE_PLAY}[args.store]
-        _show(purchases.RecordPurchase(purchase_pb2.RecordPurchaseRequest(store=store, product_id=args.product, transaction_id=args.transaction), metadata=md))
+        _show(
+            purchases.RecordPurchase(
+                purchase_pb2.RecordPurchaseRequest(
+                    store=store, product_id=args.product, transaction_id=args.transaction
+                ),
+                metadata=md,
+            )
+        )
     elif cmd == "purchases":
         _show(purchases.ListPurchases(purchase_pb2.ListPurchasesRequest(), metadata=md))
     elif cmd == "ticket":
-        _show(support.CreateTicket(support_pb2.CreateTicketRequest(subject=args.subject, body=args.body), metadata=md).ticket)
+        _show(
+            support.CreateTicket(
+                support_pb2.CreateTicketRequest(subject=args.subject, body=args.body), metadata=md
+            ).ticket
+        )
     elif cmd == "tickets":
         _show(support.ListTickets(support_pb2.ListTicketsRequest(), metadata=md))
     elif cmd == "show-ticket":

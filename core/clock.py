@@ -8,7 +8,7 @@ from typing import Protocol
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Clock(Protocol):

@@ -179,14 +179,14 @@ class Settings:
         return self.data_dir / "blobs"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Reads every field from FACEHARMONY_<FIELD NAME IN CAPITALS>; unknown variables are an error."""
         env = os.environ if environ is None else environ
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(
             k
             for k in env
-            if k.startswith(PREFIX) and not k.startswith(CLIENT_PREFIX) and k[len(PREFIX):].lower() not in known
+            if k.startswith(PREFIX) and not k.startswith(CLIENT_PREFIX) and k[len(PREFIX) :].lower() not in known
         )
         if unknown:
             raise SettingsError("unknown settings: " + ", ".join(unknown))
@@ -277,7 +277,9 @@ class Settings:
         if self.verify_queue_size < 0:
             raise SettingsError("FACEHARMONY_VERIFY_QUEUE_SIZE must not be negative")
         if self.verify_max_pixels_in_flight < self.upload_max_pixels:
-            raise SettingsError("FACEHARMONY_VERIFY_MAX_PIXELS_IN_FLIGHT must be at least FACEHARMONY_UPLOAD_MAX_PIXELS")
+            raise SettingsError(
+                "FACEHARMONY_VERIFY_MAX_PIXELS_IN_FLIGHT must be at least FACEHARMONY_UPLOAD_MAX_PIXELS"
+            )
 
     def secret(self) -> bytes:
         """The server secret: the configured one, or one generated once into the data folder."""

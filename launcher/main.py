@@ -37,7 +37,6 @@ from faceharmony.core.datadir import prepare_data_dir
 from faceharmony.core.settings import Settings
 
 
-
 def processes(settings: Settings) -> list[tuple[str, list[str]]]:
     # Triton's gRPC port is FACEHARMONY_TRITON_URL's, metrics the next one (8001/8002); HTTP is off. Its listeners
     # bind to FACEHARMONY_TRITON_LISTEN_ADDRESS (127.0.0.1 by default), which faceharmony-triton reads itself.

@@ -40,13 +40,13 @@ import numpy as np
 import peewee as pw
 from PIL import Image
 
-from faceharmony.core.jobs import evictions, styles
 from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database, write_transaction
 from faceharmony.core.db.models import ModelVersion, Order, OrderImage, UserModel
-from faceharmony.core.jobs.queue import Claim, default_worker_id
+from faceharmony.core.jobs import evictions, styles
 from faceharmony.core.jobs.orders import OrderQueue, unservable_reason
+from faceharmony.core.jobs.queue import Claim, default_worker_id
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.order_worker")
@@ -55,7 +55,15 @@ RETRY_MIN_SECONDS = 0.5
 RETRY_MAX_SECONDS = 10.0
 EVICT_SWEEP_SECONDS = 10.0
 # Triton answers that are worth retrying (the server, not the request, is the problem).
-RETRYABLE_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED", "UNKNOWN", "INTERNAL")
+RETRYABLE_STATUSES = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "CANCELLED",
+    "ABORTED",
+    "UNKNOWN",
+    "INTERNAL",
+)
 # An image that keeps failing with a retryable internal error is given up after this many tries.
 MAX_INTERNAL_TRIES = 3
 
@@ -108,7 +116,10 @@ class TritonImages:
 
         try:
             return self._client().infer(
-                self.model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs], client_timeout=self.timeout
+                self.model,
+                inputs,
+                outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                client_timeout=self.timeout,
             )
         except InferenceServerException as exc:
             # The model answers with status codes (model.py): NOT_FOUND for a missing adapter, UNAVAILABLE
@@ -120,7 +131,19 @@ class TritonImages:
                 raise TritonRejected("MODEL_DELETED") from None
             raise TritonRejected("GENERATION_REFUSED") from None
 
-    def generate(self, *, adapter_blob_id: str, key: str, prompt: str, negative: str, seed: int, steps: int, guidance: float, width: int, height: int) -> np.ndarray:
+    def generate(
+        self,
+        *,
+        adapter_blob_id: str,
+        key: str,
+        prompt: str,
+        negative: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        width: int,
+        height: int,
+    ) -> np.ndarray:
         inputs = [
             self._input("PROMPT", prompt.encode(), "BYTES"),
             self._input("NEGATIVE_PROMPT", negative.encode(), "BYTES"),
@@ -178,10 +201,14 @@ class OrderWorker:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
-        self.db = db or open_database(settings.resolved_database_url, pool_size=settings.order_worker_inflight + settings.order_worker_orders + 2)
+        self.db = db or open_database(
+            settings.resolved_database_url, pool_size=settings.order_worker_inflight + settings.order_worker_orders + 2
+        )
         self.queue = OrderQueue(self.db, self.clock, settings.order_lease_seconds)
         self.store = store or open_blob_store(settings, Role.ORDER)
-        self.triton = triton or TritonImages(settings.triton_url, settings.triton_model, settings.triton_timeout_seconds)
+        self.triton = triton or TritonImages(
+            settings.triton_url, settings.triton_model, settings.triton_timeout_seconds
+        )
         self.shutting_down = threading.Event()
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
@@ -259,7 +286,7 @@ class OrderWorker:
     def _run_claim(self, claim: Claim) -> None:
         try:
             self.process(claim)
-        except Exception:  # noqa: BLE001 - a bug or an outage: the order is retried with backoff
+        except Exception:
             log.exception("order failed", extra={"order_id": claim.job_id})
             try:
                 self._db(lambda: self.queue.fail(claim, "ORDER_ERROR", retryable=True))
@@ -320,7 +347,9 @@ class OrderWorker:
                 continue
             prompt = style.prompt_for(model.trigger_token)
             for slot in group:
-                work.append((slot, adapter.adapter_blob_id, model_key(model_id, version), prompt, style.negative_prompt))
+                work.append(
+                    (slot, adapter.adapter_blob_id, model_key(model_id, version), prompt, style.negative_prompt)
+                )
         return order.account_id, work
 
     def _conclude(self, claim: Claim, lost: threading.Event) -> None:
@@ -335,7 +364,17 @@ class OrderWorker:
         if state is not None:
             log.info("order finished", extra={"order_id": claim.job_id, "state": state})
 
-    def _make_image(self, claim: Claim, account_id: str, lost: threading.Event, slot: OrderImage, adapter_blob_id: str, key: str, prompt: str, negative: str) -> None:
+    def _make_image(
+        self,
+        claim: Claim,
+        account_id: str,
+        lost: threading.Event,
+        slot: OrderImage,
+        adapter_blob_id: str,
+        key: str,
+        prompt: str,
+        negative: str,
+    ) -> None:
         s = self.settings
         delay = RETRY_MIN_SECONDS
         internal_tries = 0
@@ -366,14 +405,22 @@ class OrderWorker:
                     made = (*encode(pixels, s.preview_max_side), pixels.shape[1], pixels.shape[0])
                 png, jpeg, width, height = made
                 if stored is None:
-                    stored = (self.store.create("generated", png, "image/png"), self.store.create("generated", jpeg, "image/jpeg"))
+                    stored = (
+                        self.store.create("generated", png, "image/png"),
+                        self.store.create("generated", jpeg, "image/jpeg"),
+                    )
                 if not self._db(self.queue.record_image, claim, slot, *stored, "image/png", len(png), width, height):
-                    log.info("image not recorded: order or slot no longer ours, or model no longer served", extra={"order_id": claim.job_id})
+                    log.info(
+                        "image not recorded: order or slot no longer ours, or model no longer served",
+                        extra={"order_id": claim.job_id},
+                    )
                     if self._db(unservable_reason, account_id, slot.model_id) is not None:
                         self._evict_again(slot)
                 return
             except TritonRejected as exc:
-                log.warning("image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason})
+                log.warning(
+                    "image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason}
+                )
                 self._db(self.queue.fail_image, claim, [slot.id], exc.reason)
                 return
             except (TritonRetryable, BlobError, pw.DatabaseError) as exc:
@@ -382,7 +429,9 @@ class OrderWorker:
                 if internal_tries >= MAX_INTERNAL_TRIES:
                     self._db(self.queue.fail_image, claim, [slot.id], "GENERATION_FAILED")
                     return
-                log.warning("image retried", extra={"order_id": claim.job_id, "status": status, "retry_in": round(delay, 2)})
+                log.warning(
+                    "image retried", extra={"order_id": claim.job_id, "status": status, "retry_in": round(delay, 2)}
+                )
                 self._pause(lost, delay)
                 delay = min(RETRY_MAX_SECONDS, delay * 2)
 
@@ -437,7 +486,10 @@ class OrderWorker:
             try:
                 completed += self._db(evictions.confirm, self.db, todo, replica, self.replicas)
             except pw.DatabaseError:
-                log.warning("eviction confirmation not recorded (database): asked again at the next sweep", extra={"replica": replica})
+                log.warning(
+                    "eviction confirmation not recorded (database): asked again at the next sweep",
+                    extra={"replica": replica},
+                )
         if dropped or completed:
             log.info("unservable models evicted from Triton", extra={"evicted": dropped, "records_done": completed})
         return dropped
@@ -445,6 +497,7 @@ class OrderWorker:
     def _evict_again(self, slot: OrderImage) -> None:
         """This slot's request was at Triton when its model became unservable: Triton may have fetched the
         adapter after a sweep evicted it, so the eviction is requested again."""
+
         def again() -> None:
             with write_transaction(self.db):
                 evictions.request_versions([(slot.model_id, slot.model_version)], self.clock.now())

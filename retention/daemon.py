@@ -35,22 +35,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import peewee as pw
 
-from faceharmony.core.db import audit
-from faceharmony.core.jobs import evictions
 from faceharmony.core.blobstore.base import BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
-from faceharmony.core.db.connection import close_database, open_database, write_transaction
+from faceharmony.core.db import audit
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.jobs import evictions
+from faceharmony.core.settings import Settings
 from faceharmony.retention import policies
 from faceharmony.retention.metrics import Metrics
 from faceharmony.retention.orphans import sweep_orphan_blobs, sweep_temporary_files, temporary_folders
-from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.retention")
 
@@ -179,7 +177,12 @@ class Retention:
                 )
         log.info(
             "retention cycle",
-            extra={"purged": total, "errors": len(errors), "duration_ms": round(seconds * 1000), **{f"purged_{k}": v for k, v in purged.items() if v}},
+            extra={
+                "purged": total,
+                "errors": len(errors),
+                "duration_ms": round(seconds * 1000),
+                **{f"purged_{k}": v for k, v in purged.items() if v},
+            },
         )
 
     def _report_evictions(self) -> None:
@@ -220,7 +223,9 @@ class Retention:
         orphans = sweep_orphan_blobs(
             self.db, self.store, self.clock.now(), margin, self.settings.retention_batch_size, dry_run=True
         )
-        temporary = sweep_temporary_files(self.store, temporary_folders(self.settings), self.clock.now(), margin, dry_run=True)
+        temporary = sweep_temporary_files(
+            self.store, temporary_folders(self.settings), self.clock.now(), margin, dry_run=True
+        )
         return {
             "due": policies.due_counts(ctx),
             "contents": policies.contents_of_due(ctx),

@@ -1,10 +1,10 @@
 """`faceharmony-retention`: the retention daemon, which enforces every deletion promise (retention/daemon.py).
 
-    faceharmony-retention                  loop, a cycle every FACEHARMONY_RETENTION_INTERVAL_SECONDS
-    faceharmony-retention --once           one cycle (a cron job); exit 0 when every policy ran
-    faceharmony-retention --dry-run        print what a cycle would purge, by kind; touch nothing
-    faceharmony-retention --now 2026-03-01T00:00:00Z --once   evaluate the policies' deadlines as of that moment
-    --metrics-port 9464 [--metrics-host ADDR] / --metrics-file PATH   Prometheus metrics (HTTP or textfile)
+faceharmony-retention                  loop, a cycle every FACEHARMONY_RETENTION_INTERVAL_SECONDS
+faceharmony-retention --once           one cycle (a cron job); exit 0 when every policy ran
+faceharmony-retention --dry-run        print what a cycle would purge, by kind; touch nothing
+faceharmony-retention --now 2026-03-01T00:00:00Z --once   evaluate the policies' deadlines as of that moment
+--metrics-port 9464 [--metrics-host ADDR] / --metrics-file PATH   Prometheus metrics (HTTP or textfile)
 """
 
 from __future__ import annotations
@@ -39,21 +39,34 @@ def parse_time(text: str) -> dt.datetime:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from exc
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="faceharmony-retention", description="Enforces the deletion promises (retention daemon).")
+    parser = argparse.ArgumentParser(
+        prog="faceharmony-retention", description="Enforces the deletion promises (retention daemon)."
+    )
     parser.add_argument("--once", action="store_true", help="run one cycle and exit (for a cron job)")
-    parser.add_argument("--interval", type=float, default=None, help="seconds between cycles (default: FACEHARMONY_RETENTION_INTERVAL_SECONDS)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between cycles (default: FACEHARMONY_RETENTION_INTERVAL_SECONDS)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would be purged, by kind; change nothing")
     parser.add_argument(
-        "--now", type=parse_time, default=None,
+        "--now",
+        type=parse_time,
+        default=None,
         help="evaluate the policies' deadlines as of this ISO-8601 time (implies one cycle); the orphan sweep and audit times stay real",
     )
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on HOST:PORT/metrics (--metrics-host)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on HOST:PORT/metrics (--metrics-host)"
+    )
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
-    parser.add_argument("--metrics-file", type=Path, default=None, help="write Prometheus metrics to this file after each cycle")
+    parser.add_argument(
+        "--metrics-file", type=Path, default=None, help="write Prometheus metrics to this file after each cycle"
+    )
     return parser.parse_args(argv)
 
 
@@ -73,7 +86,9 @@ def _run(entry: process.Entry, args: argparse.Namespace) -> int:
             now = args.now or retention.clock.now()
             print(format_dry_run(retention.dry_run(now), now))
             return 0
-        server = retention.metrics.serve(args.metrics_port, args.metrics_host) if args.metrics_port is not None else None
+        server = (
+            retention.metrics.serve(args.metrics_port, args.metrics_host) if args.metrics_port is not None else None
+        )
         try:
             if args.once or args.now is not None:
                 return _cycle(retention, args)

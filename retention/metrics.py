@@ -11,14 +11,26 @@ PREFIX = "faceharmony_retention_"
 
 HELP = {
     "purged_total": ("counter", "Items purged, by kind."),
-    "errors_total": ("counter", "Policy runs, and single items (accounts, models, photos), that failed, by kind (retried next cycle)."),
+    "errors_total": (
+        "counter",
+        "Policy runs, and single items (accounts, models, photos), that failed, by kind (retried next cycle).",
+    ),
     "overdue_items": ("gauge", "Items past their deadline and not yet purged at the end of the last cycle, by kind."),
     "run_duration_seconds": ("gauge", "Duration of the last cycle."),
     "last_run_timestamp_seconds": ("gauge", "When the last cycle finished (Unix time)."),
-    "soft_delete_seconds": ("gauge", "The blob bucket's soft-delete retention (0: off); purged blobs stay recoverable this long."),
+    "soft_delete_seconds": (
+        "gauge",
+        "The blob bucket's soft-delete retention (0: off); purged blobs stay recoverable this long.",
+    ),
     "evictions_pending": ("gauge", "Model versions not yet evicted from every Triton replica's adapter cache."),
-    "evictions_overdue": ("gauge", "Of those, the ones requested more than an hour ago (logged as an error with their keys)."),
-    "eviction_oldest_age_seconds": ("gauge", "Age of the oldest eviction not yet confirmed by every Triton replica (0: none)."),
+    "evictions_overdue": (
+        "gauge",
+        "Of those, the ones requested more than an hour ago (logged as an error with their keys).",
+    ),
+    "eviction_oldest_age_seconds": (
+        "gauge",
+        "Age of the oldest eviction not yet confirmed by every Triton replica (0: none).",
+    ),
     "bucket_versioning_enabled": (
         "gauge",
         "1 when the blob bucket has object versioning on: every deleted blob stays as a noncurrent version, so no purge is final.",
@@ -81,7 +93,7 @@ class Metrics:
         metrics = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 body = metrics.render().encode()
                 self.send_response(200 if self.path in ("/", "/metrics") else 404)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

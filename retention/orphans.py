@@ -63,10 +63,14 @@ def sweep_orphan_blobs(
     return deleted
 
 
-def _delete_unreferenced(store: BlobStore, kind: str, columns: tuple[pw.Field, ...], blob_ids: list[str], dry_run: bool = False) -> int:
+def _delete_unreferenced(
+    store: BlobStore, kind: str, columns: tuple[pw.Field, ...], blob_ids: list[str], dry_run: bool = False
+) -> int:
     if not blob_ids:
         return 0
-    referenced = {row[0] for column in columns for row in column.model.select(column).where(column.in_(blob_ids)).tuples()}
+    referenced = {
+        row[0] for column in columns for row in column.model.select(column).where(column.in_(blob_ids)).tuples()
+    }
     count = 0
     for blob_id in blob_ids:
         if blob_id not in referenced and (dry_run or store.delete(kind, blob_id)):

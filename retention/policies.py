@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
-from faceharmony.core.db import audit
-from faceharmony.core.jobs import evictions
 from faceharmony.core.blobstore.base import BlobStore
 from faceharmony.core.clock import Clock
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import (
     Account,
@@ -57,6 +56,7 @@ from faceharmony.core.db.models import (
     UserModel,
     WaitlistEntry,
 )
+from faceharmony.core.jobs import evictions
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,9 @@ def _delete_blobs_of_rows(ctx: Context, kind: str, rows: dict[str, list[Blob]]) 
         try:
             delete_blobs(ctx.store, row_blobs)
         except Exception:
-            log.exception("blob delete failed: the row stays for the next cycle", extra={"policy": kind, "item_id": row_id})
+            log.exception(
+                "blob delete failed: the row stays for the next cycle", extra={"policy": kind, "item_id": row_id}
+            )
             ctx.fail(kind, row_id)
         else:
             done.append(row_id)
@@ -170,6 +172,7 @@ def purge_expired(ctx: Context, kind: str) -> int:
 
 # --- photos (P11) ------------------------------------------------------------------------------------
 
+
 def _expired_unattached(ctx: Context) -> pw.Expression:
     return (Photo.expires_at <= ctx.now) & Photo.model_id.is_null() & Photo.deleted_at.is_null()
 
@@ -196,7 +199,11 @@ def mark_trained_photos(ctx: Context) -> int:
         return 0
     with write_transaction(ctx.db):
         ids = _ids(_trained_photos(ctx).limit(ctx.batch))
-        return Photo.update(deleted_at=ctx.marked_at()).where(Photo.id.in_(ids), Photo.deleted_at.is_null()).execute() if ids else 0
+        return (
+            Photo.update(deleted_at=ctx.marked_at()).where(Photo.id.in_(ids), Photo.deleted_at.is_null()).execute()
+            if ids
+            else 0
+        )
 
 
 def purge_deleted_photos(ctx: Context) -> int:
@@ -214,6 +221,7 @@ def purge_deleted_photos(ctx: Context) -> int:
 
 
 # --- generated photos (P16 and user deletions) ------------------------------------------------------
+
 
 def purge_generated_photos(ctx: Context) -> int:
     """One batch of generated photos whose purge_after has passed (rejected +60 days, or deleted): blobs, then rows."""
@@ -236,11 +244,14 @@ def purge_generated_photos(ctx: Context) -> int:
 
 # --- models (P13) ------------------------------------------------------------------------------------
 
+
 def model_blobs(model_ids: pw.ModelSelect | list[str]) -> set[Blob]:
     blobs: set[Blob] = set()
-    for adapter, metadata in ModelVersion.select(ModelVersion.adapter_blob_id, ModelVersion.metadata_blob_id).where(
-        ModelVersion.model.in_(model_ids)
-    ).tuples():
+    for adapter, metadata in (
+        ModelVersion.select(ModelVersion.adapter_blob_id, ModelVersion.metadata_blob_id)
+        .where(ModelVersion.model.in_(model_ids))
+        .tuples()
+    ):
         blobs.update({("models", adapter), ("models", metadata)})
     blobs.update(("photos", b) for (b,) in Photo.select(Photo.blob_id).where(Photo.model_id.in_(model_ids)).tuples())
     return blobs
@@ -291,10 +302,17 @@ def purge_model(ctx: Context, model_id: str) -> bool:
     blobs = model_blobs([model_id])
     delete_blobs(ctx.store, blobs)
     with write_transaction(ctx.db):
-        if _locked(UserModel.select(UserModel.id).where(UserModel.id == model_id, UserModel.state == PURGING), ctx.db).first() is None:
+        if (
+            _locked(
+                UserModel.select(UserModel.id).where(UserModel.id == model_id, UserModel.state == PURGING), ctx.db
+            ).first()
+            is None
+        ):
             return False
         late = model_blobs([model_id])
-        counts = {table._meta.table_name: table.delete().where(cond).execute() for table, cond in model_rows([model_id])}
+        counts = {
+            table._meta.table_name: table.delete().where(cond).execute() for table, cond in model_rows([model_id])
+        }
         audit.record(
             ctx.clock,
             audit.MODEL_PURGED,
@@ -308,13 +326,16 @@ def purge_model(ctx: Context, model_id: str) -> bool:
 
 # --- accounts (P5, P17, P18, P19) -------------------------------------------------------------------
 
+
 def account_blobs(account_id: str) -> set[Blob]:
     models = UserModel.select(UserModel.id).where(UserModel.account == account_id)
     blobs = model_blobs(models)
     blobs.update(("photos", b) for (b,) in Photo.select(Photo.blob_id).where(Photo.account == account_id).tuples())
-    for blob, preview in GeneratedPhoto.select(GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id).where(
-        GeneratedPhoto.account == account_id
-    ).tuples():
+    for blob, preview in (
+        GeneratedPhoto.select(GeneratedPhoto.blob_id, GeneratedPhoto.preview_blob_id)
+        .where(GeneratedPhoto.account == account_id)
+        .tuples()
+    ):
         blobs.update({("generated", blob), ("generated", preview)})
     return blobs
 
@@ -404,7 +425,9 @@ def claim_accounts(ctx: Context) -> list[str]:
     """Marks due accounts "purging": no reactivation, no sign-in, and the sessions opened to reactivate die."""
 
     def on_mark(ids: list[str]) -> None:
-        Session.update(revoked_at=ctx.clock.now()).where(Session.account.in_(ids), Session.revoked_at.is_null()).execute()
+        Session.update(revoked_at=ctx.clock.now()).where(
+            Session.account.in_(ids), Session.revoked_at.is_null()
+        ).execute()
         # Before the purge, every model of the accounts leaves every Triton replica's cache (the eviction
         # record outlives the rows: core/jobs/evictions.py).
         evictions.request(UserModel.select(UserModel.id).where(UserModel.account.in_(ids)), ctx.clock.now())
@@ -436,6 +459,7 @@ def purge_account(ctx: Context, account_id: str) -> bool:
 
 
 # --- what is due (dry run, overdue metric) ----------------------------------------------------------
+
 
 def _count(query: pw.ModelSelect) -> int:
     return query.count()

@@ -27,7 +27,11 @@ STAFF = options_pb2.ACCESS_STAFF
 ADMIN = options_pb2.ACCESS_ADMIN
 
 SERVICE_FILES = (account_pb2, photo_pb2, model_pb2, order_pb2, purchase_pb2, support_pb2, admin_pb2)
-PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+PUBLIC_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 
 def service_descriptors() -> list[descriptor.ServiceDescriptor]:

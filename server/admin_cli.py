@@ -1,12 +1,12 @@
 """`faceharmony-admin`: operator commands run on the server side, against the database named by FACEHARMONY_* settings.
 
-    faceharmony-admin migrate                      apply pending schema migrations
-    faceharmony-admin create-staff EMAIL NAME --role support|admin
-    faceharmony-admin waitlist [--pending]         list the waiting list
-    faceharmony-admin approve ENTRY_ID             approve an entry (queues the approval email)
-    faceharmony-admin deliver-emails               send queued emails once (the server also does this)
-    faceharmony-admin build-tiny-base [--out DIR]  build the tiny random-weight base pipeline (default: the
-                                                   FACEHARMONY_BASE_MODEL folder) for development and tests
+faceharmony-admin migrate                      apply pending schema migrations
+faceharmony-admin create-staff EMAIL NAME --role support|admin
+faceharmony-admin waitlist [--pending]         list the waiting list
+faceharmony-admin approve ENTRY_ID             approve an entry (queues the approval email)
+faceharmony-admin deliver-emails               send queued emails once (the server also does this)
+faceharmony-admin build-tiny-base [--out DIR]  build the tiny random-weight base pipeline (default: the
+                                               FACEHARMONY_BASE_MODEL folder) for development and tests
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from faceharmony.core.blobstore.base import BlobStore, Role
+from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.crypto import Hasher
 from faceharmony.core.datadir import prepare_data_dir
@@ -21,18 +23,16 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import Transport, make_transport
-from faceharmony.core.process import Entry, MIGRATE_HINT
+from faceharmony.core.process import MIGRATE_HINT, Entry
 from faceharmony.core.settings import Settings
-from faceharmony.core.blobstore.base import BlobStore, Role
-from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.verify.base import Verifier
 from faceharmony.core.verify.factory import make_verifier
+from faceharmony.server import reflection
 from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.limits import CallLimits, hard_limit
 from faceharmony.server.logic.deps import Deps
-from faceharmony.server import reflection
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
 from faceharmony.server.verify_queue import VerifyQueue
 from faceharmony.server.watch import MODELS, ORDERS, WatchHub
@@ -112,7 +112,7 @@ class ApiServer:
         while True:
             try:
                 await asyncio.wait_for(self.app.email_wakeup.wait(), timeout=EMAIL_POLL_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self.app.email_wakeup.clear()
             try:
@@ -120,7 +120,7 @@ class ApiServer:
                     pass
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - delivery retries on the next round
+            except Exception:
                 log.exception("email delivery round failed")
 
 
@@ -149,7 +149,9 @@ async def create_server(
     loop = asyncio.get_running_loop()
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
-    verify_executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.verifier_workers, thread_name_prefix="verify")
+    verify_executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=settings.verifier_workers, thread_name_prefix="verify"
+    )
     verify_queue = VerifyQueue(
         verify_executor,
         settings.verifier_workers,

@@ -16,7 +16,10 @@ _ACCOUNT_STATES = {
     "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED,
     "purging": account_pb2.ACCOUNT_STATE_DEACTIVATED,
 }
-_WAITLIST_STATES = {"pending": admin_pb2.WAITLIST_ENTRY_STATE_PENDING, "approved": admin_pb2.WAITLIST_ENTRY_STATE_APPROVED}
+_WAITLIST_STATES = {
+    "pending": admin_pb2.WAITLIST_ENTRY_STATE_PENDING,
+    "approved": admin_pb2.WAITLIST_ENTRY_STATE_APPROVED,
+}
 _STORES = {"app_store": purchase_pb2.STORE_APP_STORE, "google_play": purchase_pb2.STORE_GOOGLE_PLAY}
 _TICKET_STATES = {
     "open": support_pb2.TICKET_STATE_OPEN,
@@ -39,7 +42,7 @@ def from_ts(value: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None
     if not present:
         return None
     try:
-        return value.ToDatetime(tzinfo=dt.timezone.utc)
+        return value.ToDatetime(tzinfo=dt.UTC)
     except (ValueError, OverflowError, OSError):
         from faceharmony.server.errors import invalid
 
@@ -103,7 +106,9 @@ def ticket(row: m.Ticket, messages: list[m.TicketMessage] | None = None) -> supp
         subject=row.subject,
         state=_TICKET_STATES[row.state],
         messages=[
-            support_pb2.TicketMessage(id=msg.id, author=_AUTHORS[msg.author], body=msg.body, create_time=ts(msg.created_at))
+            support_pb2.TicketMessage(
+                id=msg.id, author=_AUTHORS[msg.author], body=msg.body, create_time=ts(msg.created_at)
+            )
             for msg in messages or []
         ],
         create_time=ts(row.created_at),

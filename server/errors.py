@@ -17,7 +17,7 @@ from faceharmony.v1 import errors_pb2
 DOMAIN = "faceharmony.app"
 _PREFIX = "ERROR_REASON_"
 REASONS = frozenset(
-    name[len(_PREFIX):] for name in errors_pb2.ErrorReason.keys() if name != "ERROR_REASON_UNSPECIFIED"
+    name[len(_PREFIX) :] for name in errors_pb2.ErrorReason.keys() if name != "ERROR_REASON_UNSPECIFIED"
 )
 
 

@@ -116,7 +116,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                     hold(slot, principal)
                     current_principal.set(principal)
                     return await inner(request, context)
-                except BaseException as exc:  # noqa: BLE001 - every error becomes a status
+                except BaseException as exc:
                     if isinstance(exc, (GeneratorExit, KeyboardInterrupt)) or _is_abort(exc):
                         raise
                     error = _to_api_error(exc)
@@ -127,7 +127,9 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                         slot.release()
                     finish(started, code, principal)
 
-            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            factory = (
+                grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            )
             return factory(
                 unary_response,
                 request_deserializer=_safe_deserializer(handler.request_deserializer),
@@ -145,7 +147,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                 current_principal.set(principal)
                 async for item in inner_stream(request, context):
                     yield item
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 if isinstance(exc, (GeneratorExit, KeyboardInterrupt)) or _is_abort(exc):
                     raise
                 error = _to_api_error(exc)
@@ -156,7 +158,9 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
                     slot.release()
                 finish(started, code, principal)
 
-        factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        factory = (
+            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
         return factory(
             stream_response,
             request_deserializer=_safe_deserializer(handler.request_deserializer),

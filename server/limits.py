@@ -59,7 +59,9 @@ def _busy() -> ApiError:
 def _too_many(kind: str) -> ApiError:
     what = "watch streams" if kind == WATCH else "calls"
     return ApiError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CONCURRENT_CALLS", f"this account has too many {what} in progress; retry after a pause"
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_CONCURRENT_CALLS",
+        f"this account has too many {what} in progress; retry after a pause",
     )
 
 
@@ -67,7 +69,7 @@ def _too_many(kind: str) -> ApiError:
 class Slot:
     """One call's hold on the bounds; `release` gives back whatever it took (idempotent)."""
 
-    limits: "CallLimits"
+    limits: CallLimits
     kind: str
     account_id: str | None = None
     released: bool = False

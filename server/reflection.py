@@ -40,11 +40,11 @@ def _v1_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     for message in proto.message_type:
         for field in message.field:
             if field.type_name.startswith(old):
-                field.type_name = f".{V1_PACKAGE}." + field.type_name[len(old):]
+                field.type_name = f".{V1_PACKAGE}." + field.type_name[len(old) :]
     for service in proto.service:
         for method in service.method:
-            method.input_type = f".{V1_PACKAGE}." + method.input_type[len(old):]
-            method.output_type = f".{V1_PACKAGE}." + method.output_type[len(old):]
+            method.input_type = f".{V1_PACKAGE}." + method.input_type[len(old) :]
+            method.output_type = f".{V1_PACKAGE}." + method.output_type[len(old) :]
     return proto
 
 
@@ -67,4 +67,6 @@ def enable_server_reflection(service_names: Iterable[str], server: grpc.aio.Serv
         request_deserializer=v1alpha_pb2.ServerReflectionRequest.FromString,
         response_serializer=v1alpha_pb2.ServerReflectionResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {"ServerReflectionInfo": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {"ServerReflectionInfo": handler}),)
+    )

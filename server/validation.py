@@ -101,7 +101,7 @@ def decode_page_token(token: str) -> tuple[dt.datetime, str] | None:
         if parsed.tzinfo is None or not ids.is_valid_id(row_id):
             raise ValueError
         # In UTC, as stored: an offset that pushes the time past year 1 or 9999 is not a token we issued.
-        return parsed.astimezone(dt.timezone.utc), row_id
+        return parsed.astimezone(dt.UTC), row_id
     except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise invalid("INVALID_PAGE_TOKEN", "page_token is not one this server issued") from None
 

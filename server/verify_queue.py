@@ -32,7 +32,9 @@ T = TypeVar("T")
 
 
 def _full() -> ApiError:
-    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "VERIFY_QUEUE_FULL", "photo verification is busy; retry after a pause")
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "VERIFY_QUEUE_FULL", "photo verification is busy; retry after a pause"
+    )
 
 
 class VerifyQueue:
@@ -49,7 +51,12 @@ class VerifyQueue:
         wait_seconds: float,
     ) -> None:
         self.executor = executor
-        self.workers, self.queue_size, self.max_pixels, self.wait_seconds = workers, queue_size, max_pixels, wait_seconds
+        self.workers, self.queue_size, self.max_pixels, self.wait_seconds = (
+            workers,
+            queue_size,
+            max_pixels,
+            wait_seconds,
+        )
         self.running = 0  # handed to a thread and not finished
         self.pixels = 0  # reserved by the running ones
         self._line: collections.deque[asyncio.Event] = collections.deque()  # admitted, not yet running
@@ -93,7 +100,7 @@ class VerifyQueue:
                 turn.clear()
                 try:
                     await asyncio.wait_for(turn.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._line.remove(turn)

@@ -155,7 +155,7 @@ class WatchHub:
                 self.session_polls += -(-len(sessions) // SESSION_CHUNK)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the next tick tries again
+            except Exception:
                 log.exception("watch poll failed")
                 continue
             for queue, session_id in list(self._sessions.items()):

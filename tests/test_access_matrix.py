@@ -31,11 +31,15 @@ def invoke(channel, path, method, request_bytes=None, metadata=()):
     serializer = (lambda _: request_bytes) if request_bytes is not None else request_cls.SerializeToString
     try:
         if method.server_streaming:
-            call = channel.unary_stream(path, request_serializer=serializer, response_deserializer=response_cls.FromString)
+            call = channel.unary_stream(
+                path, request_serializer=serializer, response_deserializer=response_cls.FromString
+            )
             for _ in call(request_cls(), metadata=metadata, timeout=30):
                 pass
         else:
-            call = channel.unary_unary(path, request_serializer=serializer, response_deserializer=response_cls.FromString)
+            call = channel.unary_unary(
+                path, request_serializer=serializer, response_deserializer=response_cls.FromString
+            )
             call(request_cls(), metadata=metadata, timeout=30)
     except grpc.RpcError as exc:
         return exc.code(), reason_of(exc)
@@ -79,7 +83,12 @@ def test_access_rules_for_every_rpc(harness, role):
             assert reason, f"{path} as {role}: {code} without a reason"
         denial = expected_denial(policy[path], role)
         if denial is None:
-            assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), (path, role, code, reason)
+            assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), (
+                path,
+                role,
+                code,
+                reason,
+            )
             if role == "deactivated":
                 assert reason != "ACCOUNT_DEACTIVATED", path
         else:
@@ -115,7 +124,10 @@ def test_two_authorization_headers_are_refused(harness):
     h = harness
     one, two = h.sign_up("one-h@example.com"), h.sign_up("two-h@example.com")
     both = one.md + two.md
-    assert status_of(h.accounts.GetAccount, a.GetAccountRequest(), metadata=both) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    assert status_of(h.accounts.GetAccount, a.GetAccountRequest(), metadata=both) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHENTICATED",
+    )
 
 
 def test_unknown_method_is_unimplemented_not_internal(harness):

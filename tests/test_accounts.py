@@ -81,19 +81,27 @@ def test_no_account_without_approval(harness):
 
 
 def test_approval_email_greets_by_name_and_first_sign_in_creates_the_account(harness):
-    harness.accounts.JoinWaitlist(a.JoinWaitlistRequest(name="Eve Example", email="eve@example.com", is_16_or_older=True))
+    harness.accounts.JoinWaitlist(
+        a.JoinWaitlistRequest(name="Eve Example", email="eve@example.com", is_16_or_older=True)
+    )
     admin = harness.staff("support")
-    entry = harness.admin.ListWaitlist(ad.ListWaitlistRequest(state=ad.WAITLIST_ENTRY_STATE_PENDING), metadata=admin.md).entries[0]
+    entry = harness.admin.ListWaitlist(
+        ad.ListWaitlistRequest(state=ad.WAITLIST_ENTRY_STATE_PENDING), metadata=admin.md
+    ).entries[0]
     approved = harness.admin.ApproveWaitlistEntry(ad.ApproveWaitlistEntryRequest(id=entry.id), metadata=admin.md).entry
     assert approved.state == ad.WAITLIST_ENTRY_STATE_APPROVED
     mail = harness.last_email_to("eve@example.com", "You're in")
     assert "Hi Eve Example," in mail.get_content()
-    code, reason = status_of(harness.admin.ApproveWaitlistEntry, ad.ApproveWaitlistEntryRequest(id=entry.id), metadata=admin.md)
+    code, reason = status_of(
+        harness.admin.ApproveWaitlistEntry, ad.ApproveWaitlistEntryRequest(id=entry.id), metadata=admin.md
+    )
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_APPROVED")
     reply = harness.accounts.SignIn(a.SignInRequest(email="eve@example.com", code=harness.code_for("eve@example.com")))
     assert reply.account.name == "Eve Example"
-    assert reply.session_expire_time.ToDatetime(tzinfo=dt.timezone.utc) == harness.clock.now() + dt.timedelta(days=30)
-    kinds = [e.kind for e in harness.admin.GetAuditLog(ad.GetAuditLogRequest(), metadata=harness.staff("admin").md).events]
+    assert reply.session_expire_time.ToDatetime(tzinfo=dt.UTC) == harness.clock.now() + dt.timedelta(days=30)
+    kinds = [
+        e.kind for e in harness.admin.GetAuditLog(ad.GetAuditLogRequest(), metadata=harness.staff("admin").md).events
+    ]
     assert {"WAITLIST_APPROVED", "ACCOUNT_CREATED", "SIGN_IN"} <= set(kinds)
 
 
@@ -110,7 +118,10 @@ def test_invitation_flow_requires_attestation_and_cannot_be_reused(harness):
     assert row_counts(harness) == before
     reply = harness.accounts.AcceptInvitation(a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True))
     assert reply.account.email == "friend@example.com" and reply.account.name == "Finn"
-    assert harness.accounts.GetAccount(a.GetAccountRequest(), metadata=bearer(reply.session_token)).account.id == reply.account.id
+    assert (
+        harness.accounts.GetAccount(a.GetAccountRequest(), metadata=bearer(reply.session_token)).account.id
+        == reply.account.id
+    )
     code, reason = status_of(
         harness.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)
     )
@@ -127,7 +138,9 @@ def test_invitations_expire(harness):
     h.accounts.InviteFriend(a.InviteFriendRequest(email="late@example.com", name="Late"), metadata=inviter.md)
     token = h.last_email_to("late@example.com").get_content().split("invitation code:")[1].split()[0]
     h.clock.advance(seconds=h.settings.invitation_ttl_seconds)
-    code, reason = status_of(h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True))
+    code, reason = status_of(
+        h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)
+    )
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_INVITED")
 
 
@@ -196,7 +209,9 @@ def test_wrong_codes_lock_the_code_and_are_audited(harness):
         "CODE_LOCKED",
     )
     admin = harness.staff("admin")
-    failed = harness.admin.GetAuditLog(ad.GetAuditLogRequest(kind="SIGN_IN_FAILED", actor_id=user.account_id), metadata=admin.md)
+    failed = harness.admin.GetAuditLog(
+        ad.GetAuditLogRequest(kind="SIGN_IN_FAILED", actor_id=user.account_id), metadata=admin.md
+    )
     assert len(failed.events) == harness.settings.code_max_attempts + 1
     locked = harness.admin.GetAuditLog(ad.GetAuditLogRequest(kind="SIGN_IN_CODE_LOCKED"), metadata=admin.md)
     assert [e.actor_id for e in locked.events] == [user.account_id]
@@ -210,7 +225,9 @@ def test_unknown_emails_lock_out_exactly_like_known_ones(harness):
     answers = {}
     for address in ("real@example.com", "ghost@example.com"):
         harness.accounts.RequestSignInCode(a.RequestSignInCodeRequest(email=address))
-        answers[address] = [status_of(harness.accounts.SignIn, a.SignInRequest(email=address, code="000000")) for _ in range(7)]
+        answers[address] = [
+            status_of(harness.accounts.SignIn, a.SignInRequest(email=address, code="000000")) for _ in range(7)
+        ]
     assert answers["real@example.com"] == answers["ghost@example.com"]
     assert answers["ghost@example.com"][-1] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED")
 
@@ -235,10 +252,16 @@ def test_bad_filters_and_timestamps_are_refused(harness):
     )
     user = h.sign_up("future@example.com")
     req = p.RecordPurchaseRequest(store=p.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-future")
-    req.purchase_time.FromDatetime(dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc))
-    assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    req.purchase_time.FromDatetime(dt.datetime(9999, 12, 31, tzinfo=dt.UTC))
+    assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
     req.purchase_time.seconds = 2**62  # beyond what a datetime holds
-    assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert status_of(h.purchases.RecordPurchase, req, metadata=user.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
     assert h.db_call(m.Purchase.select().count) == 0
 
 
@@ -338,7 +361,7 @@ def test_deleted_account_can_only_reactivate_and_not_after_the_grace_period(harn
     )
     mail = harness.last_email_to(user.email, "will be deleted")
     assert "Hi Grace," in mail.get_content()
-    purge_after = deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc)
+    purge_after = deleted.purge_after.ToDatetime(tzinfo=dt.UTC)
     harness.clock.set(purge_after - dt.timedelta(seconds=1))
     s = harness.accounts.SignIn(a.SignInRequest(email=user.email, code=harness.code_for(user.email)))
     md = bearer(s.session_token)
@@ -364,18 +387,24 @@ def test_deleted_account_can_only_reactivate_and_not_after_the_grace_period(harn
 def test_reactivation_restores_everything_and_is_audited(harness):
     user = harness.sign_up("back@example.com", "Back")
     harness.purchases.RecordPurchase(
-        p.RecordPurchaseRequest(store=p.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-1"), metadata=user.md
+        p.RecordPurchaseRequest(store=p.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-1"),
+        metadata=user.md,
     )
     harness.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
     harness.clock.advance(days=29)
     s = harness.accounts.SignIn(a.SignInRequest(email=user.email, code=harness.code_for(user.email)))
     harness.accounts.ReactivateAccount(a.ReactivateAccountRequest(), metadata=bearer(s.session_token))
     assert "Hi Back," in harness.last_email_to(user.email, "active again").get_content()
-    assert len(harness.purchases.ListPurchases(p.ListPurchasesRequest(), metadata=bearer(s.session_token)).purchases) == 1
+    assert (
+        len(harness.purchases.ListPurchases(p.ListPurchasesRequest(), metadata=bearer(s.session_token)).purchases) == 1
+    )
     got = status_of(harness.accounts.ReactivateAccount, a.ReactivateAccountRequest(), metadata=bearer(s.session_token))
     assert got == (grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_DEACTIVATED")
     admin = harness.staff("admin")
-    kinds = [e.kind for e in harness.admin.GetAuditLog(ad.GetAuditLogRequest(subject_id=user.account_id), metadata=admin.md).events]
+    kinds = [
+        e.kind
+        for e in harness.admin.GetAuditLog(ad.GetAuditLogRequest(subject_id=user.account_id), metadata=admin.md).events
+    ]
     assert "ACCOUNT_DELETED" in kinds and "ACCOUNT_REACTIVATED" in kinds
 
 
@@ -404,7 +433,12 @@ def test_concurrent_first_sign_ins_create_one_account(harness):
     harness.admin.ApproveWaitlistEntry(ad.ApproveWaitlistEntryRequest(id=entry.id), metadata=admin.md)
     code = harness.code_for("race@example.com")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: status_of(harness.accounts.SignIn, a.SignInRequest(email="race@example.com", code=code)), range(4)))
+        results = list(
+            pool.map(
+                lambda _: status_of(harness.accounts.SignIn, a.SignInRequest(email="race@example.com", code=code)),
+                range(4),
+            )
+        )
     assert [c for c, _ in results].count(grpc.StatusCode.OK) == 1
     assert all(r == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CODE") for r in results if r[0] != grpc.StatusCode.OK)
     assert harness.db_call(m.Account.select().where(m.Account.email == "race@example.com").count) == 1

@@ -60,7 +60,7 @@ def test_create_read_delete_round_trip(open_store):
     assert trainer.read("photos", blob_id) == payload
     listed = {info.blob_id: info for info in retention.list("photos")}
     assert listed[blob_id].size == len(payload)
-    assert abs(listed[blob_id].created - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
+    assert abs(listed[blob_id].created - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
     assert retention.delete("photos", blob_id) is True
     assert retention.delete("photos", blob_id) is False  # idempotent
     with pytest.raises(BlobNotFound):

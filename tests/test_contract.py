@@ -19,23 +19,47 @@ API_MD = ROOT.parent / "shared" / "design" / "API.md"
 # The names API.md makes the contract (services and RPCs); the acceptance checks rely on them.
 CONTRACT = {
     "AccountService": [
-        "JoinWaitlist", "RequestSignInCode", "SignIn", "SignOut", "GetAccount", "UpdateName",
-        "InviteFriend", "AcceptInvitation", "DeleteAccount", "ReactivateAccount",
+        "JoinWaitlist",
+        "RequestSignInCode",
+        "SignIn",
+        "SignOut",
+        "GetAccount",
+        "UpdateName",
+        "InviteFriend",
+        "AcceptInvitation",
+        "DeleteAccount",
+        "ReactivateAccount",
     ],
     "PhotoService": ["UploadPhoto", "ListPhotos", "DeletePhoto"],
     "ModelService": ["CreateModel", "GetModel", "ListModels", "WatchModel", "RetrainModel", "DeleteModel"],
     "OrderService": [
-        "ListStyles", "CreateOrder", "GetOrder", "ListOrders", "WatchOrder", "ListGeneratedPhotos",
-        "GetGeneratedPhotoPreview", "DownloadGeneratedPhoto", "RejectGeneratedPhoto", "DeleteGeneratedPhoto",
+        "ListStyles",
+        "CreateOrder",
+        "GetOrder",
+        "ListOrders",
+        "WatchOrder",
+        "ListGeneratedPhotos",
+        "GetGeneratedPhotoPreview",
+        "DownloadGeneratedPhoto",
+        "RejectGeneratedPhoto",
+        "DeleteGeneratedPhoto",
     ],
     "PurchaseService": ["RecordPurchase", "ListPurchases", "GetBalance"],
     "SupportService": ["CreateTicket", "ListTickets", "GetTicket", "ReplyToTicket"],
-    "AdminService": ["ListWaitlist", "ApproveWaitlistEntry", "ListPendingDeletionModels", "RestoreModel", "GetAuditLog"],
+    "AdminService": [
+        "ListWaitlist",
+        "ApproveWaitlistEntry",
+        "ListPendingDeletionModels",
+        "RestoreModel",
+        "GetAuditLog",
+    ],
 }
 
 
 def test_generated_code_is_current():
-    result = subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -63,8 +87,21 @@ def test_api_md_reasons_are_in_the_error_enum():
         pytest.skip("shared/design/API.md not beside the checkout")
     named = set(re.findall(r"`([A-Z][A-Z_]+[A-Z])`", API_MD.read_text()))
     reasons = {n.removeprefix("ERROR_REASON_") for n in errors_pb2.ErrorReason.keys()}
-    statuses = {"INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "PERMISSION_DENIED", "FAILED_PRECONDITION",
-                "RESOURCE_EXHAUSTED", "UNKNOWN", "INTERNAL", "QUEUED", "TRAINING", "READY", "FAILED", "PENDING_DELETION"}
+    statuses = {
+        "INVALID_ARGUMENT",
+        "UNAUTHENTICATED",
+        "NOT_FOUND",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "RESOURCE_EXHAUSTED",
+        "UNKNOWN",
+        "INTERNAL",
+        "QUEUED",
+        "TRAINING",
+        "READY",
+        "FAILED",
+        "PENDING_DELETION",
+    }
     assert named - statuses <= reasons, named - statuses - reasons
 
 
@@ -100,6 +137,11 @@ def test_installing_puts_no_bare_module_on_the_path(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     found = __import__("json").loads(out.stdout)
     assert found == {
-        "server": False, "clients": False, "trainer": False, "core": False,
-        "faceharmony.server": True, "faceharmony.clients": True, "faceharmony.v1": True,
+        "server": False,
+        "clients": False,
+        "trainer": False,
+        "core": False,
+        "faceharmony.server": True,
+        "faceharmony.clients": True,
+        "faceharmony.v1": True,
     }

@@ -14,13 +14,13 @@ import stat
 import pytest
 
 from faceharmony.core import tempfiles
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.datadir import prepare_data_dir
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.core.email.transports import OutboxTransport, build_message
 from faceharmony.core.settings import Settings
 from tests.support.modes import loose, modes
@@ -45,13 +45,21 @@ def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
         m.WaitlistEntry.select().count()  # the database in use: -wal and -shm exist while it is open
         LocalBlobStore(settings.blob_dir, Role.API).create("photos", b"\xff\xd8 not really a photo")
         LocalBlobStore(settings.blob_dir, Role.TRAINER).create("models", b"adapter bytes")
-        OutboxTransport(settings.outbox_dir).send(build_message(
-            sender="a@faceharmony.invalid", to="ada@example.com", subject="code", body="123456", message_id="m1"))
+        OutboxTransport(settings.outbox_dir).send(
+            build_message(
+                sender="a@faceharmony.invalid", to="ada@example.com", subject="code", body="123456", message_id="m1"
+            )
+        )
         build_tiny_pipeline(settings.base_model_dir)
         tempfiles.scratch_dir(settings.data_dir)
         try:
             from faceharmony.triton_launcher.server import (
-                DEFAULT_MODELS, DEFAULT_REPOSITORY, TritonUnavailable, prepare_backend_dir, prepare_repository_view)
+                DEFAULT_MODELS,
+                DEFAULT_REPOSITORY,
+                TritonUnavailable,
+                prepare_backend_dir,
+                prepare_repository_view,
+            )
 
             prepare_backend_dir(settings.data_dir / "triton" / "backends")
             prepare_repository_view(DEFAULT_REPOSITORY, DEFAULT_MODELS, settings.data_dir / "triton" / "repositories")
@@ -59,8 +67,18 @@ def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
             pass
 
         written = modes(data)
-        for name in ("faceharmony.sqlite3", "faceharmony.sqlite3-wal", "faceharmony.sqlite3-shm", "secret.key",
-                     "blobs", "blobs/photos", "outbox", "tmp", "base-model/model_index.json", "base-model/unet"):
+        for name in (
+            "faceharmony.sqlite3",
+            "faceharmony.sqlite3-wal",
+            "faceharmony.sqlite3-shm",
+            "secret.key",
+            "blobs",
+            "blobs/photos",
+            "outbox",
+            "tmp",
+            "base-model/model_index.json",
+            "base-model/unet",
+        ):
             assert name in written, sorted(written)
         assert any(p.startswith("outbox/") and p.endswith(".eml") for p in written)
         assert len([p for p in written if p.startswith("blobs/photos/")]) == 1
@@ -78,8 +96,13 @@ def test_a_loose_data_folder_is_tightened_at_start_and_links_are_left_alone(tmp_
     (data / "blobs" / "photos" / "0123").write_bytes(b"photo")
     (data / "faceharmony.sqlite3").write_bytes(b"")
     (data / "link").symlink_to(outside)
-    for path, mode in ((data, 0o755), (data / "blobs", 0o775), (data / "blobs" / "photos", 0o777),
-                       (data / "blobs" / "photos" / "0123", 0o644), (data / "faceharmony.sqlite3", 0o666)):
+    for path, mode in (
+        (data, 0o755),
+        (data / "blobs", 0o775),
+        (data / "blobs" / "photos", 0o777),
+        (data / "blobs" / "photos" / "0123", 0o644),
+        (data / "faceharmony.sqlite3", 0o666),
+    ):
         os.chmod(path, mode)
 
     prepare_data_dir(data)

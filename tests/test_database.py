@@ -37,7 +37,15 @@ def test_cascades_remove_an_accounts_rows(database_url):
     clock = ManualClock()
     now = clock.now()
     with write_transaction(db):
-        acc = m.Account.create(id=ids.new_id(), email="c@example.com", email_hmac="h", name="C", is_16_or_older=True, created_at=now, updated_at=now)
+        acc = m.Account.create(
+            id=ids.new_id(),
+            email="c@example.com",
+            email_hmac="h",
+            name="C",
+            is_16_or_older=True,
+            created_at=now,
+            updated_at=now,
+        )
         m.Session.create(id=ids.new_id(), token_hash="t" * 64, account=acc, created_at=now, expires_at=now)
         t = m.Ticket.create(id=ids.new_id(), account=acc, subject="s", created_at=now, updated_at=now)
         m.TicketMessage.create(id=ids.new_id(), ticket=t, seq=0, author="user", body="b", created_at=now)
@@ -55,7 +63,15 @@ def test_concurrent_read_then_write_transactions(database_url):
     migrate(db)
     now = ManualClock().now()
     with write_transaction(db):
-        m.Account.create(id="0" * 32, email="n@example.com", email_hmac="h", name="0", is_16_or_older=True, created_at=now, updated_at=now)
+        m.Account.create(
+            id="0" * 32,
+            email="n@example.com",
+            email_hmac="h",
+            name="0",
+            is_16_or_older=True,
+            created_at=now,
+            updated_at=now,
+        )
 
     def bump(_):
         db.connect(reuse_if_open=True)
@@ -78,10 +94,26 @@ def test_unique_constraints_hold(database_url):
     migrate(db)
     now = ManualClock().now()
     with write_transaction(db):
-        m.Account.create(id=ids.new_id(), email="u@example.com", email_hmac="h", name="U", is_16_or_older=True, created_at=now, updated_at=now)
+        m.Account.create(
+            id=ids.new_id(),
+            email="u@example.com",
+            email_hmac="h",
+            name="U",
+            is_16_or_older=True,
+            created_at=now,
+            updated_at=now,
+        )
     try:
         with write_transaction(db):
-            m.Account.create(id=ids.new_id(), email="u@example.com", email_hmac="h", name="U", is_16_or_older=True, created_at=now, updated_at=now)
+            m.Account.create(
+                id=ids.new_id(),
+                email="u@example.com",
+                email_hmac="h",
+                name="U",
+                is_16_or_older=True,
+                created_at=now,
+                updated_at=now,
+            )
         raise AssertionError("duplicate email accepted")
     except pw.IntegrityError:
         pass
@@ -103,19 +135,52 @@ def test_migration_0006_requests_the_evictions_of_versions_already_unservable(da
 
     def model(state: str, account_state: str) -> str:
         acc = m.Account.create(
-            id=ids.new_id(), email=f"{ids.new_id()}@example.com", email_hmac="h", name="M", is_16_or_older=True,
-            state=account_state, created_at=now, updated_at=now,
+            id=ids.new_id(),
+            email=f"{ids.new_id()}@example.com",
+            email_hmac="h",
+            name="M",
+            is_16_or_older=True,
+            state=account_state,
+            created_at=now,
+            updated_at=now,
         )
-        row = m.UserModel.create(id=ids.new_id(), account=acc, display_name="Me", state=state, trigger_token="sks", created_at=now, updated_at=now)
-        job = m.TrainingJob.create(id=ids.new_id(), model=row, kind="train", state="succeeded", max_attempts=3, next_attempt_at=now, created_at=now, updated_at=now)
+        row = m.UserModel.create(
+            id=ids.new_id(),
+            account=acc,
+            display_name="Me",
+            state=state,
+            trigger_token="sks",
+            created_at=now,
+            updated_at=now,
+        )
+        job = m.TrainingJob.create(
+            id=ids.new_id(),
+            model=row,
+            kind="train",
+            state="succeeded",
+            max_attempts=3,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
         m.ModelVersion.create(
-            id=ids.new_id(), model=row, version=1, job=job, adapter_blob_id=ids.new_id(), metadata_blob_id=ids.new_id(),
-            base_fingerprint="0" * 64, created_at=now,
+            id=ids.new_id(),
+            model=row,
+            version=1,
+            job=job,
+            adapter_blob_id=ids.new_id(),
+            metadata_blob_id=ids.new_id(),
+            base_fingerprint="0" * 64,
+            created_at=now,
         )
         return row.id
 
     with write_transaction(db):
-        deleted, deactivated, servable = model("pending_deletion", "active"), model("ready", "deactivated"), model("ready", "active")
+        deleted, deactivated, servable = (
+            model("pending_deletion", "active"),
+            model("ready", "deactivated"),
+            model("ready", "active"),
+        )
     db.execute_sql("DROP TABLE model_eviction")  # as before 0006
     spec = importlib.util.spec_from_file_location("m0006", MIGRATIONS_DIR / "0006_model_evictions.py")
     module = importlib.util.module_from_spec(spec)

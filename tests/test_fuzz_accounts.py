@@ -31,7 +31,11 @@ def check(h, call, request):
 @FUZZ
 @given(name=text, email=text, adult=st.booleans(), note=text)
 def test_join_waitlist_fuzz(harness, name, email, adult, note):
-    check(harness, harness.accounts.JoinWaitlist, a.JoinWaitlistRequest(name=name, email=email, is_16_or_older=adult, note=note))
+    check(
+        harness,
+        harness.accounts.JoinWaitlist,
+        a.JoinWaitlistRequest(name=name, email=email, is_16_or_older=adult, note=note),
+    )
 
 
 @FUZZ
@@ -49,7 +53,11 @@ def test_sign_in_fuzz(harness, email, code):
 @FUZZ
 @given(token=text, adult=st.booleans())
 def test_accept_invitation_fuzz(harness, token, adult):
-    code = check(harness, harness.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=adult))
+    code = check(
+        harness,
+        harness.accounts.AcceptInvitation,
+        a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=adult),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -32,8 +32,12 @@ offsets = st.integers(-23 * 60, 23 * 60).map(lambda m: dt.timezone(dt.timedelta(
 tokens = st.one_of(
     text,
     st.builds(_token, st.datetimes(timezones=offsets), st.sampled_from([ids.new_id(), "0" * 32])),
-    st.sampled_from([_token(dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))), "0" * 32),
-                     _token(dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=-1))), "0" * 32)]),
+    st.sampled_from(
+        [
+            _token(dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))), "0" * 32),
+            _token(dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=-1))), "0" * 32),
+        ]
+    ),
 )
 
 
@@ -42,7 +46,9 @@ def state(h):
 
 
 @FUZZ
-@given(data=st.data(), style=st.one_of(text, st.just("studio")), count=st.one_of(int32, st.integers(0, 9)), request_id=text)
+@given(
+    data=st.data(), style=st.one_of(text, st.just("studio")), count=st.one_of(int32, st.integers(0, 9)), request_id=text
+)
 def test_create_order_fuzz(harness, data, style, count, request_id):
     h = harness
     if not hasattr(h, "fuzz_user"):
@@ -71,7 +77,12 @@ def test_order_reads_and_photo_actions_fuzz(harness, photo_id, order_id, page_to
     calls = [
         (h.orders.GetOrder, o.GetOrderRequest(id=order_id)),
         (h.orders.ListOrders, o.ListOrdersRequest(page_size=page_size, page_token=page_token)),
-        (h.orders.ListGeneratedPhotos, o.ListGeneratedPhotosRequest(order_id=order_id, state=photo_state, page_size=page_size, page_token=page_token)),
+        (
+            h.orders.ListGeneratedPhotos,
+            o.ListGeneratedPhotosRequest(
+                order_id=order_id, state=photo_state, page_size=page_size, page_token=page_token
+            ),
+        ),
         (h.orders.GetGeneratedPhotoPreview, o.GetGeneratedPhotoPreviewRequest(id=photo_id)),
         (lambda r, **kw: list(h.orders.DownloadGeneratedPhoto(r, **kw)), o.DownloadGeneratedPhotoRequest(id=photo_id)),
         (h.orders.RejectGeneratedPhoto, o.RejectGeneratedPhotoRequest(id=photo_id)),

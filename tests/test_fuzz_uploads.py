@@ -22,7 +22,13 @@ REAL_PNG = images.encode(images.astronaut().resize((200, 200)), "PNG")
 ALLOWED = {
     grpc.StatusCode.OK: {""},
     grpc.StatusCode.INVALID_ARGUMENT: {
-        "NO_FACE", "MULTIPLE_FACES", "NSFW", "NOT_RGB", "UNDECODABLE_IMAGE", "IMAGE_TOO_LARGE", "IMAGE_TOO_SMALL",
+        "NO_FACE",
+        "MULTIPLE_FACES",
+        "NSFW",
+        "NOT_RGB",
+        "UNDECODABLE_IMAGE",
+        "IMAGE_TOO_LARGE",
+        "IMAGE_TOO_SMALL",
         "EMPTY_UPLOAD",
     },
 }
@@ -45,10 +51,18 @@ def mutate(base: bytes, edits: list[tuple[int, int]]) -> bytes:
 payloads = st.one_of(
     st.binary(max_size=4096),
     st.builds(lambda n: REAL[:n], st.integers(0, len(REAL))),
-    st.builds(mutate, st.just(REAL), st.lists(st.tuples(st.integers(0, len(REAL) - 1), st.integers(0, 255)), min_size=1, max_size=20)),
-    st.builds(mutate, st.just(REAL_PNG), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=8)),
+    st.builds(
+        mutate,
+        st.just(REAL),
+        st.lists(st.tuples(st.integers(0, len(REAL) - 1), st.integers(0, 255)), min_size=1, max_size=20),
+    ),
+    st.builds(
+        mutate, st.just(REAL_PNG), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=8)
+    ),
     st.builds(png_with_size, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
-    st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP", images.oversized(10 * 1024 * 1024)]),
+    st.sampled_from(
+        [b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP", images.oversized(10 * 1024 * 1024)]
+    ),
 )
 
 
@@ -61,7 +75,9 @@ def fuzz_target(harness, tmp_path, monkeypatch):
     return harness, user, folder
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(content=payloads)
 def test_upload_photo_never_fails_undefined(fuzz_target, content):
     h, user, tmp = fuzz_target

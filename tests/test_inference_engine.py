@@ -23,7 +23,6 @@ import pytest
 import safetensors.torch
 import torch
 
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.diffusion.adapter_cache import (
@@ -43,6 +42,7 @@ from faceharmony.core.diffusion.multi_lora import (
     target_layers,
     uninstall_multi_lora,
 )
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.trainer.lora import TrainingSettings, load_adapter_bytes, train_lora
 from tests.support import images
 
@@ -127,9 +127,13 @@ def test_mixed_batch_equals_each_request_alone_in_diffusers(engine, adapters, ad
     a1, a2, a3 = adapters
     requests = [
         GenerationRequest("a photo of sks person", a1, seed=11, steps=STEPS, guidance_scale=7.5),
-        GenerationRequest("a portrait of a woman", a2, negative_prompt="blurry", seed=22, steps=STEPS, guidance_scale=5.0),
+        GenerationRequest(
+            "a portrait of a woman", a2, negative_prompt="blurry", seed=22, steps=STEPS, guidance_scale=5.0
+        ),
         GenerationRequest("a photo of a cat", a3, seed=33, steps=STEPS, guidance_scale=1.0),  # no CFG, as in diffusers
-        GenerationRequest("a photo of a dog", None, negative_prompt="low quality", seed=44, steps=STEPS, guidance_scale=3.0),
+        GenerationRequest(
+            "a photo of a dog", None, negative_prompt="low quality", seed=44, steps=STEPS, guidance_scale=3.0
+        ),
         GenerationRequest("a photo of sks person", a1, seed=55, steps=STEPS, guidance_scale=7.5),
     ]
     sources = [adapter_bytes[0], adapter_bytes[1], adapter_bytes[2], None, adapter_bytes[0]]
@@ -145,14 +149,18 @@ def test_mixed_batch_equals_each_request_alone_in_diffusers(engine, adapters, ad
         assert res.image.shape == ref.shape == (256, 256, 3) and res.image.dtype == np.uint8
         float_diffs.append(float(np.abs(res.pixels - ref).max()))
         uint8_diffs.append(int(np.abs(res.image.astype(int) - np.round(ref * 255).astype(int)).max()))
-    print(f"\nmixed batch of 5 in {batch_s:.2f}s; max |float diff| per request {['%.1e' % d for d in float_diffs]}; "
-          f"max uint8 diff {uint8_diffs}")
+    print(
+        f"\nmixed batch of 5 in {batch_s:.2f}s; max |float diff| per request {['%.1e' % d for d in float_diffs]}; "
+        f"max uint8 diff {uint8_diffs}"
+    )
     assert max(float_diffs) <= FLOAT_TOL
     assert max(uint8_diffs) <= UINT8_TOL
 
     # The comparison means something: each adapter moves the image far more than the tolerance, and the
     # same adapter with another seed gives another image.
-    plain = engine.generate([GenerationRequest(r.prompt, None, r.negative_prompt, r.seed, r.steps, r.guidance_scale) for r in requests[:3]])
+    plain = engine.generate(
+        [GenerationRequest(r.prompt, None, r.negative_prompt, r.seed, r.steps, r.guidance_scale) for r in requests[:3]]
+    )
     for res, alone in zip(results[:3], plain):
         assert np.abs(res.image.astype(int) - alone.image.astype(int)).mean() > 2
     assert np.abs(results[0].image.astype(int) - results[4].image.astype(int)).mean() > 2
@@ -180,7 +188,9 @@ def test_different_ranks_in_one_batch_are_exact():
     torch.manual_seed(0)
     lin = torch.nn.Linear(24, 40).double()
     ranks = {"a": 2, "b": 8, "c": 5}
-    loras = {k: (torch.randn(r, 24, dtype=torch.float64), torch.randn(40, r, dtype=torch.float64)) for k, r in ranks.items()}
+    loras = {
+        k: (torch.randn(r, 24, dtype=torch.float64), torch.randn(40, r, dtype=torch.float64)) for k, r in ranks.items()
+    }
 
     class Unet(torch.nn.Module):
         def __init__(self):
@@ -243,7 +253,11 @@ def test_bad_requests_fail_alone(engine, adapters):
     key = next(k for k in wrong_shape if k.endswith("lora.down.weight"))
     wrong_shape[key] = torch.zeros(4, 3)
     non_finite = {k: (v * float("nan") if "up" in k else v) for k, v in a1.items()}
-    unknown_layer = {**a1, "unet.nowhere.to_q.lora.down.weight": torch.zeros(4, 32), "unet.nowhere.to_q.lora.up.weight": torch.zeros(32, 4)}
+    unknown_layer = {
+        **a1,
+        "unet.nowhere.to_q.lora.down.weight": torch.zeros(4, 32),
+        "unet.nowhere.to_q.lora.up.weight": torch.zeros(32, 4),
+    }
     good1 = GenerationRequest("a photo of sks person", a1, seed=3, steps=4, request_id="good1")
     good2 = GenerationRequest("a photo of a dog", None, seed=4, steps=4, request_id="good2")
     requests = [
@@ -288,11 +302,13 @@ def test_runtime_failure_in_a_batch_fails_only_its_request(engine, monkeypatch):
         return original(chunk, return_float)
 
     monkeypatch.setattr(engine, "_run_chunk", flaky)
-    results = engine.generate([
-        GenerationRequest("a", None, seed=1, steps=2, request_id="ok1"),
-        GenerationRequest("b", None, seed=2, steps=2, request_id="boom"),
-        GenerationRequest("c", None, seed=3, steps=2, request_id="ok2"),
-    ])
+    results = engine.generate(
+        [
+            GenerationRequest("a", None, seed=1, steps=2, request_id="ok1"),
+            GenerationRequest("b", None, seed=2, steps=2, request_id="boom"),
+            GenerationRequest("c", None, seed=3, steps=2, request_id="ok2"),
+        ]
+    )
     assert [r.ok for r in results] == [True, False, True]
     assert "simulated device failure" in results[1].error
 
@@ -324,7 +340,9 @@ def test_unet_exactly_restored(engine, base, adapters):
     with torch.no_grad():
         out_before = unet(sample, 10, encoder_hidden_states=text).sample
 
-    engine.generate([GenerationRequest("a", adapters[0], seed=1, steps=2), GenerationRequest("b", adapters[1], seed=1, steps=2)])
+    engine.generate(
+        [GenerationRequest("a", adapters[0], seed=1, steps=2), GenerationRequest("b", adapters[1], seed=1, steps=2)]
+    )
     handle = install_multi_lora(unet)
     assert len(handle.layers) == 48 and all(isinstance(m, MultiLoRALinear) for m in target_layers(unet).values())
     with torch.no_grad():  # installed, no adapters set: exactly the base
@@ -389,9 +407,13 @@ def test_cache_lru_by_bytes_hits_and_reload(stores, adapter_bytes, base, engine)
     # the parsed adapter is the trainer's state dict and drives the engine
     trainer_dict = load_adapter_bytes(adapter_bytes[0])
     reloaded = cache.get("m0", ids[0])
-    assert reloaded.keys() == trainer_dict.keys() and all(torch.equal(reloaded[k], trainer_dict[k]) for k in trainer_dict)
+    assert reloaded.keys() == trainer_dict.keys() and all(
+        torch.equal(reloaded[k], trainer_dict[k]) for k in trainer_dict
+    )
     req = dict(prompt="a photo of sks person", seed=9, steps=2)
-    img_cache, img_trainer = engine.generate([GenerationRequest(adapter=reloaded, **req), GenerationRequest(adapter=trainer_dict, **req)])
+    img_cache, img_trainer = engine.generate(
+        [GenerationRequest(adapter=reloaded, **req), GenerationRequest(adapter=trainer_dict, **req)]
+    )
     assert np.array_equal(img_cache.image, img_trainer.image)
 
 
@@ -473,7 +495,12 @@ def test_cache_keeps_adapters_prepared_for_the_engine(stores, adapter_bytes, eng
     assert isinstance(first, LoRAWeights) and cache.get("m", blob) is first and len(calls) == 1
     assert cache.stats.bytes == tensor_bytes(parse_adapter_bytes(adapter_bytes[0]))
     req = dict(prompt="a photo of sks person", seed=3, steps=2)
-    cached, fresh = engine.generate([GenerationRequest(adapter=first, **req), GenerationRequest(adapter=parse_adapter_bytes(adapter_bytes[0]), **req)])
+    cached, fresh = engine.generate(
+        [
+            GenerationRequest(adapter=first, **req),
+            GenerationRequest(adapter=parse_adapter_bytes(adapter_bytes[0]), **req),
+        ]
+    )
     assert cached.ok and fresh.ok and np.array_equal(cached.image, fresh.image)
 
     # An adapter whose layers do not fit the base is refused as such, and nothing is cached.

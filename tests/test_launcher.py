@@ -74,10 +74,17 @@ def test_make_up_starts_everything_on_loopback_restarts_a_dead_worker_and_stops_
         # The most permissive umask: every folder and file in the data folder must still be private.
         up = subprocess.Popen([str(BIN / "faceharmony-up")], env=env, cwd=tmp_path, stdout=log, stderr=log, umask=0o000)
     try:
-        started = wait_for(lambda: (p := pids(log_path.read_text(errors="replace"))) and len(p) == len(NAMES) and p, 180, "all processes")
+        started = wait_for(
+            lambda: (p := pids(log_path.read_text(errors="replace"))) and len(p) == len(NAMES) and p,
+            180,
+            "all processes",
+        )
         with grpc.insecure_channel(f"127.0.0.1:{api_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=60, wait_for_ready=True).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=60, wait_for_ready=True).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton_port}")
 
         def triton_ready() -> bool:
@@ -91,7 +98,9 @@ def test_make_up_starts_everything_on_loopback_restarts_a_dead_worker_and_stops_
         expected = {("127.0.0.1", api_port), ("127.0.0.1", triton_port), ("127.0.0.1", triton_port + 1)}
         assert listening(up.pid) == expected
         os.kill(started["order-worker"], signal.SIGKILL)
-        restarted = wait_for(lambda: pids(log_path.read_text(errors="replace"), "restarted").get("order-worker"), 30, "the restart")
+        restarted = wait_for(
+            lambda: pids(log_path.read_text(errors="replace"), "restarted").get("order-worker"), 30, "the restart"
+        )
         assert restarted != started["order-worker"] and alive(restarted)
         assert up.poll() is None and all(alive(pid) for name, pid in started.items() if name != "order-worker")
         up.send_signal(signal.SIGTERM)
@@ -99,7 +108,9 @@ def test_make_up_starts_everything_on_loopback_restarts_a_dead_worker_and_stops_
         everyone = [pid for name, pid in started.items() if name != "order-worker"] + [restarted]
         wait_for(lambda: not any(alive(pid) for pid in everyone), 30, "every child to exit")
         written = modes(tmp_path / "data")
-        assert {"faceharmony.sqlite3", "secret.key", "base-model/model_index.json", "triton/backends/python"} <= set(written)
+        assert {"faceharmony.sqlite3", "secret.key", "base-model/model_index.json", "triton/backends/python"} <= set(
+            written
+        )
         assert loose(tmp_path / "data") == {}
     finally:
         if up.poll() is None:

@@ -20,8 +20,8 @@ from faceharmony.clients.errors import reason_of
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.retention.orphans import sweep_orphan_blobs
 from faceharmony.core.verify.base import Verdict
+from faceharmony.retention.orphans import sweep_orphan_blobs
 from faceharmony.server.limits import hard_limit
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import model_pb2 as mp
@@ -117,7 +117,12 @@ def test_beyond_the_server_bound_every_call_gets_server_busy_but_health_checks_a
         first = [in_background(pool, upload, h, one) for _ in range(2)]
         wait_for(lambda: gate.inside == 2, 30, "two uploads inside verification")
         assert status_of(h.photos.ListPhotos, p.ListPhotosRequest(), metadata=two.md) == BUSY
-        assert status_of(h.accounts.JoinWaitlist, a.JoinWaitlistRequest(name="Bo", email="bo@example.com", is_16_or_older=True)) == BUSY
+        assert (
+            status_of(
+                h.accounts.JoinWaitlist, a.JoinWaitlistRequest(name="Bo", email="bo@example.com", is_16_or_older=True)
+            )
+            == BUSY
+        )
         health = health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         gate.gate.set()
@@ -154,7 +159,10 @@ def test_a_full_verify_queue_is_refused_at_once_and_leaves_nothing(gated):
         wait_for(lambda: gate.inside == 1, 30, "one upload inside verification")
         waiting = in_background(pool, upload, h, users[1])
         wait_for(lambda: held(h)[1]["waiting"] == 1, 30, "one upload waiting in the queue")
-        before = h.db_call(m.Photo.select().count), sorted(os.listdir(h.settings.blob_dir / "photos")) if (h.settings.blob_dir / "photos").exists() else []
+        before = (
+            h.db_call(m.Photo.select().count),
+            sorted(os.listdir(h.settings.blob_dir / "photos")) if (h.settings.blob_dir / "photos").exists() else [],
+        )
         assert status_of(upload, h, users[2]) == QUEUE_FULL
         assert (h.db_call(m.Photo.select().count), before[1]) == before  # the refusal stored nothing
         gate.gate.set()
@@ -166,7 +174,12 @@ def test_a_full_verify_queue_is_refused_at_once_and_leaves_nothing(gated):
 
 def test_the_pixel_budget_holds_an_upload_that_does_not_fit_and_refuses_it_after_the_wait(gated):
     # 512 x 512 = 262 144 pixels each: one fits in the budget, two do not, though a thread is free
-    h, gate = gated(verifier_workers=2, upload_max_pixels=300_000, verify_max_pixels_in_flight=300_000, verify_queue_wait_seconds=0.5)
+    h, gate = gated(
+        verifier_workers=2,
+        upload_max_pixels=300_000,
+        verify_max_pixels_in_flight=300_000,
+        verify_queue_wait_seconds=0.5,
+    )
     one, two = h.sign_up("pix1@example.com"), h.sign_up("pix2@example.com")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = in_background(pool, upload, h, one)
@@ -175,7 +188,10 @@ def test_the_pixel_budget_holds_an_upload_that_does_not_fit_and_refuses_it_after
         assert status_of(upload, h, two) == QUEUE_FULL  # waited for the budget, which the first one kept
         assert gate.inside == 1  # it was never decoded alongside the first
         # a file refused before decoding reserves nothing and is not held up by the budget
-        assert status_of(upload, h, two, images.decompression_bomb()) == (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE")
+        assert status_of(upload, h, two, images.decompression_bomb()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "IMAGE_TOO_LARGE",
+        )
         gate.gate.set()
         assert first.result() == OK
     assert status_of(upload, h, two) == OK
@@ -184,7 +200,9 @@ def test_the_pixel_budget_holds_an_upload_that_does_not_fit_and_refuses_it_after
 
 def test_the_verify_queue_is_first_come_first_served(gated):
     """A small upload that would fit the budget does not overtake a large one already waiting for it."""
-    h, gate = gated(verifier_workers=3, upload_max_pixels=300_000, verify_max_pixels_in_flight=300_000, verify_queue_wait_seconds=60)
+    h, gate = gated(
+        verifier_workers=3, upload_max_pixels=300_000, verify_max_pixels_in_flight=300_000, verify_queue_wait_seconds=60
+    )
     users = [h.sign_up(f"line{i}@example.com") for i in range(3)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = in_background(pool, upload, h, users[0])  # 512 x 512: most of the budget
@@ -231,7 +249,7 @@ def test_concurrent_uploads_never_exceed_the_photo_quota(database_url, tmp_path)
         assert h.db_call(m.Photo.select().where(m.Photo.account == user.account_id).count) == quota
         # uploads refused inside the insert's transaction left their blob: orphans, removed by the sweep
         retention = LocalBlobStore(h.settings.blob_dir, Role.RETENTION)
-        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=h.settings.orphan_margin_hours + 1)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=h.settings.orphan_margin_hours + 1)
         h.db_call(sweep_orphan_blobs, h.db, retention, later)
         assert len(os.listdir(h.settings.blob_dir / "photos")) == quota
     finally:

@@ -7,12 +7,9 @@ import datetime as dt
 import time
 
 import grpc
-import pytest
 
 from faceharmony.core import ids
-from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
-from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.jobs.training import TrainingQueue
 from faceharmony.v1 import admin_pb2 as ad
 from faceharmony.v1 import model_pb2 as mp
@@ -27,7 +24,9 @@ def upload_photos(h, user, n=4) -> list[str]:
 
 
 def create(h, user, photo_ids, **kw):
-    return h.models.CreateModel(mp.CreateModelRequest(display_name=kw.pop("name", "Me"), photo_ids=photo_ids, **kw), metadata=user.md).model
+    return h.models.CreateModel(
+        mp.CreateModelRequest(display_name=kw.pop("name", "Me"), photo_ids=photo_ids, **kw), metadata=user.md
+    ).model
 
 
 def test_create_model_from_own_photos_queues_training(harness):
@@ -82,14 +81,16 @@ def test_delete_hides_at_once_and_support_restores_within_grace(harness):
     model = create(harness, user, upload_photos(harness, user))
     deleted = harness.models.DeleteModel(mp.DeleteModelRequest(id=model.id), metadata=user.md).model
     assert deleted.state == mp.MODEL_STATE_PENDING_DELETION
-    assert deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc) == harness.clock.now() + dt.timedelta(days=30)
+    assert deleted.purge_after.ToDatetime(tzinfo=dt.UTC) == harness.clock.now() + dt.timedelta(days=30)
     nf = (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
     assert status_of(harness.models.GetModel, mp.GetModelRequest(id=model.id), metadata=user.md) == nf
     assert harness.models.ListModels(mp.ListModelsRequest(), metadata=user.md).models == []
     assert status_of(harness.models.RetrainModel, mp.RetrainModelRequest(id=model.id), metadata=user.md) == nf
     assert harness.db_call(lambda: [j.state for j in m.TrainingJob.select()]) == ["cancelled"]  # training stopped
     staff = harness.staff("support")
-    pending = harness.admin.ListPendingDeletionModels(ad.ListPendingDeletionModelsRequest(account_id=user.account_id), metadata=staff.md)
+    pending = harness.admin.ListPendingDeletionModels(
+        ad.ListPendingDeletionModelsRequest(account_id=user.account_id), metadata=staff.md
+    )
     assert [x.id for x in pending.models] == [model.id]
     assert status_of(harness.admin.RestoreModel, ad.RestoreModelRequest(id=model.id), metadata=user.md) == (
         grpc.StatusCode.PERMISSION_DENIED,
@@ -98,7 +99,9 @@ def test_delete_hides_at_once_and_support_restores_within_grace(harness):
     harness.clock.advance(days=30, seconds=-1)
     restored = harness.admin.RestoreModel(ad.RestoreModelRequest(id=model.id), metadata=staff.md).model
     assert restored.state == mp.MODEL_STATE_QUEUED  # it never finished training: queued again
-    assert harness.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model.state == mp.MODEL_STATE_QUEUED
+    assert (
+        harness.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model.state == mp.MODEL_STATE_QUEUED
+    )
     harness.models.DeleteModel(mp.DeleteModelRequest(id=model.id), metadata=user.md)
     harness.clock.advance(days=30)
     staff = harness.staff("support")  # 60 days on: sessions have expired
@@ -107,7 +110,9 @@ def test_delete_hides_at_once_and_support_restores_within_grace(harness):
         "GRACE_PERIOD_OVER",
     )
     admin = harness.staff("admin")
-    kinds = {e.kind for e in harness.admin.GetAuditLog(ad.GetAuditLogRequest(subject_id=model.id), metadata=admin.md).events}
+    kinds = {
+        e.kind for e in harness.admin.GetAuditLog(ad.GetAuditLogRequest(subject_id=model.id), metadata=admin.md).events
+    }
     assert {"MODEL_DELETED", "MODEL_RESTORED"} <= kinds
 
 
@@ -125,7 +130,11 @@ def test_restore_queues_an_interrupted_retrain_again(harness):
         return harness.admin.RestoreModel(ad.RestoreModelRequest(id=model_id), metadata=staff.md).model
 
     def jobs():
-        return sorted(harness.db_call(lambda: [(j.kind, j.state) for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id)]))
+        return sorted(
+            harness.db_call(
+                lambda: [(j.kind, j.state) for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id)]
+            )
+        )
 
     restored = delete_and_restore()  # a trained model at rest: ready again, nothing queued
     assert (restored.state, restored.version, restored.progress) == (mp.MODEL_STATE_READY, 1, 1.0)
@@ -133,7 +142,9 @@ def test_restore_queues_an_interrupted_retrain_again(harness):
     harness.models.RetrainModel(mp.RetrainModelRequest(id=model_id), metadata=user.md)
     retrain = harness.db_call(queue.claim, "w")
     assert harness.db_call(queue.start, retrain).state == "training"
-    restored = delete_and_restore()  # deleted while retraining: the deletion cancelled the job, the restore queues it again
+    restored = (
+        delete_and_restore()
+    )  # deleted while retraining: the deletion cancelled the job, the restore queues it again
     assert (restored.state, restored.version, restored.progress) == (mp.MODEL_STATE_QUEUED, 1, 0.0)
     assert harness.db_call(queue.heartbeat, retrain, 0.5) is False
     assert jobs() == [("retrain", "cancelled"), ("retrain", "queued"), ("train", "succeeded")]
@@ -143,7 +154,9 @@ def test_restore_queues_an_interrupted_retrain_again(harness):
     again = harness.db_call(queue.claim, "w")
     assert harness.db_call(queue.start, again) is not None
     assert harness.db_call(queue.record_version, again, ids.new_id(), ids.new_id(), "f" * 64) == 2
-    assert harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model.state == mp.MODEL_STATE_READY
+    assert (
+        harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model.state == mp.MODEL_STATE_READY
+    )
 
 
 def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
@@ -162,7 +175,9 @@ def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
     )
     got = harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model
     assert (got.state, got.version) == (mp.MODEL_STATE_READY, 1)  # unchanged, and no job that could only fail
-    assert harness.db_call(lambda: [j.state for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id)]) == ["succeeded"]
+    assert harness.db_call(
+        lambda: [j.state for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id)]
+    ) == ["succeeded"]
 
 
 # --- the job queue ------------------------------------------------------------------------------
@@ -307,7 +322,10 @@ def test_many_watchers_cost_one_query_per_tick(sqlite_harness):
     async def crowd():
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{h.port}") for _ in range(4)]
         stubs = [model_pb2_grpc.ModelServiceStub(c) for c in channels]
-        calls = [stubs[i % 4].WatchModel(mp.WatchModelRequest(id=model_id), metadata=user.md, timeout=60) for i in range(1000)]
+        calls = [
+            stubs[i % 4].WatchModel(mp.WatchModelRequest(id=model_id), metadata=user.md, timeout=60)
+            for i in range(1000)
+        ]
         firsts = await asyncio.gather(*(c.read() for c in calls))
         assert all(f.state == mp.MODEL_STATE_QUEUED for f in firsts)
         hub = h.api.watch_hub
@@ -315,7 +333,9 @@ def test_many_watchers_cost_one_query_per_tick(sqlite_harness):
         await asyncio.sleep(2)
         assert hub.watcher_count == 1000
         assert hub.polls - polls_before <= 2 / h.settings.watch_poll_seconds + 1  # one query per tick, not per watcher
-        h.db_call(lambda: m.UserModel.update(state="failed", failure_reason="X").where(m.UserModel.id == model_id).execute())
+        h.db_call(
+            lambda: m.UserModel.update(state="failed", failure_reason="X").where(m.UserModel.id == model_id).execute()
+        )
         lasts = await asyncio.gather(*(c.read() for c in calls))
         assert all(e.state == mp.MODEL_STATE_FAILED for e in lasts)
         ends = await asyncio.gather(*(c.read() for c in calls))

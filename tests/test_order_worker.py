@@ -40,28 +40,34 @@ require_triton()
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 
-from faceharmony.core import styles  # noqa: E402
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.db import models as m  # noqa: E402
 from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
-from faceharmony.triton_launcher.server import free_port, start_triton  # noqa: E402
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.jobs import styles  # noqa: E402
 from faceharmony.order_worker.worker import OrderWorker  # noqa: E402
 from faceharmony.retention.orphans import sweep_orphan_blobs  # noqa: E402
+from faceharmony.triton_launcher.server import free_port, start_triton  # noqa: E402
 from faceharmony.v1 import account_pb2 as a  # noqa: E402
 from faceharmony.v1 import model_pb2 as mp  # noqa: E402
 from faceharmony.v1 import order_pb2 as o  # noqa: E402
 from tests.support.harness import start_harness  # noqa: E402
-from tests.support.wait import wait_for  # noqa: E402
 from tests.support.orders import balance, order, ready_model  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SIZE = 64
 STEPS = 3
 TRITON_MODEL = "faceharmony_diffusion"
-GEN = dict(generation_width=SIZE, generation_height=SIZE, generation_steps=STEPS, order_lease_seconds=2.0, order_worker_poll_seconds=0.1)
+GEN = dict(
+    generation_width=SIZE,
+    generation_height=SIZE,
+    generation_steps=STEPS,
+    order_lease_seconds=2.0,
+    order_worker_poll_seconds=0.1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +144,16 @@ def wait_final(h, user, order_id, timeout: float = 120) -> o.Order:
 
 def batch_sizes(client) -> dict[int, int]:
     stats = client.get_inference_statistics(TRITON_MODEL, as_json=True)
-    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats["model_stats"][0].get("batch_stats", [])}
+    return {
+        int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+        for b in stats["model_stats"][0].get("batch_stats", [])
+    }
 
 
 def gallery(h, user) -> list[o.GeneratedPhoto]:
-    return list(h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(page_size=100), metadata=user.md).generated_photos)
+    return list(
+        h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(page_size=100), metadata=user.md).generated_photos
+    )
 
 
 def evict_at_triton(h, key: str) -> int:
@@ -151,7 +162,9 @@ def evict_at_triton(h, key: str) -> int:
     keys = np.array([[key.encode()]], dtype=object)
     x = grpcclient.InferInput("EVICT_KEYS", list(keys.shape), "BYTES")
     x.set_data_from_numpy(keys)
-    return int(client.infer(TRITON_MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0])
+    return int(
+        client.infer(TRITON_MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0]
+    )
 
 
 def evictions_of(h) -> dict[str, tuple[list[str], int, str | None]]:
@@ -166,7 +179,9 @@ def signed_in_again(h, user):
 
 
 def download(h, user, photo_id) -> bytes:
-    return b"".join(c.data for c in h.orders.DownloadGeneratedPhoto(o.DownloadGeneratedPhotoRequest(id=photo_id), metadata=user.md))
+    return b"".join(
+        c.data for c in h.orders.DownloadGeneratedPhoto(o.DownloadGeneratedPhotoRequest(id=photo_id), metadata=user.md)
+    )
 
 
 def test_two_users_at_once_get_their_own_models_in_shared_batches(h, triton, adapters, base):
@@ -180,7 +195,12 @@ def test_two_users_at_once_get_their_own_models_in_shared_batches(h, triton, ada
     with RunningWorker(h):
         done_a, done_b = wait_final(h, ada, order_a.id), wait_final(h, bob, order_b.id)
     for done in (done_a, done_b):
-        assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 4, 0, 0)
+        assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (
+            o.ORDER_STATE_COMPLETED,
+            4,
+            0,
+            0,
+        )
     assert balance(h, ada) == balance(h, bob) == 6
 
     grown = {bs: n - before.get(bs, 0) for bs, n in batch_sizes(client).items() if n > before.get(bs, 0)}
@@ -197,10 +217,24 @@ def test_two_users_at_once_get_their_own_models_in_shared_batches(h, triton, ada
     checked = []
     for user, photos, style_id, adapter in ((ada, mine_a, "studio", bytes_a), (bob, mine_b, "oil_painting", bytes_b)):
         photo = photos[0]
-        row = h.db_call(lambda: m.OrderImage.select().join(m.GeneratedPhoto).where(m.GeneratedPhoto.id == photo.id).get())
+        row = h.db_call(
+            lambda: m.OrderImage.select().join(m.GeneratedPhoto).where(m.GeneratedPhoto.id == photo.id).get()
+        )
         style = styles.get(style_id)
-        alone = engine.generate([GenerationRequest(
-            style.prompt_for("sks"), parse_adapter_bytes(adapter), style.negative_prompt, int(row.seed), STEPS, 7.5, SIZE, SIZE)])[0]
+        alone = engine.generate(
+            [
+                GenerationRequest(
+                    style.prompt_for("sks"),
+                    parse_adapter_bytes(adapter),
+                    style.negative_prompt,
+                    int(row.seed),
+                    STEPS,
+                    7.5,
+                    SIZE,
+                    SIZE,
+                )
+            ]
+        )[0]
         got = np.asarray(Image.open(io.BytesIO(download(h, user, photo.id))).convert("RGB")).astype(int)
         assert got.shape == (SIZE, SIZE, 3)
         checked.append(int(np.abs(got - alone.image.astype(int)).max()))
@@ -247,7 +281,12 @@ def test_a_worker_killed_mid_order_is_completed_by_another_exactly_once(h, adapt
     assert killed_at.state == o.ORDER_STATE_RUNNING and 2 <= killed_at.images_done < 8, killed_at
     with RunningWorker(h):
         done = wait_final(h, user, placed.id)
-    assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 8, 0, 0)
+    assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (
+        o.ORDER_STATE_COMPLETED,
+        8,
+        0,
+        0,
+    )
     row = h.db_call(m.Order.get_by_id, placed.id)
     assert row.attempts == 2
     slots = h.db_call(lambda: list(m.OrderImage.select().where(m.OrderImage.order == placed.id)))
@@ -258,7 +297,7 @@ def test_a_worker_killed_mid_order_is_completed_by_another_exactly_once(h, adapt
     retention = LocalBlobStore(h.settings.blob_dir, Role.RETENTION)
     import datetime as dt
 
-    sweep_orphan_blobs(h.db, retention, dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+    sweep_orphan_blobs(h.db, retention, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     left = {b.blob_id for b in retention.list("generated")}
     everyone = h.db_call(lambda: {x for p in m.GeneratedPhoto.select() for x in (p.blob_id, p.preview_blob_id)})
     assert left == everyone
@@ -316,7 +355,11 @@ def test_triton_unavailable_the_worker_waits_then_completes(h, adapters):
             time.sleep(2.5)  # several retries, more than a lease: heartbeats keep the order
             waiting = get(h, user, placed.id)
             assert (waiting.state, waiting.images_done, waiting.images_failed, waiting.credits_refunded) == (
-                o.ORDER_STATE_RUNNING, 0, 0, 0)
+                o.ORDER_STATE_RUNNING,
+                0,
+                0,
+                0,
+            )
             proxy.start()
             done = wait_final(h, user, placed.id, timeout=60)
     finally:
@@ -337,10 +380,17 @@ def test_a_model_deleted_mid_order_stops_its_images_and_is_evicted(h, adapters):
     with RunningWorker(h) as worker:
         done = wait_final(h, user, placed.id)
         assert worker.sweep_evictions() == 0  # already evicted by the worker's own sweep
-    assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (o.ORDER_STATE_COMPLETED, 2, 2, 2)
+    assert (done.state, done.images_done, done.images_failed, done.credits_refunded) == (
+        o.ORDER_STATE_COMPLETED,
+        2,
+        2,
+        2,
+    )
     assert balance(h, user) == 10 - 1 - 2
     assert {p.model_id for p in gallery(h, user) if p.order_id == placed.id} == {keep}
-    errors = h.db_call(lambda: sorted(s.error or "" for s in m.OrderImage.select().where(m.OrderImage.order == placed.id)))
+    errors = h.db_call(
+        lambda: sorted(s.error or "" for s in m.OrderImage.select().where(m.OrderImage.order == placed.id))
+    )
     assert errors == ["", "", "MODEL_DELETED", "MODEL_DELETED"]
     # The deleted model's version was in Triton's cache and is gone from it: asking again evicts nothing.
     assert evict_at_triton(h, f"{drop}:1") == 0
@@ -377,7 +427,11 @@ def test_the_user_cli_orders_watches_downloads_and_rejects(h, adapters, tmp_path
     model = ready_model(h, user, copy_of(h, adapters[1]))
     session = tmp_path / "session"
     session.write_text(user.token)
-    env = {**os.environ, "FACEHARMONY_CLIENT_SERVER": f"127.0.0.1:{h.port}", "FACEHARMONY_CLIENT_SESSION_FILE": str(session)}
+    env = {
+        **os.environ,
+        "FACEHARMONY_CLIENT_SERVER": f"127.0.0.1:{h.port}",
+        "FACEHARMONY_CLIENT_SESSION_FILE": str(session),
+    }
 
     def cli(*argv: str) -> str:
         done = subprocess.run([str(BIN / "faceharmony"), *argv], env=env, capture_output=True, text=True, timeout=120)
@@ -393,11 +447,16 @@ def test_the_user_cli_orders_watches_downloads_and_rejects(h, adapters, tmp_path
     assert len(photos) == 2
     cli("download", photos[0]["id"], str(tmp_path / "a.png"))
     assert Image.open(tmp_path / "a.png").size == (SIZE, SIZE)
-    assert "saved" in cli("preview", photos[1]["id"], str(tmp_path / "b.jpg")) and Image.open(tmp_path / "b.jpg").format == "JPEG"
+    assert (
+        "saved" in cli("preview", photos[1]["id"], str(tmp_path / "b.jpg"))
+        and Image.open(tmp_path / "b.jpg").format == "JPEG"
+    )
     assert json.loads(cli("reject", photos[1]["id"]))["state"] == "GENERATED_PHOTO_STATE_REJECTED"
     states = {p["id"]: p["state"] for p in json.loads(cli("generated"))["generated_photos"]}
     assert states[photos[0]["id"]] == "GENERATED_PHOTO_STATE_DOWNLOADED"
-    failed = subprocess.run([str(BIN / "faceharmony"), "order", "--style", "nope", model], env=env, capture_output=True, text=True)
+    failed = subprocess.run(
+        [str(BIN / "faceharmony"), "order", "--style", "nope", model], env=env, capture_output=True, text=True
+    )
     assert failed.returncode == 1 and "INVALID_ARGUMENT UNKNOWN_STYLE" in failed.stderr
 
 
@@ -427,7 +486,10 @@ def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):
 def test_two_workers_share_the_queue_and_make_every_image_once(h, adapters):
     users = [h.sign_up(f"two-workers-{i}@example.com") for i in range(3)]
     placed = [(u, order(h, u, [ready_model(h, u, copy_of(h, adapters[i]))], count=3)) for i, u in enumerate(users)]
-    with RunningWorker(h, order_worker_orders=2, order_worker_inflight=4), RunningWorker(h, order_worker_orders=2, order_worker_inflight=4):
+    with (
+        RunningWorker(h, order_worker_orders=2, order_worker_inflight=4),
+        RunningWorker(h, order_worker_orders=2, order_worker_inflight=4),
+    ):
         done = [wait_final(h, u, x.id) for u, x in placed]
     assert all((d.state, d.images_done, d.images_failed) == (o.ORDER_STATE_COMPLETED, 3, 0) for d in done)
     ids_ = [x.id for _, x in placed]
@@ -489,14 +551,21 @@ def test_an_eviction_triton_missed_is_retried_and_completed_after_the_accounts_p
         assert evictions_of(h).get(key) == ([], 2, "UNAVAILABLE")  # not confirmed: asked again at each sweep
 
         daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
-        assert h.db_call(daemon.run_once, h.clock.now() + dt.timedelta(days=h.settings.account_grace_days + 1))["accounts"] >= 1
+        assert (
+            h.db_call(daemon.run_once, h.clock.now() + dt.timedelta(days=h.settings.account_grace_days + 1))["accounts"]
+            >= 1
+        )
         assert h.db_call(lambda: m.UserModel.select().where(m.UserModel.id == model).count()) == 0
         assert evictions_of(h).get(key) == ([], 0, None)  # requested again by the purge, and kept after it
         assert daemon.metrics.get("evictions_pending") >= 1
 
         proxy.start()  # the worker's channel reconnects after its gRPC backoff: the sweeps go on until then
         dropped: list[int] = []
-        wait_for(lambda: dropped.append(worker.sweep_evictions()) or key not in evictions_of(h), 180, "the eviction to complete (after gRPC's reconnect backoff)")
+        wait_for(
+            lambda: dropped.append(worker.sweep_evictions()) or key not in evictions_of(h),
+            180,
+            "the eviction to complete (after gRPC's reconnect backoff)",
+        )
         assert sum(dropped) >= 1  # Triton still held the purged account's adapter: dropped now
         assert evict_at_triton(h, key) == 0
     finally:
@@ -520,7 +589,11 @@ def test_an_eviction_is_done_only_once_every_replica_confirmed_it(h, adapters):
         assert evictions_of(h).get(key) == ([h.settings.triton_url], 1, "UNAVAILABLE")
         proxy.start()  # gRPC reconnects to it after its backoff: the second worker's sweeps go on until then
         dropped: list[int] = []
-        wait_for(lambda: dropped.append(second.sweep_evictions()) or key not in evictions_of(h), 180, "the eviction to complete (after gRPC's reconnect backoff)")
+        wait_for(
+            lambda: dropped.append(second.sweep_evictions()) or key not in evictions_of(h),
+            180,
+            "the eviction to complete (after gRPC's reconnect backoff)",
+        )
         assert sum(dropped) == 0  # only the second replica was asked (here the same server: nothing left to drop)
     finally:
         proxy.close()
@@ -548,7 +621,12 @@ def test_an_image_request_at_triton_when_the_account_is_deactivated_requests_the
             return super().generate(**kwargs)
 
     s = h.settings
-    worker = OrderWorker(s, worker_id="in-flight", db=h.db, triton=DeactivatedOnTheWay(s.triton_url, s.triton_model, s.triton_timeout_seconds))
+    worker = OrderWorker(
+        s,
+        worker_id="in-flight",
+        db=h.db,
+        triton=DeactivatedOnTheWay(s.triton_url, s.triton_model, s.triton_timeout_seconds),
+    )
     try:
         assert worker.run_once()
         row = h.db_call(m.Order.get_by_id, placed.id)

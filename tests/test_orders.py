@@ -12,15 +12,14 @@ import threading
 
 import grpc
 import numpy as np
-import pytest
 from PIL import Image
 
 from faceharmony.core import ids
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.order_worker.worker import encode
 from faceharmony.core.jobs.orders import OrderQueue
+from faceharmony.order_worker.worker import encode
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import order_pb2 as o
 from tests.support.harness import status_of
@@ -66,7 +65,10 @@ def test_styles_and_an_order_debited_once(harness):
     assert balance(h, user) == 6
     again = order(h, user, [b, a], count=2, request_id="o-1")
     assert again.id == first.id and balance(h, user) == 6
-    assert status_of(order, h, user, [b, a], count=1, request_id="o-1") == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
+    assert status_of(order, h, user, [b, a], count=1, request_id="o-1") == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
+    )
     assert h.orders.GetOrder(o.GetOrderRequest(id=first.id), metadata=user.md).order == first
     h.clock.advance(dt.timedelta(seconds=1))
     second = order(h, user, [a])
@@ -74,7 +76,9 @@ def test_styles_and_an_order_debited_once(harness):
     assert [x.id for x in listed.orders] == [second.id] and listed.next_page_token
     rest = h.orders.ListOrders(o.ListOrdersRequest(page_size=1, page_token=listed.next_page_token), metadata=user.md)
     assert [x.id for x in rest.orders] == [first.id]
-    slots = h.db_call(lambda: list(m.OrderImage.select().where(m.OrderImage.order == first.id).order_by(m.OrderImage.position)))
+    slots = h.db_call(
+        lambda: list(m.OrderImage.select().where(m.OrderImage.order == first.id).order_by(m.OrderImage.position))
+    )
     assert [s.model_id for s in slots] == [b, b, a, a] and len({s.seed for s in slots}) == 4
     assert h.db_call(lambda: m.CreditEntry.select().where(m.CreditEntry.kind == "order").count()) == 2
 
@@ -83,13 +87,25 @@ def test_bad_orders_get_reasons_and_cost_nothing(harness):
     h = harness
     user, other = h.sign_up("bad-order@example.com"), h.sign_up("other-order@example.com")
     mine, theirs = ready_model(h, user), ready_model(h, other)
-    busy = h.db_call(lambda: m.UserModel.create(
-        id=ids.new_id(), account=user.account_id, display_name="x", state="training", trigger_token="sks",
-        created_at=h.clock.now(), updated_at=h.clock.now()).id)
+    busy = h.db_call(
+        lambda: (
+            m.UserModel.create(
+                id=ids.new_id(),
+                account=user.account_id,
+                display_name="x",
+                state="training",
+                trigger_token="sks",
+                created_at=h.clock.now(),
+                updated_at=h.clock.now(),
+            ).id
+        )
+    )
     deleted = ready_model(h, user)
     h.models.DeleteModel(mp.DeleteModelRequest(id=deleted), metadata=user.md)
     many = [ready_model(h, user) for _ in range(4)]
-    before = h.db_call(lambda: (m.Order.select().count(), m.OrderImage.select().count(), m.CreditEntry.select().count()))
+    before = h.db_call(
+        lambda: (m.Order.select().count(), m.OrderImage.select().count(), m.CreditEntry.select().count())
+    )
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     precondition = grpc.StatusCode.FAILED_PRECONDITION
     cases = [
@@ -163,7 +179,12 @@ def test_each_slot_is_recorded_once_failures_are_refunded_and_a_lost_lease_write
     assert h.db_call(q.finish, taken) == "completed"
     got = h.orders.GetOrder(o.GetOrderRequest(id=placed.id), metadata=user.md).order
     assert (got.state, got.images_done, got.images_failed, got.credits_charged, got.credits_refunded) == (
-        o.ORDER_STATE_COMPLETED, 2, 1, 3, 1)
+        o.ORDER_STATE_COMPLETED,
+        2,
+        1,
+        3,
+        1,
+    )
     assert balance(h, user) == 10 - 3 + 1
     assert h.db_call(m.GeneratedPhoto.select().count) == 2
 
@@ -187,8 +208,12 @@ def test_generated_photos_preview_download_reject_delete_owner_only(harness):
     user, other = h.sign_up("gallery@example.com"), h.sign_up("snoop@example.com")
     placed = order(h, user, [ready_model(h, user)], count=3)
     pngs = make_images(h, placed.id, fail=1)
-    listed = h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(order_id=placed.id), metadata=user.md).generated_photos
-    assert len(listed) == 2 and all(p.state == o.GENERATED_PHOTO_STATE_AVAILABLE and (p.width, p.height) == (80, 48) for p in listed)
+    listed = h.orders.ListGeneratedPhotos(
+        o.ListGeneratedPhotosRequest(order_id=placed.id), metadata=user.md
+    ).generated_photos
+    assert len(listed) == 2 and all(
+        p.state == o.GENERATED_PHOTO_STATE_AVAILABLE and (p.width, p.height) == (80, 48) for p in listed
+    )
     first, second = listed
     preview = h.orders.GetGeneratedPhotoPreview(o.GetGeneratedPhotoPreviewRequest(id=first.id), metadata=user.md)
     img = Image.open(io.BytesIO(preview.jpeg))
@@ -200,17 +225,24 @@ def test_generated_photos_preview_download_reject_delete_owner_only(harness):
     assert Image.open(io.BytesIO(data)).size == (80, 48)
     now = h.clock.now()
     downloaded = h.orders.ListGeneratedPhotos(
-        o.ListGeneratedPhotosRequest(state=o.GENERATED_PHOTO_STATE_DOWNLOADED), metadata=user.md).generated_photos
-    assert [p.id for p in downloaded] == [first.id] and downloaded[0].download_time.ToDatetime(dt.timezone.utc) == now
+        o.ListGeneratedPhotosRequest(state=o.GENERATED_PHOTO_STATE_DOWNLOADED), metadata=user.md
+    ).generated_photos
+    assert [p.id for p in downloaded] == [first.id] and downloaded[0].download_time.ToDatetime(dt.UTC) == now
     assert not downloaded[0].HasField("purge_after")  # P15: kept until the user deletes it
 
-    rejected = h.orders.RejectGeneratedPhoto(o.RejectGeneratedPhotoRequest(id=second.id), metadata=user.md).generated_photo
+    rejected = h.orders.RejectGeneratedPhoto(
+        o.RejectGeneratedPhotoRequest(id=second.id), metadata=user.md
+    ).generated_photo
     assert rejected.state == o.GENERATED_PHOTO_STATE_REJECTED
-    assert rejected.purge_after.ToDatetime(dt.timezone.utc) == now + dt.timedelta(days=60)  # P16
+    assert rejected.purge_after.ToDatetime(dt.UTC) == now + dt.timedelta(days=60)  # P16
     assert status_of(h.orders.RejectGeneratedPhoto, o.RejectGeneratedPhotoRequest(id=second.id), metadata=user.md) == (
-        grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_REJECTED")
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ALREADY_REJECTED",
+    )
     assert status_of(h.orders.ListGeneratedPhotos, o.ListGeneratedPhotosRequest(state=7), metadata=user.md) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
 
     # Someone else sees nothing of it: every call answers as if it did not exist.
     for call, req in [
@@ -226,7 +258,10 @@ def test_generated_photos_preview_download_reject_delete_owner_only(harness):
     assert h.orders.ListOrders(o.ListOrdersRequest(), metadata=other.md).orders == []
 
     h.orders.DeleteGeneratedPhoto(o.DeleteGeneratedPhotoRequest(id=first.id), metadata=user.md)
-    assert status_of(h.orders.GetGeneratedPhotoPreview, o.GetGeneratedPhotoPreviewRequest(id=first.id), metadata=user.md) == NF
+    assert (
+        status_of(h.orders.GetGeneratedPhotoPreview, o.GetGeneratedPhotoPreviewRequest(id=first.id), metadata=user.md)
+        == NF
+    )
     assert status_of(h.orders.DeleteGeneratedPhoto, o.DeleteGeneratedPhotoRequest(id=first.id), metadata=user.md) == NF
     left = h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(), metadata=user.md).generated_photos
     assert [p.id for p in left] == [second.id]
@@ -247,7 +282,12 @@ def test_watch_order_streams_progress_until_completed(harness):
     worker.join()
     assert events[-1].order.state == o.ORDER_STATE_COMPLETED and events[-1].order.images_done == 2
     other = h.sign_up("watch-snoop@example.com")
-    assert status_of(lambda r, **kw: list(h.orders.WatchOrder(r, **kw)), o.WatchOrderRequest(id=placed.id), metadata=other.md) == NF
+    assert (
+        status_of(
+            lambda r, **kw: list(h.orders.WatchOrder(r, **kw)), o.WatchOrderRequest(id=placed.id), metadata=other.md
+        )
+        == NF
+    )
 
 
 def test_an_image_finished_after_its_model_was_deleted_or_account_deactivated_is_refunded_not_delivered(harness):
@@ -270,4 +310,7 @@ def test_an_image_finished_after_its_model_was_deleted_or_account_deactivated_is
         assert h.db_call(q.finish, claim) == "failed"
         row = h.db_call(m.Order.get_by_id, claim.job_id)
         assert (row.images_failed, row.credits_refunded, row.error) == (1, 1, reason)
-    assert h.db_call(lambda: sum(e.delta for e in m.CreditEntry.select().where(m.CreditEntry.account == user.account_id))) == 10
+    assert (
+        h.db_call(lambda: sum(e.delta for e in m.CreditEntry.select().where(m.CreditEntry.account == user.account_id)))
+        == 10
+    )

@@ -14,8 +14,8 @@ from PIL import Image
 from faceharmony.core.blobstore.base import BlobError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.retention.orphans import sweep_orphan_blobs
 from faceharmony.core.verify.base import VerifierUnavailable
+from faceharmony.retention.orphans import sweep_orphan_blobs
 from faceharmony.v1 import photo_pb2 as p
 from tests.support import images
 from tests.support.harness import start_harness, status_of
@@ -79,7 +79,22 @@ def test_a_single_face_photo_is_accepted_and_stored_stripped(harness, private_tm
         (lambda: images.encode(images.astronaut().convert("P"), "PNG"), "NOT_RGB"),
         (lambda: images.encode(images.astronaut().convert("RGBA").resize((300, 300)).rotate(30), "PNG"), "NOT_RGB"),
     ],
-    ids=["two-faces", "no-face", "cat", "grayscale", "gray-as-rgb", "truncated", "bomb", "oversized", "empty", "gif", "small", "cmyk", "palette", "transparent"],
+    ids=[
+        "two-faces",
+        "no-face",
+        "cat",
+        "grayscale",
+        "gray-as-rgb",
+        "truncated",
+        "bomb",
+        "oversized",
+        "empty",
+        "gif",
+        "small",
+        "cmyk",
+        "palette",
+        "transparent",
+    ],
 )
 def test_rejections_name_their_reason_and_leave_nothing(harness, private_tmp, make, reason):
     user = harness.sign_up("reject@example.com")
@@ -94,7 +109,10 @@ def test_an_empty_upload_has_its_own_reason(harness, private_tmp):
     """No bytes at all: an empty `content`, and a request that is zero bytes on the wire (no field set)."""
     user = harness.sign_up("empty@example.com")
     before = state(harness)
-    assert status_of(upload, harness, user, b"", filename="me.jpg") == (grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_UPLOAD")
+    assert status_of(upload, harness, user, b"", filename="me.jpg") == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "EMPTY_UPLOAD",
+    )
     raw = harness.channel.unary_unary("/faceharmony.v1.PhotoService/UploadPhoto")
     assert status_of(raw, b"", metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_UPLOAD")
     assert state(harness) == before
@@ -102,7 +120,10 @@ def test_an_empty_upload_has_its_own_reason(harness, private_tmp):
 
 def test_overlong_metadata_fields_are_refused(harness):
     user = harness.sign_up("longname@example.com")
-    assert status_of(upload, harness, user, images.one_face(), filename="x" * 300) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert status_of(upload, harness, user, images.one_face(), filename="x" * 300) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
 
 
 def test_opaque_rgba_is_accepted(harness):
@@ -115,7 +136,10 @@ def test_photos_are_invisible_to_other_users(harness):
     owner, other = harness.sign_up("owner@example.com"), harness.sign_up("nosy@example.com")
     photo = upload(harness, owner, images.one_face()).photo
     assert harness.photos.ListPhotos(p.ListPhotosRequest(), metadata=other.md).photos == []
-    assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=photo.id), metadata=other.md) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=photo.id), metadata=other.md) == (
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
     assert [x.id for x in harness.photos.ListPhotos(p.ListPhotosRequest(), metadata=owner.md).photos] == [photo.id]
 
 
@@ -124,13 +148,19 @@ def test_delete_hides_unattached_photos_only(harness):
     keep, drop = upload(harness, user, images.one_face()).photo, upload(harness, user, images.one_face()).photo
     harness.photos.DeletePhoto(p.DeletePhotoRequest(id=drop.id), metadata=user.md)
     assert [x.id for x in harness.photos.ListPhotos(p.ListPhotosRequest(), metadata=user.md).photos] == [keep.id]
-    assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=drop.id), metadata=user.md)[0] == grpc.StatusCode.NOT_FOUND
+    assert (
+        status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=drop.id), metadata=user.md)[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
     harness.db_call(lambda: m.Photo.update(model_id="f" * 32).where(m.Photo.id == keep.id).execute())
     assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=keep.id), metadata=user.md) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "PHOTO_IN_USE",
     )
-    assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id="nope"), metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID")
+    assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id="nope"), metadata=user.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ID",
+    )
     # A real id with a trailing newline is not an id (a `$` anchor alone would let it through).
     assert status_of(harness.photos.DeletePhoto, p.DeletePhotoRequest(id=keep.id + "\n"), metadata=user.md) == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -168,7 +198,9 @@ def test_blob_store_failure_mid_upload_leaves_no_row(tmp_path, private_tmp):
             raise BlobError("disk on fire")
 
     h = start_harness(
-        tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite3'}", photo_store=FailingStore(tmp_path / "data" / "blobs", Role.API)
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        photo_store=FailingStore(tmp_path / "data" / "blobs", Role.API),
     )
     try:
         user = h.sign_up("blobfail@example.com")
@@ -206,9 +238,17 @@ def test_database_failure_after_the_blob_write_leaves_an_orphan_that_the_sweep_r
         assert h.db_call(m.Photo.select().count) == 1
         assert len(blob_files(h)) == 2  # the orphan exists...
         retention = LocalBlobStore(h.settings.blob_dir, Role.RETENTION)
-        real_now = dt.datetime.now(dt.timezone.utc)
-        assert h.db_call(sweep_orphan_blobs, h.db, retention, real_now) == {"photos": 0, "models": 0, "generated": 0}  # ...inside the safety margin: kept
-        assert h.db_call(sweep_orphan_blobs, h.db, retention, real_now + dt.timedelta(hours=7)) == {"photos": 1, "models": 0, "generated": 0}
+        real_now = dt.datetime.now(dt.UTC)
+        assert h.db_call(sweep_orphan_blobs, h.db, retention, real_now) == {
+            "photos": 0,
+            "models": 0,
+            "generated": 0,
+        }  # ...inside the safety margin: kept
+        assert h.db_call(sweep_orphan_blobs, h.db, retention, real_now + dt.timedelta(hours=7)) == {
+            "photos": 1,
+            "models": 0,
+            "generated": 0,
+        }
         assert blob_files(h) == [kept_blob]  # the photo with a row is untouched
     finally:
         h.stop()
@@ -220,7 +260,10 @@ def test_many_uploads_from_many_users_at_once(harness):
     jobs = [(users[i % 4], "ok" if i % 3 else "two") for i in range(24)]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda job: status_of(upload, harness, job[0], payloads[job[1]]), jobs))
-    expected = [(grpc.StatusCode.OK, "") if kind == "ok" else (grpc.StatusCode.INVALID_ARGUMENT, "MULTIPLE_FACES") for _, kind in jobs]
+    expected = [
+        (grpc.StatusCode.OK, "") if kind == "ok" else (grpc.StatusCode.INVALID_ARGUMENT, "MULTIPLE_FACES")
+        for _, kind in jobs
+    ]
     assert results == expected
     accepted = sum(1 for _, kind in jobs if kind == "ok")
     assert harness.db_call(m.Photo.select().count) == accepted == len(blob_files(harness))
@@ -242,8 +285,8 @@ def test_per_account_photo_limit(tmp_path):
 
 def test_google_cloud_vision_backend_through_the_server(tmp_path, private_tmp):
     """The production verifier, configured by settings, speaking Vision's real protocol to a local Vision server."""
-    from faceharmony.core.verify.factory import make_verifier
     from faceharmony.core.settings import Settings
+    from faceharmony.core.verify.factory import make_verifier
     from tests.support.fake_vision import FakeVision
 
     with FakeVision() as vision:
@@ -259,11 +302,16 @@ def test_google_cloud_vision_backend_through_the_server(tmp_path, private_tmp):
             vision.safe_search = {}
             photo = upload(h, user, images.with_exif_gps_and_rotation()).photo
             sent = vision.requests[-1].requests[0].image.content
-            assert sent == LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read("photos", h.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id))
+            assert sent == LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read(
+                "photos", h.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id)
+            )
             assert b"SecretCam" not in sent  # only the stripped patch leaves the server
             vision.fail_always = grpc.StatusCode.UNAVAILABLE
             before = state(h)
-            assert status_of(upload, h, user, images.one_face()) == (grpc.StatusCode.UNAVAILABLE, "VERIFIER_UNAVAILABLE")
+            assert status_of(upload, h, user, images.one_face()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                "VERIFIER_UNAVAILABLE",
+            )
             assert state(h) == before
         finally:
             h.stop()
@@ -287,6 +335,8 @@ def test_gcs_blob_backend_through_the_server(tmp_path, gcs_emulator):
         trainer = GcsBlobStore(gcs_emulator.client(), bucket, Role.TRAINER)
         assert Image.open(io.BytesIO(trainer.read("photos", blob_id))).size == (512, 512)
         assert status_of(upload, h, user, images.two_faces()) == (grpc.StatusCode.INVALID_ARGUMENT, "MULTIPLE_FACES")
-        assert [b.blob_id for b in GcsBlobStore(gcs_emulator.client(), bucket, Role.RETENTION).list("photos")] == [blob_id]
+        assert [b.blob_id for b in GcsBlobStore(gcs_emulator.client(), bucket, Role.RETENTION).list("photos")] == [
+            blob_id
+        ]
     finally:
         h.stop()

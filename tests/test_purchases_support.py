@@ -15,7 +15,9 @@ from tests.support.harness import status_of
 
 
 def record(h, user, tx, product="credits_10", store=p.STORE_APP_STORE):
-    return h.purchases.RecordPurchase(p.RecordPurchaseRequest(store=store, product_id=product, transaction_id=tx), metadata=user.md)
+    return h.purchases.RecordPurchase(
+        p.RecordPurchaseRequest(store=store, product_id=product, transaction_id=tx), metadata=user.md
+    )
 
 
 def test_purchase_grants_credits_once_per_transaction(harness):
@@ -44,7 +46,10 @@ def test_concurrent_duplicate_purchases_grant_once(harness):
 def test_another_users_transaction_is_refused(harness):
     one, two = harness.sign_up("p1@example.com"), harness.sign_up("p2@example.com")
     record(harness, one, "tx-shared")
-    assert status_of(record, harness, two, "tx-shared") == (grpc.StatusCode.FAILED_PRECONDITION, "TRANSACTION_ALREADY_RECORDED")
+    assert status_of(record, harness, two, "tx-shared") == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TRANSACTION_ALREADY_RECORDED",
+    )
     assert harness.purchases.ListPurchases(p.ListPurchasesRequest(), metadata=two.md).purchases == []
 
 
@@ -88,7 +93,9 @@ def test_pagination_walks_every_purchase_once(harness):
             break
     assert sorted(seen) == [f"tx-{i}" for i in range(7)] and len(seen) == 7
     for bad in ("garbage!", "eyJ4Ijp9", "x" * 300):
-        got = status_of(h_list := harness.purchases.ListPurchases, p.ListPurchasesRequest(page_token=bad), metadata=user.md)
+        got = status_of(
+            h_list := harness.purchases.ListPurchases, p.ListPurchasesRequest(page_token=bad), metadata=user.md
+        )
         assert got == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"), bad
     assert status_of(h_list, p.ListPurchasesRequest(page_size=-1), metadata=user.md) == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -101,9 +108,13 @@ def test_pagination_walks_every_purchase_once(harness):
 
 def test_ticket_life_cycle_between_user_and_staff(harness):
     user = harness.sign_up("help@example.com")
-    ticket = harness.support.CreateTicket(s.CreateTicketRequest(subject="Refund", body="Please\nhelp", request_id="r-1"), metadata=user.md).ticket
+    ticket = harness.support.CreateTicket(
+        s.CreateTicketRequest(subject="Refund", body="Please\nhelp", request_id="r-1"), metadata=user.md
+    ).ticket
     assert ticket.state == s.TICKET_STATE_OPEN and ticket.messages[0].body == "Please\nhelp"
-    same = harness.support.CreateTicket(s.CreateTicketRequest(subject="Refund", body="Please\nhelp", request_id="r-1"), metadata=user.md).ticket
+    same = harness.support.CreateTicket(
+        s.CreateTicketRequest(subject="Refund", body="Please\nhelp", request_id="r-1"), metadata=user.md
+    ).ticket
     assert same.id == ticket.id
     staff = harness.staff("support")
     everyone = harness.support.ListTickets(s.ListTicketsRequest(all_accounts=True), metadata=staff.md).tickets
@@ -114,9 +125,13 @@ def test_ticket_life_cycle_between_user_and_staff(harness):
     mine = harness.support.GetTicket(s.GetTicketRequest(id=ticket.id), metadata=user.md).ticket
     assert [x.body for x in mine.messages] == ["Please\nhelp", "Done"]
     harness.support.AddTicketMessage(s.AddTicketMessageRequest(id=ticket.id, body="Thanks"), metadata=user.md)
-    closed = harness.support.ReplyToTicket(s.ReplyToTicketRequest(id=ticket.id, body="Bye", close=True), metadata=staff.md).ticket
+    closed = harness.support.ReplyToTicket(
+        s.ReplyToTicketRequest(id=ticket.id, body="Bye", close=True), metadata=staff.md
+    ).ticket
     assert closed.state == s.TICKET_STATE_CLOSED
-    assert status_of(harness.support.AddTicketMessage, s.AddTicketMessageRequest(id=ticket.id, body="?"), metadata=user.md) == (
+    assert status_of(
+        harness.support.AddTicketMessage, s.AddTicketMessageRequest(id=ticket.id, body="?"), metadata=user.md
+    ) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "TICKET_CLOSED",
     )
@@ -124,22 +139,41 @@ def test_ticket_life_cycle_between_user_and_staff(harness):
 
 def test_tickets_are_invisible_to_other_users(harness):
     owner, other = harness.sign_up("own@example.com"), harness.sign_up("other@example.com")
-    ticket = harness.support.CreateTicket(s.CreateTicketRequest(subject="Mine", body="private"), metadata=owner.md).ticket
+    ticket = harness.support.CreateTicket(
+        s.CreateTicketRequest(subject="Mine", body="private"), metadata=owner.md
+    ).ticket
     nf = (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
     assert status_of(harness.support.GetTicket, s.GetTicketRequest(id=ticket.id), metadata=other.md) == nf
-    assert status_of(harness.support.AddTicketMessage, s.AddTicketMessageRequest(id=ticket.id, body="x"), metadata=other.md) == nf
+    assert (
+        status_of(
+            harness.support.AddTicketMessage, s.AddTicketMessageRequest(id=ticket.id, body="x"), metadata=other.md
+        )
+        == nf
+    )
     assert status_of(harness.support.GetTicket, s.GetTicketRequest(id=ids.new_id()), metadata=owner.md) == nf
     assert harness.support.ListTickets(s.ListTicketsRequest(), metadata=other.md).tickets == []
     denied = (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
     assert status_of(harness.support.ListTickets, s.ListTicketsRequest(all_accounts=True), metadata=other.md) == denied
-    assert status_of(harness.support.ListTickets, s.ListTicketsRequest(account_id=owner.account_id), metadata=other.md) == denied
-    assert status_of(harness.support.ReplyToTicket, s.ReplyToTicketRequest(id=ticket.id, body="x"), metadata=owner.md) == denied
+    assert (
+        status_of(harness.support.ListTickets, s.ListTicketsRequest(account_id=owner.account_id), metadata=other.md)
+        == denied
+    )
+    assert (
+        status_of(harness.support.ReplyToTicket, s.ReplyToTicketRequest(id=ticket.id, body="x"), metadata=owner.md)
+        == denied
+    )
     assert harness.db_call(m.TicketMessage.select().count) == 1
 
 
 @pytest.mark.parametrize(
     "subject,body,reason",
-    [("", "b", "INVALID_SUBJECT"), ("s" * 201, "b", "INVALID_SUBJECT"), ("s", "", "INVALID_BODY"), ("s", "b" * 10_001, "INVALID_BODY"), ("s", "bad\x00", "INVALID_BODY")],
+    [
+        ("", "b", "INVALID_SUBJECT"),
+        ("s" * 201, "b", "INVALID_SUBJECT"),
+        ("s", "", "INVALID_BODY"),
+        ("s", "b" * 10_001, "INVALID_BODY"),
+        ("s", "bad\x00", "INVALID_BODY"),
+    ],
 )
 def test_bad_tickets_store_nothing(harness, subject, body, reason):
     h = harness
@@ -149,4 +183,7 @@ def test_bad_tickets_store_nothing(harness, subject, body, reason):
         reason,
     )
     assert h.db_call(m.Ticket.select().count) == 0
-    assert status_of(h.support.GetTicket, s.GetTicketRequest(id="../etc"), metadata=user.md) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID")
+    assert status_of(h.support.GetTicket, s.GetTicketRequest(id="../etc"), metadata=user.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ID",
+    )

@@ -10,20 +10,20 @@ side waits for it before it locks anything later in the order of `faceharmony.co
 from __future__ import annotations
 
 import concurrent.futures
-from collections import Counter
 import threading
+from collections import Counter
 
 import grpc
 import pytest
 from google.protobuf import message_factory
 
 from faceharmony.core import ids
-from faceharmony.core import orders as core_orders
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, is_sqlite, make_database, write_transaction
+from faceharmony.core.jobs import orders as core_orders
 from faceharmony.core.jobs.training import TrainingQueue
-from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2
+from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import admin_pb2 as ad
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p
@@ -49,7 +49,11 @@ def together(n: int, fn):
 def approve(h, email: str, name: str = "Rae") -> None:
     h.accounts.JoinWaitlist(a.JoinWaitlistRequest(name=name, email=email, is_16_or_older=True))
     staff = h.staff("support")
-    entry = next(e for e in h.admin.ListWaitlist(ad.ListWaitlistRequest(page_size=200), metadata=staff.md).entries if e.email == email)
+    entry = next(
+        e
+        for e in h.admin.ListWaitlist(ad.ListWaitlistRequest(page_size=200), metadata=staff.md).entries
+        if e.email == email
+    )
     h.admin.ApproveWaitlistEntry(ad.ApproveWaitlistEntryRequest(id=entry.id), metadata=staff.md)
 
 
@@ -60,7 +64,12 @@ def test_concurrent_join_waitlist_with_one_email_stores_one_entry(harness):
     h = harness
     for k in range(3):
         email = f"burst{k}@example.com"
-        got = together(8, lambda i: status_of(h.accounts.JoinWaitlist, a.JoinWaitlistRequest(name="Bo", email=email, is_16_or_older=True)))
+        got = together(
+            8,
+            lambda i: status_of(
+                h.accounts.JoinWaitlist, a.JoinWaitlistRequest(name="Bo", email=email, is_16_or_older=True)
+            ),
+        )
         assert got == [(grpc.StatusCode.OK, "")] * 8
         assert h.db_call(m.WaitlistEntry.select().where(m.WaitlistEntry.email == email).count) == 1
 
@@ -76,7 +85,9 @@ def test_concurrent_accept_invitation_and_sign_in_for_one_email_make_one_account
         token = h.last_email_to(email, "invited").get_content().split("invitation code:")[1].split()[0]
         code = h.code_for(email)
         calls = [
-            lambda: status_of(h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)),
+            lambda: status_of(
+                h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)
+            ),
             lambda: status_of(h.accounts.SignIn, a.SignInRequest(email=email, code=code)),
         ]
         accepted, signed_in = together(2, lambda i: calls[i]())
@@ -91,7 +102,9 @@ def test_concurrent_sign_ins_with_one_code_open_one_session(harness):
     approve(h, email)
     code = h.code_for(email)
     got = together(6, lambda i: status_of(h.accounts.SignIn, a.SignInRequest(email=email, code=code)))
-    assert Counter(got) == Counter([(grpc.StatusCode.OK, "")] + [(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CODE")] * 5)
+    assert Counter(got) == Counter(
+        [(grpc.StatusCode.OK, "")] + [(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CODE")] * 5
+    )
     assert h.db_call(m.Account.select().where(m.Account.email == email).count) == 1
     assert h.db_call(m.Session.select().count) == 2  # the staff member who approved, and this one
 
@@ -103,7 +116,9 @@ def test_a_burst_of_code_requests_sends_exactly_the_allowed_number(harness):
     h.new_emails()
     allowed = h.settings.code_requests_per_window
     got = together(16, lambda i: status_of(h.accounts.RequestSignInCode, a.RequestSignInCodeRequest(email=email)))
-    assert Counter(got) == Counter([(grpc.StatusCode.OK, "")] * allowed + [(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")] * (16 - allowed))
+    assert Counter(got) == Counter(
+        [(grpc.StatusCode.OK, "")] * allowed + [(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")] * (16 - allowed)
+    )
     assert len([mail for mail in h.new_emails() if mail["To"] == email]) == allowed
     live = h.db_call(
         m.SignInCode.select().where(m.SignInCode.consumed_at.is_null(), m.SignInCode.superseded == False).count  # noqa: E712
@@ -117,9 +132,14 @@ def test_a_burst_of_invitations_is_counted_exactly(harness):
     allowed = h.settings.invitations_per_day
     n = allowed + 6
     got = together(
-        n, lambda i: status_of(h.accounts.InviteFriend, a.InviteFriendRequest(email=f"f{i}@example.com", name="F"), metadata=inviter.md)
+        n,
+        lambda i: status_of(
+            h.accounts.InviteFriend, a.InviteFriendRequest(email=f"f{i}@example.com", name="F"), metadata=inviter.md
+        ),
     )
-    assert Counter(got) == Counter([(grpc.StatusCode.OK, "")] * allowed + [(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")] * 6)
+    assert Counter(got) == Counter(
+        [(grpc.StatusCode.OK, "")] * allowed + [(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")] * 6
+    )
     assert h.db_call(m.Invitation.select().count) == allowed
 
 
@@ -129,7 +149,9 @@ def test_concurrent_create_model_with_one_request_id_answers_one_model(harness):
     h = harness
     user = h.sign_up("samereq@example.com")
     payload = images.one_face()
-    photo_ids = [h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)]
+    photo_ids = [
+        h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)
+    ]
     request = mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids, request_id="same")
 
     def create(i):
@@ -146,13 +168,19 @@ def test_concurrent_create_model_with_one_request_id_answers_one_model(harness):
 def test_concurrent_replays_of_a_purchase_a_ticket_and_an_upload_answer_the_first(harness):
     h = harness
     user = h.sign_up("replays@example.com")
-    purchase = purchase_pb2.RecordPurchaseRequest(store=purchase_pb2.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-1")
+    purchase = purchase_pb2.RecordPurchaseRequest(
+        store=purchase_pb2.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-1"
+    )
     got = together(6, lambda i: h.purchases.RecordPurchase(purchase, metadata=user.md).purchase.id)
     assert len(set(got)) == 1 and h.db_call(m.Purchase.select().count) == 1
     assert h.db_call(m.CreditEntry.select().where(m.CreditEntry.kind == "purchase").count) == 1
     ticket = support_pb2.CreateTicketRequest(subject="Help", body="Hi", request_id="t-1")
     got = together(6, lambda i: h.support.CreateTicket(ticket, metadata=user.md).ticket.id)
-    assert len(set(got)) == 1 and h.db_call(m.Ticket.select().count) == 1 and h.db_call(m.TicketMessage.select().count) == 1
+    assert (
+        len(set(got)) == 1
+        and h.db_call(m.Ticket.select().count) == 1
+        and h.db_call(m.TicketMessage.select().count) == 1
+    )
     upload = p.UploadPhotoRequest(content=images.one_face(), request_id="u-1")
     got = together(4, lambda i: h.photos.UploadPhoto(upload, metadata=user.md).photo.id)
     assert len(set(got)) == 1 and h.db_call(m.Photo.select().count) == 1
@@ -190,8 +218,11 @@ def test_nul_in_any_string_field_of_any_rpc_is_refused_not_internal(harness):
                 out = message_factory.GetMessageClass(method.output_type)
                 path = f"/{service.full_name}/{method.name}"
                 kind = h.channel.unary_stream if method.server_streaming else h.channel.unary_unary
-                call = kind(path, request_serializer=lambda r: r.SerializeToString(), response_deserializer=out.FromString)
+                call = kind(
+                    path, request_serializer=lambda r: r.SerializeToString(), response_deserializer=out.FromString
+                )
                 for name, request in _string_requests(method, "a\x00b"):
+
                     def invoke(req=request):
                         result = call(req, metadata=admin.md, timeout=30)
                         if method.server_streaming:
@@ -208,7 +239,9 @@ def test_audit_log_kind_with_a_nul_is_invalid(harness):
     admin = h.staff("admin")
     code, reason = status_of(h.admin.GetAuditLog, ad.GetAuditLogRequest(kind="SIGN_IN\x00"), metadata=admin.md)
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
-    assert [e.kind for e in h.admin.GetAuditLog(ad.GetAuditLogRequest(kind=" sign_in "), metadata=admin.md).events] == ["SIGN_IN"]
+    assert [e.kind for e in h.admin.GetAuditLog(ad.GetAuditLogRequest(kind=" sign_in "), metadata=admin.md).events] == [
+        "SIGN_IN"
+    ]
 
 
 # --- lock order (PostgreSQL) -------------------------------------------------------------------------
@@ -253,7 +286,9 @@ def _probe_unlocked(locker, table: str, row_id: str) -> None:
 def _model_with_job(h, email: str):
     user = h.sign_up(email)
     payload = images.one_face()
-    photo_ids = [h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)]
+    photo_ids = [
+        h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)
+    ]
     model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids), metadata=user.md).model
     return user, model.id, h.db_call(lambda: m.TrainingJob.get(m.TrainingJob.model == model.id).id)
 
@@ -331,7 +366,7 @@ def test_the_account_purge_locks_the_models_before_their_jobs(harness, pg_probe)
     locker, watcher = pg_probe
     user, model_id, job_id = _model_with_job(h, "purged-trainee@example.com")
     deleted = h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md).account
-    h.clock.set(deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=1))
+    h.clock.set(deleted.purge_after.ToDatetime(tzinfo=dt.UTC) + dt.timedelta(seconds=1))
     retention = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
     with locker.atomic():
         locker.execute_sql("SELECT id FROM user_model WHERE id = %s FOR UPDATE", (model_id,)).fetchone()
@@ -353,10 +388,22 @@ def test_eviction_records_are_locked_in_model_order_by_every_writer(harness, pg_
     locker, watcher = pg_probe
     first, second = ("0" * 32, "f" * 32), ("f" * 32, "0" * 32)  # (id, model_id): ids sort against model ids
     now = h.clock.now()
-    h.db_call(lambda: m.ModelEviction.insert_many(
-        [{"id": i, "model_id": mid, "version": 1, "token": ids.new_id(), "requested_at": now, "confirmed_by": [],
-          "attempts": 0} for i, mid in (first, second)]
-    ).execute())
+    h.db_call(
+        lambda: m.ModelEviction.insert_many(
+            [
+                {
+                    "id": i,
+                    "model_id": mid,
+                    "version": 1,
+                    "token": ids.new_id(),
+                    "requested_at": now,
+                    "confirmed_by": [],
+                    "attempts": 0,
+                }
+                for i, mid in (first, second)
+            ]
+        ).execute()
+    )
     records = h.db_call(evictions.pending)
     calls = {
         "confirm": lambda: evictions.confirm(h.db, records, "replica-a", ["replica-a"]),

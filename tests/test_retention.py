@@ -66,12 +66,22 @@ def ready_model(h, user, photo_ids) -> str:
         now = h.clock.now()
         with write_transaction(h.db):
             job = m.TrainingJob.get(m.TrainingJob.model == model.id)
-            m.TrainingJob.update(state="succeeded", finished_at=now, progress=1.0).where(m.TrainingJob.id == job.id).execute()
+            m.TrainingJob.update(state="succeeded", finished_at=now, progress=1.0).where(
+                m.TrainingJob.id == job.id
+            ).execute()
             m.ModelVersion.create(
-                id=ids.new_id(), model=model.id, version=1, job=job.id, adapter_blob_id=adapter,
-                metadata_blob_id=metadata, base_fingerprint="f" * 64, created_at=now,
+                id=ids.new_id(),
+                model=model.id,
+                version=1,
+                job=job.id,
+                adapter_blob_id=adapter,
+                metadata_blob_id=metadata,
+                base_fingerprint="f" * 64,
+                created_at=now,
             )
-            m.UserModel.update(state="ready", current_version=1, progress=1.0).where(m.UserModel.id == model.id).execute()
+            m.UserModel.update(state="ready", current_version=1, progress=1.0).where(
+                m.UserModel.id == model.id
+            ).execute()
 
     h.db_call(finish)
     return model.id
@@ -88,20 +98,47 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
         photo_ids = []
         with write_transaction(h.db):
             m.Order.create(
-                id=order_id, account=user.account_id, style_id="studio", count=len(states), state="completed",
-                images_total=len(states), images_done=len(states), credits_charged=len(states), max_attempts=5,
-                next_attempt_at=now, created_at=now, updated_at=now, finished_at=now,
+                id=order_id,
+                account=user.account_id,
+                style_id="studio",
+                count=len(states),
+                state="completed",
+                images_total=len(states),
+                images_done=len(states),
+                credits_charged=len(states),
+                max_attempts=5,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+                finished_at=now,
             )
             for i, (state, (blob, preview)) in enumerate(zip(states, made)):
                 image = m.OrderImage.create(
-                    id=ids.new_id(), order=order_id, position=i, model_id=model_id, model_version=1, seed=i,
-                    state="done", updated_at=now,
+                    id=ids.new_id(),
+                    order=order_id,
+                    position=i,
+                    model_id=model_id,
+                    model_version=1,
+                    seed=i,
+                    state="done",
+                    updated_at=now,
                 )
                 rejected = state == "rejected"
                 photo = m.GeneratedPhoto.create(
-                    id=ids.new_id(), account=user.account_id, order=order_id, image=image.id, model_id=model_id,
-                    blob_id=blob, preview_blob_id=preview, content_type="image/png", size_bytes=3, width=8, height=8,
-                    state=state, created_at=now, download_time=now if state == "downloaded" else None,
+                    id=ids.new_id(),
+                    account=user.account_id,
+                    order=order_id,
+                    image=image.id,
+                    model_id=model_id,
+                    blob_id=blob,
+                    preview_blob_id=preview,
+                    content_type="image/png",
+                    size_bytes=3,
+                    width=8,
+                    height=8,
+                    state=state,
+                    created_at=now,
+                    download_time=now if state == "downloaded" else None,
                     reject_time=now if rejected else None,
                     purge_after=now + dt.timedelta(days=h.settings.rejected_photo_days) if rejected else None,
                 )
@@ -113,6 +150,7 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
 
 def traces(h, needles: set[str]) -> list[tuple[str, str]]:
     """Every (table, column) whose value contains one of the needles, in every table of the schema."""
+
     def scan():
         found = []
         for model in m.ALL_MODELS:
@@ -165,10 +203,13 @@ def test_the_account_purge_covers_every_table_that_can_hold_a_trace_of_an_accoun
     for i, table in enumerate(order):
         for f in table._meta.sorted_fields:
             if isinstance(f, pw.ForeignKeyField) and f.rel_model in order and f.rel_model is not table:
-                assert order.index(f.rel_model) > i or f in nulled, f"{table._meta.table_name} deleted after {f.rel_model._meta.table_name}"
+                assert order.index(f.rel_model) > i or f in nulled, (
+                    f"{table._meta.table_name} deleted after {f.rel_model._meta.table_name}"
+                )
 
 
 # --- P5, P17, P18, P19: the account -------------------------------------------------------------------
+
 
 def test_the_acceptance_story(harness):
     h = harness
@@ -176,9 +217,20 @@ def test_the_acceptance_story(harness):
     photo_ids = upload(h, user, 4)
     model_id = ready_model(h, user, photo_ids)
     order_id, generated = order_with_photos(h, user, model_id)
-    h.db_call(lambda: m.GeneratedPhoto.update(purge_after=h.clock.now() + 60 * DAY).where(m.GeneratedPhoto.id == generated[0]).execute())
-    h.purchases.RecordPurchase(pu.RecordPurchaseRequest(store=pu.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-story"), metadata=user.md)
-    ticket = h.support.CreateTicket(s.CreateTicketRequest(subject="Help", body="Hello", request_id="t-1"), metadata=user.md).ticket
+    h.db_call(
+        lambda: (
+            m.GeneratedPhoto.update(purge_after=h.clock.now() + 60 * DAY)
+            .where(m.GeneratedPhoto.id == generated[0])
+            .execute()
+        )
+    )
+    h.purchases.RecordPurchase(
+        pu.RecordPurchaseRequest(store=pu.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-story"),
+        metadata=user.md,
+    )
+    ticket = h.support.CreateTicket(
+        s.CreateTicketRequest(subject="Help", body="Hello", request_id="t-1"), metadata=user.md
+    ).ticket
     staff = h.staff("support")
     h.support.ReplyToTicket(s.ReplyToTicketRequest(id=ticket.id, body="Hi"), metadata=staff.md)
     h.accounts.InviteFriend(a.InviteFriendRequest(email="friend-of-story@example.com", name="Friend"), metadata=user.md)
@@ -198,7 +250,7 @@ def test_the_acceptance_story(harness):
     assert len(h.photos.ListPhotos(p.ListPhotosRequest(), metadata=md).photos) == 4
 
     deleted = h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=md).account
-    purge_after = deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc)
+    purge_after = deleted.purge_after.ToDatetime(tzinfo=dt.UTC)
     h.clock.set(purge_after - SECOND)
     run(h)
     assert blobs(h) == my_blobs and h.db_call(m.Account.get_by_id, user.account_id).state == "deactivated"
@@ -207,12 +259,25 @@ def test_the_acceptance_story(harness):
     assert purged["accounts"] == 1
     assert blobs(h) & my_blobs == set()
     hmac = h.api.app.hasher.email(user.email)
-    needles = {user.account_id, user.email, "Story Person", model_id, order_id, ticket.id, *photo_ids, *generated, *my_blobs, hmac}
+    needles = {
+        user.account_id,
+        user.email,
+        "Story Person",
+        model_id,
+        order_id,
+        ticket.id,
+        *photo_ids,
+        *generated,
+        *my_blobs,
+        hmac,
+    }
     needles |= {"friend-of-story@example.com", "tx-story", entry_id}
     # No order worker runs here, so the eviction of the model's adapter from Triton's cache, requested by the
     # purge, is still pending: its record (the model's random id and version, nothing else) outlives the rows.
     assert sorted(traces(h, needles)) == [("known_email", "email_hmac"), ("model_eviction", "model_id")]
-    assert h.db_call(lambda: list(m.ModelEviction.select(m.ModelEviction.model_id, m.ModelEviction.version).tuples())) == [(model_id, 1)]
+    assert h.db_call(
+        lambda: list(m.ModelEviction.select(m.ModelEviction.model_id, m.ModelEviction.version).tuples())
+    ) == [(model_id, 1)]
     events = h.db_call(lambda: list(m.AuditEvent.select().where(m.AuditEvent.kind == "ACCOUNT_PURGED").dicts()))
     assert len(events) == 1 and events[0]["actor_id"] is None and events[0]["subject_id"] is None
     assert int(events[0]["details"]["photo"]) == 4 and int(events[0]["details"]["blobs"]) == len(my_blobs)
@@ -228,20 +293,32 @@ def test_a_purged_staff_members_actions_on_others_stay_tombstoned_their_own_even
     agent = h.staff("support")
     user = h.sign_up("helped@example.com", approver=agent)  # WAITLIST_APPROVED by the agent
     entry_id = h.db_call(lambda: m.WaitlistEntry.get(m.WaitlistEntry.account == user.account_id).id)
-    ticket = h.support.CreateTicket(s.CreateTicketRequest(subject="Help", body="Hello", request_id="t-u"), metadata=user.md).ticket
+    ticket = h.support.CreateTicket(
+        s.CreateTicketRequest(subject="Help", body="Hello", request_id="t-u"), metadata=user.md
+    ).ticket
     h.support.ReplyToTicket(s.ReplyToTicketRequest(id=ticket.id, body="Hi"), metadata=agent.md)
     model_id = ready_model(h, user, upload(h, user, 4))
     h.models.DeleteModel(mp.DeleteModelRequest(id=model_id), metadata=user.md)
     h.admin.RestoreModel(ad.RestoreModelRequest(id=model_id), metadata=agent.md)
-    own = h.support.CreateTicket(s.CreateTicketRequest(subject="Mine", body="Me", request_id="t-a"), metadata=agent.md).ticket
-    h.support.ReplyToTicket(s.ReplyToTicketRequest(id=own.id, body="Myself"), metadata=agent.md)  # about their own ticket
+    own = h.support.CreateTicket(
+        s.CreateTicketRequest(subject="Mine", body="Me", request_id="t-a"), metadata=agent.md
+    ).ticket
+    h.support.ReplyToTicket(
+        s.ReplyToTicketRequest(id=own.id, body="Myself"), metadata=agent.md
+    )  # about their own ticket
 
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=agent.email), metadata=agent.md)
     h.clock.advance(31 * DAY)
     assert run(h)["accounts"] == 1
 
-    kept = h.db_call(lambda: {(e.kind, e.subject_id): e.actor_id for e in m.AuditEvent.select().where(
-        m.AuditEvent.kind.in_(["WAITLIST_APPROVED", "TICKET_REPLIED", "MODEL_RESTORED"]))})
+    kept = h.db_call(
+        lambda: {
+            (e.kind, e.subject_id): e.actor_id
+            for e in m.AuditEvent.select().where(
+                m.AuditEvent.kind.in_(["WAITLIST_APPROVED", "TICKET_REPLIED", "MODEL_RESTORED"])
+            )
+        }
+    )
     assert kept == {
         ("WAITLIST_APPROVED", entry_id): "purged-staff",
         ("TICKET_REPLIED", ticket.id): "purged-staff",
@@ -256,7 +333,9 @@ def test_a_purged_staff_members_actions_on_others_stay_tombstoned_their_own_even
     h.clock.advance(31 * DAY)
     assert run(h)["accounts"] == 1
     assert traces(h, {"purged-staff", entry_id, ticket.id}) == []
-    assert traces(h, {model_id}) == [("model_eviction", "model_id")]  # its adapter's pending eviction (no order worker here)
+    assert traces(h, {model_id}) == [
+        ("model_eviction", "model_id")
+    ]  # its adapter's pending eviction (no order worker here)
 
 
 def test_evictions_triton_has_not_confirmed_are_reported_with_their_keys(harness, caplog):
@@ -294,13 +373,18 @@ def test_a_purging_account_can_neither_sign_in_nor_be_reactivated(harness):
     ctx = retention(h).context(h.clock.now() + 21 * DAY)  # a daemon whose clock runs ahead marks it
     assert h.db_call(policies.claim_accounts, ctx) == [user.account_id]
     md = bearer(signed.session_token)
-    assert status_of(h.accounts.ReactivateAccount, a.ReactivateAccountRequest(), metadata=md)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        status_of(h.accounts.ReactivateAccount, a.ReactivateAccountRequest(), metadata=md)[0]
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
     assert status_of(h.accounts.SignIn, a.SignInRequest(email=user.email, code=code)) == (
-        grpc.StatusCode.FAILED_PRECONDITION, "GRACE_PERIOD_OVER",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "GRACE_PERIOD_OVER",
     )
 
 
 # --- P13: models ----------------------------------------------------------------------------------
+
 
 def test_a_deleted_model_is_restorable_until_its_deadline_then_purged_with_photos_and_adapter(harness):
     h = harness
@@ -322,18 +406,24 @@ def test_a_deleted_model_is_restorable_until_its_deadline_then_purged_with_photo
     h.clock.set(deadline + SECOND)
     assert run(h)["models"] == 1
     staff = h.staff("support")
-    assert status_of(h.admin.RestoreModel, ad.RestoreModelRequest(id=model_id), metadata=staff.md)[0] == grpc.StatusCode.NOT_FOUND
+    assert (
+        status_of(h.admin.RestoreModel, ad.RestoreModelRequest(id=model_id), metadata=staff.md)[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
     left = blobs(h)
     assert len(before - left) == 4 + 2  # the photos and the adapter + metadata...
     assert len(left & before) == 2  # ...but the user's generated photo and its preview stay (P15)
     assert traces(h, {*photo_ids}) == []
-    assert h.db_call(lambda: (m.UserModel.select().count(), m.ModelVersion.select().count(), m.TrainingJob.select().count())) == (0, 0, 0)
+    assert h.db_call(
+        lambda: (m.UserModel.select().count(), m.ModelVersion.select().count(), m.TrainingJob.select().count())
+    ) == (0, 0, 0)
     assert h.db_call(m.GeneratedPhoto.select().count) == 1 and h.db_call(m.Order.get_by_id, order_id)
     kinds = h.db_call(lambda: [e.kind for e in m.AuditEvent.select().where(m.AuditEvent.subject_id == model_id)])
     assert "MODEL_PURGED" in kinds
 
 
 # --- P11: photos ----------------------------------------------------------------------------------
+
 
 def test_unattached_photos_expire_and_deleted_photos_go(harness):
     h = harness
@@ -368,6 +458,7 @@ def test_the_operator_option_purges_photos_once_training_succeeds(harness):
 
 # --- P16: rejected generated photos ---------------------------------------------------------------
 
+
 def test_a_rejected_generated_photo_goes_60_days_after_rejection_a_downloaded_one_stays(harness):
     h = harness
     user = h.sign_up("p16@example.com")
@@ -386,14 +477,19 @@ def test_a_rejected_generated_photo_goes_60_days_after_rejection_a_downloaded_on
 
 # --- codes, sessions, invitations, rate limits ----------------------------------------------------
 
+
 def test_expired_codes_sessions_and_invitations_go(harness):
     h = harness
     user = h.sign_up("house@example.com")
     h.accounts.InviteFriend(a.InviteFriendRequest(email="never-accepts@example.com", name="Friend"), metadata=user.md)
-    counts = lambda: h.db_call(lambda: {  # noqa: E731
-        "codes": m.SignInCode.select().count(), "sessions": m.Session.select().where(m.Session.account == user.account_id).count(),
-        "invitations": m.Invitation.select().count(), "hits": m.RateLimitHit.select().count(),
-    })
+    counts = lambda: h.db_call(
+        lambda: {
+            "codes": m.SignInCode.select().count(),
+            "sessions": m.Session.select().where(m.Session.account == user.account_id).count(),
+            "invitations": m.Invitation.select().count(),
+            "hits": m.RateLimitHit.select().count(),
+        }
+    )
     start = counts()
     assert start["codes"] and start["sessions"] and start["invitations"] and start["hits"]
     h.clock.advance(seconds=h.settings.code_ttl_seconds - 1)
@@ -411,6 +507,7 @@ def test_expired_codes_sessions_and_invitations_go(harness):
 
 
 # --- crash safety and concurrency ------------------------------------------------------------------
+
 
 def _deleted_account_with_everything(h, address):
     user = h.sign_up(address, "Crash Person")
@@ -441,7 +538,11 @@ def test_a_purge_killed_half_way_finishes_on_the_next_run(harness, monkeypatch, 
 
     monkeypatch.setattr(policies, failing, crash)
     with pytest.raises(Killed):
-        h.db_call(policies.purge_account, retention(h).context(), h.db_call(policies.claim_accounts, retention(h).context())[0])
+        h.db_call(
+            policies.purge_account,
+            retention(h).context(),
+            h.db_call(policies.claim_accounts, retention(h).context())[0],
+        )
     assert h.db_call(m.Account.get_by_id, user.account_id).state == "purging"
     monkeypatch.setattr(policies, failing, real)
     assert run(h)["accounts"] == 1
@@ -464,6 +565,7 @@ def test_two_daemons_at_once_purge_everything_once(harness):
 
 
 # --- one failing item does not block the others ----------------------------------------------------
+
 
 def test_an_account_whose_purge_fails_does_not_stop_the_next_one(harness, monkeypatch):
     h = harness
@@ -518,6 +620,7 @@ def test_a_photo_whose_blob_cannot_be_deleted_stays_for_the_next_cycle_and_the_o
 
 # --- rate limits, audit, the orphan sweep's interval --------------------------------------------------
 
+
 def test_rate_limit_rows_are_kept_for_the_longest_window(harness):
     h = harness
     h.sign_up("window@example.com")
@@ -535,7 +638,9 @@ def test_routine_cycles_write_no_retention_run_event(harness):
     user = h.sign_up("routine@example.com")
     h.clock.advance(seconds=h.settings.code_ttl_seconds + 1)
     assert run(h)["sign_in_codes"] >= 1
-    kinds = lambda: h.db_call(lambda: [e.kind for e in m.AuditEvent.select().where(m.AuditEvent.kind == "RETENTION_RUN")])  # noqa: E731
+    kinds = lambda: h.db_call(
+        lambda: [e.kind for e in m.AuditEvent.select().where(m.AuditEvent.kind == "RETENTION_RUN")]
+    )
     assert kinds() == []
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
     h.clock.advance((h.settings.account_grace_days + 1) * DAY)
@@ -546,7 +651,7 @@ def test_routine_cycles_write_no_retention_run_event(harness):
 def test_the_orphan_sweep_runs_on_its_own_interval(sqlite_harness):
     h = sqlite_harness
     api = LocalBlobStore(h.settings.blob_dir, Role.API)
-    h.clock.set(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=h.settings.orphan_margin_hours, minutes=1))
+    h.clock.set(dt.datetime.now(dt.UTC) + dt.timedelta(hours=h.settings.orphan_margin_hours, minutes=1))
     daemon = retention(h)
     assert h.db_call(daemon.run_once)["orphan_photos_blobs"] == 0  # the first cycle sweeps
     orphan = api.create("photos", b"orphan")  # older than the margin by the daemon's clock

@@ -39,7 +39,11 @@ def daemon_env(h) -> dict[str, str]:
 def cli(h, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "faceharmony.retention", *args],
-        env=daemon_env(h), cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=daemon_env(h),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -95,9 +99,21 @@ def test_the_loop_serves_metrics_and_stops_on_sigterm(sqlite_harness, host):
     """The metrics port listens on 127.0.0.1 unless --metrics-host names another address (and nothing else listens)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "faceharmony.retention", "--interval", "0.2", "--metrics-port", str(port),
-         *(["--metrics-host", host] if host else [])],
-        env=daemon_env(sqlite_harness), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "faceharmony.retention",
+            "--interval",
+            "0.2",
+            "--metrics-port",
+            str(port),
+            *(["--metrics-host", host] if host else []),
+        ],
+        env=daemon_env(sqlite_harness),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -163,11 +179,19 @@ def test_on_a_versioned_bucket_the_daemon_refuses_to_call_a_purge_final(harness,
         photo = photos.pop()
         h.db_call(lambda: m.Photo.update(deleted_at=h.clock.now()).where(m.Photo.id == photo).execute())
         env = daemon_env(h)
-        env.update(FACEHARMONY_BLOB_BACKEND="gcs", FACEHARMONY_GCS_BUCKET=bucket_name, FACEHARMONY_GCS_ENDPOINT=gcs_emulator.endpoint)
+        env.update(
+            FACEHARMONY_BLOB_BACKEND="gcs",
+            FACEHARMONY_GCS_BUCKET=bucket_name,
+            FACEHARMONY_GCS_ENDPOINT=gcs_emulator.endpoint,
+        )
         metrics_file = tmp_path / f"{bucket_name}.prom"
         done = subprocess.run(
             [sys.executable, "-m", "faceharmony.retention", "--once", "--metrics-file", str(metrics_file)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         return done, metrics_file.read_text()
 
@@ -196,7 +220,7 @@ def test_now_in_the_future_moves_only_deadlines_never_the_orphan_sweep_or_audit_
     in_flight, abandoned = api.create("photos", b"uploading"), api.create("photos", b"left by a crash")
     old = time.time() - (h.settings.orphan_margin_hours + 1) * 3600
     os.utime(h.settings.blob_dir / "photos" / abandoned, (old, old))
-    far = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3650)
+    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)
 
     dry = cli(h, "--dry-run", "--now", iso(far))
     assert dry.returncode == 0, dry.stderr
@@ -206,7 +230,9 @@ def test_now_in_the_future_moves_only_deadlines_never_the_orphan_sweep_or_audit_
     assert done.returncode == 0, done.stderr
     assert "accounts=1" in done.stdout and "orphan_photos_blobs=1" in done.stdout
     assert blobs(h) == {in_flight}  # the upload in flight stays; the real orphan went
-    events = h.db_call(lambda: list(m.AuditEvent.select().where(m.AuditEvent.kind.in_(["ACCOUNT_PURGED", "RETENTION_RUN"]))))
+    events = h.db_call(
+        lambda: list(m.AuditEvent.select().where(m.AuditEvent.kind.in_(["ACCOUNT_PURGED", "RETENTION_RUN"])))
+    )
     assert len(events) == 2
     for event in events:  # stamped with the real time, not the --now moment
-        assert abs(event.at - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=10)
+        assert abs(event.at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=10)

@@ -34,7 +34,11 @@ def free_port() -> int:
 def server_process(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
-    env.update(FACEHARMONY_DATA_DIR=str(tmp_path / "data"), FACEHARMONY_LISTEN=f"127.0.0.1:{port}", FACEHARMONY_SHUTDOWN_GRACE_SECONDS="5")
+    env.update(
+        FACEHARMONY_DATA_DIR=str(tmp_path / "data"),
+        FACEHARMONY_LISTEN=f"127.0.0.1:{port}",
+        FACEHARMONY_SHUTDOWN_GRACE_SECONDS="5",
+    )
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen([str(BIN / "faceharmony-server")], env=env, stdout=log, stderr=subprocess.STDOUT)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -42,7 +46,10 @@ def server_process(tmp_path):
     deadline = time.monotonic() + 30
     while True:
         try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+            if (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ):
                 break
         except grpc.RpcError:
             pass
@@ -61,18 +68,25 @@ def test_health_reflection_logs_and_graceful_shutdown(server_process):
     proc, channel, _, tmp_path = server_process
     health = health_pb2_grpc.HealthStub(channel)
     for svc in service_descriptors():
-        assert health.Check(health_pb2.HealthCheckRequest(service=svc.full_name)).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=svc.full_name)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {svc.full_name for svc in service_descriptors()} <= services
     assert "grpc.health.v1.Health" in services
 
     accounts = account_pb2_grpc.AccountServiceStub(channel)
-    accounts.JoinWaitlist(a.JoinWaitlistRequest(name="Logan Private", email="logan.private@example.com", is_16_or_older=True))
+    accounts.JoinWaitlist(
+        a.JoinWaitlistRequest(name="Logan Private", email="logan.private@example.com", is_16_or_older=True)
+    )
     with pytest.raises(grpc.RpcError) as err:
         accounts.JoinWaitlist(a.JoinWaitlistRequest(name="x" * 1000, email="big@example.com", is_16_or_older=True))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as err:  # over the message size limit
-        accounts.JoinWaitlist(a.JoinWaitlistRequest(note="x" * (13 * 1024 * 1024), email="n@example.com", is_16_or_older=True))
+        accounts.JoinWaitlist(
+            a.JoinWaitlistRequest(note="x" * (13 * 1024 * 1024), email="n@example.com", is_16_or_older=True)
+        )
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     proc.send_signal(signal.SIGTERM)
@@ -104,7 +118,9 @@ def test_a_reflection_only_client_can_call_the_api(server_process):
     with pytest.raises(grpc.RpcError) as err:
         call(request_cls(name="Refl", email="refl2@example.com"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    reason = pool.FindEnumTypeByName("faceharmony.v1.ErrorReason").values_by_name["ERROR_REASON_AGE_ATTESTATION_REQUIRED"]
+    reason = pool.FindEnumTypeByName("faceharmony.v1.ErrorReason").values_by_name[
+        "ERROR_REASON_AGE_ATTESTATION_REQUIRED"
+    ]
     assert reason.number == 43
 
 
@@ -119,26 +135,45 @@ def test_reflection_v1_lists_the_services_and_describes_itself(server_process):
         request_serializer=r.ServerReflectionRequest.SerializeToString,
         response_deserializer=r.ServerReflectionResponse.FromString,
     )
-    listed, described = call(iter([
-        r.ServerReflectionRequest(list_services=""),
-        r.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
-    ]), timeout=10)
+    listed, described = call(
+        iter(
+            [
+                r.ServerReflectionRequest(list_services=""),
+                r.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+            ]
+        ),
+        timeout=10,
+    )
     services = {s.name for s in listed.list_services_response.service}
     assert {svc.full_name for svc in service_descriptors()} <= services
-    assert {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
     assert not described.HasField("error_response"), described.error_response
-    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in described.file_descriptor_response.file_descriptor_proto]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in described.file_descriptor_response.file_descriptor_proto
+    ]
     v1 = next(f for f in files if f.package == "grpc.reflection.v1")
     assert v1.name == "grpc/reflection/v1/reflection.proto"
     method = v1.service[0].method[0]
     assert (v1.service[0].name, method.name, method.input_type) == (
-        "ServerReflection", "ServerReflectionInfo", ".grpc.reflection.v1.ServerReflectionRequest")
+        "ServerReflection",
+        "ServerReflectionInfo",
+        ".grpc.reflection.v1.ServerReflectionRequest",
+    )
 
 
 def test_command_line_clients_end_to_end(server_process):
     """A newcomer's path through the CLIs: operator makes staff, a person joins, is approved, signs in."""
     proc, channel, env, tmp_path = server_process
-    env = dict(env, FACEHARMONY_CLIENT_SERVER=env["FACEHARMONY_LISTEN"], FACEHARMONY_CLIENT_SESSION_FILE=str(tmp_path / "session"))
+    env = dict(
+        env,
+        FACEHARMONY_CLIENT_SERVER=env["FACEHARMONY_LISTEN"],
+        FACEHARMONY_CLIENT_SESSION_FILE=str(tmp_path / "session"),
+    )
 
     def run(*argv, ok=True):
         result = subprocess.run([str(BIN / argv[0]), *argv[1:]], env=env, capture_output=True, text=True, timeout=60)
@@ -176,5 +211,7 @@ def test_command_line_clients_end_to_end(server_process):
 def test_the_retention_command_is_installed(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
     env["FACEHARMONY_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run([str(BIN / "faceharmony-retention"), "--dry-run"], capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [str(BIN / "faceharmony-retention"), "--dry-run"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0 and "nothing was changed" in result.stdout, result.stderr

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_defaults_are_the_embedded_ones():
     s = Settings.from_env({})
-    assert s.resolved_database_url.startswith("sqlite:///") and s.resolved_database_url.endswith("data/faceharmony.sqlite3")
+    assert s.resolved_database_url.startswith("sqlite:///") and s.resolved_database_url.endswith(
+        "data/faceharmony.sqlite3"
+    )
     assert s.email_transport == "outbox" and s.outbox_dir == Path("data/outbox")
 
 

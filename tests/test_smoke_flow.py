@@ -25,11 +25,16 @@ def test_waitlist_to_signed_in_user_with_free_trial(harness):
 
 def test_delete_and_reactivate_within_grace(harness):
     user = harness.sign_up("bob@example.com", "Bob")
-    deleted = harness.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email="Bob@Example.com"), metadata=user.md).account
+    deleted = harness.accounts.DeleteAccount(
+        a.DeleteAccountRequest(confirm_email="Bob@Example.com"), metadata=user.md
+    ).account
     assert deleted.state == a.ACCOUNT_STATE_DEACTIVATED
-    assert deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc) == harness.clock.now() + dt.timedelta(days=30)
+    assert deleted.purge_after.ToDatetime(tzinfo=dt.UTC) == harness.clock.now() + dt.timedelta(days=30)
     # the deleting session is dead
-    assert status_of(harness.accounts.GetAccount, a.GetAccountRequest(), metadata=user.md)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        status_of(harness.accounts.GetAccount, a.GetAccountRequest(), metadata=user.md)[0]
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
     harness.clock.advance(days=29, hours=23, minutes=59, seconds=59)
     again = harness.accounts.SignIn(a.SignInRequest(email=user.email, code=harness.code_for(user.email)))
     md = (("authorization", f"Bearer {again.session_token}"),)

@@ -38,7 +38,9 @@ def test_upload_with_the_request_id_of_a_deleted_photo_is_refused_and_stores_not
     assert upload(h, user, request_id="r-1").id == photo.id  # a replay answers the first photo
     h.photos.DeletePhoto(p.DeletePhotoRequest(id=photo.id), metadata=user.md)
     blobs, rows = blob_files(h), h.db_call(m.Photo.select().count)
-    code, reason = status_of(h.photos.UploadPhoto, p.UploadPhotoRequest(content=images.one_face(), request_id="r-1"), metadata=user.md)
+    code, reason = status_of(
+        h.photos.UploadPhoto, p.UploadPhotoRequest(content=images.one_face(), request_id="r-1"), metadata=user.md
+    )
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PHOTO_DELETED")
     assert (blob_files(h), h.db_call(m.Photo.select().count)) == (blobs, rows)  # no blob written, no row
     assert upload(h, user, request_id="r-2").id != photo.id  # a new request_id works
@@ -83,7 +85,9 @@ def test_an_expired_unattached_photo_cannot_be_put_into_a_model(harness):
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PHOTO_NOT_USABLE")
     assert h.db_call(m.UserModel.select().count) == 0
     assert h.db_call(lambda: m.Photo.get_by_id(old.id).model_id) is None
-    model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=[*fresh, upload(h, user).id]), metadata=user.md).model
+    model = h.models.CreateModel(
+        mp.CreateModelRequest(display_name="Me", photo_ids=[*fresh, upload(h, user).id]), metadata=user.md
+    ).model
     assert model.state == mp.MODEL_STATE_QUEUED
 
 
@@ -96,7 +100,9 @@ def invite(h, inviter, email: str) -> str:
 
 
 def accept(h, token: str):
-    return status_of(h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True))
+    return status_of(
+        h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)
+    )
 
 
 def test_deleting_an_account_revokes_its_invitations_and_reactivation_does_not_restore_them(harness):
@@ -179,7 +185,7 @@ def test_the_account_purge_takes_the_counted_wrong_codes_with_it(harness):
     deleted = h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=member.email), metadata=member.md).account
     # Rate-limit rows expire after a day anyway: move the window so only the account purge can take them.
     settings = dataclasses.replace(h.settings, code_request_window_seconds=60 * 24 * 3600)
-    h.clock.set(deleted.purge_after.ToDatetime(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=1))
+    h.clock.set(deleted.purge_after.ToDatetime(tzinfo=dt.UTC) + dt.timedelta(seconds=1))
     retention = Retention(settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
     assert h.db_call(retention.run_once)["accounts"] == 1
     assert h.db_call(m.RateLimitHit.select().where(m.RateLimitHit.key == key).count) == 0

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from faceharmony.core import tempfiles
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.core.blobstore.base import BlobPermissionError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.retention.daemon import Retention
 from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
@@ -38,7 +38,7 @@ MARKER = b"ada.lovelace@example.com"
 
 
 def real_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def killed_mid_write(stage: str, *args: str, env: dict[str, str] | None = None, tmpdir: Path) -> None:
@@ -46,7 +46,11 @@ def killed_mid_write(stage: str, *args: str, env: dict[str, str] | None = None, 
     env = {**(env or {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}), "TMPDIR": str(tmpdir)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.killed_writer", stage, *args],
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         line = proc.stdout.readline()
@@ -62,16 +66,28 @@ def killed_mid_write(stage: str, *args: str, env: dict[str, str] | None = None, 
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
 
 
 def temporary_entries(*folders: Path) -> list[Path]:
-    return [path for folder in folders if folder.exists() for path in folder.iterdir() if path.name.startswith(tempfiles.TEMP_PREFIX)]
+    return [
+        path
+        for folder in folders
+        if folder.exists()
+        for path in folder.iterdir()
+        if path.name.startswith(tempfiles.TEMP_PREFIX)
+    ]
 
 
 def retention_at(h, clock_time: dt.datetime) -> dict[str, int]:
     """One `--once` cycle: the policies' deadlines as of the harness's clock, the sweep's clock at `clock_time`."""
-    daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=ManualClock(clock_time))
+    daemon = Retention(
+        h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=ManualClock(clock_time)
+    )
     return h.db_call(daemon.run_once, h.clock.now(), True)
 
 
@@ -120,8 +136,12 @@ def base_model(tmp_path_factory):
     return folder
 
 
-def test_the_trainer_serializes_inside_the_data_folder_and_a_kill_mid_save_is_swept(tmp_path, base_model, private_tmp, monkeypatch):
-    h = start_harness(tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite3'}", base_model=str(base_model), training_steps=2)
+def test_the_trainer_serializes_inside_the_data_folder_and_a_kill_mid_save_is_swept(
+    tmp_path, base_model, private_tmp, monkeypatch
+):
+    h = start_harness(
+        tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite3'}", base_model=str(base_model), training_steps=2
+    )
     try:
         user = h.sign_up("trainer-tmp@example.com")
         payload = images.one_face()
@@ -131,7 +151,9 @@ def test_the_trainer_serializes_inside_the_data_folder_and_a_kill_mid_save_is_sw
         killed_mid_write("trainer-mid-save", env=trainer_env(h, TMPDIR=str(private_tmp)), tmpdir=private_tmp)
         scratch = h.settings.data_dir / tempfiles.SCRATCH_FOLDER
         [folder] = temporary_entries(scratch)  # the adapter being saved, inside the data folder
-        assert folder.name.startswith(".tmp-lora-") and [x.name for x in folder.iterdir()] == ["pytorch_lora_weights.safetensors"]
+        assert folder.name.startswith(".tmp-lora-") and [x.name for x in folder.iterdir()] == [
+            "pytorch_lora_weights.safetensors"
+        ]
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(scratch.stat().st_mode) == 0o700
         assert stat.S_IMODE((folder / "pytorch_lora_weights.safetensors").stat().st_mode) == 0o600
         assert os.listdir(private_tmp) == []  # nothing in the system's temporary folder
@@ -158,7 +180,9 @@ def test_the_trainer_serializes_inside_the_data_folder_and_a_kill_mid_save_is_sw
 def test_a_starting_trainer_sweeps_its_stale_scratch(tmp_path):
     from faceharmony.core.settings import Settings
 
-    settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", secret_key="k" * 32)
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", secret_key="k" * 32
+    )
     with tempfiles.scratch_folder(settings.data_dir, "lora") as kept:
         stale = tempfiles.scratch_folder(settings.data_dir, "lora")
         (Path(stale.name) / "adapter").write_bytes(PERSONAL)
@@ -194,9 +218,13 @@ def test_sweep_stale_removes_only_old_temporary_entries(tmp_path):
             os.utime(path, (old, old), follow_symlinks=False)
     os.utime(entries["old-folder-new-inside"], (old, old))
     cutoff = real_now() - dt.timedelta(hours=1)
-    assert tempfiles.sweep_stale(folder, cutoff, dry_run=True) == 3 and all(p.exists() or p.is_symlink() for p in entries.values())
+    assert tempfiles.sweep_stale(folder, cutoff, dry_run=True) == 3 and all(
+        p.exists() or p.is_symlink() for p in entries.values()
+    )
     assert tempfiles.sweep_stale(folder, cutoff) == 3
-    assert sorted(x.name for x in folder.iterdir()) == sorted(entries[n].name for n in ("new-file", "old-folder-new-inside", "not-temporary"))
+    assert sorted(x.name for x in folder.iterdir()) == sorted(
+        entries[n].name for n in ("new-file", "old-folder-new-inside", "not-temporary")
+    )
     assert entries["not-temporary"].read_bytes() == PERSONAL  # a link is removed, never what it points to
     assert tempfiles.sweep_stale(tmp_path / "missing", cutoff) == 0
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from faceharmony.core import basemodel as pipeline_mod
+from faceharmony.core.diffusion import pipeline as pipeline_mod
+from faceharmony.core.diffusion.pipeline import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
 from faceharmony.trainer.lora import (
     CorruptAdapter,
     PhotoUnreadable,
@@ -27,7 +28,6 @@ from faceharmony.trainer.lora import (
     read_adapter_metadata,
     train_lora,
 )
-from faceharmony.core.diffusion.pipeline import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
 from tests.support.images import astronaut, encode
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -216,7 +216,9 @@ def test_base_unet_unchanged_after_training(trained, base):
 def test_adapter_keys_and_metadata(trained, base):
     result, _, _, _ = trained
     tensors = load_adapter_bytes(result.safetensors)
-    matches = [re.fullmatch(r"unet\.[\w.]+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.lora\.(down|up)\.weight", k) for k in tensors]
+    matches = [
+        re.fullmatch(r"unet\.[\w.]+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.lora\.(down|up)\.weight", k) for k in tensors
+    ]
     assert tensors and all(matches), [k for k, m in zip(tensors, matches) if not m]
     assert {m[1] for m in matches} == set(PROJECTIONS)
     assert len(tensors) == 2 * 4 * 2 * 6  # down+up, 4 projections, 2 attentions, 6 transformer blocks
@@ -224,8 +226,17 @@ def test_adapter_keys_and_metadata(trained, base):
     assert len(result.safetensors) < 500_000
     meta = result.metadata
     for key in (
-        "base_fingerprint", "rank", "alpha", "trigger_token", "class_word", "steps", "learning_rate",
-        "resolution", "seed", "num_images", "library_versions",
+        "base_fingerprint",
+        "rank",
+        "alpha",
+        "trigger_token",
+        "class_word",
+        "steps",
+        "learning_rate",
+        "resolution",
+        "seed",
+        "num_images",
+        "library_versions",
     ):
         assert key in meta, key
     assert meta["base_fingerprint"] == base.fingerprint
@@ -287,7 +298,9 @@ def test_should_stop_cancels_promptly(base, photos):
         return asked["n"] > 4  # once before preparing, once after caching, then before steps 1 and 2
 
     with pytest.raises(TrainingCancelled, match="after 2 of 500"):
-        train_lora(base, photos, TrainingSettings(steps=500), on_progress=lambda s, t: calls.append(s), should_stop=should_stop)
+        train_lora(
+            base, photos, TrainingSettings(steps=500), on_progress=lambda s, t: calls.append(s), should_stop=should_stop
+        )
     assert calls == [1, 2]  # stopped at the next step, not at the end
     assert not has_adapter(base.unet)
     assert all(torch.equal(v, base.unet.state_dict()[k]) for k, v in before.items())
@@ -312,7 +325,13 @@ def test_bad_training_input(base, photos):
     assert not isinstance(info.value, PhotoUnreadable)  # a settings problem: the trainer retries it
     with pytest.raises(PhotoUnreadable, match="cannot be decoded"):
         train_lora(base, [b"\xff\xd8 broken"], TrainingSettings(steps=1))
-    for bad in (dict(rank=0), dict(steps=0), dict(learning_rate=-1.0), dict(trigger_token="a b"), dict(target_modules=())):
+    for bad in (
+        dict(rank=0),
+        dict(steps=0),
+        dict(learning_rate=-1.0),
+        dict(trigger_token="a b"),
+        dict(target_modules=()),
+    ):
         with pytest.raises(ValueError, match="invalid training settings"):
             TrainingSettings(**bad)
     assert TrainingSettings(rank=8).alpha == 8.0
@@ -346,9 +365,14 @@ CORRUPT_PAYLOADS = {
     "header only": (lambda good, t: good[:8], "too short"),
     "wrong keys": (lambda good, t: _save({"text_encoder.foo.weight": torch.zeros(2, 2)}), "unexpected key"),
     "no tensors": (lambda good, t: _save({}), "no tensors"),
-    "half a pair": (lambda good, t: _save({k: v for k, v in t.items() if not k.endswith("lora.up.weight")}), "only its down half"),
+    "half a pair": (
+        lambda good, t: _save({k: v for k, v in t.items() if not k.endswith("lora.up.weight")}),
+        "only its down half",
+    ),
     "rank mismatch": (
-        lambda good, t: _save({k: (v[:, :2].contiguous() if k.endswith("lora.up.weight") else v) for k, v in t.items()}),
+        lambda good, t: _save(
+            {k: (v[:, :2].contiguous() if k.endswith("lora.up.weight") else v) for k, v in t.items()}
+        ),
         "inconsistent shapes",
     ),
     "mixed ranks": (lambda good, t: _save(_two_ranks(t)), r"mixes ranks \[2, 4\]"),

@@ -14,8 +14,8 @@ import pytest
 from faceharmony.core.blobstore.base import BlobPermissionError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
-from faceharmony.trainer.lora import load_adapter_bytes, read_adapter_metadata
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
+from faceharmony.trainer.lora import load_adapter_bytes, read_adapter_metadata
 from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
 from faceharmony.v1 import photo_pb2 as p
@@ -50,7 +50,9 @@ def system(tmp_path, base_model):
 def new_model(h, email: str):
     user = h.sign_up(email)
     payload = images.one_face()
-    photo_ids = [h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)]
+    photo_ids = [
+        h.photos.UploadPhoto(p.UploadPhotoRequest(content=payload), metadata=user.md).photo.id for _ in range(4)
+    ]
     model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids), metadata=user.md).model
     return user, model
 
@@ -64,15 +66,19 @@ def test_a_trainer_killed_mid_training_loses_nothing(system, tmp_path):
         wait_for(lambda: h.db_call(lambda: m.UserModel.get_by_id(model.id).progress) >= 0.1, what="training progress")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        assert h.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model.state == mp.MODEL_STATE_TRAINING
-        second = subprocess.Popen([str(BIN / "faceharmony-trainer")], env=trainer_env(h), stdout=logs[1], stderr=logs[1])
+        assert (
+            h.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model.state == mp.MODEL_STATE_TRAINING
+        )
+        second = subprocess.Popen(
+            [str(BIN / "faceharmony-trainer")], env=trainer_env(h), stdout=logs[1], stderr=logs[1]
+        )
         try:
             states = []
             for event in h.models.WatchModel(mp.WatchModelRequest(id=model.id), metadata=user.md, timeout=240):
                 states.append((event.state, event.progress))
             assert states[-1] == (mp.MODEL_STATE_READY, 1.0), (tmp_path / "trainer-1.log").read_text()[-3000:]
             progress = [pr for st, pr in states if st == mp.MODEL_STATE_TRAINING]
-            restart = progress[progress.index(min(progress)):]  # the second trainer starts the job over...
+            restart = progress[progress.index(min(progress)) :]  # the second trainer starts the job over...
             assert restart == sorted(restart) and len(set(restart)) >= 2  # ...and its progress only rises
         finally:
             second.send_signal(signal.SIGTERM)

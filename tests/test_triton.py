@@ -33,11 +33,11 @@ require_triton()
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
+from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.triton_launcher.server import start_triton  # noqa: E402
 
 MODEL = "faceharmony_diffusion"
@@ -82,7 +82,10 @@ def client(server):
 
 
 def _input(name: str, value, dtype: str) -> grpcclient.InferInput:
-    arr = np.array([[value]], dtype=object if dtype == "BYTES" else {"INT64": np.int64, "INT32": np.int32, "FP32": np.float32}[dtype])
+    arr = np.array(
+        [[value]],
+        dtype=object if dtype == "BYTES" else {"INT64": np.int64, "INT32": np.int32, "FP32": np.float32}[dtype],
+    )
     x = grpcclient.InferInput(name, list(arr.shape), dtype)
     x.set_data_from_numpy(arr)
     return x
@@ -124,7 +127,10 @@ def _send_concurrently(client, batches: list[list]) -> list:
 def _batch_sizes(client) -> dict[int, int]:
     """Executions of the model so far, by Triton batch size."""
     stats = client.get_inference_statistics(MODEL, as_json=True)
-    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats["model_stats"][0].get("batch_stats", [])}
+    return {
+        int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+        for b in stats["model_stats"][0].get("batch_stats", [])
+    }
 
 
 def _batch_sizes_after(client, before: dict[int, int], requests: int, timeout: float = 10.0) -> dict[int, int]:
@@ -170,15 +176,19 @@ def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(c
     for (prompt, blob, _key, seed, guidance, negative), image in zip(good, results):
         assert isinstance(image, np.ndarray), image
         assert image.dtype == np.uint8 and image.shape == (1, HEIGHT, WIDTH, 3)
-        alone = engine.generate([GenerationRequest(prompt, parsed[blob], negative or None, seed, STEPS, guidance, WIDTH, HEIGHT)])[0]
+        alone = engine.generate(
+            [GenerationRequest(prompt, parsed[blob], negative or None, seed, STEPS, guidance, WIDTH, HEIGHT)]
+        )[0]
         assert alone.ok and alone.batch_size == 1
         diffs.append(int(np.abs(image[0].astype(int) - alone.image.astype(int)).max()))
     images = [r[0].astype(int) for r in results]
     # The comparison means something: other seed or other user's adapter -> visibly another image.
     assert np.abs(images[0] - images[1]).mean() > 2 and np.abs(images[0] - images[2]).mean() > 2
 
-    print(f"\n6 concurrent requests answered in {elapsed:.2f}s; max uint8 diff vs alone {diffs}; "
-          f"executions by batch size {grown}")
+    print(
+        f"\n6 concurrent requests answered in {elapsed:.2f}s; max uint8 diff vs alone {diffs}; "
+        f"executions by batch size {grown}"
+    )
     assert max(diffs) <= UINT8_TOL
     assert any(bs > 1 and n > 0 for bs, n in grown.items()), grown
 
@@ -192,7 +202,9 @@ def test_evict_keys_drops_a_cached_model_version(client, adapters):
         keys = np.array([[key.encode()]], dtype=object)
         x = grpcclient.InferInput("EVICT_KEYS", list(keys.shape), "BYTES")
         x.set_data_from_numpy(keys)
-        return int(client.infer(MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0])
+        return int(
+            client.infer(MODEL, [x], outputs=[grpcclient.InferRequestedOutput("EVICTED")]).as_numpy("EVICTED")[0, 0]
+        )
 
     assert evict("model-evict:1") == 1  # it was cached
     assert evict("model-evict:1") == 0  # and is gone

@@ -67,10 +67,16 @@ def test_listeners_are_on_loopback_and_the_repository_api_is_refused(tmp_path, r
         assert client.get_inference_statistics("echo").model_stats[0].inference_stats.success.count >= 1
 
         # The model-repository API and the other unused protocols are refused.
-        for call in (lambda: client.load_model("probe"), lambda: client.unload_model("echo"),
-                     lambda: client.get_model_repository_index(), lambda: client.get_model_config("echo"),
-                     lambda: client.get_model_metadata("echo"), lambda: client.get_system_shared_memory_status(),
-                     lambda: client.get_log_settings(), lambda: client.get_trace_settings()):
+        for call in (
+            lambda: client.load_model("probe"),
+            lambda: client.unload_model("echo"),
+            lambda: client.get_model_repository_index(),
+            lambda: client.get_model_config("echo"),
+            lambda: client.get_model_metadata("echo"),
+            lambda: client.get_system_shared_memory_status(),
+            lambda: client.get_log_settings(),
+            lambda: client.get_trace_settings(),
+        ):
             assert "restricted" in refused(call)
         # Even with the key from Triton's command line, no model can be loaded or unloaded.
         header = {f"triton-grpc-protocol-{RESTRICTED_HEADER}": restricted_key(proc.pid)}

@@ -30,7 +30,9 @@ def test_a_launchs_regions_are_swept_only_once_every_process_holding_its_lock_is
     other = shm / "triton_python_backend_shm_region_someone-else"
     for path in (*regions, other):
         path.write_bytes(b"generated image bytes")
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pass_fds=(lease.fd,))
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pass_fds=(lease.fd,)
+    )
     try:
         lease.handed_over()
         assert sweep_regions(locks, shm) == 0 and all(p.exists() for p in regions)  # the child holds the lock
@@ -68,7 +70,9 @@ def test_a_sigkilled_triton_leaves_no_shared_memory_after_the_next_start(tmp_pat
         assert all(p.exists() for p in left)  # SIGKILL: nobody unlinked them
     finally:
         first.stop()  # sweeps once the killed stubs have let go of the lock
-    wait_for(lambda: sweep_regions(work / "shm") >= 0 and not [p for p in left if p.exists()], what="the killed stubs' exit")
+    wait_for(
+        lambda: sweep_regions(work / "shm") >= 0 and not [p for p in left if p.exists()], what="the killed stubs' exit"
+    )
 
     # A launch killed with its launcher (no stop() ran): the next start removes what it left.
     lease_dir = work / "shm"

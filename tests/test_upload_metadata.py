@@ -70,7 +70,14 @@ def _segment(code: int, payload: bytes) -> bytes:
 def _iptc_app13(field: str) -> bytes:
     """An APP13 Photoshop segment with an IPTC-IIM record (2:80 by-line, 2:120 caption)."""
     by_line, caption = marker(field + "-byline"), marker(field + "-caption")
-    iim = b"\x1c\x02\x50" + struct.pack(">H", len(by_line)) + by_line + b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+    iim = (
+        b"\x1c\x02\x50"
+        + struct.pack(">H", len(by_line))
+        + by_line
+        + b"\x1c\x02\x78"
+        + struct.pack(">H", len(caption))
+        + caption
+    )
     iim += b"\0" * (len(iim) % 2)
     resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\0\0" + struct.pack(">I", len(iim)) + iim
     return _segment(0xED, b"Photoshop 3.0\0" + resource)
@@ -111,7 +118,9 @@ def _mpo() -> bytes:
     out = io.BytesIO()
     second = images.astronaut().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     second.encoderinfo = {"comment": marker("mpo-second-comment")}
-    images.astronaut().save(out, "MPO", save_all=True, append_images=[second], comment=marker("mpo-comment"), quality=90)
+    images.astronaut().save(
+        out, "MPO", save_all=True, append_images=[second], comment=marker("mpo-comment"), quality=90
+    )
     return out.getvalue()
 
 
@@ -125,21 +134,42 @@ CASES = {
     "jpeg-exif-gps": lambda: _exif_case(lambda e: _jpeg(exif=e)),
     "jpeg-xmp": lambda: (_jpeg(xmp=_xmp("jpeg-xmp")), [marker("jpeg-xmp")]),
     "jpeg-icc": lambda: (_jpeg(icc_profile=_icc("jpeg-icc")), [marker("jpeg-icc")]),
-    "jpeg-iptc": lambda: (_jpeg(extra=_iptc_app13("jpeg-iptc")), [marker("jpeg-iptc-byline"), marker("jpeg-iptc-caption")]),
+    "jpeg-iptc": lambda: (
+        _jpeg(extra=_iptc_app13("jpeg-iptc")),
+        [marker("jpeg-iptc-byline"), marker("jpeg-iptc-caption")],
+    ),
     "jpeg-other-segments": lambda: (
         _jpeg(extra=_segment(0xEC, b"Ducky\0" + marker("jpeg-app12")) + _segment(0xEF, marker("jpeg-app15"))),
         [marker("jpeg-app12"), marker("jpeg-app15")],
     ),
     "jpeg-dpi": lambda: (_jpeg(dpi=(300, 300), comment=marker("jpeg-dpi")), [marker("jpeg-dpi")]),
     "jpeg-everything": lambda: (
-        _jpeg(comment=marker("all-comment"), exif=_exif()[0], xmp=_xmp("all-xmp"), icc_profile=_icc("all-icc"), dpi=(72, 72), extra=_iptc_app13("all-iptc")),
+        _jpeg(
+            comment=marker("all-comment"),
+            exif=_exif()[0],
+            xmp=_xmp("all-xmp"),
+            icc_profile=_icc("all-icc"),
+            dpi=(72, 72),
+            extra=_iptc_app13("all-iptc"),
+        ),
         [marker("all-comment"), *_exif()[1], marker("all-xmp"), marker("all-icc"), marker("all-iptc-byline")],
     ),
     "jpeg-trailer": lambda: (_jpeg() + marker("after-eoi"), [marker("after-eoi")]),
     "mpo-second-picture": lambda: (_mpo(), [marker("mpo-comment"), marker("mpo-second-comment")]),
     "png-text-ztxt-itxt-xmp": lambda: (
         _png(_png_text()),
-        [marker(n) for n in ("png-text-comment", "png-text-author", "png-ztxt", "png-itxt", "png-itxt-tkey", "png-itxt-zip", "png-xmp")],
+        [
+            marker(n)
+            for n in (
+                "png-text-comment",
+                "png-text-author",
+                "png-ztxt",
+                "png-itxt",
+                "png-itxt-tkey",
+                "png-itxt-zip",
+                "png-xmp",
+            )
+        ],
     ),
     "png-exif": lambda: _exif_case(lambda e: _png(exif=e)),
     "png-icc": lambda: (_png(icc_profile=_icc("png-icc")), [marker("png-icc")]),
@@ -186,7 +216,9 @@ def vision_server():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, vision_server):
     folder = tmp_path_factory.mktemp("metadata")
-    settings = Settings(verifier="google-cloud-vision", vision_endpoint=vision_server.address, vision_timeout_seconds=10)
+    settings = Settings(
+        verifier="google-cloud-vision", vision_endpoint=vision_server.address, vision_timeout_seconds=10
+    )
     h = start_harness(folder / "data", f"sqlite:///{folder / 'db.sqlite3'}", verifier=make_verifier(settings))
     h.user = h.sign_up("metadata@example.com")
     yield h
@@ -198,7 +230,9 @@ def test_no_container_field_survives_into_the_stored_photo_or_to_vision(server, 
     upload, markers = CASES[case]()
     readable = everything_readable(upload)
     assert all(x in readable for x in markers), "the upload does not carry its markers"
-    photo = server.photos.UploadPhoto(p.UploadPhotoRequest(content=upload, filename="me"), metadata=server.user.md).photo
+    photo = server.photos.UploadPhoto(
+        p.UploadPhotoRequest(content=upload, filename="me"), metadata=server.user.md
+    ).photo
     blob_id = server.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id)
     stored = LocalBlobStore(server.settings.blob_dir, Role.TRAINER).read("photos", blob_id)
     sent = vision_server.requests[-1].requests[0].image.content

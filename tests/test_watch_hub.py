@@ -17,8 +17,13 @@ def queued_model(h, user) -> str:
         with write_transaction(h.db):
             now = h.clock.now()
             return m.UserModel.create(
-                id=ids.new_id(), account=user.account_id, display_name="Me", state="queued", trigger_token="sks",
-                created_at=now, updated_at=now,
+                id=ids.new_id(),
+                account=user.account_id,
+                display_name="Me",
+                state="queued",
+                trigger_token="sks",
+                created_at=now,
+                updated_at=now,
             ).id
 
     return h.db_call(insert)
@@ -56,7 +61,11 @@ def test_a_watch_opened_during_a_tick_is_not_told_its_model_is_gone(harness):
         two = h.models.WatchModel(mp.WatchModelRequest(id=second_model), metadata=user.md, timeout=30)
         assert next(two).state == mp.MODEL_STATE_QUEUED  # registered while that probe runs
         held.release.set()
-        h.db_call(lambda: m.UserModel.update(state="failed", failure_reason="X").where(m.UserModel.id == second_model).execute())
+        h.db_call(
+            lambda: (
+                m.UserModel.update(state="failed", failure_reason="X").where(m.UserModel.id == second_model).execute()
+            )
+        )
         event = next(two)  # before the fix: NOT_FOUND, the row "gone" because the tick had not probed it
         assert event.state == mp.MODEL_STATE_FAILED
         one.cancel()

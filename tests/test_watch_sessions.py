@@ -80,9 +80,11 @@ def test_a_watch_ends_with_its_session(harness, kind, end, expected):
     stream, others = open_watch(h, user, kind), open_watch(h, other, kind)
     if end is expire:  # the bystander's session outlives the jump in time
         h.db_call(
-            lambda: m.Session.update(expires_at=h.clock.now() + dt.timedelta(days=3650))
-            .where(m.Session.account == other.account_id)
-            .execute()
+            lambda: (
+                m.Session.update(expires_at=h.clock.now() + dt.timedelta(days=3650))
+                .where(m.Session.account == other.account_id)
+                .execute()
+            )
         )
     end(h, user)
     assert end_of(stream) == expected == unary_answer(h, user)

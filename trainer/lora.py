@@ -34,17 +34,17 @@ import math
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from faceharmony.core.diffusion.pipeline import BaseModel
 from faceharmony.core.diffusion.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
+from faceharmony.core.diffusion.pipeline import BaseModel
 from faceharmony.core.tempfiles import TEMP_PREFIX
 
 ADAPTER_NAME = "faceharmony_training"
@@ -174,7 +174,9 @@ def _check_resolution(base: BaseModel, resolution: int) -> None:
 
 
 @torch.no_grad()
-def encode_latent_distribution(base: BaseModel, pixels: torch.Tensor, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latent_distribution(
+    base: BaseModel, pixels: torch.Tensor, chunk: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE-encode pixels once: the (mean, std) of the scaled latent distribution, float32 on base.device."""
     means, stds = [], []
     scale = base.vae.config.scaling_factor
@@ -341,7 +343,9 @@ def train_lora(
             num_timesteps = scheduler.config.num_train_timesteps
             prediction_type = scheduler.config.prediction_type
             bs = settings.batch_size
-            draws = _RandomDraws(generator, latent_mean.shape[0], bs, tuple(latent_mean.shape[1:]), num_timesteps, device)
+            draws = _RandomDraws(
+                generator, latent_mean.shape[0], bs, tuple(latent_mean.shape[1:]), num_timesteps, device
+            )
             step_losses: list[torch.Tensor] = []
 
             for step in range(1, total + 1):
@@ -354,7 +358,9 @@ def train_lora(
                 else:
                     target = noise
                 with torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
-                    pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.expand(bs, -1, -1)).sample
+                    pred = unet(
+                        noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.expand(bs, -1, -1)
+                    ).sample
                 loss = F.mse_loss(pred.float(), target.float())
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -466,6 +472,7 @@ def has_adapter(unet: torch.nn.Module) -> bool:
 
 # --------------------------------------------------------------------------------------------------------
 # Reading adapters back
+
 
 def load_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
     """Parse and validate adapter bytes; the state dict `pipe.load_lora_weights` accepts.

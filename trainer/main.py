@@ -1,7 +1,7 @@
 """`faceharmony-trainer`: runs training jobs until SIGTERM/SIGINT (the job in hand is handed back, not lost).
 
-    faceharmony-trainer           loop: claim, train, repeat
-    faceharmony-trainer --once    run at most one job, then exit
+faceharmony-trainer           loop: claim, train, repeat
+faceharmony-trainer --once    run at most one job, then exit
 """
 
 from __future__ import annotations

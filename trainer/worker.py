@@ -30,8 +30,8 @@ from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.models import Photo
 from faceharmony.core.jobs.queue import Claim, default_worker_id
-from faceharmony.core.settings import Settings
 from faceharmony.core.jobs.training import TrainingQueue
+from faceharmony.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,11 @@ class Trainer:
             self._base = load_base(self.settings.base_model_dir)
             log.info(
                 "base model loaded",
-                extra={"device": str(self._base.device), "fingerprint": self._base.fingerprint[:12], "seconds": round(time.perf_counter() - started, 2)},
+                extra={
+                    "device": str(self._base.device),
+                    "fingerprint": self._base.fingerprint[:12],
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
             )
         return self._base
 
@@ -84,7 +88,7 @@ class Trainer:
     def sweep_scratch(self) -> int:
         """Removes what a trainer killed mid-save left in the data folder's scratch folder, once older than the
         orphan margin (real time; the retention daemon sweeps it too, where it shares the data folder)."""
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=self.settings.orphan_margin_hours)
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(hours=self.settings.orphan_margin_hours)
         swept = tempfiles.sweep_stale(tempfiles.scratch_dir(self.settings.data_dir), cutoff)
         if swept:
             log.info("stale temporary files removed", extra={"swept_temporary_files": swept})
@@ -107,14 +111,14 @@ class Trainer:
         log.info("job claimed", extra={"job_id": claim.job_id, "attempt": claim.attempt})
         try:
             self.process(claim)
-        except Exception:  # noqa: BLE001 - a bug or an outage: the job is retried with backoff
+        except Exception:
             log.exception("training failed", extra={"job_id": claim.job_id})
             self.queue.fail(claim, "TRAINING_ERROR", retryable=True)
         return True
 
     def process(self, claim: Claim) -> None:
-        from faceharmony.trainer.lora import PhotoUnreadable, TrainingCancelled, train_lora
         from faceharmony.core.diffusion.pipeline import BaseModelMissing
+        from faceharmony.trainer.lora import PhotoUnreadable, TrainingCancelled, train_lora
 
         model = self.queue.start(claim)
         if model is None:
@@ -157,7 +161,11 @@ class Trainer:
 
         try:
             adapter = train_lora(
-                base, jpegs, training_settings, on_progress=on_progress, should_stop=should_stop,
+                base,
+                jpegs,
+                training_settings,
+                on_progress=on_progress,
+                should_stop=should_stop,
                 scratch_dir=tempfiles.scratch_dir(self.settings.data_dir),
             )
         except PhotoUnreadable as exc:  # no photo, or one that cannot be decoded: retrying will not help
@@ -183,9 +191,19 @@ class Trainer:
             return
         version = self.queue.record_version(claim, adapter_id, metadata_id, base.fingerprint)
         if version is None:
-            log.warning("adapter not recorded: job lost meanwhile (its blobs are swept)", extra={"job_id": claim.job_id})
+            log.warning(
+                "adapter not recorded: job lost meanwhile (its blobs are swept)", extra={"job_id": claim.job_id}
+            )
         else:
-            log.info("model ready", extra={"job_id": claim.job_id, "model_id": model.id, "version": version, "loss": round(adapter.final_loss, 5)})
+            log.info(
+                "model ready",
+                extra={
+                    "job_id": claim.job_id,
+                    "model_id": model.id,
+                    "version": version,
+                    "loss": round(adapter.final_loss, 5),
+                },
+            )
 
     def _heartbeat(self, claim: Claim, stop: threading.Event, progress: dict) -> None:
         # Often enough that a deleted model's training stops within seconds, well inside the lease.

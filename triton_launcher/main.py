@@ -34,8 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", action="append", dest="models", help="model to load (repeatable)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--address", default=None,
-                        help="address of the gRPC and metrics listeners (default: FACEHARMONY_TRITON_LISTEN_ADDRESS)")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="address of the gRPC and metrics listeners (default: FACEHARMONY_TRITON_LISTEN_ADDRESS)",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
     # The settings are read here (a bad FACEHARMONY_* variable fails now, not inside the model).
@@ -47,19 +50,27 @@ def _serve(entry: process.Entry, args: argparse.Namespace) -> int:
     shm_locks = settings.data_dir / "triton" / "shm"
     try:
         backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
-        view = prepare_repository_view(args.model_repository, args.models or DEFAULT_MODELS,
-                                       settings.data_dir / "triton" / "repositories")
+        view = prepare_repository_view(
+            args.model_repository, args.models or DEFAULT_MODELS, settings.data_dir / "triton" / "repositories"
+        )
         sweep_regions(shm_locks)  # what a SIGKILLed earlier launch left in /dev/shm
         lease = ShmLease(shm_locks)
-        cmd = server_command(view, backend_dir, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                             address=args.address or settings.triton_listen_address, log_verbose=args.log_verbose,
-                             extra_args=[lease.backend_arg])
+        cmd = server_command(
+            view,
+            backend_dir,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            address=args.address or settings.triton_listen_address,
+            log_verbose=args.log_verbose,
+            extra_args=[lease.backend_arg],
+        )
     except TritonUnavailable as exc:
         raise process.Refused(str(exc)) from exc
     try:
         # If this wrapper is SIGKILLed, tritonserver gets SIGTERM (not orphaned holding the ports).
-        server = subprocess.Popen(cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,),
-                                   preexec_fn=die_with_parent())
+        server = subprocess.Popen(
+            cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,), preexec_fn=die_with_parent()
+        )
     finally:
         lease.handed_over()
 

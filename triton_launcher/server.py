@@ -56,7 +56,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from faceharmony.core.children import die_with_parent
 from faceharmony.core.datadir import private_dir
 from faceharmony.triton_launcher.shm import ShmLease, sweep_regions
 
@@ -201,8 +200,16 @@ def free_port(host: str = LOOPBACK) -> int:
 class TritonServer:
     """A `tritonserver` child process. Use `start_triton` to make one."""
 
-    def __init__(self, process: subprocess.Popen, *, grpc_port: int, metrics_port: int, models: Sequence[str],
-                 log_path: Path | None, address: str = LOOPBACK) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen,
+        *,
+        grpc_port: int,
+        metrics_port: int,
+        models: Sequence[str],
+        log_path: Path | None,
+        address: str = LOOPBACK,
+    ) -> None:
         self.process = process
         self.address = address
         self.grpc_port = grpc_port
@@ -255,7 +262,7 @@ class TritonServer:
         atexit.unregister(self.stop)
         return self.process.returncode
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -284,18 +291,33 @@ def start_triton(
     ports = [p if p is not None else free_port(connect_host(address)) for p in (grpc_port, metrics_port)]
     sweep_regions(work_dir / "shm")  # what a SIGKILLed earlier launch left in /dev/shm
     lease = ShmLease(work_dir / "shm")
-    cmd = server_command(view, backend_dir, grpc_port=ports[0], metrics_port=ports[1], address=address,
-                         log_verbose=log_verbose, extra_args=[lease.backend_arg])
+    cmd = server_command(
+        view,
+        backend_dir,
+        grpc_port=ports[0],
+        metrics_port=ports[1],
+        address=address,
+        log_verbose=log_verbose,
+        extra_args=[lease.backend_arg],
+    )
     log_path = work_dir / "tritonserver.log"
     try:
         with log_path.open("ab") as log_file:
-            process = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True, umask=TRITON_UMASK,
-                                       pass_fds=(lease.fd,))
+            process = subprocess.Popen(
+                cmd,
+                env=server_env(env),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                umask=TRITON_UMASK,
+                pass_fds=(lease.fd,),
+            )
     finally:
         lease.handed_over()
-    server = TritonServer(process, grpc_port=ports[0], metrics_port=ports[1], models=models, log_path=log_path,
-                          address=address)
+    server = TritonServer(
+        process, grpc_port=ports[0], metrics_port=ports[1], models=models, log_path=log_path, address=address
+    )
     server.shm_locks = work_dir / "shm"
     try:
         server.wait_ready(ready_timeout)

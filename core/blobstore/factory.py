@@ -10,7 +10,9 @@ def open_blob_store(settings: Settings, role: Role) -> BlobStore:
     if settings.blob_backend == "gcs":
         from faceharmony.core.blobstore.gcs import GcsBlobStore, make_client
 
-        return GcsBlobStore(make_client(settings.gcs_project or None, settings.gcs_endpoint or None), settings.gcs_bucket, role)
+        return GcsBlobStore(
+            make_client(settings.gcs_project or None, settings.gcs_endpoint or None), settings.gcs_bucket, role
+        )
     from faceharmony.core.blobstore.local import LocalBlobStore
 
     return LocalBlobStore(settings.blob_dir, role)

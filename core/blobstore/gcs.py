@@ -71,7 +71,9 @@ class GcsBlobStore(BlobStore):
             raise BlobError(f"cannot read the bucket: {type(exc).__name__}") from exc
         versioned = bool(self.bucket.versioning_enabled)
         if versioned:
-            log.error("bucket object versioning is on: every deleted object stays as a noncurrent version; no purge is final")
+            log.error(
+                "bucket object versioning is on: every deleted object stays as a noncurrent version; no purge is final"
+            )
         return versioned
 
     def _name(self, kind: str, blob_id: str) -> str:

@@ -90,5 +90,4 @@ class LocalBlobStore(BlobStore):
                 if entry.name.startswith(".") or not entry.is_file():
                     continue
                 st = entry.stat()
-                yield BlobInfo(kind, entry.name, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
-
+                yield BlobInfo(kind, entry.name, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))

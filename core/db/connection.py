@@ -35,7 +35,7 @@ def open_database(url: str, pool_size: int = 10) -> pw.Database:
 
 def make_database(url: str, pool_size: int = 10) -> pw.Database:
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         if str(path) != ":memory:":
             # The database file made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
             # database file's mode (whatever the umask); loose ones left by an older version are tightened.

@@ -22,13 +22,13 @@ class UtcDateTimeField(pw.DateTimeField):
 
     def db_value(self, value):  # type: ignore[override]
         if isinstance(value, dt.datetime) and value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return super().db_value(value)
 
     def python_value(self, value):  # type: ignore[override]
         value = super().python_value(value)
         if isinstance(value, dt.datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return value
 
 
@@ -46,7 +46,7 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
-def IdField(**kwargs) -> pw.CharField:  # noqa: N802 - reads like a field class
+def IdField(**kwargs) -> pw.CharField:
     return pw.CharField(max_length=32, **kwargs)
 
 

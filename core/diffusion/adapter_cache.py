@@ -90,7 +90,9 @@ def parse_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
             raise AdapterCorrupt(f"adapter layer {layer[:120]!r} has only its {next(iter(pair))} half")
         down, up = pair["down"], pair["up"]
         if down.ndim != 2 or up.ndim != 2 or down.shape[0] < 1 or up.shape[1] != down.shape[0]:
-            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} has inconsistent shapes {tuple(down.shape)}, {tuple(up.shape)}")
+            raise AdapterCorrupt(
+                f"adapter layer {layer[:120]!r} has inconsistent shapes {tuple(down.shape)}, {tuple(up.shape)}"
+            )
         if not (down.is_floating_point() and up.is_floating_point()):
             raise AdapterCorrupt(f"adapter layer {layer[:120]!r} is not floating point")
         if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
@@ -151,7 +153,9 @@ class AdapterCache:
         prepare: Callable[[dict[str, torch.Tensor]], Any] | None = None,
     ) -> None:
         if Op.READ not in PERMISSIONS[store.role].get("models", frozenset()):
-            raise ValueError(f"the adapter cache needs a blob store that may read models/ (role order), not {store.role.value}")
+            raise ValueError(
+                f"the adapter cache needs a blob store that may read models/ (role order), not {store.role.value}"
+            )
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.store = store
@@ -238,7 +242,9 @@ class AdapterCache:
         try:
             return self.prepare(tensors), nbytes
         except ValueError as exc:  # multi_lora.AdapterMismatch: layer names or widths of another base
-            raise AdapterMismatchedBase(f"adapter blob {blob_id} does not fit the base model: {str(exc)[:200]}") from None
+            raise AdapterMismatchedBase(
+                f"adapter blob {blob_id} does not fit the base model: {str(exc)[:200]}"
+            ) from None
 
     # -- management
 

@@ -2,7 +2,7 @@
 
 Owns `BatchedGenerator` and its request/result types:
 
-* `BatchedGenerator(base)` loads the shared base pipeline once (`core.basemodel.load_base`, or takes a loaded
+* `BatchedGenerator(base)` loads the shared base pipeline once (`core.diffusion.pipeline.load_base`, or takes a loaded
   `BaseModel`) plus a sampling scheduler (EulerDiscreteScheduler built from the folder's scheduler config
   unless another is given).
 * `generate(requests)` validates every request on its own (size, steps, guidance, seed, prompt, adapter),
@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceharmony.core.diffusion.pipeline import BaseModel, load_base
 from faceharmony.core.diffusion.multi_lora import AdapterMismatch, LoRAWeights, installed, prepare_lora
+from faceharmony.core.diffusion.pipeline import BaseModel, load_base
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,12 @@ class BatchedGenerator:
         if not _is_int(req.steps) or not 1 <= req.steps <= self.max_steps:
             return f"steps must be an integer in [1, {self.max_steps}]"
         g = req.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= self.max_guidance:
+        if (
+            isinstance(g, bool)
+            or not isinstance(g, (int, float))
+            or not math.isfinite(g)
+            or not 0 <= g <= self.max_guidance
+        ):
             return f"guidance_scale must be a number in [0, {self.max_guidance:g}]"
         native = self.base.resolution
         width = native if req.width is None else req.width
@@ -247,7 +252,11 @@ class BatchedGenerator:
         except Exception as exc:  # noqa: BLE001 - isolate the failure to the request that causes it
             if len(chunk) == 1:
                 log.warning("generation failed: %s: %s", type(exc).__name__, exc)
-                return [GenerationResult(chunk[0].req.request_id, error=f"generation failed: {type(exc).__name__}: {str(exc)[:300]}")]
+                return [
+                    GenerationResult(
+                        chunk[0].req.request_id, error=f"generation failed: {type(exc).__name__}: {str(exc)[:300]}"
+                    )
+                ]
             log.warning("batch of %d failed (%s); retrying its requests one at a time", len(chunk), type(exc).__name__)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -263,7 +272,9 @@ class BatchedGenerator:
         out: dict[str, torch.Tensor] = {}
         for start in range(0, len(texts), 64):
             part = texts[start : start + 64]
-            ids = tok(part, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+            ids = tok(
+                part, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids
             hidden = te(ids.to(self.device))[0].to(self.dtype)
             for i, text in enumerate(part):
                 out[text] = hidden[i : i + 1]
@@ -306,13 +317,17 @@ class BatchedGenerator:
         generators = [torch.Generator(device="cpu").manual_seed(int(it.req.seed)) for it in chunk]
         latents = torch.cat([torch.randn(shape, generator=g, dtype=embeds.dtype) for g in generators]).to(device)
         latents = latents * scheduler.init_noise_sigma
-        step_kwargs = {"generator": generators if n > 1 else generators[0]} if _accepts(scheduler.step, "generator") else {}
+        step_kwargs = (
+            {"generator": generators if n > 1 else generators[0]} if _accepts(scheduler.step, "generator") else {}
+        )
 
         g_idx = torch.tensor(guided, dtype=torch.long, device=device)
         all_guided = len(guided) == n
         if guided:
             # float32 like diffusers' Python-float scale (a bf16 tensor would round e.g. 7.3 to 7.3125)
-            g_scale = torch.tensor([chunk[i].guidance for i in guided], dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+            g_scale = torch.tensor([chunk[i].guidance for i in guided], dtype=torch.float32, device=device).view(
+                -1, 1, 1, 1
+            )
 
         with base.lock, installed(base.unet) as handle:
             with handle.batch(adapters, row_index) if adapters else contextlib.nullcontext():
@@ -333,7 +348,9 @@ class BatchedGenerator:
                             noise = pred_u + (g_scale * (pred_c - pred_u)).to(pred_u.dtype)
                         else:
                             noise = pred_c.clone()
-                            noise[g_idx] = pred_u + (g_scale * (pred_c.index_select(0, g_idx) - pred_u)).to(pred_u.dtype)
+                            noise[g_idx] = pred_u + (g_scale * (pred_c.index_select(0, g_idx) - pred_u)).to(
+                                pred_u.dtype
+                            )
                     latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
 
         pixels = self._decode(latents)

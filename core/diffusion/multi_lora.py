@@ -70,7 +70,9 @@ def target_layers(unet: nn.Module, targets: Sequence[str] = TARGET_PROJECTIONS) 
     """{dotted path: module} of the UNet's attention projections named by `targets`, wrapped or not."""
     found: dict[str, nn.Module] = {}
     for name, module in unet.named_modules():
-        if any(name == t or name.endswith("." + t) for t in targets) and isinstance(module, (nn.Linear, MultiLoRALinear)):
+        if any(name == t or name.endswith("." + t) for t in targets) and isinstance(
+            module, (nn.Linear, MultiLoRALinear)
+        ):
             found[name] = module
     return found
 
@@ -125,7 +127,13 @@ def prepare_lora(
             raise AdapterMismatch(f"adapter layer {path[:120]!r} lacks its {'up' if 'down' in pair else 'down'} half")
         down, up = pair["down"], pair["up"]
         in_f, out_f = shapes[path]
-        if down.ndim != 2 or up.ndim != 2 or down.shape[1] != in_f or up.shape[0] != out_f or up.shape[1] != down.shape[0]:
+        if (
+            down.ndim != 2
+            or up.ndim != 2
+            or down.shape[1] != in_f
+            or up.shape[0] != out_f
+            or up.shape[1] != down.shape[0]
+        ):
             raise AdapterMismatch(
                 f"adapter layer {path[:120]!r} has shapes {tuple(down.shape)}, {tuple(up.shape)}; "
                 f"this base needs (r, {in_f}), ({out_f}, r)"
@@ -224,7 +232,7 @@ def _set_child(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 # Installed UNets -> their handle (weak: a UNet that is garbage collected takes its handle along).
-_HANDLES: "weakref.WeakKeyDictionary[nn.Module, MultiLoRAHandle]" = weakref.WeakKeyDictionary()
+_HANDLES: weakref.WeakKeyDictionary[nn.Module, MultiLoRAHandle] = weakref.WeakKeyDictionary()
 
 
 class MultiLoRAHandle:
@@ -275,7 +283,7 @@ class MultiLoRAHandle:
             layer.clear()
 
     @contextlib.contextmanager
-    def batch(self, adapters: Sequence[LoRAWeights], index: Sequence[int] | torch.Tensor) -> Iterator["MultiLoRAHandle"]:
+    def batch(self, adapters: Sequence[LoRAWeights], index: Sequence[int] | torch.Tensor) -> Iterator[MultiLoRAHandle]:
         """Context manager form of `set_batch`; the adapter set is cleared on exit (also after an error)."""
         self.set_batch(adapters, index)
         try:
@@ -287,7 +295,9 @@ class MultiLoRAHandle:
 def _check_installable(unet: nn.Module) -> None:
     for name, module in unet.named_modules():
         if type(module).__module__.startswith("peft."):
-            raise RuntimeError(f"the UNet carries a peft adapter layer ({name}); unload it before installing multi-LoRA")
+            raise RuntimeError(
+                f"the UNet carries a peft adapter layer ({name}); unload it before installing multi-LoRA"
+            )
         if getattr(module, "fused_projections", False):
             raise RuntimeError(f"attention {name} has fused QKV projections, which bypass to_q/to_k/to_v")
 

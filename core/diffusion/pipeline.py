@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -82,7 +83,7 @@ def _component_dirs(folder: Path, index: dict[str, Any]) -> list[str]:
     return sorted(names)
 
 
-def _hash_file(path: Path, size: int, h: "hashlib._Hash") -> None:
+def _hash_file(path: Path, size: int, h: hashlib._Hash) -> None:
     with path.open("rb") as f:
         if size <= max(FULL_HASH_LIMIT, 2 * _EDGE + (_WINDOWS + 1) * _WINDOW):
             for chunk in iter(lambda: f.read(1024 * 1024), b""):

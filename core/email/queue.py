@@ -27,9 +27,7 @@ CLAIM_SECONDS = 120
 log = logging.getLogger(__name__)
 
 
-def enqueue(
-    *, clock: Clock, kind: str, to: str, name: str, account_id: str | None = None, **params: str
-) -> str:
+def enqueue(*, clock: Clock, kind: str, to: str, name: str, account_id: str | None = None, **params: str) -> str:
     """Queues one templated email; call inside the transaction of the change it reports."""
     rendered = render(kind, name=name, **params)
     now = clock.now()

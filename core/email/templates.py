@@ -28,7 +28,7 @@ def _template(kind: str) -> tuple[string.Template, string.Template]:
     first, _, body = text.partition("\n")
     if not first.startswith("Subject: "):
         raise ValueError(f"template {kind} lacks a Subject line")
-    return string.Template(first[len("Subject: "):]), string.Template(body)
+    return string.Template(first[len("Subject: ") :]), string.Template(body)
 
 
 def render(kind: str, *, name: str, **params: str) -> RenderedEmail:

@@ -54,13 +54,23 @@ def model_key(model_id: str, version: int) -> str:
 def request(model_ids: pw.ModelSelect | Sequence[str], now: dt.datetime) -> int:
     """Inside the transaction of the decision: every version of these models must leave every replica's cache.
     A pending record is requested again (a new token, no confirmation yet). Returns how many versions."""
-    versions = sorted(ModelVersion.select(ModelVersion.model, ModelVersion.version).where(ModelVersion.model.in_(model_ids)).tuples())
+    versions = sorted(
+        ModelVersion.select(ModelVersion.model, ModelVersion.version).where(ModelVersion.model.in_(model_ids)).tuples()
+    )
     return request_versions(versions, now)
 
 
 def request_versions(versions: Iterable[tuple[str, int]], now: dt.datetime) -> int:
     rows = [
-        {"id": ids.new_id(), "model_id": m, "version": v, "token": ids.new_id(), "requested_at": now, "confirmed_by": [], "attempts": 0}
+        {
+            "id": ids.new_id(),
+            "model_id": m,
+            "version": v,
+            "token": ids.new_id(),
+            "requested_at": now,
+            "confirmed_by": [],
+            "attempts": 0,
+        }
         for m, v in sorted(set(versions))
     ]
     if not rows:
@@ -142,7 +152,9 @@ def failed(db: pw.Database, records: Sequence[Pending], error: str) -> None:
         return
     with write_transaction(db):
         ids_ = [row.id for row in _locked(db, records)]
-        ModelEviction.update(attempts=ModelEviction.attempts + 1, last_error=error[:40]).where(ModelEviction.id.in_(ids_)).execute()
+        ModelEviction.update(attempts=ModelEviction.attempts + 1, last_error=error[:40]).where(
+            ModelEviction.id.in_(ids_)
+        ).execute()
 
 
 @dataclass(frozen=True)

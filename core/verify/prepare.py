@@ -100,7 +100,9 @@ def prepare_upload(data: bytes, limits: Limits) -> PreparedImage:
         if png is not None and png[0] == 16:
             raise ImageRejected("NOT_RGB", "16-bit images are not accepted; use 8-bit RGB")
         if image.mode not in ("RGB", "RGBA"):
-            raise ImageRejected("NOT_RGB", f"the image is {_describe_mode(image.mode)}; a three-channel RGB image is required")
+            raise ImageRejected(
+                "NOT_RGB", f"the image is {_describe_mode(image.mode)}; a three-channel RGB image is required"
+            )
         try:
             image.load()
             image = ImageOps.exif_transpose(image)

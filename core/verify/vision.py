@@ -54,7 +54,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Optional, Union
+from typing import Union
 
 import grpc
 from google.api_core import exceptions as api_exceptions
@@ -93,7 +93,7 @@ def _likelihood(value: LikelihoodLike, what: str) -> Likelihood:
 class _Attempt(Exception):
     """Internal: one attempt failed; carries the status code and whether it may be retried."""
 
-    def __init__(self, code: Optional[grpc.StatusCode], where: str):
+    def __init__(self, code: grpc.StatusCode | None, where: str):
         super().__init__(where)
         self.code = code
         self.where = where
@@ -114,15 +114,15 @@ class CloudVisionVerifier:
 
     def __init__(
         self,
-        client: Optional[vision_v1.ImageAnnotatorClient] = None,
+        client: vision_v1.ImageAnnotatorClient | None = None,
         *,
         timeout_seconds: float = 10.0,
         max_attempts: int = 3,
-        total_timeout_seconds: Optional[float] = None,
+        total_timeout_seconds: float | None = None,
         backoff_initial_seconds: float = 0.25,
         backoff_max_seconds: float = 2.0,
         nsfw_threshold: LikelihoodLike = Likelihood.LIKELY,
-        racy_threshold: Optional[LikelihoodLike] = Likelihood.VERY_LIKELY,
+        racy_threshold: LikelihoodLike | None = Likelihood.VERY_LIKELY,
         face_min_confidence: float = 0.5,
     ):
         if timeout_seconds <= 0:
@@ -155,9 +155,7 @@ class CloudVisionVerifier:
                 # Production: Application Default Credentials, the public endpoint.
                 client = vision_v1.ImageAnnotatorClient()
             except Exception as exc:  # e.g. google.auth DefaultCredentialsError
-                raise VerifierUnavailable(
-                    f"Cloud Vision client could not be created ({type(exc).__name__})"
-                ) from None
+                raise VerifierUnavailable(f"Cloud Vision client could not be created ({type(exc).__name__})") from None
         self._client = client
         self._random = random.Random()
         self._random_lock = threading.Lock()
@@ -167,7 +165,7 @@ class CloudVisionVerifier:
     def verify(self, image: PreparedImage) -> Verdict:
         request = self._request(image.jpeg)
         deadline = time.monotonic() + self.total_timeout_seconds
-        last: Optional[_Attempt] = None
+        last: _Attempt | None = None
         attempts = 0
         for attempt in range(self.max_attempts):
             if attempt:
@@ -206,18 +204,14 @@ class CloudVisionVerifier:
                 vision_v1.AnnotateImageRequest(
                     image=vision_v1.Image(content=jpeg),
                     features=[
-                        vision_v1.Feature(
-                            type_=vision_v1.Feature.Type.FACE_DETECTION, max_results=FACE_MAX_RESULTS
-                        ),
+                        vision_v1.Feature(type_=vision_v1.Feature.Type.FACE_DETECTION, max_results=FACE_MAX_RESULTS),
                         vision_v1.Feature(type_=vision_v1.Feature.Type.SAFE_SEARCH_DETECTION),
                     ],
                 )
             ]
         )
 
-    def _call(
-        self, request: vision_v1.BatchAnnotateImagesRequest, timeout: float
-    ) -> vision_v1.AnnotateImageResponse:
+    def _call(self, request: vision_v1.BatchAnnotateImagesRequest, timeout: float) -> vision_v1.AnnotateImageResponse:
         try:
             # retry=None: the generated default retries UNAVAILABLE for up to 600 s.
             batch = self._client.batch_annotate_images(request=request, retry=None, timeout=timeout)

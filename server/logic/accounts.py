@@ -34,9 +34,8 @@ from dataclasses import dataclass
 import grpc
 
 from faceharmony.core import ids
-from faceharmony.core.db import audit
-from faceharmony.core.jobs import evictions
 from faceharmony.core.crypto import equal
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.locks import email_key, key_lock, rate_key
 from faceharmony.core.db.models import (
@@ -51,6 +50,7 @@ from faceharmony.core.db.models import (
     WaitlistEntry,
 )
 from faceharmony.core.email.queue import enqueue
+from faceharmony.core.jobs import evictions
 from faceharmony.core.jobs.orders import UNSERVABLE_MODEL_STATES
 from faceharmony.server.errors import ApiError, invalid, precondition, rate_limited
 from faceharmony.server.logic.deps import Deps, locked
@@ -159,7 +159,9 @@ def _new_session(deps: Deps, account: Account) -> SignedIn:
     token = ids.new_token()
     now = deps.clock.now()
     expires = now + dt.timedelta(seconds=deps.settings.session_ttl_seconds)
-    Session.create(id=ids.new_id(), token_hash=deps.hasher.token(token), account=account, created_at=now, expires_at=expires)
+    Session.create(
+        id=ids.new_id(), token_hash=deps.hasher.token(token), account=account, created_at=now, expires_at=expires
+    )
     return SignedIn(token=token, expires_at=expires, account=account)
 
 
@@ -228,14 +230,18 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
             # Before any code is compared, a right one included: the cap stops guessing, whatever the email.
             audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="daily_cap")
             failure = ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED", "too many wrong codes for this email today; try again tomorrow"
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "CODE_LOCKED",
+                "too many wrong codes for this email today; try again tomorrow",
             )
         elif row is None or row.expires_at <= now:
             audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="no_live_code")
             failure = invalid("INVALID_CODE", "the code is wrong or has expired")
         elif row.attempts >= deps.settings.code_max_attempts:
             audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="locked")
-            failure = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED", "too many wrong codes; request a new one")
+            failure = ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED", "too many wrong codes; request a new one"
+            )
         elif not equal(deps.hasher.code(row.id, code), row.code_hash):
             attempts = row.attempts + 1
             SignInCode.update(attempts=SignInCode.attempts + 1).where(SignInCode.id == row.id).execute()
@@ -289,7 +295,9 @@ def accept_invitation(deps: Deps, token: str, is_16_or_older: bool) -> SignedIn:
         if invitation.accepted_at is not None or Account.get_or_none(Account.email == invitation.email):
             raise precondition("INVITATION_ALREADY_USED", "the invitation was already used; sign in instead")
         if invitation.revoked_at is not None or inviter is None or inviter.state != "active":
-            raise precondition("INVITATION_REVOKED", "the invitation was withdrawn: the account that sent it was deleted")
+            raise precondition(
+                "INVITATION_REVOKED", "the invitation was withdrawn: the account that sent it was deleted"
+            )
         account = _create_account(deps, email=invitation.email, name=invitation.name, invited_by=inviter)
         Invitation.update(accepted_at=now, account=account).where(Invitation.id == invitation.id).execute()
         audit.record(deps.clock, audit.INVITATION_ACCEPTED, actor_id=account.id, subject_id=invitation.id)
@@ -300,7 +308,9 @@ def accept_invitation(deps: Deps, token: str, is_16_or_older: bool) -> SignedIn:
 
 def sign_out(deps: Deps, account_id: str, session_id: str) -> None:
     with write_transaction(deps.db):
-        Session.update(revoked_at=deps.clock.now()).where(Session.id == session_id, Session.revoked_at.is_null()).execute()
+        Session.update(revoked_at=deps.clock.now()).where(
+            Session.id == session_id, Session.revoked_at.is_null()
+        ).execute()
         audit.record(deps.clock, audit.SIGN_OUT, actor_id=account_id, subject_id=session_id)
 
 
@@ -416,7 +426,9 @@ def reactivate_account(deps: Deps, account_id: str) -> Account:
         # Its models are servable again (those not deleted on their own): Triton fetches them again on demand.
         evictions.cancel(
             deps.db,
-            UserModel.select(UserModel.id).where(UserModel.account == account_id, UserModel.state.not_in(UNSERVABLE_MODEL_STATES))
+            UserModel.select(UserModel.id).where(
+                UserModel.account == account_id, UserModel.state.not_in(UNSERVABLE_MODEL_STATES)
+            ),
         )
     return Account.get_by_id(account_id)
 

@@ -7,9 +7,9 @@ import datetime as dt
 import peewee as pw
 
 from faceharmony.core import ids
+from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, Photo, UserModel
-from faceharmony.core.db import audit
 from faceharmony.core.jobs import evictions, training
 from faceharmony.server.errors import invalid, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
@@ -19,14 +19,19 @@ VISIBLE = ("queued", "training", "ready", "failed")
 
 
 def _display_name(raw: str) -> str:
-    return clean_text(raw, reason="INVALID_DISPLAY_NAME", what="display_name", max_len=100, required=True, multiline=False)
+    return clean_text(
+        raw, reason="INVALID_DISPLAY_NAME", what="display_name", max_len=100, required=True, multiline=False
+    )
 
 
 def photo_ids_of(model_ids: list[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {mid: [] for mid in model_ids}
     if model_ids:
         for photo_id, model_id in (
-            Photo.select(Photo.id, Photo.model_id).where(Photo.model_id.in_(model_ids)).order_by(Photo.created_at, Photo.id).tuples()
+            Photo.select(Photo.id, Photo.model_id)
+            .where(Photo.model_id.in_(model_ids))
+            .order_by(Photo.created_at, Photo.id)
+            .tuples()
         ):
             out[model_id].append(photo_id)
     return out
@@ -34,7 +39,9 @@ def photo_ids_of(model_ids: list[str]) -> dict[str, list[str]]:
 
 def _own_visible(deps: Deps, account_id: str, model_id: str, for_update: bool = False) -> UserModel:
     require_id(model_id)
-    query = UserModel.select().where(UserModel.id == model_id, UserModel.account == account_id, UserModel.state.in_(VISIBLE))
+    query = UserModel.select().where(
+        UserModel.id == model_id, UserModel.account == account_id, UserModel.state.in_(VISIBLE)
+    )
     model = (locked(query, deps.db) if for_update else query).first()
     if model is None:
         raise not_found("model")  # another user's, pending deletion, or none: never say which
@@ -44,7 +51,9 @@ def _own_visible(deps: Deps, account_id: str, model_id: str, for_update: bool = 
 def _replay(first: UserModel) -> UserModel:
     """The model an earlier CreateModel with this request_id made; MODEL_PENDING_DELETION once the user deleted it."""
     if first.state not in VISIBLE:
-        raise precondition("MODEL_PENDING_DELETION", "the model created with this request_id was deleted; send a new request_id")
+        raise precondition(
+            "MODEL_PENDING_DELETION", "the model created with this request_id was deleted; send a new request_id"
+        )
     return first
 
 
@@ -72,7 +81,10 @@ def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list
                 if first is not None:
                     return _replay(first)
             photos = list(
-                locked(Photo.select().where(Photo.id.in_(wanted), Photo.account == account_id, Photo.deleted_at.is_null()), deps.db)
+                locked(
+                    Photo.select().where(Photo.id.in_(wanted), Photo.account == account_id, Photo.deleted_at.is_null()),
+                    deps.db,
+                )
             )
             if len(photos) != len(wanted):
                 raise not_found("photo")
@@ -96,7 +108,11 @@ def create_model(deps: Deps, account_id: str, display_name: str, photo_ids: list
             training.enqueue(model.id, "train", now, s.training_max_attempts)
             return model
     except pw.IntegrityError:  # a concurrent create with the same request_id won
-        first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id) if request_id else None
+        first = (
+            UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id)
+            if request_id
+            else None
+        )
         if first is None:
             raise
         return _replay(first)
@@ -121,9 +137,14 @@ def retrain_model(deps: Deps, account_id: str, model_id: str) -> UserModel:
         # queued now could only fail.
         photos = Photo.select().where(Photo.model_id == model.id, Photo.deleted_at.is_null()).count()
         if photos < deps.settings.model_min_photos:
-            raise precondition("TOO_FEW_PHOTOS", f"the model has {photos} photos left; training needs at least {deps.settings.model_min_photos}")
+            raise precondition(
+                "TOO_FEW_PHOTOS",
+                f"the model has {photos} photos left; training needs at least {deps.settings.model_min_photos}",
+            )
         now = deps.clock.now()
-        UserModel.update(state="queued", progress=0.0, failure_reason=None, updated_at=now).where(UserModel.id == model.id).execute()
+        UserModel.update(state="queued", progress=0.0, failure_reason=None, updated_at=now).where(
+            UserModel.id == model.id
+        ).execute()
         training.enqueue(model.id, "retrain", now, deps.settings.training_max_attempts)
     return UserModel.get_by_id(model_id)
 
@@ -157,7 +178,9 @@ def restore_model(deps: Deps, staff_id: str, model_id: str) -> UserModel:
     """Support undoes a deletion within the grace period; an interrupted training is queued again."""
     require_id(model_id)
     with write_transaction(deps.db):
-        model = locked(UserModel.select().where(UserModel.id == model_id, UserModel.state == "pending_deletion"), deps.db).first()
+        model = locked(
+            UserModel.select().where(UserModel.id == model_id, UserModel.state == "pending_deletion"), deps.db
+        ).first()
         if model is None:
             raise not_found("model pending deletion")
         now = deps.clock.now()
@@ -173,7 +196,12 @@ def restore_model(deps: Deps, staff_id: str, model_id: str) -> UserModel:
             kind = "train" if model.current_version is None else "retrain"
             training.enqueue(model.id, kind, now, deps.settings.training_max_attempts)
         UserModel.update(
-            state=state, state_before_delete=None, deleted_at=None, purge_after=None, progress=1.0 if state == "ready" else 0.0, updated_at=now
+            state=state,
+            state_before_delete=None,
+            deleted_at=None,
+            purge_after=None,
+            progress=1.0 if state == "ready" else 0.0,
+            updated_at=now,
         ).where(UserModel.id == model.id).execute()
         audit.record(deps.clock, audit.MODEL_RESTORED, actor_id=staff_id, subject_id=model.id)
         if Account.select(Account.state).where(Account.id == model.account_id).scalar() == "active":

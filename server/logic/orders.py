@@ -7,9 +7,9 @@ import datetime as dt
 import peewee as pw
 
 from faceharmony.core.db import audit
-from faceharmony.core.jobs import orders, styles
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, GeneratedPhoto, Order, OrderImage, UserModel
+from faceharmony.core.jobs import orders, styles
 from faceharmony.server.errors import invalid, not_found, precondition
 from faceharmony.server.logic.deps import Deps, locked
 from faceharmony.server.logic.purchases import balance
@@ -39,7 +39,9 @@ def _same_request(order: Order, model_ids: list[str], style_id: str, count: int)
     return order.style_id == style_id and order.count == count and model_ids_of([order.id])[order.id] == model_ids
 
 
-def create_order(deps: Deps, account_id: str, model_ids: list[str], style_id: str, count: int, request_id: str) -> Order:
+def create_order(
+    deps: Deps, account_id: str, model_ids: list[str], style_id: str, count: int, request_id: str
+) -> Order:
     """Debits count x models x credits_per_image in the order's own transaction; the same request_id returns the first order."""
     wanted, style = _check_order(deps, list(model_ids), style_id, count)
     request_id = optional_request_id(request_id)
@@ -79,7 +81,14 @@ def create_order(deps: Deps, account_id: str, model_ids: list[str], style_id: st
             now,
             deps.settings.order_max_attempts,
         )
-        audit.record(deps.clock, audit.ORDER_CREATED, actor_id=account_id, subject_id=order.id, images=order.images_total, credits=cost)
+        audit.record(
+            deps.clock,
+            audit.ORDER_CREATED,
+            actor_id=account_id,
+            subject_id=order.id,
+            images=order.images_total,
+            credits=cost,
+        )
         return order
 
 
@@ -109,7 +118,9 @@ def get_order(deps: Deps, account_id: str, order_id: str) -> Order:
 
 
 def list_orders(deps: Deps, account_id: str, page_size: int, page_token: str):
-    return paginate(Order.select().where(Order.account == account_id), Order.created_at, Order.id, page_size, page_token)
+    return paginate(
+        Order.select().where(Order.account == account_id), Order.created_at, Order.id, page_size, page_token
+    )
 
 
 def _visible_photos(account_id: str):

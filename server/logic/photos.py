@@ -46,7 +46,9 @@ def existing_upload(deps: Deps, account_id: str, request_id: str | None) -> Phot
         return None
     first = Photo.get_or_none(Photo.account == account_id, Photo.request_id == request_id)
     if first is not None and first.deleted_at is not None:
-        raise precondition("PHOTO_DELETED", "the photo uploaded with this request_id was deleted; send a new request_id")
+        raise precondition(
+            "PHOTO_DELETED", "the photo uploaded with this request_id was deleted; send a new request_id"
+        )
     return first
 
 

@@ -60,9 +60,16 @@ def record_purchase(deps: Deps, account_id: str, store: int, product_id: str, tr
                     purchase_time=purchase_time,
                 )
                 CreditEntry.create(
-                    id=ids.new_id(), account=account_id, delta=credits, kind="purchase", ref_id=purchase.id, created_at=now
+                    id=ids.new_id(),
+                    account=account_id,
+                    delta=credits,
+                    kind="purchase",
+                    ref_id=purchase.id,
+                    created_at=now,
                 )
-                audit.record(deps.clock, audit.PURCHASE_RECORDED, actor_id=account_id, subject_id=purchase.id, credits=credits)
+                audit.record(
+                    deps.clock, audit.PURCHASE_RECORDED, actor_id=account_id, subject_id=purchase.id, credits=credits
+                )
                 return purchase, balance(account_id)
         except pw.IntegrityError:
             if attempt:  # a concurrent first record won the race: the retry reads it

@@ -56,7 +56,12 @@ def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_
                         return existing, messages(existing)
                 now = deps.clock.now()
                 ticket = Ticket.create(
-                    id=ids.new_id(), account=account_id, subject=subject, request_id=request_id, created_at=now, updated_at=now
+                    id=ids.new_id(),
+                    account=account_id,
+                    subject=subject,
+                    request_id=request_id,
+                    created_at=now,
+                    updated_at=now,
                 )
                 _add_message(ticket, "user", body, now)
                 return ticket, messages(ticket)
@@ -66,7 +71,9 @@ def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_
     raise AssertionError("unreachable")
 
 
-def list_tickets(deps: Deps, principal: Principal, account_id: str, all_accounts: bool, state: int, page_size: int, page_token: str):
+def list_tickets(
+    deps: Deps, principal: Principal, account_id: str, all_accounts: bool, state: int, page_size: int, page_token: str
+):
     query = Ticket.select()
     if account_id or all_accounts:
         if not principal.is_staff:

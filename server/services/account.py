@@ -15,7 +15,9 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         self.app, self.deps, self.on_email = app, deps, on_email
 
     async def JoinWaitlist(self, request, context):
-        await self.app.run(accounts.join_waitlist, self.deps, request.name, request.email, request.is_16_or_older, request.note)
+        await self.app.run(
+            accounts.join_waitlist, self.deps, request.name, request.email, request.is_16_or_older, request.note
+        )
         return pb.JoinWaitlistResponse()
 
     async def RequestSignInCode(self, request, context):
@@ -26,13 +28,19 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
     async def SignIn(self, request, context):
         result = await self.app.run(accounts.sign_in, self.deps, request.email, request.code)
         return pb.SignInResponse(
-            session_token=result.token, session_expire_time=convert.ts(result.expires_at), account=convert.account(result.account)
+            session_token=result.token,
+            session_expire_time=convert.ts(result.expires_at),
+            account=convert.account(result.account),
         )
 
     async def AcceptInvitation(self, request, context):
-        result = await self.app.run(accounts.accept_invitation, self.deps, request.invitation_token, request.is_16_or_older)
+        result = await self.app.run(
+            accounts.accept_invitation, self.deps, request.invitation_token, request.is_16_or_older
+        )
         return pb.AcceptInvitationResponse(
-            session_token=result.token, session_expire_time=convert.ts(result.expires_at), account=convert.account(result.account)
+            session_token=result.token,
+            session_expire_time=convert.ts(result.expires_at),
+            account=convert.account(result.account),
         )
 
     async def SignOut(self, request, context):
@@ -49,12 +57,16 @@ class AccountService(account_pb2_grpc.AccountServiceServicer):
         return pb.UpdateNameResponse(account=convert.account(row))
 
     async def InviteFriend(self, request, context):
-        await self.app.run(accounts.invite_friend, self.deps, self.app.principal().account_id, request.email, request.name)
+        await self.app.run(
+            accounts.invite_friend, self.deps, self.app.principal().account_id, request.email, request.name
+        )
         self.on_email()
         return pb.InviteFriendResponse()
 
     async def DeleteAccount(self, request, context):
-        row = await self.app.run(accounts.delete_account, self.deps, self.app.principal().account_id, request.confirm_email)
+        row = await self.app.run(
+            accounts.delete_account, self.deps, self.app.principal().account_id, request.confirm_email
+        )
         self.on_email()
         return pb.DeleteAccountResponse(account=convert.account(row))
 

@@ -15,7 +15,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self.app, self.deps, self.on_email = app, deps, on_email
 
     async def ListWaitlist(self, request, context):
-        rows, token = await self.app.run(admin.list_waitlist, self.deps, request.state, request.page_size, request.page_token)
+        rows, token = await self.app.run(
+            admin.list_waitlist, self.deps, request.state, request.page_size, request.page_token
+        )
         return pb.ListWaitlistResponse(entries=[convert.waitlist_entry(r) for r in rows], next_page_token=token)
 
     async def ApproveWaitlistEntry(self, request, context):
@@ -25,7 +27,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def ListPendingDeletionModels(self, request, context):
         def page():
-            rows, token = models.list_pending_deletion(self.deps, request.account_id, request.page_size, request.page_token)
+            rows, token = models.list_pending_deletion(
+                self.deps, request.account_id, request.page_size, request.page_token
+            )
             return convert.models_with_photos(rows), token
 
         items, token = await self.app.run(page)

@@ -33,11 +33,15 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
 
     async def CreateModel(self, request, context):
         me = self.app.principal().account_id
-        msg = await self._reply(models.create_model, me, request.display_name, list(request.photo_ids), request.request_id)
+        msg = await self._reply(
+            models.create_model, me, request.display_name, list(request.photo_ids), request.request_id
+        )
         return pb.CreateModelResponse(model=msg)
 
     async def GetModel(self, request, context):
-        return pb.GetModelResponse(model=await self._reply(models.get_model, self.app.principal().account_id, request.id))
+        return pb.GetModelResponse(
+            model=await self._reply(models.get_model, self.app.principal().account_id, request.id)
+        )
 
     async def ListModels(self, request, context):
         me = self.app.principal().account_id
@@ -62,7 +66,9 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
             if snap.state not in models.VISIBLE:
                 raise not_found("model")  # deleted while watched
             model = snap.message
-            yield pb.WatchModelResponse(state=model.state, progress=model.progress, message=MESSAGES[snap.state], model=model)
+            yield pb.WatchModelResponse(
+                state=model.state, progress=model.progress, message=MESSAGES[snap.state], model=model
+            )
             if snap.state in FINAL:
                 return
 

@@ -8,9 +8,9 @@ import logging
 import grpc
 from PIL import Image
 
+from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore
 from faceharmony.core.jobs import styles
 from faceharmony.core.jobs.orders import FINAL_STATES
-from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, not_found
@@ -41,7 +41,14 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
         )
 
     async def CreateOrder(self, request, context):
-        order = await self._order(orders.create_order, self._me(), list(request.model_ids), request.style_id, request.count, request.request_id)
+        order = await self._order(
+            orders.create_order,
+            self._me(),
+            list(request.model_ids),
+            request.style_id,
+            request.count,
+            request.request_id,
+        )
         return pb.CreateOrderResponse(order=order)
 
     async def GetOrder(self, request, context):
@@ -78,7 +85,9 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
         state = state_filter(request.state, orders.PHOTO_STATES)
 
         def page():
-            rows, token = orders.list_generated(self.deps, me, request.order_id, state, request.page_size, request.page_token)
+            rows, token = orders.list_generated(
+                self.deps, me, request.order_id, state, request.page_size, request.page_token
+            )
             return [convert.generated_photo(r) for r in rows], token
 
         items, token = await self.app.run(page)
@@ -91,7 +100,9 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
             raise not_found("generated photo") from None  # purged between the row read and now
         except BlobError as exc:
             log.warning("generated photo read failed", extra={"error": type(exc).__name__})
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", "photo storage is unavailable; try again later") from None
+            raise ApiError(
+                grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", "photo storage is unavailable; try again later"
+            ) from None
 
     async def GetGeneratedPhotoPreview(self, request, context):
         row = await self.app.run(orders.get_generated, self.deps, self._me(), request.id)

@@ -39,7 +39,10 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         self.app, self.deps, self.store, self.verifier, self.verify_queue = app, deps, store, verifier, verify_queue
         s = deps.settings
         self.limits = Limits(
-            max_bytes=s.upload_max_bytes, max_pixels=s.upload_max_pixels, min_side=s.upload_min_side, store_max_side=s.upload_store_max_side
+            max_bytes=s.upload_max_bytes,
+            max_pixels=s.upload_max_pixels,
+            min_side=s.upload_min_side,
+            store_max_side=s.upload_store_max_side,
         )
 
     def _check(self, content: bytes) -> tuple[PreparedImage, Verdict]:
@@ -57,7 +60,9 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         await self.app.run(photos.check_quota, self.deps, account_id)
         # Reserved before decoding, given back after; the header is read off the event loop (a PNG's text chunks
         # are inflated on the way to its pixel data).
-        pixels = await asyncio.get_running_loop().run_in_executor(self.app.executor, declared_pixels, request.content, self.limits)
+        pixels = await asyncio.get_running_loop().run_in_executor(
+            self.app.executor, declared_pixels, request.content, self.limits
+        )
         try:
             image, verdict = await self.verify_queue.run(pixels, self._check, request.content)
         except ImageRejected as exc:
@@ -66,7 +71,15 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
             log.warning("verifier unavailable", extra={"verifier": self.verifier.name})
             raise _unavailable("VERIFIER_UNAVAILABLE", "photo verification is unavailable; try again later") from None
         refusal = photos.rejection_for(verdict)
-        log.info("photo verified", extra={"verifier": self.verifier.name, "faces": verdict.faces, "nsfw": verdict.nsfw, "accepted": refusal is None})
+        log.info(
+            "photo verified",
+            extra={
+                "verifier": self.verifier.name,
+                "faces": verdict.faces,
+                "nsfw": verdict.nsfw,
+                "accepted": refusal is None,
+            },
+        )
         if refusal is not None:
             raise refusal
         try:

@@ -36,7 +36,9 @@ class PurchaseService(purchase_pb2_grpc.PurchaseServiceServicer):
     async def GetBalance(self, request, context):
         credits, trial = await self.app.run(purchases.get_balance, self.deps, self.app.principal().account_id)
         return pb.GetBalanceResponse(
-            credits=credits, free_trial_granted=trial, free_trial_credits=self.deps.settings.free_trial_credits if trial else 0
+            credits=credits,
+            free_trial_granted=trial,
+            free_trial_credits=self.deps.settings.free_trial_credits if trial else 0,
         )
 
     async def ListProducts(self, request, context):

@@ -16,7 +16,12 @@ class SupportService(support_pb2_grpc.SupportServiceServicer):
 
     async def CreateTicket(self, request, context):
         row, msgs = await self.app.run(
-            support.create_ticket, self.deps, self.app.principal().account_id, request.subject, request.body, request.request_id
+            support.create_ticket,
+            self.deps,
+            self.app.principal().account_id,
+            request.subject,
+            request.body,
+            request.request_id,
         )
         return pb.CreateTicketResponse(ticket=convert.ticket(row, msgs))
 
@@ -38,7 +43,9 @@ class SupportService(support_pb2_grpc.SupportServiceServicer):
         return pb.GetTicketResponse(ticket=convert.ticket(row, msgs))
 
     async def AddTicketMessage(self, request, context):
-        row, msgs = await self.app.run(support.add_ticket_message, self.deps, self.app.principal(), request.id, request.body)
+        row, msgs = await self.app.run(
+            support.add_ticket_message, self.deps, self.app.principal(), request.id, request.body
+        )
         return pb.AddTicketMessageResponse(ticket=convert.ticket(row, msgs))
 
     async def ReplyToTicket(self, request, context):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 from concurrent import futures
-from typing import Optional
 
 import grpc
 from google.cloud import vision_v1
@@ -43,16 +42,16 @@ def vision_client(address: str) -> vision_v1.ImageAnnotatorClient:
 class FakeVision:
     def __init__(self) -> None:
         self.faces: list[float] = [0.97]
-        self.safe_search: Optional[dict] = {}
-        self.image_error: Optional[tuple[grpc.StatusCode, str]] = None
+        self.safe_search: dict | None = {}
+        self.image_error: tuple[grpc.StatusCode, str] | None = None
         self.call_errors: list[grpc.StatusCode] = []
-        self.fail_always: Optional[grpc.StatusCode] = None
+        self.fail_always: grpc.StatusCode | None = None
         self.delay_seconds: float = 0.0
         self.requests: list[vision_v1.BatchAnnotateImagesRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server: Optional[grpc.Server] = None
-        self.port: Optional[int] = None
+        self._server: grpc.Server | None = None
+        self.port: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -67,7 +66,7 @@ class FakeVision:
         with self._lock:
             return len(self.requests)
 
-    def start(self) -> "FakeVision":
+    def start(self) -> FakeVision:
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -94,7 +93,7 @@ class FakeVision:
             self._server.stop(grace=None).wait(5)
             self._server = None
 
-    def __enter__(self) -> "FakeVision":
+    def __enter__(self) -> FakeVision:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -22,7 +22,7 @@ class GcsEmulator:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server = create_server("127.0.0.1", self.port, in_memory=True)
 
-    def start(self) -> "GcsEmulator":
+    def start(self) -> GcsEmulator:
         self.server.start()
         return self
 

@@ -36,7 +36,7 @@ from faceharmony.v1 import (
     support_pb2_grpc,
 )
 
-START = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
 
 
 @dataclass
@@ -180,7 +180,9 @@ def start_harness(data_dir: Path, database_url: str, *, verifier=None, photo_sto
     thread.start()
 
     async def boot():
-        api, port = await create_server(settings, clock=clock, verifier=verifier or shared_verifier(), photo_store=photo_store)
+        api, port = await create_server(
+            settings, clock=clock, verifier=verifier or shared_verifier(), photo_store=photo_store
+        )
         await api.start()
         return api, port
 
@@ -222,4 +224,3 @@ def trainer_env(h: Harness, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-

@@ -63,8 +63,11 @@ def main(stage: str, folder: str = "") -> None:
 
         os.replace = pause
         message = build_message(
-            sender="no-reply@faceharmony.invalid", to="ada.lovelace@example.com", subject="Your sign-in code",
-            body="Your sign-in code is 123456.\n", message_id="0" * 32,
+            sender="no-reply@faceharmony.invalid",
+            to="ada.lovelace@example.com",
+            subject="Your sign-in code",
+            body="Your sign-in code is 123456.\n",
+            message_id="0" * 32,
         )
         OutboxTransport(Path(folder)).send(message)
     else:

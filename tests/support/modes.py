@@ -20,5 +20,4 @@ def modes(folder: Path) -> dict[str, str]:
 
 def loose(folder: Path) -> dict[str, str]:
     """Entries that are not 0700 folders or 0600 files."""
-    return {p: mode for p, mode in modes(folder).items()
-            if mode != oct(0o700 if (folder / p).is_dir() else 0o600)}
+    return {p: mode for p, mode in modes(folder).items() if mode != oct(0o700 if (folder / p).is_dir() else 0o600)}

@@ -61,9 +61,21 @@ def run_triton(tmp_path: Path, repo: Path, **settings: str):
     env.update(FACEHARMONY_DATA_DIR=str(tmp_path / "data"), **settings)
     log = (tmp_path / "triton.log").open("wb")
     proc = subprocess.Popen(
-        [str(BIN / "faceharmony-triton"), "--model-repository", str(repo), "--model", "echo",
-         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(BIN / "faceharmony-triton"),
+            "--model-repository",
+            str(repo),
+            "--model",
+            "echo",
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     log.close()
     return proc, grpc_port, metrics_port

@@ -42,7 +42,7 @@ import triton_python_backend_utils as pb_utils
 log = logging.getLogger("faceharmony.triton.diffusion")
 
 
-def _error(message: str, code_name: str = "INVALID_ARG") -> "pb_utils.InferenceResponse":
+def _error(message: str, code_name: str = "INVALID_ARG") -> pb_utils.InferenceResponse:
     code = getattr(pb_utils.TritonError, code_name, None)
     err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
     return pb_utils.InferenceResponse(output_tensors=[], error=err)
