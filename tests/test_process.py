@@ -1,0 +1,108 @@
+"""core/process.py, the helper every process entry runs: settings or a clear exit, a migrated database, stop signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from faceharmony.core import process
+from faceharmony.core.db.connection import close_database, open_database
+
+ENTRIES = {
+    "faceharmony.server": "faceharmony-server",
+    "faceharmony.trainer": "faceharmony-trainer",
+    "faceharmony.order_worker": "faceharmony-order-worker",
+    "faceharmony.retention": "faceharmony-retention",
+    "faceharmony.triton_launcher": "faceharmony-triton",
+    "faceharmony.launcher": "faceharmony-up",
+}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("FACEHARMONY_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("FACEHARMONY_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("module", ENTRIES)
+def test_every_process_exits_2_with_its_name_on_a_bad_setting(module, env):
+    prog = ENTRIES[module]
+    bad = {**os.environ, "FACEHARMONY_LOG_FORMAT": "yaml"}
+    run = subprocess.run([sys.executable, "-m", module], env=bad, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == f"{prog}: FACEHARMONY_LOG_FORMAT must be 'json' or 'text'"
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("module", ["faceharmony.trainer", "faceharmony.order_worker"])
+def test_a_worker_refuses_an_unmigrated_database(module, env):
+    (env / "data").mkdir(mode=0o700)
+    environment = {**os.environ, "FACEHARMONY_AUTO_MIGRATE": "false"}
+    run = subprocess.run(
+        [sys.executable, "-m", module, "--once"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().endswith(process.MIGRATE_HINT)
+
+
+def test_require_migrated_applies_or_refuses(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        entry = process.Entry("faceharmony-test", settings=None)  # type: ignore[arg-type]
+        with pytest.raises(process.Refused) as refused:
+            entry.require_migrated(db)
+        assert str(refused.value) == process.MIGRATE_HINT and refused.value.code == 2
+        entry.require_migrated(db, apply=True)
+        entry.require_migrated(db)  # nothing pending now
+    finally:
+        close_database(db)
+
+
+def test_run_returns_the_body_status_and_a_refusal_prints_one_line(env, capsys):
+    assert process.run("faceharmony-test", lambda entry: 7, configure_logs=False) == 7
+    assert process.run("faceharmony-test", lambda entry: None, configure_logs=False) == 0
+
+    def refuse(entry):
+        raise process.Refused("not today", code=3)
+
+    assert process.run("faceharmony-test", refuse, configure_logs=False) == 3
+    assert capsys.readouterr().err == "faceharmony-test: not today\n"
+
+
+def test_a_stop_signal_sets_stopping_and_calls_the_callbacks_then_handlers_are_restored(env):
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def body(entry: process.Entry) -> int:
+        entry.on_stop(seen.append)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert entry.stopping.wait(5)
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the entry handles it
+        return 0
+
+    assert process.run("faceharmony-test", body, configure_logs=False) == 0
+    assert seen == [signal.SIGTERM, signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_from_another_thread_no_handler_is_installed(env):
+    result = {}
+
+    def body(entry: process.Entry) -> int:
+        result["handler"] = signal.getsignal(signal.SIGTERM)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=lambda: result.setdefault("rc", process.run("t", body, configure_logs=False)))
+    worker.start()
+    worker.join(10)
+    assert result == {"handler": before, "rc": 0}
