@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from faceharmony.core.diffusion import pipeline as pipeline_mod
-from faceharmony.core.diffusion.pipeline import BaseModelMissing, build_tiny_pipeline, fingerprint_folder, load_base
+from faceharmony.core.diffusion.pipeline import BasePipelineMissing, build_tiny_pipeline, fingerprint_folder, load_base
 from faceharmony.trainer.lora import (
     CorruptAdapter,
     PhotoUnreadable,
@@ -142,7 +142,7 @@ def test_fingerprint_stable_and_sensitive(base, tiny_folder, tmp_path, monkeypat
 
 def test_missing_or_incomplete_base(tiny_folder, tmp_path):
     def check(folder: Path, fragment: str) -> None:
-        with pytest.raises(BaseModelMissing, match=fragment) as info:
+        with pytest.raises(BasePipelineMissing, match=fragment) as info:
             load_base(folder, device="cpu")
         exc = info.value  # no chained hub/loader traceback behind the message
         assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from faceharmony.core.diffusion.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
-from faceharmony.core.diffusion.pipeline import BaseModel
+from faceharmony.core.diffusion.pipeline import BasePipeline
 from faceharmony.core.tempfiles import TEMP_PREFIX
 
 ADAPTER_NAME = "faceharmony_training"
@@ -167,7 +167,7 @@ def prepare_images(jpegs: list[bytes], resolution: int) -> torch.Tensor:
 # Training
 
 
-def _check_resolution(base: BaseModel, resolution: int) -> None:
+def _check_resolution(base: BasePipeline, resolution: int) -> None:
     multiple = base.vae_scale_factor * 2 ** (len(base.unet.config.block_out_channels) - 1)
     if resolution % multiple:
         raise ValueError(f"resolution {resolution} must be a multiple of {multiple} for this base model")
@@ -175,7 +175,7 @@ def _check_resolution(base: BaseModel, resolution: int) -> None:
 
 @torch.no_grad()
 def encode_latent_distribution(
-    base: BaseModel, pixels: torch.Tensor, chunk: int = 4
+    base: BasePipeline, pixels: torch.Tensor, chunk: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE-encode pixels once: the (mean, std) of the scaled latent distribution, float32 on base.device."""
     means, stds = [], []
@@ -190,7 +190,7 @@ def encode_latent_distribution(
 
 
 @torch.no_grad()
-def encode_prompt(base: BaseModel, prompt: str) -> torch.Tensor:
+def encode_prompt(base: BasePipeline, prompt: str) -> torch.Tensor:
     """The text encoder's last hidden state for `prompt`, shape (1, 77, dim), in base.dtype."""
     ids = base.tokenizer(
         prompt,
@@ -217,7 +217,7 @@ def _library_versions() -> dict[str, str]:
     }
 
 
-def _serialize(base: BaseModel, settings: TrainingSettings, metadata: dict, scratch_dir: Path | None) -> bytes:
+def _serialize(base: BasePipeline, settings: TrainingSettings, metadata: dict, scratch_dir: Path | None) -> bytes:
     """The attached adapter as diffusers-format LoRA safetensors bytes, alpha folded into `up`; written for a
     moment into a temporary folder in `scratch_dir` (None: the system's temporary folder)."""
     import safetensors.torch
@@ -263,7 +263,7 @@ def _canonical_header(data: bytes) -> bytes:
 
 
 def train_lora(
-    base: BaseModel,
+    base: BasePipeline,
     jpegs: list[bytes],
     settings: TrainingSettings,
     on_progress: Callable[[int, int], None] | None = None,
@@ -450,7 +450,7 @@ class _RandomDraws:
         return self.buffer.pop()
 
 
-def _detach_adapter(base: BaseModel, frozen: dict[str, bool], was_training: bool, checkpointing: bool) -> None:
+def _detach_adapter(base: BasePipeline, frozen: dict[str, bool], was_training: bool, checkpointing: bool) -> None:
     """Remove every LoRA layer from the base UNet (peft wrappers replaced by the original modules)."""
     unet = base.unet
     if checkpointing:

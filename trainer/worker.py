@@ -117,7 +117,7 @@ class Trainer:
         return True
 
     def process(self, claim: Claim) -> None:
-        from faceharmony.core.diffusion.pipeline import BaseModelMissing
+        from faceharmony.core.diffusion.pipeline import BasePipelineMissing
         from faceharmony.trainer.lora import PhotoUnreadable, TrainingCancelled, train_lora
 
         model = self.queue.start(claim)
@@ -126,7 +126,7 @@ class Trainer:
             return
         try:  # before the photos: without a base, retries should not read every photo again
             base = self.base()
-        except BaseModelMissing:
+        except BasePipelineMissing:
             log.error("base model missing", extra={"path": str(self.settings.base_model_dir)})
             self.queue.fail(claim, "BASE_MODEL_MISSING", retryable=True)
             return

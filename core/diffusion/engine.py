@@ -3,7 +3,7 @@
 Owns `BatchedGenerator` and its request/result types:
 
 * `BatchedGenerator(base)` loads the shared base pipeline once (`core.diffusion.pipeline.load_base`, or takes a loaded
-  `BaseModel`) plus a sampling scheduler (EulerDiscreteScheduler built from the folder's scheduler config
+  `BasePipeline`) plus a sampling scheduler (EulerDiscreteScheduler built from the folder's scheduler config
   unless another is given).
 * `generate(requests)` validates every request on its own (size, steps, guidance, seed, prompt, adapter),
   groups the valid ones by (steps, width, height) in arrival order, splits groups into chunks of at most
@@ -31,7 +31,7 @@ that request only and it never enters a batch. If a batched chunk still raises (
 requests are retried one at a time, so only the request that fails alone reports an error.
 
 One `generate` runs at a time per engine (a lock); the UNet's projections are wrapped for the duration of
-a call under the base's own lock, so a `BaseModel` shared with training is never seen wrapped by a trainer.
+a call under the base's own lock, so a `BasePipeline` shared with training is never seen wrapped by a trainer.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from faceharmony.core.diffusion.multi_lora import AdapterMismatch, LoRAWeights, installed, prepare_lora
-from faceharmony.core.diffusion.pipeline import BaseModel, load_base
+from faceharmony.core.diffusion.pipeline import BasePipeline, load_base
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class EngineStats:
 class BatchedGenerator:
     """Loads a base pipeline once and serves batches of requests with per-sample adapters.
 
-    base: a loaded `BaseModel` (shared, e.g. with a trainer) or a diffusers folder for `load_base`.
+    base: a loaded `BasePipeline` (shared, e.g. with a trainer) or a diffusers folder for `load_base`.
     scheduler: a diffusers scheduler whose config and class are used (a fresh instance per batch);
       default EulerDiscreteScheduler from the folder's scheduler config.
     max_batch: most requests in one denoising loop (the UNet batch is up to twice that with CFG).
@@ -120,7 +120,7 @@ class BatchedGenerator:
 
     def __init__(
         self,
-        base: BaseModel | str | Path,
+        base: BasePipeline | str | Path,
         *,
         device: str | None = None,
         scheduler: Any = None,
@@ -132,7 +132,7 @@ class BatchedGenerator:
         max_guidance: float = 30.0,
         vae_batch: int = 8,
     ) -> None:
-        self.base = base if isinstance(base, BaseModel) else load_base(Path(base), device=device)
+        self.base = base if isinstance(base, BasePipeline) else load_base(Path(base), device=device)
         unet = self.base.unet
         if getattr(unet.config, "time_cond_proj_dim", None) is not None:
             raise ValueError("guidance-embedding UNets (time_cond_proj_dim, e.g. LCM) are not supported")
@@ -383,14 +383,14 @@ class BatchedGenerator:
         return np.concatenate(outs)
 
 
-def _euler_from_folder(base: BaseModel) -> Any:
+def _euler_from_folder(base: BasePipeline) -> Any:
     """EulerDiscreteScheduler from the base folder's scheduler config (all its keys, whatever class saved
     it); from the loaded training scheduler's config when the folder cannot be read."""
     from diffusers import EulerDiscreteScheduler
 
     try:
         return EulerDiscreteScheduler.from_pretrained(base.folder, subfolder="scheduler", local_files_only=True)
-    except Exception:  # noqa: BLE001 - e.g. a BaseModel assembled in memory
+    except Exception:  # noqa: BLE001 - e.g. a BasePipeline assembled in memory
         return EulerDiscreteScheduler.from_config(base.noise_scheduler.config)
 
 

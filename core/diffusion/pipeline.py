@@ -11,11 +11,11 @@ Owns three things:
   local diffusers folder with `local_files_only=True`: the same code path for the tiny pipeline and a real
   SD 1.5 folder. CUDA runs the UNet and text encoder in bf16 (fp16 where bf16 is unsupported); the VAE stays
   float32 everywhere (it only encodes the training photos once, and SD's VAE overflows in fp16). The CPU
-  runs float32. A missing or incomplete folder raises `BaseModelMissing` with one clear message.
+  runs float32. A missing or incomplete folder raises `BasePipelineMissing` with one clear message.
 * `fingerprint_folder(folder)`: a stable sha256 over the pipeline's files (see its docstring for what is
   read), recorded in each adapter's metadata so an adapter is never applied to a base it was not trained on.
 
-The loaded `BaseModel` is shared by every training run of a trainer process; `train_lora` takes its
+The loaded `BasePipeline` is shared by every training run of a trainer process; `train_lora` takes its
 `lock` while it has an adapter attached, so runs on one base never overlap.
 """
 
@@ -47,12 +47,12 @@ _WINDOWS = 14  # evenly spaced windows hashed in between
 _WINDOW = 64 * 1024
 
 
-class BaseModelMissing(Exception):
+class BasePipelineMissing(Exception):
     """The base-model folder is missing, incomplete or unreadable. The message says which and where."""
 
 
 @dataclass(eq=False)
-class BaseModel:
+class BasePipeline:
     """A loaded base pipeline: the components training needs, where they run, and what they are."""
 
     folder: Path
@@ -171,46 +171,46 @@ def _weight_variant(component_dir: Path, stem: str) -> str | None | bool:
 
 
 def _check_folder(folder: Path) -> dict[str, str | None]:
-    """Raise BaseModelMissing unless `folder` holds every file the trainer loads; return weight variants."""
+    """Raise BasePipelineMissing unless `folder` holds every file the trainer loads; return weight variants."""
     if not folder.exists():
-        raise BaseModelMissing(f"base model folder {folder} does not exist")
+        raise BasePipelineMissing(f"base model folder {folder} does not exist")
     if not folder.is_dir():
-        raise BaseModelMissing(f"base model path {folder} is not a folder")
+        raise BasePipelineMissing(f"base model path {folder} is not a folder")
     index_path = folder / "model_index.json"
     if not index_path.is_file():
-        raise BaseModelMissing(f"base model folder {folder} has no model_index.json (not a diffusers pipeline)")
+        raise BasePipelineMissing(f"base model folder {folder} has no model_index.json (not a diffusers pipeline)")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaseModelMissing(f"{index_path} is unreadable: {exc}") from None
+        raise BasePipelineMissing(f"{index_path} is unreadable: {exc}") from None
     if not isinstance(index, dict):
-        raise BaseModelMissing(f"{index_path} is not a JSON object")
+        raise BasePipelineMissing(f"{index_path} is not a JSON object")
     variants: dict[str, str | None] = {}
     for name in _COMPONENTS:
         sub = folder / name
         if name not in index:
-            raise BaseModelMissing(f"{index_path} names no {name!r} component")
+            raise BasePipelineMissing(f"{index_path} names no {name!r} component")
         if not sub.is_dir():
-            raise BaseModelMissing(f"base model folder {folder} lacks the {name}/ subfolder")
+            raise BasePipelineMissing(f"base model folder {folder} lacks the {name}/ subfolder")
         if name in _MODEL_WEIGHT_STEMS:
             if not (sub / "config.json").is_file():
-                raise BaseModelMissing(f"{sub} has no config.json")
+                raise BasePipelineMissing(f"{sub} has no config.json")
             variant = _weight_variant(sub, _MODEL_WEIGHT_STEMS[name])
             if variant is False:
-                raise BaseModelMissing(f"{sub} has no weights ({_MODEL_WEIGHT_STEMS[name]}.safetensors or .bin)")
+                raise BasePipelineMissing(f"{sub} has no weights ({_MODEL_WEIGHT_STEMS[name]}.safetensors or .bin)")
             variants[name] = variant  # type: ignore[assignment]
         elif name == "tokenizer":
             if not any((sub / f).is_file() for f in _TOKENIZER_FILES):
-                raise BaseModelMissing(f"{sub} has neither tokenizer.json nor vocab.json")
+                raise BasePipelineMissing(f"{sub} has neither tokenizer.json nor vocab.json")
         elif not (sub / "scheduler_config.json").is_file():
-            raise BaseModelMissing(f"{sub} has no scheduler_config.json")
+            raise BasePipelineMissing(f"{sub} has no scheduler_config.json")
     return variants
 
 
-def load_base(folder: Path, device: str | None = None) -> BaseModel:
+def load_base(folder: Path, device: str | None = None) -> BasePipeline:
     """Load a local diffusers SD-1.5-style folder for training (never touches the network).
 
-    Raises BaseModelMissing (message only, no chained hub errors) when the folder is missing, incomplete or
+    Raises BasePipelineMissing (message only, no chained hub errors) when the folder is missing, incomplete or
     its files cannot be loaded.
     """
     folder = Path(folder)
@@ -221,7 +221,9 @@ def load_base(folder: Path, device: str | None = None) -> BaseModel:
     return base
 
 
-def _load_components(folder: Path, variants: dict[str, str | None], dev: torch.device, dtype: torch.dtype) -> BaseModel:
+def _load_components(
+    folder: Path, variants: dict[str, str | None], dev: torch.device, dtype: torch.dtype
+) -> BasePipeline:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -243,7 +245,9 @@ def _load_components(folder: Path, variants: dict[str, str | None], dev: torch.d
         raise
     except Exception as exc:  # noqa: BLE001 - every load failure means the same thing to the caller
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise BaseModelMissing(f"base model in {folder} cannot be loaded: {type(exc).__name__}: {first_line}") from None
+        raise BasePipelineMissing(
+            f"base model in {folder} cannot be loaded: {type(exc).__name__}: {first_line}"
+        ) from None
 
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
@@ -252,7 +256,7 @@ def _load_components(folder: Path, variants: dict[str, str | None], dev: torch.d
     text_encoder.to(dev)
     vae.to(dev)
     vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return BaseModel(
+    return BasePipeline(
         folder=folder,
         unet=unet,
         vae=vae,
