@@ -312,7 +312,8 @@ def run_real_size(args) -> None:
         n_a = min(8, args.requests)
         pipe = reference_pipeline(folder, device, base.dtype, "fp16")
         seq = make_requests(prepared[:n_a], n_a, steps, size, g)
-        sec = timed(lambda warm: diffusers_one_at_a_time(pipe, seq[:1] if warm else seq, raw_of))
+        # pipe is bound as a default: a closure would hold the name that `del pipe` below clears.
+        sec = timed(lambda warm, pipe=pipe: diffusers_one_at_a_time(pipe, seq[:1] if warm else seq, raw_of))
         rows.append(("(a) diffusers, swap per request", 1, n_a, n_a, sec))
         del pipe
         if device.type == "cuda":
@@ -326,19 +327,19 @@ def run_real_size(args) -> None:
                     b,
                     0,
                     b,
-                    timed(lambda warm: engine_run(engine, plain[:1] if warm else plain)),
+                    timed(lambda warm, plain=plain: engine_run(engine, plain[:1] if warm else plain)),
                 )
             )
             for d in distinct:
                 n = max(args.requests, b)
                 reqs = make_requests(prepared[:d], n, steps, size, g)
-                sec = timed(lambda warm: engine_run(engine, reqs[:b] if warm else reqs))
+                sec = timed(lambda warm, reqs=reqs, b=b: engine_run(engine, reqs[:b] if warm else reqs))
                 rows.append((f"engine, {d} distinct adapters", b, d, n, sec))
         print(f"{'variant':<34}{'batch':>6}{'users':>6}{'images':>7}{'seconds':>9}{'images/s':>10}{'of limit':>9}")
         for name, b, d, n, sec in rows:
             print(f"{name:<34}{b:>6}{d:>6}{n:>7}{sec:>9.2f}{n / sec:>10.3f}{n / sec / limit:>8.0%}")
         a_ips = rows[0][3] / rows[0][4]
-        for name, b, d, n, sec in rows[1:]:
+        for _name, b, d, n, sec in rows[1:]:
             if d >= 8:
                 print(f"  batch {b}, {d} users: {n / sec / a_ips:.2f}x (a)")
 

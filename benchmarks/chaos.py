@@ -72,8 +72,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support (images, the PostgreSQL cluster) from a source checkout
 
-from faceharmony.clients.errors import reason_of  # noqa: E402
-from faceharmony.v1 import (  # noqa: E402
+from faceharmony.clients.errors import reason_of
+from faceharmony.v1 import (
     account_pb2 as acc,
 )
 from faceharmony.v1 import (
@@ -99,7 +99,7 @@ from faceharmony.v1 import (
 from faceharmony.v1 import (
     purchase_pb2 as pur,
 )
-from tests.support import images  # noqa: E402
+from tests.support import images
 
 BIN = Path(sys.executable).parent
 SYSTEM_SETTINGS = {

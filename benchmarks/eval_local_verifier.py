@@ -328,10 +328,10 @@ def build_holdout() -> list[tuple[str, str, np.ndarray, int]]:
         )
         add(f"hold2_{j:02d}_lfw{a:03d}_{b:03d}", img, 2)
     cam = rgb3(data.camera())
-    for j, (x, y) in enumerate([(380, 20), (380, 300), (10, 380), (300, 380), (400, 200)]):  # cameraman + a face
+    for x, y in [(380, 20), (380, 300), (10, 380), (300, 380), (400, 200)]:  # cameraman + a face
         i, s = int(rng.randint(100)), int(rng.uniform(90, 130))
         add(f"hold_camera_plus_lfw{i:03d}", paste(cam, resize(faces[i], s, s), min(x, 512 - s), min(y, 512 - s)), 2)
-    for j, (x, y) in enumerate([(5, 5), (340, 5), (5, 185), (340, 185), (10, 100)]):  # a face beside the cat
+    for x, y in [(5, 5), (340, 5), (5, 185), (340, 185), (10, 100)]:  # a face beside the cat
         i, s = int(rng.randint(100)), int(rng.uniform(80, 110))
         add(f"hold_cat_plus_lfw{i:03d}", paste(data.chelsea(), resize(faces[i], s, s), x, y), 1)
     for j in range(10):  # tilted non-face crops

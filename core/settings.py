@@ -227,7 +227,7 @@ class Settings:
         if self.log_format not in ("json", "text"):
             raise SettingsError("FACEHARMONY_LOG_FORMAT must be 'json' or 'text'")
         url = self.resolved_database_url
-        if not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise SettingsError("FACEHARMONY_DATABASE_URL must be sqlite:///PATH or postgresql://...")
         for name in (
             "code_ttl_seconds",

@@ -32,9 +32,9 @@ def test_roles_can_do_exactly_what_the_table_says(open_store):
         for role, store in stores.items():
             allowed = PERMISSIONS[role].get(kind, frozenset())
             attempts = {
-                Op.CREATE: lambda: store.create(kind, b"x"),
-                Op.READ: lambda: store.read(kind, blob_id),
-                Op.LIST: lambda: list(store.list(kind)),
+                Op.CREATE: lambda store=store, kind=kind: store.create(kind, b"x"),
+                Op.READ: lambda store=store, kind=kind, blob_id=blob_id: store.read(kind, blob_id),
+                Op.LIST: lambda store=store, kind=kind: list(store.list(kind)),
             }
             for op, attempt in attempts.items():
                 if op in allowed:

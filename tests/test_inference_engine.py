@@ -150,7 +150,7 @@ def test_mixed_batch_equals_each_request_alone_in_diffusers(engine, adapters, ad
         float_diffs.append(float(np.abs(res.pixels - ref).max()))
         uint8_diffs.append(int(np.abs(res.image.astype(int) - np.round(ref * 255).astype(int)).max()))
     print(
-        f"\nmixed batch of 5 in {batch_s:.2f}s; max |float diff| per request {['%.1e' % d for d in float_diffs]}; "
+        f"\nmixed batch of 5 in {batch_s:.2f}s; max |float diff| per request {[f'{d:.1e}' for d in float_diffs]}; "
         f"max uint8 diff {uint8_diffs}"
     )
     assert max(float_diffs) <= FLOAT_TOL

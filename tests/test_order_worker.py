@@ -57,6 +57,8 @@ from tests.support.harness import start_harness  # noqa: E402
 from tests.support.orders import balance, order, ready_model  # noqa: E402
 from tests.support.wait import wait_for  # noqa: E402
 
+pytestmark = [pytest.mark.processes, pytest.mark.triton]
+
 BIN = Path(sys.executable).parent
 SIZE = 64
 STEPS = 3
@@ -218,7 +220,9 @@ def test_two_users_at_once_get_their_own_models_in_shared_batches(h, triton, ada
     for user, photos, style_id, adapter in ((ada, mine_a, "studio", bytes_a), (bob, mine_b, "oil_painting", bytes_b)):
         photo = photos[0]
         row = h.db_call(
-            lambda: m.OrderImage.select().join(m.GeneratedPhoto).where(m.GeneratedPhoto.id == photo.id).get()
+            lambda photo=photo: (
+                m.OrderImage.select().join(m.GeneratedPhoto).where(m.GeneratedPhoto.id == photo.id).get()
+            )
         )
         style = styles.get(style_id)
         alone = engine.generate(

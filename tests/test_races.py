@@ -66,7 +66,7 @@ def test_concurrent_join_waitlist_with_one_email_stores_one_entry(harness):
         email = f"burst{k}@example.com"
         got = together(
             8,
-            lambda i: status_of(
+            lambda i, email=email: status_of(
                 h.accounts.JoinWaitlist, a.JoinWaitlistRequest(name="Bo", email=email, is_16_or_older=True)
             ),
         )
@@ -85,12 +85,12 @@ def test_concurrent_accept_invitation_and_sign_in_for_one_email_make_one_account
         token = h.last_email_to(email, "invited").get_content().split("invitation code:")[1].split()[0]
         code = h.code_for(email)
         calls = [
-            lambda: status_of(
+            lambda token=token: status_of(
                 h.accounts.AcceptInvitation, a.AcceptInvitationRequest(invitation_token=token, is_16_or_older=True)
             ),
-            lambda: status_of(h.accounts.SignIn, a.SignInRequest(email=email, code=code)),
+            lambda email=email, code=code: status_of(h.accounts.SignIn, a.SignInRequest(email=email, code=code)),
         ]
-        accepted, signed_in = together(2, lambda i: calls[i]())
+        accepted, signed_in = together(2, lambda i, calls=calls: calls[i]())
         assert signed_in == (grpc.StatusCode.OK, "")
         assert accepted in ((grpc.StatusCode.OK, ""), (grpc.StatusCode.FAILED_PRECONDITION, "INVITATION_ALREADY_USED"))
         assert h.db_call(m.Account.select().where(m.Account.email == email).count) == 1
@@ -223,7 +223,7 @@ def test_nul_in_any_string_field_of_any_rpc_is_refused_not_internal(harness):
                 )
                 for name, request in _string_requests(method, "a\x00b"):
 
-                    def invoke(req=request):
+                    def invoke(req=request, call=call, method=method):
                         result = call(req, metadata=admin.md, timeout=30)
                         if method.server_streaming:
                             list(result)

@@ -482,14 +482,17 @@ def test_expired_codes_sessions_and_invitations_go(harness):
     h = harness
     user = h.sign_up("house@example.com")
     h.accounts.InviteFriend(a.InviteFriendRequest(email="never-accepts@example.com", name="Friend"), metadata=user.md)
-    counts = lambda: h.db_call(
-        lambda: {
-            "codes": m.SignInCode.select().count(),
-            "sessions": m.Session.select().where(m.Session.account == user.account_id).count(),
-            "invitations": m.Invitation.select().count(),
-            "hits": m.RateLimitHit.select().count(),
-        }
-    )
+
+    def counts():
+        return h.db_call(
+            lambda: {
+                "codes": m.SignInCode.select().count(),
+                "sessions": m.Session.select().where(m.Session.account == user.account_id).count(),
+                "invitations": m.Invitation.select().count(),
+                "hits": m.RateLimitHit.select().count(),
+            }
+        )
+
     start = counts()
     assert start["codes"] and start["sessions"] and start["invitations"] and start["hits"]
     h.clock.advance(seconds=h.settings.code_ttl_seconds - 1)
@@ -638,9 +641,10 @@ def test_routine_cycles_write_no_retention_run_event(harness):
     user = h.sign_up("routine@example.com")
     h.clock.advance(seconds=h.settings.code_ttl_seconds + 1)
     assert run(h)["sign_in_codes"] >= 1
-    kinds = lambda: h.db_call(
-        lambda: [e.kind for e in m.AuditEvent.select().where(m.AuditEvent.kind == "RETENTION_RUN")]
-    )
+
+    def kinds():
+        return h.db_call(lambda: [e.kind for e in m.AuditEvent.select().where(m.AuditEvent.kind == "RETENTION_RUN")])
+
     assert kinds() == []
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
     h.clock.advance((h.settings.account_grace_days + 1) * DAY)

@@ -54,7 +54,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Union
 
 import grpc
 from google.api_core import exceptions as api_exceptions
@@ -63,7 +62,7 @@ from google.cloud import vision_v1
 from faceharmony.core.verify.base import PreparedImage, Verdict, VerifierUnavailable
 
 Likelihood = vision_v1.Likelihood
-LikelihoodLike = Union[Likelihood, int, str]
+LikelihoodLike = Likelihood | int | str
 
 FACE_MAX_RESULTS = 5
 
@@ -154,7 +153,7 @@ class CloudVisionVerifier:
             try:
                 # Production: Application Default Credentials, the public endpoint.
                 client = vision_v1.ImageAnnotatorClient()
-            except Exception as exc:  # e.g. google.auth DefaultCredentialsError
+            except Exception as exc:  # noqa: BLE001 - any failure means no client, e.g. google.auth DefaultCredentialsError
                 raise VerifierUnavailable(f"Cloud Vision client could not be created ({type(exc).__name__})") from None
         self._client = client
         self._random = random.Random()
@@ -186,7 +185,7 @@ class CloudVisionVerifier:
                 continue
             try:
                 return self._verdict(response)
-            except Exception as exc:  # e.g. a Likelihood value this library does not know
+            except Exception as exc:  # noqa: BLE001 - an unreadable answer, e.g. a Likelihood value this library does not know
                 raise VerifierUnavailable(f"Cloud Vision answer could not be read ({type(exc).__name__})") from None
         detail = last.describe() if last is not None else "no attempt fit in the deadline"
         raise VerifierUnavailable(f"Cloud Vision gave no answer after {attempts} attempt(s): {detail}")
@@ -220,7 +219,7 @@ class CloudVisionVerifier:
         except grpc.RpcError as exc:  # not normally reached: the client wraps these
             code = exc.code() if callable(getattr(exc, "code", None)) else None
             raise _Attempt(code, "call failed") from None
-        except Exception as exc:  # credentials refresh, transport bugs: no answer either way
+        except Exception as exc:  # noqa: BLE001 - credentials refresh, transport bugs: no answer either way
             raise _Attempt(None, f"call failed: {type(exc).__name__}") from None
 
         if len(batch.responses) != 1:
