@@ -22,7 +22,7 @@ from pathlib import Path
 PROTO_ROOT = Path(__file__).resolve().parent
 PACKAGE_DIR = PROTO_ROOT / "faceharmony" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
-EXPECTED_GRPC_TOOLS = "1.85.1"
+EXPECTED_GRPC_TOOLS = "1.81.1"
 
 
 def _protoc(out_dir: Path) -> None:
