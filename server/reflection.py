@@ -1,8 +1,9 @@
 """gRPC server reflection under both of its names, `grpc.reflection.v1` and `grpc.reflection.v1alpha`.
 
 Newer tools (grpcurl 1.9+, Postman) ask for `grpc.reflection.v1` first, some for nothing else; older ones
-(grpcurl 1.8) ask for `v1alpha`. grpcio-reflection (1.85) ships only `v1alpha`, whose messages are the
-same as v1's field for field (v1 is the frozen copy of v1alpha), so one servicer serves both:
+(grpcurl 1.8) ask for `v1alpha`. grpcio-reflection (1.81, and still 1.85) ships only `v1alpha`, whose
+messages are the same as v1's field for field (v1 is the frozen copy of v1alpha), so one servicer serves
+both:
 
 * `v1alpha`: grpcio-reflection's own `enable_server_reflection`.
 * `v1`: the same servicer registered under the v1 service name with a generic handler (the bytes on
