@@ -8,6 +8,7 @@ a bug in the server itself (logged with its traceback) yields INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -17,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from faceharmony.server import access
 from faceharmony.server.auth import authorize, bearer_token
-from faceharmony.server.context import AppContext, current_principal
+from faceharmony.server.context import AppContext, Principal, current_principal
 from faceharmony.server.errors import ApiError
 from faceharmony.server.limits import CallLimits, Slot, kind_of
 
@@ -62,6 +63,70 @@ async def _abort(context: grpc.aio.ServicerContext, error: ApiError) -> None:
     )
 
 
+class _Call:
+    """One RPC's before and after, the same for every kind of handler: the wrappers differ only in how they
+    call the behaviour inside `async with _Call(...) as rpc: await rpc.admit(request); ...`.
+
+    `admit` takes the server's slot (SERVER_BUSY when none is free) before anything else, so sign-in floods
+    are bounded too, refuses undecodable requests, authenticates and authorises the caller, then takes the
+    account's slot (TOO_MANY_CONCURRENT_CALLS). Leaving the block turns any error into its status (aborting
+    the call), gives the slots back and logs the call. Aborts, cancellation, GeneratorExit and
+    KeyboardInterrupt pass through unchanged.
+    """
+
+    def __init__(
+        self,
+        app: AppContext,
+        limits: CallLimits,
+        method: str,
+        rule: int | None,
+        token: str | None,
+        kind: str | None,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.app, self.limits, self.method, self.rule, self.token = app, limits, method, rule, token
+        self.kind, self.context = kind, context
+        self.started = time.perf_counter()
+        self.principal: Principal | None = None
+        self.code = grpc.StatusCode.OK
+        self.slot: Slot | None = None
+
+    async def __aenter__(self) -> _Call:
+        return self
+
+    async def admit(self, request) -> None:
+        if self.kind is not None:
+            self.slot = self.limits.enter(self.kind)
+        if request is UNDECODABLE:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "the request could not be decoded")
+        if self.rule != access.PUBLIC:
+            self.principal = await self.app.run(authorize, self.app, self.method, self.rule, self.token)
+        if self.slot is not None and self.principal is not None:
+            self.slot.add_account(self.principal.account_id)
+        current_principal.set(self.principal)
+
+    async def __aexit__(self, exc_type, exc: BaseException | None, tb) -> bool:
+        try:
+            if exc is None or isinstance(exc, (GeneratorExit, KeyboardInterrupt)) or _is_abort(exc):
+                return False
+            error = _to_api_error(exc)
+            self.code = error.code
+            await _abort(self.context, error)  # raises AbortError
+            return True
+        finally:
+            if self.slot is not None:
+                self.slot.release()
+            log.info(
+                "rpc",
+                extra={
+                    "method": self.method,
+                    "code": self.code.name,
+                    "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+                    "account_id": self.principal.account_id if self.principal else None,
+                },
+            )
+
+
 class ApiInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, app: AppContext, limits: CallLimits | None = None) -> None:
         self.app = app
@@ -73,96 +138,43 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        rule = access.rule_for(self.policy, method)
-        token = bearer_token(handler_call_details.invocation_metadata)
-        app = self.app
-        limits, kind = self.limits, kind_of(method, handler.response_streaming)
-
-        def enter() -> Slot | None:
-            """The server's slot for this call (SERVER_BUSY when none is free), taken before authentication."""
-            return limits.enter(kind) if kind is not None else None
-
-        def hold(slot: Slot | None, principal) -> None:
-            """And the account's (TOO_MANY_CONCURRENT_CALLS), once the caller is known."""
-            if slot is not None and principal is not None:
-                slot.add_account(principal.account_id)
-
-        async def prepare(request, context):
-            if request is UNDECODABLE:
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "the request could not be decoded")
-            if rule == access.PUBLIC:
-                return None
-            return await app.run(authorize, app, method, rule, token)
-
-        def finish(started: float, code: grpc.StatusCode, principal) -> None:
-            log.info(
-                "rpc",
-                extra={
-                    "method": method,
-                    "code": code.name,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "account_id": principal.account_id if principal else None,
-                },
-            )
+        call = functools.partial(
+            _Call,
+            self.app,
+            self.limits,
+            method,
+            access.rule_for(self.policy, method),
+            bearer_token(handler_call_details.invocation_metadata),
+            kind_of(method, handler.response_streaming),
+        )
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request, context):
-                started, principal, code, slot = time.perf_counter(), None, grpc.StatusCode.OK, None
-                try:
-                    slot = enter()
-                    principal = await prepare(request, context)
-                    hold(slot, principal)
-                    current_principal.set(principal)
+                async with call(context) as rpc:
+                    await rpc.admit(request)
                     return await inner(request, context)
-                except BaseException as exc:
-                    if isinstance(exc, (GeneratorExit, KeyboardInterrupt)) or _is_abort(exc):
-                        raise
-                    error = _to_api_error(exc)
-                    code = error.code
-                    await _abort(context, error)
-                finally:
-                    if slot is not None:
-                        slot.release()
-                    finish(started, code, principal)
 
+            wrapper = unary_response
             factory = (
                 grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             )
-            return factory(
-                unary_response,
-                request_deserializer=_safe_deserializer(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+        else:
+            inner_stream = handler.unary_stream or handler.stream_stream
+
+            async def stream_response(request, context):
+                async with call(context) as rpc:
+                    await rpc.admit(request)
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            wrapper = stream_response
+            factory = (
+                grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
             )
-
-        inner_stream = handler.unary_stream or handler.stream_stream
-
-        async def stream_response(request, context):
-            started, principal, code, slot = time.perf_counter(), None, grpc.StatusCode.OK, None
-            try:
-                slot = enter()
-                principal = await prepare(request, context)
-                hold(slot, principal)
-                current_principal.set(principal)
-                async for item in inner_stream(request, context):
-                    yield item
-            except BaseException as exc:
-                if isinstance(exc, (GeneratorExit, KeyboardInterrupt)) or _is_abort(exc):
-                    raise
-                error = _to_api_error(exc)
-                code = error.code
-                await _abort(context, error)
-            finally:
-                if slot is not None:
-                    slot.release()
-                finish(started, code, principal)
-
-        factory = (
-            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-        )
         return factory(
-            stream_response,
+            wrapper,
             request_deserializer=_safe_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
