@@ -14,6 +14,19 @@ from tests.support.postgres import PostgresCluster, find_bindir
 BACKENDS = ["sqlite", "postgresql"]
 
 
+def pytest_collection_modifyitems(items):
+    """Marks `postgres` every test that needs the throwaway cluster: those that ask for `pg_cluster` and every
+    "postgresql" case of a backend fixture (`database_url` here, the order worker's module-scoped `h`), so that
+    `-m "not postgres"` runs the SQLite cases alone and never starts the cluster."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and any(
+            isinstance(value, str) and value == "postgresql" for value in params.params.values()
+        )
+        if on_postgres or "pg_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():
     bindir = find_bindir()

@@ -12,9 +12,12 @@ import sys
 import textwrap
 
 import psutil
+import pytest
 
 from tests.support.triton import require_triton
 from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.processes
 
 PARENT = textwrap.dedent(
     """
@@ -58,6 +61,7 @@ def test_a_tied_child_ends_when_its_parent_is_killed_and_an_untied_one_would_not
                 pass
 
 
+@pytest.mark.triton
 def test_a_sigkilled_triton_wrapper_takes_tritonserver_with_it(tmp_path):
     require_triton()
     from tests.support.triton_wrapper import echo_repository, run_triton, stop, wait_ready

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceharmony.triton_launcher.server import free_port
@@ -19,6 +20,8 @@ from tests.support.listeners import listening
 from tests.support.modes import loose, modes
 from tests.support.triton import require_triton
 from tests.support.wait import wait_for
+
+pytestmark = [pytest.mark.processes, pytest.mark.triton]
 
 require_triton()
 

@@ -43,7 +43,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.db import models as m  # noqa: E402
-from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
+from faceharmony.core.diffusion.adapter_format import parse_adapter_bytes  # noqa: E402
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.core.jobs import styles  # noqa: E402

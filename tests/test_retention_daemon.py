@@ -22,6 +22,8 @@ from tests.support.harness import START
 from tests.support.listeners import listening
 from tests.test_retention import blobs, upload
 
+pytestmark = pytest.mark.processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

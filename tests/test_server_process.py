@@ -21,6 +21,8 @@ from faceharmony.server.access import service_descriptors
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import account_pb2_grpc
 
+pytestmark = pytest.mark.processes
+
 BIN = Path(sys.executable).parent
 
 

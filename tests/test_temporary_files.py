@@ -33,6 +33,8 @@ from tests.support import images
 from tests.support.harness import start_harness, trainer_env
 from tests.support.killed_writer import PERSONAL
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = b"ada.lovelace@example.com"
 

@@ -23,6 +23,8 @@ from tests.support import images
 from tests.support.harness import start_harness, trainer_env
 from tests.support.wait import wait_for
 
+pytestmark = pytest.mark.processes
+
 BIN = Path(sys.executable).parent
 
 

@@ -35,10 +35,12 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from faceharmony.core.blobstore.base import Role  # noqa: E402
 from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
-from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes  # noqa: E402
+from faceharmony.core.diffusion.adapter_format import parse_adapter_bytes  # noqa: E402
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
 from faceharmony.triton_launcher.server import start_triton  # noqa: E402
+
+pytestmark = pytest.mark.triton
 
 MODEL = "faceharmony_diffusion"
 STEPS = 4

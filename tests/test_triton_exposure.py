@@ -24,6 +24,8 @@ from faceharmony.triton_launcher.server import RESTRICTED_HEADER  # noqa: E402
 from tests.support.listeners import listening  # noqa: E402
 from tests.support.triton_wrapper import echo_repository, run_triton, stop, wait_ready  # noqa: E402
 
+pytestmark = [pytest.mark.processes, pytest.mark.triton]
+
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> tuple[Path, Path]:

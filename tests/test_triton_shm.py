@@ -20,6 +20,8 @@ from faceharmony.triton_launcher.shm import REGION_PREFIX, SHM_DIR, ShmLease, sw
 from tests.support.triton import require_triton, triton_env
 from tests.support.wait import wait_for
 
+pytestmark = pytest.mark.processes
+
 
 def test_a_launchs_regions_are_swept_only_once_every_process_holding_its_lock_is_gone(tmp_path):
     shm, locks = tmp_path / "shm", tmp_path / "locks"
@@ -53,6 +55,7 @@ def own_regions(work_dir: Path) -> list[Path]:
     return [p for token in tokens for p in SHM_DIR.glob(f"{REGION_PREFIX}{token}_*")]
 
 
+@pytest.mark.triton
 def test_a_sigkilled_triton_leaves_no_shared_memory_after_the_next_start(tmp_path):
     require_triton()
     from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
