@@ -22,6 +22,20 @@ up: python-deps
 test: install
 	$(BIN)/python -m pytest
 
+# The suite in tiers (README.md, "Running the tests"); `make test` above runs all of them, as CI does.
+# test-fast: unit and API tests (the server in-process, SQLite and PostgreSQL), no process of ours, no Triton.
+# test-processes: the tests that start faceharmony-* processes (or kill real ones), without Triton.
+# test-triton: the tests with the real Triton server (minutes).
+.PHONY: test-fast test-processes test-triton
+test-fast: install
+	$(BIN)/python -m pytest -m "not processes and not triton"
+
+test-processes: install
+	$(BIN)/python -m pytest -m "processes and not triton"
+
+test-triton: install
+	$(BIN)/python -m pytest -m triton
+
 install: python-deps dev-tools postgres
 
 # torch goes in first, pinned to the CPU wheel this machine keeps on local
