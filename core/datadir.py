@@ -93,7 +93,7 @@ def _tighten(path: Path, st: os.stat_result) -> bool:
 def make_private(path: Path) -> int:
     """Folders 0700, files 0600 under `path` (itself included); returns how many entries changed."""
     path = Path(path)
-    changed = _tighten(path, path.lstat())
+    changed = int(_tighten(path, path.lstat()))
     for root, dirs, files in os.walk(path):
         for name in (*dirs, *files):
             entry = Path(root) / name

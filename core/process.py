@@ -23,12 +23,19 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from faceharmony.core import logs
 from faceharmony.core.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    import peewee as pw
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 MIGRATE_HINT = "the database needs migrations: run `faceharmony-admin migrate`"
+# A signal handler as signal.signal() takes and returns it (SIG_DFL and SIG_IGN are ints).
+Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class Refused(Exception):
@@ -50,7 +57,7 @@ class Entry:
         """Calls `callback(signum)` on every SIGTERM/SIGINT (after `stopping` is set); it must not block."""
         self._on_stop.append(callback)
 
-    def require_migrated(self, db: object, *, apply: bool = False) -> None:
+    def require_migrated(self, db: pw.Database, *, apply: bool = False) -> None:
         """Applies the pending migrations when `apply` (FACEHARMONY_AUTO_MIGRATE), else refuses to run on them."""
         from faceharmony.core.db.migrate import migrate, pending
 
@@ -89,16 +96,16 @@ def run(prog: str, body: Callable[[Entry], int | None], *, configure_logs: bool 
         return exc.code
 
 
-def _install(entry: Entry) -> dict[int, object]:
+def _install(entry: Entry) -> dict[int, Handler]:
     # Signal handlers can be set from the main thread only; a body run from another thread (a test) has none.
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {}
+    previous: dict[int, Handler] = {}
     for signum in STOP_SIGNALS:
         previous[signum] = signal.signal(signum, lambda s, _frame: entry.signalled(s))
     return previous
 
 
-def _restore(previous: dict[int, object]) -> None:
+def _restore(previous: dict[int, Handler]) -> None:
     for signum, handler in previous.items():
-        signal.signal(signum, handler)  # type: ignore[arg-type]
+        signal.signal(signum, handler)

@@ -48,7 +48,7 @@ def scratch_dir(data_dir: Path) -> Path:
     return private_dir(Path(data_dir) / SCRATCH_FOLDER)
 
 
-def scratch_folder(data_dir: Path, purpose: str) -> tempfile.TemporaryDirectory:
+def scratch_folder(data_dir: Path, purpose: str) -> tempfile.TemporaryDirectory[str]:
     """A 0700 temporary folder inside ``<data dir>/tmp``, removed when the context exits (or by the sweep after a crash)."""
     return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{purpose}-", dir=scratch_dir(data_dir))
 

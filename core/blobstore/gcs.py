@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no types
 
 from faceharmony.core.blobstore.base import BlobError, BlobInfo, BlobNotFound, BlobStore, Role
 

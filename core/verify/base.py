@@ -9,9 +9,10 @@ scores only, so it can be logged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 
 class VerifierUnavailable(Exception):
@@ -22,7 +23,7 @@ class VerifierUnavailable(Exception):
 class PreparedImage:
     """A photo as the verifiers see it: the pixels after EXIF orientation, and the stripped JPEG that would be stored."""
 
-    rgb: np.ndarray  # H x W x 3, uint8, RGB order
+    rgb: npt.NDArray[np.uint8]  # H x W x 3, RGB order
     jpeg: bytes  # re-encoded, no metadata: what is stored and what a remote verifier receives
 
     @property
@@ -39,7 +40,7 @@ class Verdict:
     faces: int
     nsfw: bool
     # Counts and scores only (e.g. {"face_scores": [0.91], "nsfw_label": "..."}): safe to log.
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class Verifier(Protocol):

@@ -23,7 +23,7 @@ def make_verifier(settings: Settings) -> Verifier:
             client=client,
             timeout_seconds=settings.vision_timeout_seconds,
             max_attempts=settings.vision_max_attempts,
-            nsfw_threshold=vision_v1.Likelihood[settings.vision_nsfw_likelihood],
+            nsfw_threshold=vision_v1.Likelihood[settings.vision_nsfw_likelihood],  # type: ignore[misc]  # an Enum; proto-plus ships no types
             face_min_confidence=settings.vision_face_min_confidence,
         )
     from faceharmony.core.verify.local import LocalVerifier

@@ -101,7 +101,7 @@ NUDENET_FACE_CLASSES = ("FACE_FEMALE", "FACE_MALE")
 def package_file(distribution: str, relative: str) -> Path:
     """The path of a file shipped by an installed distribution, found without importing it."""
     try:
-        path = Path(importlib.metadata.distribution(distribution).locate_file(relative))
+        path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
     except importlib.metadata.PackageNotFoundError:
         raise VerifierUnavailable(f"model package {distribution!r} is not installed") from None
     if not path.is_file():
@@ -180,7 +180,8 @@ def _onnx_subset_classes():
     f = descriptor_pb2.FieldDescriptorProto
     opt, rep = f.LABEL_OPTIONAL, f.LABEL_REPEATED
     package = "faceharmony_onnx_subset"
-    messages = {
+    # message -> its fields: (name, number, type, label, message type of the field or None)
+    messages: dict[str, list[tuple[str, int, int, int, str | None]]] = {
         "Dimension": [("dim_value", 1, f.TYPE_INT64, opt, None), ("dim_param", 2, f.TYPE_STRING, opt, None)],
         "Shape": [("dim", 1, f.TYPE_MESSAGE, rep, "Dimension")],
         "TensorType": [("elem_type", 1, f.TYPE_INT32, opt, None), ("shape", 2, f.TYPE_MESSAGE, opt, "Shape")],

@@ -86,7 +86,7 @@ def prepare_upload(data: bytes, limits: Limits) -> PreparedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: we check the size ourselves
         try:
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
         except Image.DecompressionBombError:
             raise ImageRejected("IMAGE_TOO_LARGE", f"the image has more than {limits.max_pixels} pixels") from None

@@ -81,7 +81,8 @@ _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 def _likelihood(value: LikelihoodLike, what: str) -> Likelihood:
     try:
-        level = Likelihood[value] if isinstance(value, str) else Likelihood(value)
+        # proto-plus ships no types, so mypy does not see Likelihood as an Enum (indexable by name).
+        level = Likelihood[value] if isinstance(value, str) else Likelihood(value)  # type: ignore[misc, valid-type]
     except (KeyError, ValueError):
         raise ValueError(f"{what}: not a Vision Likelihood: {value!r}") from None
     if level == Likelihood.UNKNOWN:
