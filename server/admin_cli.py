@@ -22,9 +22,9 @@ from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import make_transport
+from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError
 from faceharmony.server.logic import accounts, admin
-from faceharmony.server.logic.deps import Deps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
         return 0
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     clock = SystemClock()
-    deps = Deps(settings=settings, clock=clock, hasher=Hasher(settings.secret()), db=db)
+    app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()))
     try:
         if args.command == "migrate":
             applied = migrate(db)
@@ -70,14 +70,14 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
             return 0
         entry.require_migrated(db)
         if args.command == "create-staff":
-            account = accounts.create_staff(deps, args.email, args.name, args.role)
+            account = accounts.create_staff(app, args.email, args.name, args.role)
             print(f"{account.id} {account.role}")
         elif args.command == "waitlist":
-            rows, _ = admin.list_waitlist(deps, 1 if args.pending else 0, 200, "")
+            rows, _ = admin.list_waitlist(app, 1 if args.pending else 0, 200, "")
             for row in rows:
                 print(f"{row.id}\t{row.state}\t{row.created_at:%Y-%m-%d}\t{row.name}\t{row.email}")
         elif args.command == "approve":
-            approved = admin.approve_waitlist_entry(deps, None, args.entry_id)
+            approved = admin.approve_waitlist_entry(app, None, args.entry_id)
             print(f"{approved.id} approved")
         elif args.command == "deliver-emails":
             print(f"sent {deliver_due(db, make_transport(settings), clock, settings.email_from, limit=500)}")

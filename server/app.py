@@ -32,7 +32,6 @@ from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.limits import CallLimits, hard_limit
-from faceharmony.server.logic.deps import Deps
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
 from faceharmony.server.verify_queue import VerifyQueue
 from faceharmony.server.watch import MODELS, ORDERS, WatchHub
@@ -57,7 +56,6 @@ class ApiServer:
         self,
         server: grpc.aio.Server,
         app: AppContext,
-        deps: Deps,
         transport: Transport,
         health_servicer,
         verify_executor: concurrent.futures.ThreadPoolExecutor,
@@ -65,7 +63,6 @@ class ApiServer:
         self.grpc_server = server
         self.verify_executor = verify_executor
         self.app = app
-        self.deps = deps
         self.transport = transport
         self.health = health_servicer
         self._email_task: asyncio.Task | None = None
@@ -145,7 +142,6 @@ async def create_server(
         await app.run(migrate, db)
     elif await app.run(pending, db):
         raise RuntimeError(MIGRATE_HINT)
-    deps = Deps(settings=settings, clock=clock, hasher=app.hasher, db=db)
     loop = asyncio.get_running_loop()
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
@@ -172,22 +168,22 @@ async def create_server(
         ],
     )
     health_servicer = health.aio.HealthServicer()
-    api = ApiServer(server, app, deps, make_transport(settings), health_servicer, verify_executor)
+    api = ApiServer(server, app, make_transport(settings), health_servicer, verify_executor)
     api.limits, api.verify_queue = limits, verify_queue
     wake = api.wake_email
-    account_pb2_grpc.add_AccountServiceServicer_to_server(account.AccountService(app, deps, wake), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(app, deps, wake), server)
-    purchase_pb2_grpc.add_PurchaseServiceServicer_to_server(purchase.PurchaseService(app, deps), server)
-    support_pb2_grpc.add_SupportServiceServicer_to_server(support.SupportService(app, deps), server)
+    account_pb2_grpc.add_AccountServiceServicer_to_server(account.AccountService(app, wake), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(app, wake), server)
+    purchase_pb2_grpc.add_PurchaseServiceServicer_to_server(purchase.PurchaseService(app), server)
+    support_pb2_grpc.add_SupportServiceServicer_to_server(support.SupportService(app), server)
     photo_pb2_grpc.add_PhotoServiceServicer_to_server(
-        photo.PhotoService(app, deps, photo_store, verifier, verify_queue), server
+        photo.PhotoService(app, photo_store, verifier, verify_queue), server
     )
     hub = WatchHub(app, settings.watch_poll_seconds, MODELS)
     api.watch_hub = hub
-    model_pb2_grpc.add_ModelServiceServicer_to_server(model.ModelService(app, deps, hub), server)
+    model_pb2_grpc.add_ModelServiceServicer_to_server(model.ModelService(app, hub), server)
     api.order_hub = WatchHub(app, settings.watch_poll_seconds, ORDERS)
     # The API role reads generated/ (previews, downloads) and may create only photos/.
-    order_pb2_grpc.add_OrderServiceServicer_to_server(order.OrderService(app, deps, photo_store, api.order_hub), server)
+    order_pb2_grpc.add_OrderServiceServicer_to_server(order.OrderService(app, photo_store, api.order_hub), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in service_descriptors()]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME], server)

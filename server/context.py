@@ -1,4 +1,4 @@
-"""What every request handler needs: settings, the database, the clock, the hasher and the email wake-up; and `run`, which executes a blocking logic function on the database thread pool."""
+"""What every request handler and logic function needs: settings, the database, the clock, the hasher and the email wake-up; and `run`, which executes a blocking logic function on the database thread pool."""
 
 from __future__ import annotations
 
@@ -38,15 +38,20 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 
 @dataclass
 class AppContext:
+    """Built once per process: by `create_server` (server/app.py) for the API, by server/admin_cli.py for the
+    operator commands, which call the logic functions directly and so have no executor."""
+
     settings: Settings
     db: pw.Database
     clock: Clock
     hasher: Hasher
-    executor: concurrent.futures.ThreadPoolExecutor
+    executor: concurrent.futures.ThreadPoolExecutor | None = None
     email_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Runs fn(*args, **kwargs) on the database pool; logic raises ApiError for the client."""
+        if self.executor is None:
+            raise RuntimeError("this AppContext has no database pool")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._with_connection, fn, *args, **kwargs)
         return await loop.run_in_executor(self.executor, contextvars.copy_context().run, call)

@@ -343,10 +343,10 @@ def test_a_second_deletion_that_raced_past_the_access_check_keeps_the_first_purg
     from faceharmony.server.logic import accounts
 
     user = harness.sign_up("twice@example.com")
-    first = harness.db_call(accounts.delete_account, harness.api.deps, user.account_id, user.email)
+    first = harness.db_call(accounts.delete_account, harness.api.app, user.account_id, user.email)
     harness.clock.advance(days=3)
     # What a concurrent DeleteAccount that passed the access check before the first one committed reaches.
-    second = harness.db_call(accounts.delete_account, harness.api.deps, user.account_id, user.email)
+    second = harness.db_call(accounts.delete_account, harness.api.app, user.account_id, user.email)
     assert second.purge_after == first.purge_after and second.deleted_at == first.deleted_at
     assert len([e for e in harness.new_emails() if "will be deleted" in e["Subject"]]) == 1
 

@@ -89,7 +89,7 @@ def test_server_sends_sign_in_codes_over_smtp(tmp_path, smtp_server):
     try:
         from faceharmony.server.logic import accounts
 
-        h.db_call(accounts.create_staff, h.api.deps, "smtp-staff@example.com", "Sam Smtp", "support")
+        h.db_call(accounts.create_staff, h.api.app, "smtp-staff@example.com", "Sam Smtp", "support")
         h.accounts.RequestSignInCode(a.RequestSignInCodeRequest(email="smtp-staff@example.com"))
         deadline = time.monotonic() + 10
         while not handler.messages and time.monotonic() < deadline:

@@ -40,6 +40,7 @@ from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.locks import email_key, key_lock, rate_key
 from faceharmony.core.db.models import (
     Account,
+    AccountState,
     CreditEntry,
     Invitation,
     KnownEmail,
@@ -48,12 +49,14 @@ from faceharmony.core.db.models import (
     SignInCode,
     UserModel,
     WaitlistEntry,
+    WaitlistState,
 )
 from faceharmony.core.email.queue import enqueue
 from faceharmony.core.jobs import evictions
 from faceharmony.core.jobs.orders import UNSERVABLE_MODEL_STATES
+from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, invalid, precondition, rate_limited
-from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.logic.locking import locked
 from faceharmony.server.validation import clean_name, clean_text, normalize_email
 
 _CODE = re.compile(r"^\d{6}$")
@@ -72,10 +75,10 @@ def _require_attestation(given: bool) -> None:
         raise invalid("AGE_ATTESTATION_REQUIRED", "you must confirm that you are 16 or older")
 
 
-def _rate_limit(deps: Deps, key: str, limit: int, window_seconds: int) -> None:
+def _rate_limit(app: AppContext, key: str, limit: int, window_seconds: int) -> None:
     """Counts one request under key; raises RESOURCE_EXHAUSTED past the limit. Call inside a write transaction."""
-    key_lock(deps.db, rate_key(key))  # count-then-insert is exact only under the key's lock
-    now = deps.clock.now()
+    key_lock(app.db, rate_key(key))  # count-then-insert is exact only under the key's lock
+    now = app.clock.now()
     since = now - dt.timedelta(seconds=window_seconds)
     used = RateLimitHit.select().where(RateLimitHit.key == key, RateLimitHit.at > since).count()
     if used >= limit:
@@ -83,15 +86,15 @@ def _rate_limit(deps: Deps, key: str, limit: int, window_seconds: int) -> None:
     RateLimitHit.create(key=key, at=now)
 
 
-def join_waitlist(deps: Deps, name: str, email: str, is_16_or_older: bool, note: str) -> None:
+def join_waitlist(app: AppContext, name: str, email: str, is_16_or_older: bool, note: str) -> None:
     """Stores a waiting-list entry (P1, P2). Silent when the email is already listed or has an account."""
     email = normalize_email(email)
     name = clean_name(name)
     note = clean_text(note, reason="INVALID_NOTE", what="note", max_len=1000, required=False, multiline=True)
     _require_attestation(is_16_or_older)
-    email_hmac = deps.hasher.email(email)
-    with write_transaction(deps.db):
-        key_lock(deps.db, email_key(email_hmac))
+    email_hmac = app.hasher.email(email)
+    with write_transaction(app.db):
+        key_lock(app.db, email_key(email_hmac))
         if WaitlistEntry.get_or_none(WaitlistEntry.email == email) or Account.get_or_none(Account.email == email):
             return
         WaitlistEntry.create(
@@ -101,33 +104,35 @@ def join_waitlist(deps: Deps, name: str, email: str, is_16_or_older: bool, note:
             name=name,
             note=note,
             is_16_or_older=True,
-            created_at=deps.clock.now(),
+            created_at=app.clock.now(),
         )
 
 
-def _sign_in_name(deps: Deps, email: str) -> str | None:
+def _sign_in_name(app: AppContext, email: str) -> str | None:
     """The name to greet when this email may receive a sign-in code, else None."""
     account = Account.get_or_none(Account.email == email)
     if account is not None:
-        if account.state == "purging" or (account.state == "deactivated" and account.purge_after <= deps.clock.now()):
+        if account.state == AccountState.PURGING or (
+            account.state == AccountState.DEACTIVATED and account.purge_after <= app.clock.now()
+        ):
             return None
         return account.name
-    entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == "approved")
+    entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == WaitlistState.APPROVED)
     return entry.name if entry is not None else None
 
 
-def request_sign_in_code(deps: Deps, email: str) -> int:
-    s = deps.settings
+def request_sign_in_code(app: AppContext, email: str) -> int:
+    s = app.settings
     email = normalize_email(email)
-    email_hmac = deps.hasher.email(email)
-    with write_transaction(deps.db):
-        key_lock(deps.db, email_key(email_hmac))
-        _rate_limit(deps, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
-        name = _sign_in_name(deps, email)
+    email_hmac = app.hasher.email(email)
+    with write_transaction(app.db):
+        key_lock(app.db, email_key(email_hmac))
+        _rate_limit(app, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
+        name = _sign_in_name(app, email)
         # Every request makes a live code, whether or not the email may sign in: an email that may
         # not gets a code nobody receives, so wrong guesses lock it exactly like a real one and the
         # answers to SignIn reveal nothing about which emails have accounts.
-        now = deps.clock.now()
+        now = app.clock.now()
         (
             SignInCode.update(superseded=True)
             .where(SignInCode.email_hmac == email_hmac, SignInCode.consumed_at.is_null())
@@ -137,14 +142,14 @@ def request_sign_in_code(deps: Deps, email: str) -> int:
         SignInCode.create(
             id=code_id,
             email_hmac=email_hmac,
-            code_hash=deps.hasher.code(code_id, code),
+            code_hash=app.hasher.code(code_id, code),
             created_at=now,
             expires_at=now + dt.timedelta(seconds=s.code_ttl_seconds),
         )
         if name is not None:
             account = Account.get_or_none(Account.email == email)
             enqueue(
-                clock=deps.clock,
+                clock=app.clock,
                 kind="sign_in_code",
                 to=email,
                 name=name,
@@ -155,22 +160,22 @@ def request_sign_in_code(deps: Deps, email: str) -> int:
     return s.code_ttl_seconds
 
 
-def _new_session(deps: Deps, account: Account) -> SignedIn:
+def _new_session(app: AppContext, account: Account) -> SignedIn:
     token = ids.new_token()
-    now = deps.clock.now()
-    expires = now + dt.timedelta(seconds=deps.settings.session_ttl_seconds)
+    now = app.clock.now()
+    expires = now + dt.timedelta(seconds=app.settings.session_ttl_seconds)
     Session.create(
-        id=ids.new_id(), token_hash=deps.hasher.token(token), account=account, created_at=now, expires_at=expires
+        id=ids.new_id(), token_hash=app.hasher.token(token), account=account, created_at=now, expires_at=expires
     )
     return SignedIn(token=token, expires_at=expires, account=account)
 
 
 def _create_account(
-    deps: Deps, *, email: str, name: str, invited_by: Account | None = None, role: str = "user"
+    app: AppContext, *, email: str, name: str, invited_by: Account | None = None, role: str = "user"
 ) -> Account:
     """Creates an account; grants the free trial only to an email whose HMAC was never seen (P5)."""
-    now = deps.clock.now()
-    email_hmac = deps.hasher.email(email)
+    now = app.clock.now()
+    email_hmac = app.hasher.email(email)
     first_time = KnownEmail.get_or_none(KnownEmail.email_hmac == email_hmac) is None
     if first_time:
         KnownEmail.create(email_hmac=email_hmac, first_seen=now)
@@ -180,18 +185,18 @@ def _create_account(
         email_hmac=email_hmac,
         name=name,
         role=role,
-        state="active",
+        state=AccountState.ACTIVE,
         is_16_or_older=True,
-        free_trial_granted=first_time and deps.settings.free_trial_credits > 0,
+        free_trial_granted=first_time and app.settings.free_trial_credits > 0,
         invited_by=invited_by,
         created_at=now,
         updated_at=now,
     )
     if account.free_trial_granted:
         CreditEntry.create(
-            id=ids.new_id(), account=account, delta=deps.settings.free_trial_credits, kind="trial", created_at=now
+            id=ids.new_id(), account=account, delta=app.settings.free_trial_credits, kind="trial", created_at=now
         )
-    audit.record(deps.clock, audit.ACCOUNT_CREATED, actor_id=account.id, subject_id=account.id, role=role)
+    audit.record(app.clock, audit.ACCOUNT_CREATED, actor_id=account.id, subject_id=account.id, role=role)
     return account
 
 
@@ -199,16 +204,16 @@ def _failure_key(email_hmac: str) -> str:
     return "code-fail:" + email_hmac
 
 
-def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
+def sign_in(app: AppContext, email: str, code: str) -> SignedIn:
     email = normalize_email(email)
     code = code.strip()
     if not _CODE.fullmatch(code):
         raise invalid("INVALID_CODE", "the code is wrong or has expired")
-    email_hmac = deps.hasher.email(email)
+    email_hmac = app.hasher.email(email)
     failure: ApiError | None = None
-    with write_transaction(deps.db):
-        key_lock(deps.db, email_key(email_hmac))
-        now = deps.clock.now()
+    with write_transaction(app.db):
+        key_lock(app.db, email_key(email_hmac))
+        now = app.clock.now()
         account = Account.get_or_none(Account.email == email)
         actor = account.id if account else None
         failures = (
@@ -224,31 +229,31 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
                 SignInCode.superseded == False,  # noqa: E712 - peewee expression
             )
             .order_by(SignInCode.created_at.desc()),
-            deps.db,
+            app.db,
         ).first()
-        if failures >= deps.settings.code_max_failures_per_day:
+        if failures >= app.settings.code_max_failures_per_day:
             # Before any code is compared, a right one included: the cap stops guessing, whatever the email.
-            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="daily_cap")
+            audit.record(app.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="daily_cap")
             failure = ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "CODE_LOCKED",
                 "too many wrong codes for this email today; try again tomorrow",
             )
         elif row is None or row.expires_at <= now:
-            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="no_live_code")
+            audit.record(app.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="no_live_code")
             failure = invalid("INVALID_CODE", "the code is wrong or has expired")
-        elif row.attempts >= deps.settings.code_max_attempts:
-            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="locked")
+        elif row.attempts >= app.settings.code_max_attempts:
+            audit.record(app.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="locked")
             failure = ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "CODE_LOCKED", "too many wrong codes; request a new one"
             )
-        elif not equal(deps.hasher.code(row.id, code), row.code_hash):
+        elif not equal(app.hasher.code(row.id, code), row.code_hash):
             attempts = row.attempts + 1
             SignInCode.update(attempts=SignInCode.attempts + 1).where(SignInCode.id == row.id).execute()
             RateLimitHit.create(key=_failure_key(email_hmac), at=now)
-            audit.record(deps.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="wrong_code", attempt=attempts)
-            if attempts >= deps.settings.code_max_attempts:
-                audit.record(deps.clock, audit.SIGN_IN_CODE_LOCKED, actor_id=actor)
+            audit.record(app.clock, audit.SIGN_IN_FAILED, actor_id=actor, cause="wrong_code", attempt=attempts)
+            if attempts >= app.settings.code_max_attempts:
+                audit.record(app.clock, audit.SIGN_IN_CODE_LOCKED, actor_id=actor)
             failure = invalid("INVALID_CODE", "the code is wrong or has expired")
         else:
             consumed = (
@@ -259,86 +264,90 @@ def sign_in(deps: Deps, email: str, code: str) -> SignedIn:
             if consumed != 1:
                 failure = invalid("INVALID_CODE", "the code is wrong or has expired")
             elif account is None:
-                entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == "approved")
+                entry = WaitlistEntry.get_or_none(
+                    WaitlistEntry.email == email, WaitlistEntry.state == WaitlistState.APPROVED
+                )
                 if entry is None:
                     failure = invalid("INVALID_CODE", "the code is wrong or has expired")
                 else:
-                    account = _create_account(deps, email=email, name=entry.name)
+                    account = _create_account(app, email=email, name=entry.name)
                     WaitlistEntry.update(account=account).where(WaitlistEntry.id == entry.id).execute()
-            elif account.state == "purging" or (account.state == "deactivated" and account.purge_after <= now):
+            elif account.state == AccountState.PURGING or (
+                account.state == AccountState.DEACTIVATED and account.purge_after <= now
+            ):
                 failure = precondition("GRACE_PERIOD_OVER", "the account's grace period is over")
             if failure is None:
-                signed_in = _new_session(deps, account)
-                audit.record(deps.clock, audit.SIGN_IN, actor_id=account.id, subject_id=signed_in.account.id)
+                signed_in = _new_session(app, account)
+                audit.record(app.clock, audit.SIGN_IN, actor_id=account.id, subject_id=signed_in.account.id)
     if failure is not None:
         raise failure
     return signed_in
 
 
-def accept_invitation(deps: Deps, token: str, is_16_or_older: bool) -> SignedIn:
+def accept_invitation(app: AppContext, token: str, is_16_or_older: bool) -> SignedIn:
     _require_attestation(is_16_or_older)
     token = token.strip()
     if not token or len(token) > 200:
         raise invalid("NOT_INVITED", "the invitation is not valid")
-    token_hash = deps.hasher.token(token)
-    with write_transaction(deps.db):
-        now = deps.clock.now()
+    token_hash = app.hasher.token(token)
+    with write_transaction(app.db):
+        now = app.clock.now()
         seen = Invitation.get_or_none(Invitation.token_hash == token_hash)
         if seen is None or seen.expires_at <= now:
             raise invalid("NOT_INVITED", "the invitation is not valid or has expired")
         # The lock order: the email's key, the inviter's account (deleting it revokes its invitations), the invitation.
-        key_lock(deps.db, email_key(seen.email_hmac))
-        inviter = locked(Account.select().where(Account.id == seen.inviter_id), deps.db).first()
-        invitation = locked(Invitation.select().where(Invitation.id == seen.id), deps.db).first()
+        key_lock(app.db, email_key(seen.email_hmac))
+        inviter = locked(Account.select().where(Account.id == seen.inviter_id), app.db).first()
+        invitation = locked(Invitation.select().where(Invitation.id == seen.id), app.db).first()
         if invitation is None:  # its inviter was purged meanwhile
             raise invalid("NOT_INVITED", "the invitation is not valid or has expired")
         if invitation.accepted_at is not None or Account.get_or_none(Account.email == invitation.email):
             raise precondition("INVITATION_ALREADY_USED", "the invitation was already used; sign in instead")
-        if invitation.revoked_at is not None or inviter is None or inviter.state != "active":
+        if invitation.revoked_at is not None or inviter is None or inviter.state != AccountState.ACTIVE:
             raise precondition(
                 "INVITATION_REVOKED", "the invitation was withdrawn: the account that sent it was deleted"
             )
-        account = _create_account(deps, email=invitation.email, name=invitation.name, invited_by=inviter)
+        account = _create_account(app, email=invitation.email, name=invitation.name, invited_by=inviter)
         Invitation.update(accepted_at=now, account=account).where(Invitation.id == invitation.id).execute()
-        audit.record(deps.clock, audit.INVITATION_ACCEPTED, actor_id=account.id, subject_id=invitation.id)
-        signed_in = _new_session(deps, account)
-        audit.record(deps.clock, audit.SIGN_IN, actor_id=account.id, subject_id=account.id)
+        audit.record(app.clock, audit.INVITATION_ACCEPTED, actor_id=account.id, subject_id=invitation.id)
+        signed_in = _new_session(app, account)
+        audit.record(app.clock, audit.SIGN_IN, actor_id=account.id, subject_id=account.id)
     return signed_in
 
 
-def sign_out(deps: Deps, account_id: str, session_id: str) -> None:
-    with write_transaction(deps.db):
-        Session.update(revoked_at=deps.clock.now()).where(
+def sign_out(app: AppContext, account_id: str, session_id: str) -> None:
+    with write_transaction(app.db):
+        Session.update(revoked_at=app.clock.now()).where(
             Session.id == session_id, Session.revoked_at.is_null()
         ).execute()
-        audit.record(deps.clock, audit.SIGN_OUT, actor_id=account_id, subject_id=session_id)
+        audit.record(app.clock, audit.SIGN_OUT, actor_id=account_id, subject_id=session_id)
 
 
-def get_account(deps: Deps, account_id: str) -> Account:
+def get_account(app: AppContext, account_id: str) -> Account:
     return Account.get_by_id(account_id)
 
 
-def update_name(deps: Deps, account_id: str, name: str) -> Account:
+def update_name(app: AppContext, account_id: str, name: str) -> Account:
     name = clean_name(name)
-    with write_transaction(deps.db):
-        Account.update(name=name, updated_at=deps.clock.now()).where(Account.id == account_id).execute()
-        audit.record(deps.clock, audit.NAME_UPDATED, actor_id=account_id, subject_id=account_id)
+    with write_transaction(app.db):
+        Account.update(name=name, updated_at=app.clock.now()).where(Account.id == account_id).execute()
+        audit.record(app.clock, audit.NAME_UPDATED, actor_id=account_id, subject_id=account_id)
     return Account.get_by_id(account_id)
 
 
-def invite_friend(deps: Deps, account_id: str, email: str, name: str) -> None:
+def invite_friend(app: AppContext, account_id: str, email: str, name: str) -> None:
     """Invites an email. Silent when it already has an account or a live invitation (no enumeration, no spam)."""
-    s = deps.settings
+    s = app.settings
     email = normalize_email(email)
     name = clean_name(name)
-    email_hmac = deps.hasher.email(email)
-    with write_transaction(deps.db):
-        key_lock(deps.db, email_key(email_hmac))
-        now = deps.clock.now()
-        _rate_limit(deps, "invite:" + account_id, s.invitations_per_day, 24 * 3600)
+    email_hmac = app.hasher.email(email)
+    with write_transaction(app.db):
+        key_lock(app.db, email_key(email_hmac))
+        now = app.clock.now()
+        _rate_limit(app, "invite:" + account_id, s.invitations_per_day, 24 * 3600)
         # Locked: an invitation is never made while its inviter's deletion revokes the others.
-        inviter = locked(Account.select().where(Account.id == account_id), deps.db).get()
-        if inviter.state != "active":
+        inviter = locked(Account.select().where(Account.id == account_id), app.db).get()
+        if inviter.state != AccountState.ACTIVE:
             raise precondition("ACCOUNT_DEACTIVATED", "the account is deactivated")
         if Account.get_or_none(Account.email == email):
             return
@@ -353,7 +362,7 @@ def invite_friend(deps: Deps, account_id: str, email: str, name: str) -> None:
         token = ids.new_token()
         invitation = Invitation.create(
             id=ids.new_id(),
-            token_hash=deps.hasher.token(token),
+            token_hash=app.hasher.token(token),
             inviter=inviter,
             email=email,
             email_hmac=email_hmac,
@@ -362,7 +371,7 @@ def invite_friend(deps: Deps, account_id: str, email: str, name: str) -> None:
             expires_at=now + dt.timedelta(seconds=s.invitation_ttl_seconds),
         )
         enqueue(
-            clock=deps.clock,
+            clock=app.clock,
             kind="invitation",
             to=email,
             name=name,
@@ -370,25 +379,25 @@ def invite_friend(deps: Deps, account_id: str, email: str, name: str) -> None:
             token=token,
             expires=invitation.expires_at.strftime("%Y-%m-%d"),
         )
-        audit.record(deps.clock, audit.INVITATION_SENT, actor_id=account_id, subject_id=invitation.id)
+        audit.record(app.clock, audit.INVITATION_SENT, actor_id=account_id, subject_id=invitation.id)
 
 
-def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
+def delete_account(app: AppContext, account_id: str, confirm_email: str) -> Account:
     """Deactivates at once, revokes every session, schedules the purge (P17)."""
-    with write_transaction(deps.db):
-        account = locked(Account.select().where(Account.id == account_id), deps.db).get()
+    with write_transaction(app.db):
+        account = locked(Account.select().where(Account.id == account_id), app.db).get()
         try:
             confirmed = normalize_email(confirm_email) == account.email
         except ApiError:
             confirmed = False
         if not confirmed:
             raise invalid("EMAIL_MISMATCH", "confirm_email must be the account's email")
-        if account.state == "deactivated":
+        if account.state == AccountState.DEACTIVATED:
             # A second call that raced past the access check: the first one's purge date stands (P17).
             return account
-        now = deps.clock.now()
-        purge_after = now + dt.timedelta(days=deps.settings.account_grace_days)
-        Account.update(state="deactivated", deleted_at=now, purge_after=purge_after, updated_at=now).where(
+        now = app.clock.now()
+        purge_after = now + dt.timedelta(days=app.settings.account_grace_days)
+        Account.update(state=AccountState.DEACTIVATED, deleted_at=now, purge_after=purge_after, updated_at=now).where(
             Account.id == account_id
         ).execute()
         Session.update(revoked_at=now).where(Session.account == account_id, Session.revoked_at.is_null()).execute()
@@ -397,35 +406,35 @@ def delete_account(deps: Deps, account_id: str, confirm_email: str) -> Account:
             Invitation.inviter == account_id, Invitation.accepted_at.is_null(), Invitation.revoked_at.is_null()
         ).execute()
         enqueue(
-            clock=deps.clock,
+            clock=app.clock,
             kind="deletion_scheduled",
             to=account.email,
             name=account.name,
             account_id=account.id,
             purge_after=purge_after.strftime("%Y-%m-%d %H:%M UTC"),
         )
-        audit.record(deps.clock, audit.ACCOUNT_DELETED, actor_id=account_id, subject_id=account_id)
+        audit.record(app.clock, audit.ACCOUNT_DELETED, actor_id=account_id, subject_id=account_id)
         # P17: every model of the account leaves every Triton replica's adapter cache (core/jobs/evictions.py).
         evictions.request(UserModel.select(UserModel.id).where(UserModel.account == account_id), now)
     return Account.get_by_id(account_id)
 
 
-def reactivate_account(deps: Deps, account_id: str) -> Account:
-    with write_transaction(deps.db):
-        account = locked(Account.select().where(Account.id == account_id), deps.db).get()
-        now = deps.clock.now()
-        if account.state != "deactivated":
+def reactivate_account(app: AppContext, account_id: str) -> Account:
+    with write_transaction(app.db):
+        account = locked(Account.select().where(Account.id == account_id), app.db).get()
+        now = app.clock.now()
+        if account.state != AccountState.DEACTIVATED:
             raise precondition("ACCOUNT_NOT_DEACTIVATED", "the account is active")
         if account.purge_after <= now:
             raise precondition("GRACE_PERIOD_OVER", "the account's grace period is over")
-        Account.update(state="active", deleted_at=None, purge_after=None, updated_at=now).where(
+        Account.update(state=AccountState.ACTIVE, deleted_at=None, purge_after=None, updated_at=now).where(
             Account.id == account_id
         ).execute()
-        enqueue(clock=deps.clock, kind="reactivated", to=account.email, name=account.name, account_id=account.id)
-        audit.record(deps.clock, audit.ACCOUNT_REACTIVATED, actor_id=account_id, subject_id=account_id)
+        enqueue(clock=app.clock, kind="reactivated", to=account.email, name=account.name, account_id=account.id)
+        audit.record(app.clock, audit.ACCOUNT_REACTIVATED, actor_id=account_id, subject_id=account_id)
         # Its models are servable again (those not deleted on their own): Triton fetches them again on demand.
         evictions.cancel(
-            deps.db,
+            app.db,
             UserModel.select(UserModel.id).where(
                 UserModel.account == account_id, UserModel.state.not_in(UNSERVABLE_MODEL_STATES)
             ),
@@ -433,18 +442,18 @@ def reactivate_account(deps: Deps, account_id: str) -> Account:
     return Account.get_by_id(account_id)
 
 
-def create_staff(deps: Deps, email: str, name: str, role: str) -> Account:
+def create_staff(app: AppContext, email: str, name: str, role: str) -> Account:
     """Operator command: a support or admin account (no waiting list); an existing account gets the role."""
     if role not in ("support", "admin"):
         raise invalid("INVALID_ROLE", "role must be support or admin")
     email = normalize_email(email)
     name = clean_name(name)
-    with write_transaction(deps.db):
-        key_lock(deps.db, email_key(deps.hasher.email(email)))
+    with write_transaction(app.db):
+        key_lock(app.db, email_key(app.hasher.email(email)))
         account = Account.get_or_none(Account.email == email)
         if account is None:
-            account = _create_account(deps, email=email, name=name, role=role)
+            account = _create_account(app, email=email, name=name, role=role)
         else:
-            Account.update(role=role, updated_at=deps.clock.now()).where(Account.id == account.id).execute()
-        audit.record(deps.clock, audit.STAFF_CREATED, subject_id=account.id, role=role)
+            Account.update(role=role, updated_at=app.clock.now()).where(Account.id == account.id).execute()
+        audit.record(app.clock, audit.STAFF_CREATED, subject_id=account.id, role=role)
     return Account.get_by_id(account.id)

@@ -8,18 +8,27 @@ import peewee as pw
 
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Account, GeneratedPhoto, Order, OrderImage, UserModel
+from faceharmony.core.db.models import (
+    Account,
+    GeneratedPhoto,
+    GeneratedPhotoState,
+    ModelState,
+    Order,
+    OrderImage,
+    UserModel,
+)
 from faceharmony.core.jobs import orders, styles
+from faceharmony.server.context import AppContext
 from faceharmony.server.errors import invalid, not_found, precondition
-from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.logic.locking import locked
 from faceharmony.server.logic.purchases import balance
 from faceharmony.server.validation import optional_request_id, paginate, require_id
 
-PHOTO_STATES = {1: "available", 2: "downloaded", 3: "rejected"}
+PHOTO_STATES = {1: GeneratedPhotoState.AVAILABLE, 2: GeneratedPhotoState.DOWNLOADED, 3: GeneratedPhotoState.REJECTED}
 
 
-def _check_order(deps: Deps, model_ids: list[str], style_id: str, count: int) -> tuple[list[str], styles.Style]:
-    s = deps.settings
+def _check_order(app: AppContext, model_ids: list[str], style_id: str, count: int) -> tuple[list[str], styles.Style]:
+    s = app.settings
     if not model_ids:
         raise invalid("INVALID_REQUEST", "model_ids must name at least one model")
     if len(model_ids) > s.order_max_models:
@@ -40,10 +49,10 @@ def _same_request(order: Order, model_ids: list[str], style_id: str, count: int)
 
 
 def create_order(
-    deps: Deps, account_id: str, model_ids: list[str], style_id: str, count: int, request_id: str
+    app: AppContext, account_id: str, model_ids: list[str], style_id: str, count: int, request_id: str
 ) -> Order:
     """Debits count x models x credits_per_image in the order's own transaction; the same request_id returns the first order."""
-    wanted, style = _check_order(deps, list(model_ids), style_id, count)
+    wanted, style = _check_order(app, list(model_ids), style_id, count)
     request_id = optional_request_id(request_id)
 
     def replay(first: Order) -> Order:
@@ -51,9 +60,9 @@ def create_order(
             raise invalid("REQUEST_ID_REUSED", "request_id was used for a different order")
         return first
 
-    with write_transaction(deps.db):
+    with write_transaction(app.db):
         # Serialises this account's orders (PostgreSQL row lock; SQLite's IMMEDIATE transaction already does).
-        locked(Account.select(Account.id).where(Account.id == account_id), deps.db).first()
+        locked(Account.select(Account.id).where(Account.id == account_id), app.db).first()
         if request_id:
             first = Order.get_or_none(Order.account == account_id, Order.request_id == request_id)
             if first is not None:
@@ -65,24 +74,24 @@ def create_order(
                 raise not_found("model")  # another user's, or none: never say which
             if model.state in orders.UNSERVABLE_MODEL_STATES:
                 raise precondition("MODEL_PENDING_DELETION", "a named model is deleted")
-            if model.state != "ready" or model.current_version is None:
+            if model.state != ModelState.READY or model.current_version is None:
                 raise precondition("MODEL_NOT_READY", "a named model is not ready")
-        cost = len(wanted) * count * deps.settings.credits_per_image
+        cost = len(wanted) * count * app.settings.credits_per_image
         if balance(account_id) < cost:
             raise precondition("INSUFFICIENT_CREDITS", f"this order costs {cost} credits")
-        now = deps.clock.now()
+        now = app.clock.now()
         order = orders.create(
             account_id,
             [(mid, rows[mid].current_version) for mid in wanted],
             style.id,
             count,
-            deps.settings.credits_per_image,
+            app.settings.credits_per_image,
             request_id,
             now,
-            deps.settings.order_max_attempts,
+            app.settings.order_max_attempts,
         )
         audit.record(
-            deps.clock,
+            app.clock,
             audit.ORDER_CREATED,
             actor_id=account_id,
             subject_id=order.id,
@@ -109,7 +118,7 @@ def model_ids_of(order_ids: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def get_order(deps: Deps, account_id: str, order_id: str) -> Order:
+def get_order(app: AppContext, account_id: str, order_id: str) -> Order:
     require_id(order_id)
     order = Order.get_or_none(Order.id == order_id, Order.account == account_id)
     if order is None:
@@ -117,7 +126,7 @@ def get_order(deps: Deps, account_id: str, order_id: str) -> Order:
     return order
 
 
-def list_orders(deps: Deps, account_id: str, page_size: int, page_token: str):
+def list_orders(app: AppContext, account_id: str, page_size: int, page_token: str):
     return paginate(
         Order.select().where(Order.account == account_id), Order.created_at, Order.id, page_size, page_token
     )
@@ -127,52 +136,54 @@ def _visible_photos(account_id: str):
     return GeneratedPhoto.select().where(GeneratedPhoto.account == account_id, GeneratedPhoto.deleted_at.is_null())
 
 
-def list_generated(deps: Deps, account_id: str, order_id: str, state: str | None, page_size: int, page_token: str):
+def list_generated(app: AppContext, account_id: str, order_id: str, state: str | None, page_size: int, page_token: str):
     query = _visible_photos(account_id)
     if order_id:
-        query = query.where(GeneratedPhoto.order == get_order(deps, account_id, order_id).id)
+        query = query.where(GeneratedPhoto.order == get_order(app, account_id, order_id).id)
     if state:
         query = query.where(GeneratedPhoto.state == state)
     return paginate(query, GeneratedPhoto.created_at, GeneratedPhoto.id, page_size, page_token)
 
 
-def get_generated(deps: Deps, account_id: str, photo_id: str, for_update: bool = False) -> GeneratedPhoto:
+def get_generated(app: AppContext, account_id: str, photo_id: str, for_update: bool = False) -> GeneratedPhoto:
     require_id(photo_id)
     query = _visible_photos(account_id).where(GeneratedPhoto.id == photo_id)
-    photo = (locked(query, deps.db) if for_update else query).first()
+    photo = (locked(query, app.db) if for_update else query).first()
     if photo is None:
         raise not_found("generated photo")  # another user's, deleted, or none
     return photo
 
 
-def mark_downloaded(deps: Deps, account_id: str, photo_id: str) -> None:
+def mark_downloaded(app: AppContext, account_id: str, photo_id: str) -> None:
     """After a complete download: AVAILABLE becomes DOWNLOADED; a rejected photo stays rejected (its purge date stands)."""
-    with write_transaction(deps.db):
-        photo = get_generated(deps, account_id, photo_id, for_update=True)
-        now = deps.clock.now()
+    with write_transaction(app.db):
+        photo = get_generated(app, account_id, photo_id, for_update=True)
+        now = app.clock.now()
         values = {GeneratedPhoto.download_time: now}
-        if photo.state == "available":
-            values[GeneratedPhoto.state] = "downloaded"
+        if photo.state == GeneratedPhotoState.AVAILABLE:
+            values[GeneratedPhoto.state] = GeneratedPhotoState.DOWNLOADED
         GeneratedPhoto.update(values).where(GeneratedPhoto.id == photo.id).execute()
 
 
-def reject(deps: Deps, account_id: str, photo_id: str) -> GeneratedPhoto:
+def reject(app: AppContext, account_id: str, photo_id: str) -> GeneratedPhoto:
     """P16: kept for the retention period after rejection, then purged."""
-    with write_transaction(deps.db):
-        photo = get_generated(deps, account_id, photo_id, for_update=True)
-        if photo.state == "rejected":
+    with write_transaction(app.db):
+        photo = get_generated(app, account_id, photo_id, for_update=True)
+        if photo.state == GeneratedPhotoState.REJECTED:
             raise precondition("ALREADY_REJECTED", "the photo is already rejected")
-        now = deps.clock.now()
+        now = app.clock.now()
         GeneratedPhoto.update(
-            state="rejected", reject_time=now, purge_after=now + dt.timedelta(days=deps.settings.rejected_photo_days)
+            state=GeneratedPhotoState.REJECTED,
+            reject_time=now,
+            purge_after=now + dt.timedelta(days=app.settings.rejected_photo_days),
         ).where(GeneratedPhoto.id == photo.id).execute()
     return GeneratedPhoto.get_by_id(photo_id)
 
 
-def delete(deps: Deps, account_id: str, photo_id: str) -> None:
+def delete(app: AppContext, account_id: str, photo_id: str) -> None:
     """Hidden at once; the retention daemon deletes its blobs and row at its next run (purge_after = now)."""
-    with write_transaction(deps.db):
-        photo = get_generated(deps, account_id, photo_id, for_update=True)
-        now = deps.clock.now()
+    with write_transaction(app.db):
+        photo = get_generated(app, account_id, photo_id, for_update=True)
+        now = app.clock.now()
         GeneratedPhoto.update(deleted_at=now, purge_after=now).where(GeneratedPhoto.id == photo.id).execute()
-        audit.record(deps.clock, audit.GENERATED_PHOTO_DELETED, actor_id=account_id, subject_id=photo.id)
+        audit.record(app.clock, audit.GENERATED_PHOTO_DELETED, actor_id=account_id, subject_id=photo.id)

@@ -7,13 +7,13 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Ticket, TicketMessage
-from faceharmony.server.context import Principal
+from faceharmony.core.db.models import Ticket, TicketMessage, TicketState
+from faceharmony.server.context import AppContext, Principal
 from faceharmony.server.errors import denied, not_found, precondition
-from faceharmony.server.logic.deps import Deps, locked
+from faceharmony.server.logic.locking import locked
 from faceharmony.server.validation import clean_text, optional_request_id, paginate, require_id, state_filter
 
-TICKET_STATES = {1: "open", 2: "answered", 3: "closed"}
+TICKET_STATES = {1: TicketState.OPEN, 2: TicketState.ANSWERED, 3: TicketState.CLOSED}
 
 
 def _subject(raw: str) -> str:
@@ -24,12 +24,12 @@ def _body(raw: str) -> str:
     return clean_text(raw, reason="INVALID_BODY", what="body", max_len=10_000, required=True, multiline=True)
 
 
-def _visible_ticket(deps: Deps, principal: Principal, ticket_id: str, for_update: bool = False) -> Ticket:
+def _visible_ticket(app: AppContext, principal: Principal, ticket_id: str, for_update: bool = False) -> Ticket:
     require_id(ticket_id)
     query = Ticket.select().where(Ticket.id == ticket_id)
     if not principal.is_staff:
         query = query.where(Ticket.account == principal.account_id)
-    ticket = (locked(query, deps.db) if for_update else query).first()
+    ticket = (locked(query, app.db) if for_update else query).first()
     if ticket is None:
         raise not_found("ticket")
     return ticket
@@ -45,16 +45,16 @@ def _add_message(ticket: Ticket, author: str, body: str, now, staff: str | None 
     TicketMessage.create(id=ids.new_id(), ticket=ticket, seq=seq, author=author, staff=staff, body=body, created_at=now)
 
 
-def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_id: str):
+def create_ticket(app: AppContext, account_id: str, subject: str, body: str, request_id: str):
     subject, body, request_id = _subject(subject), _body(body), optional_request_id(request_id)
     for attempt in range(2):
         try:
-            with write_transaction(deps.db):
+            with write_transaction(app.db):
                 if request_id:
                     existing = Ticket.get_or_none(Ticket.account == account_id, Ticket.request_id == request_id)
                     if existing is not None:
                         return existing, messages(existing)
-                now = deps.clock.now()
+                now = app.clock.now()
                 ticket = Ticket.create(
                     id=ids.new_id(),
                     account=account_id,
@@ -72,7 +72,13 @@ def create_ticket(deps: Deps, account_id: str, subject: str, body: str, request_
 
 
 def list_tickets(
-    deps: Deps, principal: Principal, account_id: str, all_accounts: bool, state: int, page_size: int, page_token: str
+    app: AppContext,
+    principal: Principal,
+    account_id: str,
+    all_accounts: bool,
+    state: int,
+    page_size: int,
+    page_token: str,
 ):
     query = Ticket.select()
     if account_id or all_accounts:
@@ -88,36 +94,38 @@ def list_tickets(
     return paginate(query, Ticket.created_at, Ticket.id, page_size, page_token)
 
 
-def get_ticket(deps: Deps, principal: Principal, ticket_id: str):
-    ticket = _visible_ticket(deps, principal, ticket_id)
+def get_ticket(app: AppContext, principal: Principal, ticket_id: str):
+    ticket = _visible_ticket(app, principal, ticket_id)
     return ticket, messages(ticket)
 
 
-def add_ticket_message(deps: Deps, principal: Principal, ticket_id: str, body: str):
+def add_ticket_message(app: AppContext, principal: Principal, ticket_id: str, body: str):
     body = _body(body)
-    with write_transaction(deps.db):
+    with write_transaction(app.db):
         require_id(ticket_id)
         ticket = locked(
-            Ticket.select().where(Ticket.id == ticket_id, Ticket.account == principal.account_id), deps.db
+            Ticket.select().where(Ticket.id == ticket_id, Ticket.account == principal.account_id), app.db
         ).first()
         if ticket is None:
             raise not_found("ticket")
-        if ticket.state == "closed":
+        if ticket.state == TicketState.CLOSED:
             raise precondition("TICKET_CLOSED", "the ticket is closed; open a new one")
-        now = deps.clock.now()
+        now = app.clock.now()
         _add_message(ticket, "user", body, now)
-        Ticket.update(state="open", updated_at=now).where(Ticket.id == ticket.id).execute()
+        Ticket.update(state=TicketState.OPEN, updated_at=now).where(Ticket.id == ticket.id).execute()
     ticket = Ticket.get_by_id(ticket_id)
     return ticket, messages(ticket)
 
 
-def reply_to_ticket(deps: Deps, principal: Principal, ticket_id: str, body: str, close: bool):
+def reply_to_ticket(app: AppContext, principal: Principal, ticket_id: str, body: str, close: bool):
     body = _body(body)
-    with write_transaction(deps.db):
-        ticket = _visible_ticket(deps, principal, ticket_id, for_update=True)
-        now = deps.clock.now()
+    with write_transaction(app.db):
+        ticket = _visible_ticket(app, principal, ticket_id, for_update=True)
+        now = app.clock.now()
         _add_message(ticket, "staff", body, now, staff=principal.account_id)
-        Ticket.update(state="closed" if close else "answered", updated_at=now).where(Ticket.id == ticket.id).execute()
-        audit.record(deps.clock, audit.TICKET_REPLIED, actor_id=principal.account_id, subject_id=ticket.id)
+        Ticket.update(state=TicketState.CLOSED if close else TicketState.ANSWERED, updated_at=now).where(
+            Ticket.id == ticket.id
+        ).execute()
+        audit.record(app.clock, audit.TICKET_REPLIED, actor_id=principal.account_id, subject_id=ticket.id)
     ticket = Ticket.get_by_id(ticket_id)
     return ticket, messages(ticket)

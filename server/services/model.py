@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
+from faceharmony.core.db.models import ModelState
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import not_found
 from faceharmony.server.logic import models
-from faceharmony.server.logic.deps import Deps
 from faceharmony.server.watch import WatchHub, snapshot
 from faceharmony.v1 import model_pb2 as pb
 from faceharmony.v1 import model_pb2_grpc
 
-FINAL = ("ready", "failed")
+FINAL = (ModelState.READY, ModelState.FAILED)
 MESSAGES = {
-    "queued": "waiting for a trainer",
-    "training": "training",
-    "ready": "ready",
-    "failed": "training failed",
+    ModelState.QUEUED: "waiting for a trainer",
+    ModelState.TRAINING: "training",
+    ModelState.READY: "ready",
+    ModelState.FAILED: "training failed",
 }
 
 
-def model_message(deps: Deps, row) -> pb.Model:
+def model_message(app: AppContext, row) -> pb.Model:
     return convert.models_with_photos([row])[0]
 
 
 class ModelService(model_pb2_grpc.ModelServiceServicer):
-    def __init__(self, app: AppContext, deps: Deps, hub: WatchHub) -> None:
-        self.app, self.deps, self.hub = app, deps, hub
+    def __init__(self, app: AppContext, hub: WatchHub) -> None:
+        self.app, self.hub = app, hub
 
     async def _reply(self, fn, *args):
-        return await self.app.run(lambda: model_message(self.deps, fn(self.deps, *args)))
+        return await self.app.run(lambda: model_message(self.app, fn(self.app, *args)))
 
     async def CreateModel(self, request, context):
         me = self.app.principal().account_id
@@ -47,7 +47,7 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         me = self.app.principal().account_id
 
         def page():
-            rows, token = models.list_models(self.deps, me, request.page_size, request.page_token)
+            rows, token = models.list_models(self.app, me, request.page_size, request.page_token)
             return convert.models_with_photos(rows), token
 
         items, token = await self.app.run(page)
@@ -58,7 +58,7 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         me = principal.account_id
 
         def first_snapshot():
-            row = models.get_model(self.deps, me, request.id)
+            row = models.get_model(self.app, me, request.id)
             return snapshot(row, convert.models_with_photos([row])[0])
 
         first = await self.app.run(first_snapshot)

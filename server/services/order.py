@@ -15,7 +15,6 @@ from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, not_found
 from faceharmony.server.logic import orders
-from faceharmony.server.logic.deps import Deps
 from faceharmony.server.validation import state_filter
 from faceharmony.server.watch import WatchHub, snapshot
 from faceharmony.v1 import order_pb2 as pb
@@ -26,14 +25,14 @@ CHUNK_BYTES = 64 * 1024
 
 
 class OrderService(order_pb2_grpc.OrderServiceServicer):
-    def __init__(self, app: AppContext, deps: Deps, store: BlobStore, hub: WatchHub) -> None:
-        self.app, self.deps, self.store, self.hub = app, deps, store, hub
+    def __init__(self, app: AppContext, store: BlobStore, hub: WatchHub) -> None:
+        self.app, self.store, self.hub = app, store, hub
 
     def _me(self) -> str:
         return self.app.principal().account_id
 
     async def _order(self, fn, *args) -> pb.Order:
-        return await self.app.run(lambda: convert.orders([fn(self.deps, *args)])[0])
+        return await self.app.run(lambda: convert.orders([fn(self.app, *args)])[0])
 
     async def ListStyles(self, request, context):
         return pb.ListStylesResponse(
@@ -58,7 +57,7 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
         me = self._me()
 
         def page():
-            rows, token = orders.list_orders(self.deps, me, request.page_size, request.page_token)
+            rows, token = orders.list_orders(self.app, me, request.page_size, request.page_token)
             return convert.orders(rows), token
 
         items, token = await self.app.run(page)
@@ -69,7 +68,7 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
         me = principal.account_id
 
         def first_snapshot():
-            row = orders.get_order(self.deps, me, request.id)
+            row = orders.get_order(self.app, me, request.id)
             return snapshot(row, convert.orders([row])[0])
 
         first = await self.app.run(first_snapshot)
@@ -86,7 +85,7 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
 
         def page():
             rows, token = orders.list_generated(
-                self.deps, me, request.order_id, state, request.page_size, request.page_token
+                self.app, me, request.order_id, state, request.page_size, request.page_token
             )
             return [convert.generated_photo(r) for r in rows], token
 
@@ -105,14 +104,14 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
             ) from None
 
     async def GetGeneratedPhotoPreview(self, request, context):
-        row = await self.app.run(orders.get_generated, self.deps, self._me(), request.id)
+        row = await self.app.run(orders.get_generated, self.app, self._me(), request.id)
         jpeg = await self._blob(row.preview_blob_id)
         width, height = Image.open(io.BytesIO(jpeg)).size  # reads the header only
         return pb.GetGeneratedPhotoPreviewResponse(jpeg=jpeg, width=width, height=height)
 
     async def DownloadGeneratedPhoto(self, request, context):
         me = self._me()
-        row = await self.app.run(orders.get_generated, self.deps, me, request.id)
+        row = await self.app.run(orders.get_generated, self.app, me, request.id)
         data = await self._blob(row.blob_id)
         for offset in range(0, len(data), CHUNK_BYTES):
             chunk = data[offset : offset + CHUNK_BYTES]
@@ -121,12 +120,12 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
             else:
                 yield pb.DownloadGeneratedPhotoResponse(data=chunk)
         # Every chunk was handed to the transport: the download is complete.
-        await self.app.run(orders.mark_downloaded, self.deps, me, row.id)
+        await self.app.run(orders.mark_downloaded, self.app, me, row.id)
 
     async def RejectGeneratedPhoto(self, request, context):
-        row = await self.app.run(orders.reject, self.deps, self._me(), request.id)
+        row = await self.app.run(orders.reject, self.app, self._me(), request.id)
         return pb.RejectGeneratedPhotoResponse(generated_photo=convert.generated_photo(row))
 
     async def DeleteGeneratedPhoto(self, request, context):
-        await self.app.run(orders.delete, self.deps, self._me(), request.id)
+        await self.app.run(orders.delete, self.app, self._me(), request.id)
         return pb.DeleteGeneratedPhotoResponse()

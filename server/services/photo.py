@@ -14,7 +14,6 @@ from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, invalid
 from faceharmony.server.logic import photos
-from faceharmony.server.logic.deps import Deps
 from faceharmony.server.validation import optional_request_id
 from faceharmony.server.verify_queue import VerifyQueue
 from faceharmony.v1 import photo_pb2 as pb
@@ -31,13 +30,12 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
     def __init__(
         self,
         app: AppContext,
-        deps: Deps,
         store: BlobStore,
         verifier: Verifier,
         verify_queue: VerifyQueue,
     ) -> None:
-        self.app, self.deps, self.store, self.verifier, self.verify_queue = app, deps, store, verifier, verify_queue
-        s = deps.settings
+        self.app, self.store, self.verifier, self.verify_queue = app, store, verifier, verify_queue
+        s = app.settings
         self.limits = Limits(
             max_bytes=s.upload_max_bytes,
             max_pixels=s.upload_max_pixels,
@@ -54,10 +52,10 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         request_id = optional_request_id(request.request_id)
         if len(request.filename) > 255 or len(request.content_type) > 255:
             raise invalid("INVALID_REQUEST", "filename and content_type are at most 255 characters")
-        first = await self.app.run(photos.existing_upload, self.deps, account_id, request_id)
+        first = await self.app.run(photos.existing_upload, self.app, account_id, request_id)
         if first is not None:
             return pb.UploadPhotoResponse(photo=convert.photo(first))
-        await self.app.run(photos.check_quota, self.deps, account_id)
+        await self.app.run(photos.check_quota, self.app, account_id)
         # Reserved before decoding, given back after; the header is read off the event loop (a PNG's text chunks
         # are inflated on the way to its pixel data).
         pixels = await asyncio.get_running_loop().run_in_executor(
@@ -87,15 +85,15 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         except BlobError as exc:
             log.warning("photo blob write failed", extra={"error": str(exc)})
             raise _unavailable("UNAVAILABLE", "photo storage is unavailable; try again later") from None
-        row = await self.app.run(photos.record_upload, self.deps, account_id, blob_id, image, request_id)
+        row = await self.app.run(photos.record_upload, self.app, account_id, blob_id, image, request_id)
         return pb.UploadPhotoResponse(photo=convert.photo(row))
 
     async def ListPhotos(self, request, context):
         rows, token = await self.app.run(
-            photos.list_photos, self.deps, self.app.principal().account_id, request.page_size, request.page_token
+            photos.list_photos, self.app, self.app.principal().account_id, request.page_size, request.page_token
         )
         return pb.ListPhotosResponse(photos=[convert.photo(r) for r in rows], next_page_token=token)
 
     async def DeletePhoto(self, request, context):
-        await self.app.run(photos.delete_photo, self.deps, self.app.principal().account_id, request.id)
+        await self.app.run(photos.delete_photo, self.app, self.app.principal().account_id, request.id)
         return pb.DeletePhotoResponse()

@@ -5,19 +5,18 @@ from __future__ import annotations
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.logic import support
-from faceharmony.server.logic.deps import Deps
 from faceharmony.v1 import support_pb2 as pb
 from faceharmony.v1 import support_pb2_grpc
 
 
 class SupportService(support_pb2_grpc.SupportServiceServicer):
-    def __init__(self, app: AppContext, deps: Deps) -> None:
-        self.app, self.deps = app, deps
+    def __init__(self, app: AppContext) -> None:
+        self.app = app
 
     async def CreateTicket(self, request, context):
         row, msgs = await self.app.run(
             support.create_ticket,
-            self.deps,
+            self.app,
             self.app.principal().account_id,
             request.subject,
             request.body,
@@ -28,7 +27,7 @@ class SupportService(support_pb2_grpc.SupportServiceServicer):
     async def ListTickets(self, request, context):
         rows, token = await self.app.run(
             support.list_tickets,
-            self.deps,
+            self.app,
             self.app.principal(),
             request.account_id,
             request.all_accounts,
@@ -39,17 +38,17 @@ class SupportService(support_pb2_grpc.SupportServiceServicer):
         return pb.ListTicketsResponse(tickets=[convert.ticket(r) for r in rows], next_page_token=token)
 
     async def GetTicket(self, request, context):
-        row, msgs = await self.app.run(support.get_ticket, self.deps, self.app.principal(), request.id)
+        row, msgs = await self.app.run(support.get_ticket, self.app, self.app.principal(), request.id)
         return pb.GetTicketResponse(ticket=convert.ticket(row, msgs))
 
     async def AddTicketMessage(self, request, context):
         row, msgs = await self.app.run(
-            support.add_ticket_message, self.deps, self.app.principal(), request.id, request.body
+            support.add_ticket_message, self.app, self.app.principal(), request.id, request.body
         )
         return pb.AddTicketMessageResponse(ticket=convert.ticket(row, msgs))
 
     async def ReplyToTicket(self, request, context):
         row, msgs = await self.app.run(
-            support.reply_to_ticket, self.deps, self.app.principal(), request.id, request.body, request.close
+            support.reply_to_ticket, self.app, self.app.principal(), request.id, request.body, request.close
         )
         return pb.ReplyToTicketResponse(ticket=convert.ticket(row, msgs))

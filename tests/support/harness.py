@@ -141,7 +141,7 @@ class Harness:
         from faceharmony.server.logic import accounts
 
         email_addr = email_addr or f"{role}-{len(self._seen_emails)}-{id(object())}@staff.example.com"
-        account = self.db_call(accounts.create_staff, self.api.deps, email_addr, f"{role.title()} Person", role)
+        account = self.db_call(accounts.create_staff, self.api.app, email_addr, f"{role.title()} Person", role)
         reply = self.accounts.SignIn(account_pb2.SignInRequest(email=email_addr, code=self.code_for(email_addr)))
         return User(account.id, email_addr, account.name, reply.session_token)
 
