@@ -43,7 +43,7 @@ from PIL import Image
 from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database, write_transaction
-from faceharmony.core.db.models import ModelVersion, Order, OrderImage, UserModel
+from faceharmony.core.db.models import JobState, ModelVersion, Order, OrderImage, UserModel
 from faceharmony.core.jobs import evictions, styles
 from faceharmony.core.jobs.orders import OrderQueue, unservable_reason
 from faceharmony.core.jobs.queue import Claim, default_worker_id
@@ -354,7 +354,7 @@ class OrderWorker:
 
     def _conclude(self, claim: Claim, lost: threading.Event) -> None:
         if self.shutting_down.is_set() and self.queue.pending_slots(claim):
-            if self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False) == "queued":
+            if self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False) == JobState.QUEUED:
                 log.info("order handed back on shutdown", extra={"order_id": claim.job_id})
             return
         if lost.is_set():

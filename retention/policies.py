@@ -36,12 +36,14 @@ from faceharmony.core.db import audit
 from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import (
     Account,
+    AccountState,
     AuditEvent,
     BaseModel,
     CreditEntry,
     EmailQueue,
     GeneratedPhoto,
     Invitation,
+    ModelState,
     ModelVersion,
     Order,
     OrderImage,
@@ -61,7 +63,6 @@ from faceharmony.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PURGING = "purging"
 # The invitation rate limit counts over a fixed day (server/logic/accounts.py).
 INVITATION_WINDOW = dt.timedelta(hours=24)
 
@@ -189,7 +190,7 @@ def _trained_photos(ctx: Context) -> pw.ModelSelect:
     return (
         Photo.select(Photo.id)
         .join(UserModel, on=(Photo.model_id == UserModel.id))
-        .where(UserModel.state == "ready", Photo.deleted_at.is_null())
+        .where(UserModel.state == ModelState.READY, Photo.deleted_at.is_null())
     )
 
 
@@ -272,20 +273,21 @@ def _claim(
     kind: str,
     table: type[Account] | type[UserModel],
     from_state: str,
+    purging_state: str,
     on_mark: Callable[[list[str]], object] | None = None,
 ) -> list[str]:
-    """Marks a batch of the table's due rows "purging", oldest first; returns the purging ones (those a killed
+    """Marks a batch of the table's due rows `purging_state`, oldest first; returns the purging ones (those a killed
     run left half-purged included, those that failed this cycle left out). purge_after is indexed and set only
     while pending deletion: a range, not a scan."""
     due = (table.state == from_state) & (table.purge_after <= ctx.now)
     with write_transaction(ctx.db):
         ids = _ids(claimable(table.select(table.id).where(due).order_by(table.purge_after).limit(ctx.batch), ctx.db))
         if ids:
-            table.update(state=PURGING, updated_at=ctx.clock.now()).where(table.id.in_(ids), due).execute()
+            table.update(state=purging_state, updated_at=ctx.clock.now()).where(table.id.in_(ids), due).execute()
             if on_mark is not None:
                 on_mark(ids)
     purging = table.select(table.id).where(
-        table.purge_after.is_null(False), table.state == PURGING, *ctx.not_failed(kind, table.id)
+        table.purge_after.is_null(False), table.state == purging_state, *ctx.not_failed(kind, table.id)
     )
     return _ids(purging.order_by(table.purge_after).limit(ctx.batch))
 
@@ -294,7 +296,14 @@ def claim_models(ctx: Context) -> list[str]:
     """Marks due models "purging": support can no longer restore them (restore wants pending_deletion). Their
     adapters must be out of every Triton replica's cache: the eviction is requested again with the mark
     (core/jobs/evictions.py; the record outlives the model's rows)."""
-    return _claim(ctx, "models", UserModel, "pending_deletion", lambda ids: evictions.request(ids, ctx.clock.now()))
+    return _claim(
+        ctx,
+        "models",
+        UserModel,
+        ModelState.PENDING_DELETION,
+        ModelState.PURGING,
+        lambda ids: evictions.request(ids, ctx.clock.now()),
+    )
 
 
 def purge_model(ctx: Context, model_id: str) -> bool:
@@ -304,7 +313,8 @@ def purge_model(ctx: Context, model_id: str) -> bool:
     with write_transaction(ctx.db):
         if (
             _locked(
-                UserModel.select(UserModel.id).where(UserModel.id == model_id, UserModel.state == PURGING), ctx.db
+                UserModel.select(UserModel.id).where(UserModel.id == model_id, UserModel.state == ModelState.PURGING),
+                ctx.db,
             ).first()
             is None
         ):
@@ -432,7 +442,7 @@ def claim_accounts(ctx: Context) -> list[str]:
         # record outlives the rows: core/jobs/evictions.py).
         evictions.request(UserModel.select(UserModel.id).where(UserModel.account.in_(ids)), ctx.clock.now())
 
-    return _claim(ctx, "accounts", Account, "deactivated", on_mark)
+    return _claim(ctx, "accounts", Account, AccountState.DEACTIVATED, AccountState.PURGING, on_mark)
 
 
 def purge_account(ctx: Context, account_id: str) -> bool:
@@ -440,7 +450,9 @@ def purge_account(ctx: Context, account_id: str) -> bool:
     blobs = account_blobs(account_id)
     delete_blobs(ctx.store, blobs)
     with write_transaction(ctx.db):
-        account = _locked(Account.select().where(Account.id == account_id, Account.state == PURGING), ctx.db).first()
+        account = _locked(
+            Account.select().where(Account.id == account_id, Account.state == AccountState.PURGING), ctx.db
+        ).first()
         if account is None:
             return False
         # The lock order (core/db/locks.py): the account, its models, then their jobs (deleted below before the
@@ -466,12 +478,14 @@ def _count(query: pw.ModelSelect) -> int:
 
 
 def _due_accounts(ctx: Context) -> pw.ModelSelect:
-    return Account.select().where(Account.purge_after <= ctx.now, Account.state.in_(["deactivated", PURGING]))
+    return Account.select().where(
+        Account.purge_after <= ctx.now, Account.state.in_([AccountState.DEACTIVATED, AccountState.PURGING])
+    )
 
 
 def _due_models(ctx: Context) -> pw.ModelSelect:
     return UserModel.select(UserModel.id).where(
-        UserModel.purge_after <= ctx.now, UserModel.state.in_(["pending_deletion", PURGING])
+        UserModel.purge_after <= ctx.now, UserModel.state.in_([ModelState.PENDING_DELETION, ModelState.PURGING])
     )
 
 

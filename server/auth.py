@@ -6,7 +6,7 @@ import peewee as pw
 
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Account, Session
+from faceharmony.core.db.models import Account, AccountState, Session
 from faceharmony.server import access
 from faceharmony.server.context import AppContext, Principal
 from faceharmony.server.errors import ApiError, denied, precondition, unauthenticated
@@ -57,7 +57,7 @@ def authorize(app: AppContext, method: str, rule: int | None, token: str | None)
     principal = authenticate(app, token)
     if rule == access.USER_OR_DEACTIVATED:
         return principal
-    if principal.state != "active":
+    if principal.state != AccountState.ACTIVE:
         raise _deactivated()
     if rule == access.USER:
         return principal
@@ -92,7 +92,7 @@ def session_refusals(app: AppContext, session_ids: list[str]) -> dict[str, ApiEr
             refusals[session_id] = _not_valid()
         elif alive[session_id][0] <= now:
             refusals[session_id] = _expired()
-        elif alive[session_id][1] != "active":
+        elif alive[session_id][1] != AccountState.ACTIVE:
             refusals[session_id] = _deactivated()
     return refusals
 

@@ -10,21 +10,21 @@ from faceharmony.core.db import models as m
 from faceharmony.v1 import account_pb2, admin_pb2, model_pb2, order_pb2, photo_pb2, purchase_pb2, support_pb2
 
 _ROLES = {"user": account_pb2.ROLE_USER, "support": account_pb2.ROLE_SUPPORT, "admin": account_pb2.ROLE_ADMIN}
-# "purging": the retention daemon is deleting it; still deactivated as far as anyone can tell.
+# PURGING: the retention daemon is deleting it; still deactivated as far as anyone can tell.
 _ACCOUNT_STATES = {
-    "active": account_pb2.ACCOUNT_STATE_ACTIVE,
-    "deactivated": account_pb2.ACCOUNT_STATE_DEACTIVATED,
-    "purging": account_pb2.ACCOUNT_STATE_DEACTIVATED,
+    m.AccountState.ACTIVE: account_pb2.ACCOUNT_STATE_ACTIVE,
+    m.AccountState.DEACTIVATED: account_pb2.ACCOUNT_STATE_DEACTIVATED,
+    m.AccountState.PURGING: account_pb2.ACCOUNT_STATE_DEACTIVATED,
 }
 _WAITLIST_STATES = {
-    "pending": admin_pb2.WAITLIST_ENTRY_STATE_PENDING,
-    "approved": admin_pb2.WAITLIST_ENTRY_STATE_APPROVED,
+    m.WaitlistState.PENDING: admin_pb2.WAITLIST_ENTRY_STATE_PENDING,
+    m.WaitlistState.APPROVED: admin_pb2.WAITLIST_ENTRY_STATE_APPROVED,
 }
 _STORES = {"app_store": purchase_pb2.STORE_APP_STORE, "google_play": purchase_pb2.STORE_GOOGLE_PLAY}
 _TICKET_STATES = {
-    "open": support_pb2.TICKET_STATE_OPEN,
-    "answered": support_pb2.TICKET_STATE_ANSWERED,
-    "closed": support_pb2.TICKET_STATE_CLOSED,
+    m.TicketState.OPEN: support_pb2.TICKET_STATE_OPEN,
+    m.TicketState.ANSWERED: support_pb2.TICKET_STATE_ANSWERED,
+    m.TicketState.CLOSED: support_pb2.TICKET_STATE_CLOSED,
 }
 _AUTHORS = {"user": support_pb2.TICKET_AUTHOR_USER, "staff": support_pb2.TICKET_AUTHOR_STAFF}
 
@@ -128,12 +128,12 @@ def photo(row: m.Photo) -> photo_pb2.Photo:
 
 
 _MODEL_STATES = {
-    "queued": model_pb2.MODEL_STATE_QUEUED,
-    "training": model_pb2.MODEL_STATE_TRAINING,
-    "ready": model_pb2.MODEL_STATE_READY,
-    "failed": model_pb2.MODEL_STATE_FAILED,
-    "pending_deletion": model_pb2.MODEL_STATE_PENDING_DELETION,
-    "purging": model_pb2.MODEL_STATE_PENDING_DELETION,  # the retention daemon is deleting it
+    m.ModelState.QUEUED: model_pb2.MODEL_STATE_QUEUED,
+    m.ModelState.TRAINING: model_pb2.MODEL_STATE_TRAINING,
+    m.ModelState.READY: model_pb2.MODEL_STATE_READY,
+    m.ModelState.FAILED: model_pb2.MODEL_STATE_FAILED,
+    m.ModelState.PENDING_DELETION: model_pb2.MODEL_STATE_PENDING_DELETION,
+    m.ModelState.PURGING: model_pb2.MODEL_STATE_PENDING_DELETION,  # the retention daemon is deleting it
 }
 
 
@@ -163,16 +163,16 @@ def models_with_photos(rows: list[m.UserModel]) -> list[model_pb2.Model]:
 
 
 _ORDER_STATES = {
-    "queued": order_pb2.ORDER_STATE_QUEUED,
-    "running": order_pb2.ORDER_STATE_RUNNING,
-    "completed": order_pb2.ORDER_STATE_COMPLETED,
-    "failed": order_pb2.ORDER_STATE_FAILED,
-    "cancelled": order_pb2.ORDER_STATE_CANCELLED,
+    m.OrderState.QUEUED: order_pb2.ORDER_STATE_QUEUED,
+    m.OrderState.RUNNING: order_pb2.ORDER_STATE_RUNNING,
+    m.OrderState.COMPLETED: order_pb2.ORDER_STATE_COMPLETED,
+    m.OrderState.FAILED: order_pb2.ORDER_STATE_FAILED,
+    m.OrderState.CANCELLED: order_pb2.ORDER_STATE_CANCELLED,
 }
 _GENERATED_STATES = {
-    "available": order_pb2.GENERATED_PHOTO_STATE_AVAILABLE,
-    "downloaded": order_pb2.GENERATED_PHOTO_STATE_DOWNLOADED,
-    "rejected": order_pb2.GENERATED_PHOTO_STATE_REJECTED,
+    m.GeneratedPhotoState.AVAILABLE: order_pb2.GENERATED_PHOTO_STATE_AVAILABLE,
+    m.GeneratedPhotoState.DOWNLOADED: order_pb2.GENERATED_PHOTO_STATE_DOWNLOADED,
+    m.GeneratedPhotoState.REJECTED: order_pb2.GENERATED_PHOTO_STATE_REJECTED,
 }
 
 
@@ -213,5 +213,5 @@ def generated_photo(row: m.GeneratedPhoto) -> order_pb2.GeneratedPhoto:
         create_time=ts(row.created_at),
         download_time=ts(row.download_time),
         reject_time=ts(row.reject_time),
-        purge_after=ts(row.purge_after) if row.state == "rejected" else None,
+        purge_after=ts(row.purge_after) if row.state == m.GeneratedPhotoState.REJECTED else None,
     )

@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from faceharmony.core.db.models import Order, UserModel
+from faceharmony.core.db.models import ModelState, Order, UserModel
 from faceharmony.server import convert
 from faceharmony.server.auth import SESSION_CHUNK, session_refusals
 from faceharmony.server.context import AppContext
@@ -77,7 +77,7 @@ class WatchedTable:
         return out, queries
 
 
-MODELS = WatchedTable(UserModel, convert.models_with_photos, gone_state="pending_deletion")
+MODELS = WatchedTable(UserModel, convert.models_with_photos, gone_state=ModelState.PENDING_DELETION)
 ORDERS = WatchedTable(Order, convert.orders, gone_state="purged")
 
 

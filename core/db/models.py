@@ -10,6 +10,7 @@ meant to outlive an account.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 
 import peewee as pw
@@ -50,13 +51,19 @@ def IdField(**kwargs) -> pw.CharField:
     return pw.CharField(max_length=32, **kwargs)
 
 
+class AccountState(enum.StrEnum):
+    ACTIVE = "active"
+    DEACTIVATED = "deactivated"  # deleted by its owner (P17); can be reactivated until purge_after
+    PURGING = "purging"  # the retention daemon is deleting it; never restored
+
+
 class Account(BaseModel):
     id = IdField(primary_key=True)
     email = pw.CharField(max_length=254, unique=True)
     email_hmac = pw.CharField(max_length=64, index=True)
     name = pw.CharField(max_length=100)
     role = pw.CharField(max_length=16, default="user")  # user | support | admin
-    state = pw.CharField(max_length=16, default="active")  # active | deactivated
+    state = pw.CharField(max_length=16, default=AccountState.ACTIVE)  # AccountState
     is_16_or_older = pw.BooleanField()
     free_trial_granted = pw.BooleanField(default=False)
     invited_by = pw.ForeignKeyField("self", null=True, on_delete="SET NULL", backref="invitees")
@@ -73,6 +80,11 @@ class KnownEmail(BaseModel):
     first_seen = UtcDateTimeField()
 
 
+class WaitlistState(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+
+
 class WaitlistEntry(BaseModel):
     id = IdField(primary_key=True)
     email = pw.CharField(max_length=254, unique=True)
@@ -80,7 +92,7 @@ class WaitlistEntry(BaseModel):
     name = pw.CharField(max_length=100)
     note = pw.TextField(default="")
     is_16_or_older = pw.BooleanField()
-    state = pw.CharField(max_length=16, default="pending")  # pending | approved
+    state = pw.CharField(max_length=16, default=WaitlistState.PENDING)  # WaitlistState
     created_at = UtcDateTimeField(index=True)
     approved_at = UtcDateTimeField(null=True)
     approved_by = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL", backref="approvals")
@@ -160,11 +172,17 @@ class CreditEntry(BaseModel):
     created_at = UtcDateTimeField()
 
 
+class TicketState(enum.StrEnum):
+    OPEN = "open"  # waiting for staff
+    ANSWERED = "answered"  # staff replied; the user's next message opens it again
+    CLOSED = "closed"
+
+
 class Ticket(BaseModel):
     id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="tickets")
     subject = pw.CharField(max_length=200)
-    state = pw.CharField(max_length=16, default="open")  # open | answered | closed
+    state = pw.CharField(max_length=16, default=TicketState.OPEN)  # TicketState
     request_id = pw.CharField(max_length=64, null=True)
     created_at = UtcDateTimeField(index=True)
     updated_at = UtcDateTimeField()
@@ -234,14 +252,24 @@ class Photo(BaseModel):
         indexes = ((("account", "request_id"), True), (("account", "created_at"), False))
 
 
+class ModelState(enum.StrEnum):
+    """The state of a UserModel; it follows its newest training job (core/jobs/training.py)."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+    PENDING_DELETION = "pending_deletion"  # hidden; support can restore it until purge_after (P13)
+    PURGING = "purging"  # the retention daemon is deleting it; never restored
+
+
 class UserModel(BaseModel):
     """A person's image-generation model (P10-P13): one LoRA adapter per version over the shared base."""
 
     id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="models")
     display_name = pw.CharField(max_length=100)
-    # queued | training | ready | failed | pending_deletion
-    state = pw.CharField(max_length=20, index=True)
+    state = pw.CharField(max_length=20, index=True)  # ModelState
     progress = pw.FloatField(default=0.0)
     failure_reason = pw.CharField(max_length=64, null=True)
     trigger_token = pw.CharField(max_length=32)
@@ -251,12 +279,26 @@ class UserModel(BaseModel):
     updated_at = UtcDateTimeField()
     # While pending deletion: when, the state to restore, and when it is purged (P13).
     deleted_at = UtcDateTimeField(null=True)
-    state_before_delete = pw.CharField(max_length=20, null=True)
+    state_before_delete = pw.CharField(max_length=20, null=True)  # ModelState
     purge_after = UtcDateTimeField(null=True, index=True)
 
     class Meta:
         table_name = "user_model"
         indexes = ((("account", "request_id"), True), (("account", "created_at"), False))
+
+
+class JobState(enum.StrEnum):
+    """The states of a job of the generic queue (core/jobs/queue.py): TrainingJob's whole state machine.
+
+    The queue writes QUEUED, RUNNING and FAILED into any job table, Order's too (OrderState has the same
+    values); SUCCEEDED is TrainingJob's end, CANCELLED is written by the training queue only.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class TrainingJob(BaseModel):
@@ -265,8 +307,7 @@ class TrainingJob(BaseModel):
     id = IdField(primary_key=True)
     model = pw.ForeignKeyField(UserModel, on_delete="CASCADE", backref="jobs")
     kind = pw.CharField(max_length=16)  # train | retrain
-    # queued | running | succeeded | failed | cancelled
-    state = pw.CharField(max_length=16)
+    state = pw.CharField(max_length=16)  # JobState
     attempts = pw.IntegerField(default=0)
     max_attempts = pw.IntegerField()
     next_attempt_at = UtcDateTimeField()
@@ -321,10 +362,21 @@ class ModelEviction(BaseModel):
         indexes = ((("model_id", "version"), True),)
 
 
+class OrderState(enum.StrEnum):
+    """QUEUED, RUNNING and FAILED are the job queue's (the same values as JobState's); an order that made at
+    least one image ends COMPLETED (core/jobs/orders.py)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class Order(BaseModel):
     """An order of generated portraits (P14); also the order workers' job (the `core.jobs` columns).
 
-    state: queued | running (the job states) | completed | failed | cancelled. Credits are debited in
+    state: OrderState (queued and running are the job states). Credits are debited in
     the transaction that creates the order and refunded per failed image (CreditEntry, kind order/refund).
     """
 
@@ -360,6 +412,12 @@ class Order(BaseModel):
         )
 
 
+class OrderImageState(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class OrderImage(BaseModel):
     """One image slot of an order, made with the order: the worker fills each slot exactly once.
 
@@ -373,7 +431,7 @@ class OrderImage(BaseModel):
     model_id = pw.CharField(max_length=32, index=True)
     model_version = pw.IntegerField()
     seed = pw.BigIntegerField()
-    state = pw.CharField(max_length=16)  # pending | done | failed
+    state = pw.CharField(max_length=16)  # OrderImageState
     error = pw.CharField(max_length=64, null=True)
     updated_at = UtcDateTimeField()
 
@@ -382,10 +440,16 @@ class OrderImage(BaseModel):
         indexes = ((("order", "position"), True),)
 
 
+class GeneratedPhotoState(enum.StrEnum):
+    AVAILABLE = "available"
+    DOWNLOADED = "downloaded"
+    REJECTED = "rejected"
+
+
 class GeneratedPhoto(BaseModel):
     """A generated portrait (P14-P16), readable by its owner only. The blob ids are private.
 
-    state: available | downloaded | rejected. A rejected photo gets `purge_after` (+60 days, P16); a
+    state: GeneratedPhotoState. A rejected photo gets `purge_after` (+60 days, P16); a
     deleted one is hidden at once (`deleted_at`) and purged by the retention daemon.
     """
 
@@ -400,7 +464,7 @@ class GeneratedPhoto(BaseModel):
     size_bytes = pw.IntegerField()
     width = pw.IntegerField()
     height = pw.IntegerField()
-    state = pw.CharField(max_length=16)
+    state = pw.CharField(max_length=16)  # GeneratedPhotoState
     created_at = UtcDateTimeField()
     download_time = UtcDateTimeField(null=True)
     reject_time = UtcDateTimeField(null=True)

@@ -32,12 +32,24 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
-from faceharmony.core.db.models import Account, CreditEntry, GeneratedPhoto, Order, OrderImage, UserModel
+from faceharmony.core.db.models import (
+    Account,
+    AccountState,
+    CreditEntry,
+    GeneratedPhoto,
+    GeneratedPhotoState,
+    ModelState,
+    Order,
+    OrderImage,
+    OrderImageState,
+    OrderState,
+    UserModel,
+)
 from faceharmony.core.jobs.queue import Claim, JobQueue
 
-FINAL_STATES = ("completed", "failed", "cancelled")
+FINAL_STATES = (OrderState.COMPLETED, OrderState.FAILED, OrderState.CANCELLED)
 # A model in these states is never served (P13): pending deletion, or being purged by the retention daemon.
-UNSERVABLE_MODEL_STATES = ("pending_deletion", "purging")
+UNSERVABLE_MODEL_STATES = (ModelState.PENDING_DELETION, ModelState.PURGING)
 
 
 def per_image_cost(order: Order) -> int:
@@ -61,7 +73,7 @@ def create(
         account=account_id,
         style_id=style_id,
         count=count,
-        state="queued",
+        state=OrderState.QUEUED,
         images_total=total,
         credits_charged=total * cost_per_image,
         request_id=request_id,
@@ -81,7 +93,7 @@ def create(
                     "model_id": model_id,
                     "model_version": version,
                     "seed": secrets.randbits(48),
-                    "state": "pending",
+                    "state": OrderImageState.PENDING,
                     "updated_at": now,
                 }
             )
@@ -100,7 +112,7 @@ def create(
 
 def unservable_reason(account_id: str, model_id: str) -> str | None:
     """None when the model may be served now; else why its images fail (P13: deleted; P17: account deactivated)."""
-    if Account.select(Account.state).where(Account.id == account_id).scalar() != "active":
+    if Account.select(Account.state).where(Account.id == account_id).scalar() != AccountState.ACTIVE:
         return "ACCOUNT_DEACTIVATED"
     state = UserModel.select(UserModel.state).where(UserModel.id == model_id).scalar()
     if state is None or state in UNSERVABLE_MODEL_STATES:
@@ -117,12 +129,14 @@ def _fail_pending(order: Order, slot_ids: list[str], error: str, now: dt.datetim
     """Inside a transaction: fails those of the slots still pending and refunds each once; returns how many."""
     still = _ids(
         OrderImage.select(OrderImage.id).where(
-            OrderImage.id.in_(slot_ids), OrderImage.order == order.id, OrderImage.state == "pending"
+            OrderImage.id.in_(slot_ids), OrderImage.order == order.id, OrderImage.state == OrderImageState.PENDING
         )
     )
     if not still:
         return 0
-    OrderImage.update(state="failed", error=error, updated_at=now).where(OrderImage.id.in_(still)).execute()
+    OrderImage.update(state=OrderImageState.FAILED, error=error, updated_at=now).where(
+        OrderImage.id.in_(still)
+    ).execute()
     cost = per_image_cost(order)
     if cost:
         CreditEntry.insert_many(
@@ -167,17 +181,19 @@ class OrderQueue(JobQueue):
         """The order failed for good: every slot still pending fails and is refunded."""
         order = Order.get_by_id(job_id)
         pending = _ids(
-            OrderImage.select(OrderImage.id).where(OrderImage.order == job_id, OrderImage.state == "pending")
+            OrderImage.select(OrderImage.id).where(
+                OrderImage.order == job_id, OrderImage.state == OrderImageState.PENDING
+            )
         )
         _fail_pending(order, pending, error, self.clock.now())
         if order.images_done:  # some images were made before it gave up: the order is what it delivered
-            Order.update(state="completed").where(Order.id == job_id).execute()
+            Order.update(state=OrderState.COMPLETED).where(Order.id == job_id).execute()
 
     # --- the worker's fenced writes -------------------------------------------------------
     def pending_slots(self, claim: Claim) -> list[OrderImage]:
         return list(
             OrderImage.select()
-            .where(OrderImage.order == claim.job_id, OrderImage.state == "pending")
+            .where(OrderImage.order == claim.job_id, OrderImage.state == OrderImageState.PENDING)
             .order_by(OrderImage.position)
         )
 
@@ -206,8 +222,8 @@ class OrderQueue(JobQueue):
                 _fail_pending(order, [slot.id], reason, now)
                 return False
             if (
-                OrderImage.update(state="done", error=None, updated_at=now)
-                .where(OrderImage.id == slot.id, OrderImage.state == "pending")
+                OrderImage.update(state=OrderImageState.DONE, error=None, updated_at=now)
+                .where(OrderImage.id == slot.id, OrderImage.state == OrderImageState.PENDING)
                 .execute()
                 != 1
             ):
@@ -224,7 +240,7 @@ class OrderQueue(JobQueue):
                 size_bytes=size,
                 width=width,
                 height=height,
-                state="available",
+                state=GeneratedPhotoState.AVAILABLE,
                 created_at=now,
             )
             Order.update(images_done=Order.images_done + 1, progress=_progress(done_delta=1), updated_at=now).where(
@@ -246,15 +262,19 @@ class OrderQueue(JobQueue):
             self.lock_first(claim.job_id)
             if not self.owns(claim):
                 return None
-            if OrderImage.select().where(OrderImage.order == claim.job_id, OrderImage.state == "pending").exists():
+            if (
+                OrderImage.select()
+                .where(OrderImage.order == claim.job_id, OrderImage.state == OrderImageState.PENDING)
+                .exists()
+            ):
                 return None
             order = Order.get_by_id(claim.job_id)
             if order.images_done:
-                state, error = "completed", None
+                state, error = OrderState.COMPLETED, None
             else:
                 errors = [
                     e for (e,) in OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()
                 ]
-                state, error = "failed", max(set(errors), key=errors.count) if errors else "NO_IMAGES"
+                state, error = OrderState.FAILED, max(set(errors), key=errors.count) if errors else "NO_IMAGES"
             self._finish(order.id, state, self.clock.now(), error=error)
             return state

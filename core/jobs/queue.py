@@ -37,6 +37,7 @@ import peewee as pw
 
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
+from faceharmony.core.db.models import JobState
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 1800
@@ -71,8 +72,8 @@ class JobQueue:
 
     def _due(self, now: dt.datetime):
         Job = self.Job
-        return ((Job.state == "queued") & (Job.next_attempt_at <= now)) | (
-            (Job.state == "running") & (Job.lease_expires_at <= now)
+        return ((Job.state == JobState.QUEUED) & (Job.next_attempt_at <= now)) | (
+            (Job.state == JobState.RUNNING) & (Job.lease_expires_at <= now)
         )
 
     def claim(self, worker: str) -> Claim | None:
@@ -96,7 +97,7 @@ class JobQueue:
             if job.attempts < job.max_attempts:
                 owner = _lease_owner(worker)
                 Job.update(
-                    state="running",
+                    state=JobState.RUNNING,
                     attempts=Job.attempts + 1,
                     lease_owner=owner,
                     lease_expires_at=now + self.lease,
@@ -118,7 +119,7 @@ class JobQueue:
                 query = query.for_update()
             if query.first() is None:  # another worker got there first
                 return
-            self._finish(job_id, "failed", now, error="ATTEMPTS_EXHAUSTED")
+            self._finish(job_id, JobState.FAILED, now, error="ATTEMPTS_EXHAUSTED")
             self.on_failed(job_id, "ATTEMPTS_EXHAUSTED")
 
     def _fenced(self, claim: Claim):
@@ -127,7 +128,7 @@ class JobQueue:
             (Job.id == claim.job_id)
             & (Job.lease_owner == claim.owner)
             & (Job.attempts == claim.attempt)
-            & (Job.state == "running")
+            & (Job.state == JobState.RUNNING)
         )
 
     def heartbeat(self, claim: Claim, progress: float | None = None) -> bool:
@@ -158,7 +159,7 @@ class JobQueue:
 
     def succeed(self, claim: Claim) -> None:
         """Inside the caller's write transaction, after `owns(claim)` said yes."""
-        self._finish(claim.job_id, "succeeded", self.clock.now())
+        self._finish(claim.job_id, JobState.SUCCEEDED, self.clock.now())
 
     def fail(self, claim: Claim, error: str, *, retryable: bool, count_attempt: bool = True) -> str:
         """Gives the job back for a later attempt with backoff, or fails it for good; returns the new state.
@@ -179,7 +180,7 @@ class JobQueue:
                     min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)) if count_attempt else 0
                 )
                 Job.update(
-                    state="queued",
+                    state=JobState.QUEUED,
                     attempts=attempts,
                     error=error,
                     next_attempt_at=now + dt.timedelta(seconds=delay),
@@ -188,10 +189,10 @@ class JobQueue:
                     updated_at=now,
                 ).where(Job.id == job.id).execute()
                 self.on_requeued(job.id)
-                return "queued"
-            self._finish(job.id, "failed", now, error=error)
+                return JobState.QUEUED
+            self._finish(job.id, JobState.FAILED, now, error=error)
             self.on_failed(job.id, error)
-            return "failed"
+            return JobState.FAILED
 
     def lock_first(self, job_id: str) -> None:
         """Called first in each fenced write transaction: locks what comes before the job's row in the lock order."""

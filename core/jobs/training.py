@@ -21,10 +21,12 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
-from faceharmony.core.db.models import ModelVersion, TrainingJob, UserModel
+from faceharmony.core.db.models import JobState, ModelState, ModelVersion, TrainingJob, UserModel
 from faceharmony.core.jobs.queue import Claim, JobQueue
 
-LIVE_JOB_STATES = ("queued", "running")
+LIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+# A model in these states may be trained: its newest job is queued, or a trainer holds it.
+TRAINABLE_MODEL_STATES = (ModelState.QUEUED, ModelState.TRAINING)
 
 
 def enqueue(model_id: str, kind: str, now: dt.datetime, max_attempts: int) -> TrainingJob:
@@ -33,7 +35,7 @@ def enqueue(model_id: str, kind: str, now: dt.datetime, max_attempts: int) -> Tr
         id=ids.new_id(),
         model=model_id,
         kind=kind,
-        state="queued",
+        state=JobState.QUEUED,
         max_attempts=max_attempts,
         next_attempt_at=now,
         created_at=now,
@@ -44,7 +46,9 @@ def enqueue(model_id: str, kind: str, now: dt.datetime, max_attempts: int) -> Tr
 def cancel_jobs(model_id: str, now: dt.datetime) -> int:
     """Cancels a model's live jobs (its trainer's next heartbeat fails and it stops); inside a transaction."""
     return (
-        TrainingJob.update(state="cancelled", finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
+        TrainingJob.update(
+            state=JobState.CANCELLED, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None
+        )
         .where(TrainingJob.model == model_id, TrainingJob.state.in_(LIVE_JOB_STATES))
         .execute()
     )
@@ -65,20 +69,22 @@ class TrainingQueue(JobQueue):
             UserModel.select(UserModel.id).where(self._model_of(job_id)).for_update().first()
 
     def on_failed(self, job_id: str, error: str) -> None:
-        UserModel.update(state="failed", failure_reason=error, progress=0.0, updated_at=self.clock.now()).where(
-            self._model_of(job_id), UserModel.state.in_(("queued", "training"))
-        ).execute()
+        UserModel.update(
+            state=ModelState.FAILED, failure_reason=error, progress=0.0, updated_at=self.clock.now()
+        ).where(self._model_of(job_id), UserModel.state.in_(TRAINABLE_MODEL_STATES)).execute()
 
     def on_requeued(self, job_id: str) -> None:
-        UserModel.update(state="queued", progress=0.0, updated_at=self.clock.now()).where(
-            self._model_of(job_id), UserModel.state == "training"
+        UserModel.update(state=ModelState.QUEUED, progress=0.0, updated_at=self.clock.now()).where(
+            self._model_of(job_id), UserModel.state == ModelState.TRAINING
         ).execute()
 
     def on_heartbeat(self, claim: Claim, progress: float | None) -> None:
         """The model shows the job's progress; in the heartbeat's transaction, after the job's row was renewed."""
         if progress is None:
             return
-        target = UserModel.select(UserModel.id).where(self._model_of(claim.job_id), UserModel.state == "training")
+        target = UserModel.select(UserModel.id).where(
+            self._model_of(claim.job_id), UserModel.state == ModelState.TRAINING
+        )
         if not is_sqlite(self.db):
             # Here the job's row is locked before the model's; deleting a model locks them the other way round.
             # A model row another writer holds is skipped (its progress waits for the next beat): no deadlock.
@@ -93,12 +99,12 @@ class TrainingQueue(JobQueue):
                 return None
             job = TrainingJob.get_by_id(claim.job_id)
             model = UserModel.get_by_id(job.model_id)
-            if model.state not in ("queued", "training"):
-                self._finish(job.id, "cancelled", self.clock.now(), error="MODEL_NOT_TRAINABLE")
+            if model.state not in TRAINABLE_MODEL_STATES:
+                self._finish(job.id, JobState.CANCELLED, self.clock.now(), error="MODEL_NOT_TRAINABLE")
                 return None
-            UserModel.update(state="training", progress=0.0, failure_reason=None, updated_at=self.clock.now()).where(
-                UserModel.id == model.id
-            ).execute()
+            UserModel.update(
+                state=ModelState.TRAINING, progress=0.0, failure_reason=None, updated_at=self.clock.now()
+            ).where(UserModel.id == model.id).execute()
             return UserModel.get_by_id(model.id)
 
     def record_version(self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str) -> int | None:
@@ -109,8 +115,8 @@ class TrainingQueue(JobQueue):
                 return None
             job = TrainingJob.get_by_id(claim.job_id)
             model = UserModel.get_by_id(job.model_id)
-            if model.state != "training":
-                self._finish(job.id, "cancelled", self.clock.now(), error="MODEL_NOT_TRAINABLE")
+            if model.state != ModelState.TRAINING:
+                self._finish(job.id, JobState.CANCELLED, self.clock.now(), error="MODEL_NOT_TRAINABLE")
                 return None
             latest = (
                 ModelVersion.select(pw.fn.MAX(ModelVersion.version)).where(ModelVersion.model == model.id).scalar() or 0
@@ -126,7 +132,7 @@ class TrainingQueue(JobQueue):
                 base_fingerprint=fingerprint,
                 created_at=now,
             )
-            UserModel.update(state="ready", progress=1.0, current_version=latest + 1, updated_at=now).where(
+            UserModel.update(state=ModelState.READY, progress=1.0, current_version=latest + 1, updated_at=now).where(
                 UserModel.id == model.id
             ).execute()
             self.succeed(claim)
