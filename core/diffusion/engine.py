@@ -244,7 +244,7 @@ class BatchedGenerator:
                     for item, res in zip(chunk, self._run_chunk_safely(chunk, return_float)):
                         results[item.pos] = res
             self.stats.failed += sum(1 for r in results if r is not None and r.error is not None)
-        return results  # type: ignore[return-value] - every position is filled above
+        return results  # type: ignore[return-value]  # every position is filled above
 
     def _run_chunk_safely(self, chunk: list[_Item], return_float: bool = False) -> list[GenerationResult]:
         try:

@@ -380,7 +380,7 @@ def train_tokenizer_vocab(vocab_size: int = 2048) -> tuple[dict[str, int], list[
         merged = best[0] + best[1]
         merges.append(best)
         vocab.setdefault(merged, len(vocab))
-        new_words = {}
+        new_words: dict[tuple[str, ...], int] = {}
         for symbols, n in words.items():
             out, i = [], 0
             while i < len(symbols):
