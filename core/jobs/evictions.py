@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import peewee as pw
 
@@ -54,9 +55,11 @@ def model_key(model_id: str, version: int) -> str:
 def request(model_ids: pw.ModelSelect | Sequence[str], now: dt.datetime) -> int:
     """Inside the transaction of the decision: every version of these models must leave every replica's cache.
     A pending record is requested again (a new token, no confirmation yet). Returns how many versions."""
-    versions = sorted(
+    # peewee's stubs type .tuples() as the select itself; it yields (model id, version) tuples.
+    rows = (
         ModelVersion.select(ModelVersion.model, ModelVersion.version).where(ModelVersion.model.in_(model_ids)).tuples()
     )
+    versions = sorted(cast("Iterable[tuple[str, int]]", rows))
     return request_versions(versions, now)
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Iterable
+from typing import cast
 
 import peewee as pw
 
@@ -175,7 +177,7 @@ class OrderQueue(JobQueue):
         if not is_sqlite(self.db):
             Account.select(Account.id).where(
                 Account.id.in_(Order.select(Order.account).where(Order.id == job_id))
-            ).for_update("FOR KEY SHARE").first()
+            ).for_update("FOR KEY SHARE").first()  # type: ignore[arg-type]  # peewee takes a lock clause; its stubs say bool
 
     def on_failed(self, job_id: str, error: str) -> None:
         """The order failed for good: every slot still pending fails and is refunded."""
@@ -272,9 +274,9 @@ class OrderQueue(JobQueue):
             if order.images_done:
                 state, error = OrderState.COMPLETED, None
             else:
-                errors = [
-                    e for (e,) in OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()
-                ]
+                # peewee's stubs type .tuples() as the select itself; it yields (error,) tuples.
+                rows = OrderImage.select(OrderImage.error).where(OrderImage.order == order.id).tuples()
+                errors = [e for (e,) in cast("Iterable[tuple[str]]", rows)]
                 state, error = OrderState.FAILED, max(set(errors), key=errors.count) if errors else "NO_IMAGES"
             self._finish(order.id, state, self.clock.now(), error=error)
             return state
