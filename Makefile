@@ -70,7 +70,12 @@ postgres:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
-lint: dev-tools
+# Python: ruff's lint and format check, then mypy (tools/mypy_tree.py: the packages and their strictness are
+# set there and in pyproject.toml; the generated faceharmony.v1 is excluded); then buf on the contract.
+lint: python-deps dev-tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/mypy_tree.py
 	cd protos && ../node_modules/.bin/buf lint
 
 generate: python-deps
