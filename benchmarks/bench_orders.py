@@ -47,7 +47,7 @@ from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import open_database, write_transaction
 from faceharmony.core.db.migrate import migrate
-from faceharmony.core.diffusion.adapter_cache import parse_adapter_bytes
+from faceharmony.core.diffusion.adapter_format import parse_adapter_bytes
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.core.jobs import styles
 from faceharmony.core.jobs.orders import create as create_order

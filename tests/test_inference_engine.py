@@ -25,14 +25,8 @@ import torch
 
 from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
-from faceharmony.core.diffusion.adapter_cache import (
-    AdapterCache,
-    AdapterCorrupt,
-    AdapterMismatchedBase,
-    AdapterNotFound,
-    parse_adapter_bytes,
-    tensor_bytes,
-)
+from faceharmony.core.diffusion.adapter_cache import AdapterCache, AdapterMismatchedBase, AdapterNotFound, tensor_bytes
+from faceharmony.core.diffusion.adapter_format import AdapterCorrupt, parse_adapter_bytes
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest
 from faceharmony.core.diffusion.multi_lora import (
     LoRAWeights,

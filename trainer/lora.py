@@ -10,13 +10,13 @@ Owns:
   projections of the shared base, trains it with the noise-prediction MSE against latents and the prompt
   embedding computed once up front, serializes it, and always detaches it again (`unload_lora`), so the base
   UNet is left exactly as it was loaded, also after an error or a cancellation.
-* The adapter format: the safetensors file `StableDiffusionPipeline.save_lora_weights` writes (diffusers
-  keys `unet.<module>.<to_q|to_k|to_v|to_out.0>.lora.<down|up>.weight`, float32), which
-  `pipe.load_lora_weights` accepts as a file or, through `load_adapter_bytes`, as a dict. The LoRA scale
-  alpha/rank is folded into the `up` matrices and the file declares lora_alpha == rank, so every loading path
-  (file, dict, hot-swap) applies the same weights whatever alpha was trained with. The training metadata is
-  also embedded in the safetensors header under `faceharmony_training` (JSON) so the blob describes itself.
-* `load_adapter_bytes(data)`: validates such a payload and raises `CorruptAdapter` for anything else.
+* Writing the adapter (core/diffusion/adapter_format.py has the format): the safetensors file
+  `StableDiffusionPipeline.save_lora_weights` writes (float32), which `pipe.load_lora_weights` accepts as a
+  file or, through `load_adapter_bytes`, as a dict. The LoRA scale alpha/rank is folded into the `up`
+  matrices and the file declares lora_alpha == rank, so every loading path (file, dict, hot-swap) applies the
+  same weights whatever alpha was trained with. The training metadata is embedded in the header.
+* `load_adapter_bytes(data)`: validates such a payload (one rank across the file, too) and raises
+  `CorruptAdapter` for anything else.
 
 diffusers writes LoRA weights only into a folder, so the adapter is on disk for a moment while it is
 serialized: in a 0700 temporary folder inside `scratch_dir` (the trainer passes its data folder's scratch
@@ -29,7 +29,6 @@ a private CPU generator, so training on the CPU is bit-for-bit repeatable and th
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import tempfile
@@ -43,12 +42,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from faceharmony.core.diffusion.adapter_cache import METADATA_KEY, AdapterCorrupt, adapter_metadata, parse_adapter_bytes
+from faceharmony.core.diffusion.adapter_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    AdapterCorrupt,
+    adapter_metadata,
+    adapter_ranks,
+    encode_adapter,
+    parse_adapter_bytes,
+)
 from faceharmony.core.diffusion.pipeline import BasePipeline
 from faceharmony.core.tempfiles import TEMP_PREFIX
 
-ADAPTER_NAME = "faceharmony_training"
-FORMAT_VERSION = 1
+ADAPTER_NAME = "faceharmony_training"  # the peft adapter name while training (not written to the file)
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -60,8 +66,8 @@ class PhotoUnreadable(ValueError):
     """The photos cannot be trained on (none given, or one cannot be decoded): retrying will not help."""
 
 
-# The bytes are not a LoRA adapter of the form `train_lora` writes: the one reader of the format lives in
-# core (the order side reads adapters too); the trainer's name for its error is kept.
+# The bytes are not a LoRA adapter of the form `train_lora` writes: the format and its reader live in core
+# (the order side reads adapters too); the trainer's name for its error is kept.
 CorruptAdapter = AdapterCorrupt
 
 
@@ -220,7 +226,7 @@ def _library_versions() -> dict[str, str]:
 def _serialize(base: BasePipeline, settings: TrainingSettings, metadata: dict, scratch_dir: Path | None) -> bytes:
     """The attached adapter as diffusers-format LoRA safetensors bytes, alpha folded into `up`; written for a
     moment into a temporary folder in `scratch_dir` (None: the system's temporary folder)."""
-    import safetensors.torch
+    import safetensors
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -246,20 +252,7 @@ def _serialize(base: BasePipeline, settings: TrainingSettings, metadata: dict, s
         with safetensors.safe_open(path, framework="pt") as f:
             header = dict(f.metadata() or {})
             saved = {k: f.get_tensor(k) for k in f.keys()}
-    header[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
-    return _canonical_header(safetensors.torch.save(saved, metadata=header))
-
-
-def _canonical_header(data: bytes) -> bytes:
-    """Rewrite a safetensors header as sorted, compact JSON (space-padded to 8 bytes, as the format allows).
-
-    safetensors writes `__metadata__` in hash-map order, which differs between calls, so the same adapter
-    would otherwise serialize to different bytes. Tensor data and offsets are untouched.
-    """
-    n = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + data[8 + n :]
+    return encode_adapter(saved, header, metadata)
 
 
 def train_lora(
@@ -383,7 +376,7 @@ def train_lora(
 
             t0 = time.perf_counter()
             metadata = {
-                "format": "diffusers-lora-safetensors",
+                "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
                 "base_fingerprint": base.fingerprint,
                 "rank": settings.rank,
@@ -481,7 +474,7 @@ def load_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
     across the file. Anything else raises CorruptAdapter.
     """
     tensors = parse_adapter_bytes(data)
-    ranks = {t.shape[0] for key, t in tensors.items() if key.endswith(("lora.down.weight", "lora_A.weight"))}
+    ranks = adapter_ranks(tensors)
     if len(ranks) != 1:
         raise CorruptAdapter(f"adapter mixes ranks {sorted(ranks)}")
     return tensors

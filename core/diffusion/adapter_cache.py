@@ -1,16 +1,9 @@
 """The adapter cache of the inference side: user LoRA adapters fetched from the blob store, kept LRU by bytes.
 
+The file format, its parser and `AdapterCorrupt` are in adapter_format.py (the trainer writes what it reads).
+
 Owns:
 
-* `parse_adapter_bytes(data)`: safetensors bytes -> validated LoRA state dict, raising `AdapterCorrupt`.
-  The format is the one the trainer writes (trainer/lora.py): keys
-  `unet.<module>.<to_q|to_k|to_v|to_out.0>.lora.<down|up>.weight` (peft's lora_A/lora_B spelling too), both
-  halves per layer, down (r, in) and up (out, r), floating point, finite. It is the one reader of the format:
-  the trainer's `load_adapter_bytes` builds on it (core must not import a process package, so the shared
-  piece lives here), and the inference side does not trust what it reads from storage. This parser
-  checks the file's own consistency; whether the adapter fits the loaded base (layer names and widths) is
-  checked by the engine (`multi_lora.prepare_lora`). It does not insist on one rank for all layers (the
-  engine pads ranks anyway).
 * `AdapterCache(store, max_bytes)`: `get(model_version_key, blob_id)` returns the parsed state dict, from
   memory or fetched with the blob store (it must be a store of the ORDER role, the only one that may read
   `models/`); bounded by the total bytes of the cached tensors, least recently used evicted first;
@@ -21,13 +14,11 @@ Owns:
   (`AdapterMismatchedBase`). With `prepare` (e.g. `BatchedGenerator.prepare_adapter`), what is cached and
   returned is the prepared adapter (checked against the base and placed on the device once per fetch, not
   once per request); one that does not fit the base is refused (`AdapterMismatchedBase`). The byte bound
-  counts the parsed tensors.
+  counts the parsed tensors. Every stored adapter is parsed (`parse_adapter_bytes`) before it is cached.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -37,20 +28,12 @@ from typing import Any
 import torch
 
 from faceharmony.core.blobstore.base import PERMISSIONS, BlobNotFound, BlobStore, Op
-
-METADATA_KEY = "faceharmony_training"  # where the trainer embeds its JSON metadata in the safetensors header
-
-_KEY = re.compile(
-    r"^unet\.(?P<layer>[A-Za-z0-9_.]+\.(?:to_q|to_k|to_v|to_out\.0))\.(?P<half>lora\.down|lora\.up|lora_A|lora_B)\.weight$"
+from faceharmony.core.diffusion.adapter_format import (
+    AdapterCorrupt,
+    AdapterError,
+    adapter_metadata,
+    parse_adapter_bytes,
 )
-
-
-class AdapterError(Exception):
-    """An adapter cannot be served."""
-
-
-class AdapterCorrupt(AdapterError):
-    """The stored bytes are not a LoRA adapter of the trainer's format (the message says what is wrong)."""
 
 
 class AdapterNotFound(AdapterError):
@@ -59,57 +42,6 @@ class AdapterNotFound(AdapterError):
 
 class AdapterMismatchedBase(AdapterError):
     """The adapter was trained on another base model."""
-
-
-def parse_adapter_bytes(data: bytes) -> dict[str, torch.Tensor]:
-    """Validate adapter bytes and return the state dict; AdapterCorrupt for anything else."""
-    import safetensors.torch
-
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise AdapterCorrupt(f"adapter must be bytes, not {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < 16:
-        raise AdapterCorrupt(f"adapter is {len(data)} bytes, too short for safetensors")
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own and other error types
-        raise AdapterCorrupt(f"adapter is not valid safetensors: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if not tensors:
-        raise AdapterCorrupt("adapter holds no tensors")
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        m = _KEY.fullmatch(key)
-        if m is None:
-            raise AdapterCorrupt(f"unexpected key in adapter: {key[:120]!r}")
-        half = "down" if m["half"] in ("lora.down", "lora_A") else "up"
-        if half in layers.setdefault(m["layer"], {}):
-            raise AdapterCorrupt(f"adapter names layer {m['layer'][:120]!r} twice")
-        layers[m["layer"]][half] = tensor
-    for layer, pair in layers.items():
-        if len(pair) != 2:
-            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} has only its {next(iter(pair))} half")
-        down, up = pair["down"], pair["up"]
-        if down.ndim != 2 or up.ndim != 2 or down.shape[0] < 1 or up.shape[1] != down.shape[0]:
-            raise AdapterCorrupt(
-                f"adapter layer {layer[:120]!r} has inconsistent shapes {tuple(down.shape)}, {tuple(up.shape)}"
-            )
-        if not (down.is_floating_point() and up.is_floating_point()):
-            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} is not floating point")
-        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
-            raise AdapterCorrupt(f"adapter layer {layer[:120]!r} holds non-finite values")
-    return tensors
-
-
-def adapter_metadata(data: bytes) -> dict:
-    """The trainer's JSON metadata embedded in the safetensors header; {} when absent or unreadable."""
-    try:
-        n = int.from_bytes(bytes(data[:8]), "little")
-        header = json.loads(bytes(data[8 : 8 + n]))
-        raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
-        meta = json.loads(raw) if raw else {}
-        return meta if isinstance(meta, dict) else {}
-    except (ValueError, AttributeError, TypeError):
-        return {}
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -186,7 +118,7 @@ class AdapterCache:
                     return entry.adapter
                 flight = self._inflight.get(key)
                 leader = flight is None
-                if leader:
+                if flight is None:
                     flight = self._inflight[key] = _Flight(blob_id)
                     self._misses += 1
             if leader:
@@ -198,7 +130,7 @@ class AdapterCache:
                 raise flight.error
             with self._lock:
                 self._hits += 1
-            return flight.result  # type: ignore[return-value]
+            return flight.result
 
     def _fetch(self, key: Hashable, flight: _Flight) -> Any:
         try:
@@ -293,7 +225,5 @@ __all__ = [
     "AdapterMismatchedBase",
     "AdapterNotFound",
     "CacheStats",
-    "adapter_metadata",
-    "parse_adapter_bytes",
     "tensor_bytes",
 ]

@@ -24,7 +24,7 @@ about prompts or guidance.
 The gather (index_select of the stacks, one per layer) happens once when the batch is set, not in every
 forward: a denoising loop runs the same batch through the UNet `steps` times.
 
-The adapter state dict format is the trainer's (`trainer/lora.py`): keys
+The adapter state dict format is adapter_format.py's (what the trainer writes): keys
 `unet.<module path>.<to_q|to_k|to_v|to_out.0>.lora.<down|up>.weight` (peft's `lora_A`/`lora_B` spelling
 accepted), alpha already folded into `up`, so the LoRA scale is 1.
 """
@@ -32,7 +32,6 @@ accepted), alpha already folded into `up`, so the LoRA scale is 1.
 from __future__ import annotations
 
 import contextlib
-import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,11 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TARGET_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+from faceharmony.core.diffusion.adapter_format import DOWN_HALVES, LORA_KEY
 
-_KEY = re.compile(
-    r"^unet\.(?P<path>[A-Za-z0-9_.]+\.(?:to_q|to_k|to_v|to_out\.0))\.(?P<half>lora\.down|lora\.up|lora_A|lora_B)\.weight$"
-)
+TARGET_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 class AdapterMismatch(ValueError):
@@ -109,15 +106,15 @@ def prepare_lora(
     shapes = _layer_shapes(unet)
     halves: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
-        m = _KEY.fullmatch(key) if isinstance(key, str) else None
+        m = LORA_KEY.fullmatch(key) if isinstance(key, str) else None
         if not m:
             raise AdapterMismatch(f"unexpected key in adapter: {str(key)[:120]!r}")
         if not isinstance(tensor, torch.Tensor):
             raise AdapterMismatch(f"adapter value for {key[:120]!r} is not a tensor")
-        half = "down" if m["half"] in ("lora.down", "lora_A") else "up"
-        if half in halves.setdefault(m["path"], {}):
-            raise AdapterMismatch(f"adapter names layer {m['path'][:120]!r} twice")
-        halves[m["path"]][half] = tensor
+        half = "down" if m["half"] in DOWN_HALVES else "up"
+        if half in halves.setdefault(m["layer"], {}):
+            raise AdapterMismatch(f"adapter names layer {m['layer'][:120]!r} twice")
+        halves[m["layer"]][half] = tensor
     layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     nbytes, rank = 0, 0
     for path, pair in halves.items():
@@ -211,8 +208,8 @@ class MultiLoRALinear(nn.Module):
         if self._mode == "none":
             return y
         down, up = self._down, self._up
-        if down.dtype != x.dtype:
-            down, up = down.to(x.dtype), up.to(x.dtype)
+        if down.dtype != x.dtype:  # type: ignore[union-attr]  # both are set whenever the mode is not "none"
+            down, up = down.to(x.dtype), up.to(x.dtype)  # type: ignore[union-attr]
         if self._mode == "shared":
             return y + F.linear(F.linear(x, down), up)
         rows = x.shape[0]
