@@ -61,6 +61,7 @@ class _Pending:
     evict_keys: list[str] = field(default_factory=list)
     evicted: int = 0
     rows: list = field(default_factory=list)  # GenerationRequest per row
+    adapter_refs: list[tuple[str, str]] = field(default_factory=list)  # (blob id, cache key) per row; "": none
     error: _RequestError | None = None
     positions: list[int] = field(default_factory=list)  # indices into the flattened engine call
 
@@ -153,8 +154,8 @@ class TritonPythonModel:
                 raise _RequestError("text inputs must be UTF-8") from None
             blob_id = _text(blob_ids[i]) if blob_ids is not None else ""
             key = (_text(keys[i]) if keys is not None else "") or blob_id
-            req.request_id = f"{blob_id}\x00{key}"  # resolved to an adapter in _fetch_adapters
             pending.rows.append(req)
+            pending.adapter_refs.append((blob_id, key))  # resolved to an adapter in _fetch_adapters
         sizes = {(r.width, r.height) for r in pending.rows}
         if len(sizes) > 1:
             raise _RequestError("all rows of one request must have the same WIDTH and HEIGHT")
@@ -163,9 +164,7 @@ class TritonPythonModel:
         from faceharmony.core.blobstore.base import BlobError
         from faceharmony.core.diffusion.adapter_cache import AdapterError, AdapterNotFound
 
-        for req in pending.rows:
-            blob_id, _, key = req.request_id.partition("\x00")
-            req.request_id = None
+        for req, (blob_id, key) in zip(pending.rows, pending.adapter_refs):
             if not blob_id:
                 continue
             try:
