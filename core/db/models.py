@@ -21,12 +21,12 @@ database_proxy = pw.DatabaseProxy()
 class UtcDateTimeField(pw.DateTimeField):
     """Aware datetimes in, aware UTC datetimes out; naive UTC in the database."""
 
-    def db_value(self, value):  # type: ignore[override]
+    def db_value(self, value):
         if isinstance(value, dt.datetime) and value.tzinfo is not None:
             value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return super().db_value(value)
 
-    def python_value(self, value):  # type: ignore[override]
+    def python_value(self, value):
         value = super().python_value(value)
         if isinstance(value, dt.datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
@@ -34,10 +34,10 @@ class UtcDateTimeField(pw.DateTimeField):
 
 
 class JsonField(pw.TextField):
-    def db_value(self, value):  # type: ignore[override]
+    def db_value(self, value):
         return None if value is None else json.dumps(value, sort_keys=True)
 
-    def python_value(self, value):  # type: ignore[override]
+    def python_value(self, value):
         return None if value is None else json.loads(value)
 
 
@@ -301,23 +301,35 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class TrainingJob(BaseModel):
-    """The database job queue of the trainers: claimed with a lease, kept alive by heartbeats."""
+class JobColumns(BaseModel):
+    """The columns of a job table of the job queue (core/jobs/queue.py), which TrainingJob and Order inherit.
+
+    Not a table itself (it is in no migration and not in ALL_MODELS). peewee copies these fields, the id
+    included, into each subclass; the subclass adds its other columns and its indexes (the queue's two
+    indexes, on (state, next_attempt_at) and (state, lease_expires_at), are in each table's Meta). The
+    tables were made by the migrations, so the order peewee lists the fields in does not change them.
+    """
 
     id = IdField(primary_key=True)
-    model = pw.ForeignKeyField(UserModel, on_delete="CASCADE", backref="jobs")
-    kind = pw.CharField(max_length=16)  # train | retrain
-    state = pw.CharField(max_length=16)  # JobState
+    state = pw.CharField(max_length=16)  # JobState; Order: OrderState
     attempts = pw.IntegerField(default=0)
     max_attempts = pw.IntegerField()
     next_attempt_at = UtcDateTimeField()
-    lease_owner = pw.CharField(max_length=80, null=True)
+    lease_owner = pw.CharField(max_length=80, null=True)  # the claim's worker id and token, while leased
     lease_expires_at = UtcDateTimeField(null=True)
     progress = pw.FloatField(default=0.0)
     error = pw.CharField(max_length=64, null=True)
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()
     finished_at = UtcDateTimeField(null=True)
+
+
+class TrainingJob(JobColumns):
+    """The database job queue of the trainers: claimed with a lease, kept alive by heartbeats."""
+
+    model = pw.ForeignKeyField(UserModel, on_delete="CASCADE", backref="jobs")
+    model_id: str  # the id behind `model`, which peewee adds; declared for mypy only
+    kind = pw.CharField(max_length=16)  # train | retrain
 
     class Meta:
         indexes = ((("state", "next_attempt_at"), False), (("state", "lease_expires_at"), False))
@@ -373,34 +385,23 @@ class OrderState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class Order(BaseModel):
-    """An order of generated portraits (P14); also the order workers' job (the `core.jobs` columns).
+class Order(JobColumns):
+    """An order of generated portraits (P14); also the order workers' job (its JobColumns).
 
     state: OrderState (queued and running are the job states). Credits are debited in
     the transaction that creates the order and refunded per failed image (CreditEntry, kind order/refund).
     """
 
-    id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="orders")
+    account_id: str  # the id behind `account`, which peewee adds; declared for mypy only
     style_id = pw.CharField(max_length=32)
     count = pw.IntegerField()
-    state = pw.CharField(max_length=16)
     images_total = pw.IntegerField()
     images_done = pw.IntegerField(default=0)
     images_failed = pw.IntegerField(default=0)
     credits_charged = pw.IntegerField()
     credits_refunded = pw.IntegerField(default=0)
     request_id = pw.CharField(max_length=64, null=True)
-    attempts = pw.IntegerField(default=0)
-    max_attempts = pw.IntegerField()
-    next_attempt_at = UtcDateTimeField()
-    lease_owner = pw.CharField(max_length=80, null=True)
-    lease_expires_at = UtcDateTimeField(null=True)
-    progress = pw.FloatField(default=0.0)
-    error = pw.CharField(max_length=64, null=True)
-    created_at = UtcDateTimeField()
-    updated_at = UtcDateTimeField()
-    finished_at = UtcDateTimeField(null=True)
 
     class Meta:
         table_name = "photo_order"

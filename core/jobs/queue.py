@@ -20,9 +20,10 @@ job's in that order, e.g. a training job's model), then locks the job's row.
 
 Attempts are bounded: a claim counts one attempt; a retryable failure puts the
 job back with exponential backoff; after `max_attempts` the job fails with a
-clear reason. The job table needs the columns of `TrainingJob` (state,
-attempts, max_attempts, next_attempt_at, lease_owner, lease_expires_at,
-progress, error, created_at, updated_at, finished_at).
+clear reason. A job table is a subclass of `JobColumns`
+(faceharmony.core.db.models: state, attempts, max_attempts, next_attempt_at,
+lease_owner, lease_expires_at, progress, error, created_at, updated_at,
+finished_at), as TrainingJob and Order are.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import peewee as pw
 
 from faceharmony.core.clock import Clock
 from faceharmony.core.db.connection import is_sqlite, write_transaction
-from faceharmony.core.db.models import JobState
+from faceharmony.core.db.models import JobColumns, JobState
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 1800
@@ -64,7 +65,7 @@ class Claim:
 
 
 class JobQueue:
-    def __init__(self, job_model: type[pw.Model], db: pw.Database, clock: Clock, lease_seconds: float) -> None:
+    def __init__(self, job_model: type[JobColumns], db: pw.Database, clock: Clock, lease_seconds: float) -> None:
         self.Job = job_model
         self.db = db
         self.clock = clock
@@ -136,7 +137,7 @@ class JobQueue:
         Job = self.Job
         with write_transaction(self.db):
             now = self.clock.now()
-            values = {Job.lease_expires_at: now + self.lease, Job.updated_at: now}
+            values: dict[pw.Field, object] = {Job.lease_expires_at: now + self.lease, Job.updated_at: now}
             if progress is not None:
                 values[Job.progress] = progress
             if Job.update(values).where(self._fenced(claim)).execute() != 1:
