@@ -23,11 +23,16 @@ test: install
 	$(BIN)/python -m pytest
 
 # The suite in tiers (README.md, "Running the tests"); `make test` above runs all of them, as CI does.
-# test-fast: unit and API tests (the server in-process, SQLite and PostgreSQL), no process of ours, no Triton.
+# test-fast: the quick loop: unit and API tests, the server in-process on SQLite; no PostgreSQL side, no torch
+#   training or generation, no process of ours, no Triton.
+# test-api: the same tests on both databases, plus the torch ones (the tiny pipeline on the CPU).
 # test-processes: the tests that start faceharmony-* processes (or kill real ones), without Triton.
 # test-triton: the tests with the real Triton server (minutes).
-.PHONY: test-fast test-processes test-triton
+.PHONY: test-fast test-api test-processes test-triton
 test-fast: install
+	$(BIN)/python -m pytest -m "not postgres and not torch and not processes and not triton"
+
+test-api: install
 	$(BIN)/python -m pytest -m "not processes and not triton"
 
 test-processes: install

@@ -33,6 +33,7 @@ def umask(request):
     os.umask(old)
 
 
+@pytest.mark.torch  # builds the tiny base pipeline
 @pytest.mark.parametrize("umask", [0o022, 0o000], indirect=True, ids=["umask-022", "umask-000"])
 def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
     data = tmp_path / "missing-parent" / "data"

@@ -40,6 +40,8 @@ from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.trainer.lora import TrainingSettings, load_adapter_bytes, train_lora
 from tests.support import images
 
+pytestmark = pytest.mark.torch  # LoRA training and generation with torch on the CPU
+
 STEPS = 8
 FLOAT_TOL = 1e-3  # max abs difference of [0, 1] float images
 UINT8_TOL = 1  # grey levels

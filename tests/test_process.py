@@ -32,6 +32,7 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("module", ENTRIES)
 def test_every_process_exits_2_with_its_name_on_a_bad_setting(module, env):
     prog = ENTRIES[module]
@@ -42,6 +43,7 @@ def test_every_process_exits_2_with_its_name_on_a_bad_setting(module, env):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("module", ["faceharmony.trainer", "faceharmony.order_worker"])
 def test_a_worker_refuses_an_unmigrated_database(module, env):
     (env / "data").mkdir(mode=0o700)

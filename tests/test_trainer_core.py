@@ -30,6 +30,8 @@ from faceharmony.trainer.lora import (
 )
 from tests.support.images import astronaut, encode
 
+pytestmark = pytest.mark.torch  # LoRA training and generation with torch on the CPU
+
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 # Enough signal for a visible loss drop in a few seconds on the tiny random model.
 FAST = dict(steps=60, batch_size=4, learning_rate=5e-3, seed=1234)
