@@ -1,1 +1,1 @@
-"""The trainer process: fine-tunes a LoRA per user model (filled in by the trainer issue)."""
+"""The trainer (`faceharmony-trainer`): claims training jobs and fine-tunes a LoRA per user model (lora.py)."""

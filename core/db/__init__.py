@@ -1,1 +1,1 @@
-"""The database: peewee models, connection (SQLite with WAL by default, pooled PostgreSQL in production), write transactions and migrations."""
+"""The database: peewee models with their state enums, connection (SQLite with WAL by default, pooled PostgreSQL in production), write transactions, the lock order, migrations and the audit log."""
