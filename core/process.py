@@ -52,10 +52,17 @@ class Entry:
     settings: Settings
     stopping: threading.Event = field(default_factory=threading.Event)
     _on_stop: list[Callable[[int], None]] = field(default_factory=list)
+    _signum: int | None = None  # the first stop signal received, if any
 
     def on_stop(self, callback: Callable[[int], None]) -> None:
-        """Calls `callback(signum)` on every SIGTERM/SIGINT (after `stopping` is set); it must not block."""
+        """Calls `callback(signum)` on every SIGTERM/SIGINT (after `stopping` is set); it must not block.
+
+        A signal that came before the callback was registered (a worker still importing torch when the launcher
+        stops the system) is not lost: the callback is called at once with it.
+        """
         self._on_stop.append(callback)
+        if self._signum is not None:
+            callback(self._signum)
 
     def require_migrated(self, db: pw.Database, *, apply: bool = False) -> None:
         """Applies the pending migrations when `apply` (FACEHARMONY_AUTO_MIGRATE), else refuses to run on them."""
@@ -67,6 +74,8 @@ class Entry:
             raise Refused(MIGRATE_HINT)
 
     def signalled(self, signum: int) -> None:
+        if self._signum is None:
+            self._signum = signum
         self.stopping.set()
         for callback in list(self._on_stop):
             callback(signum)

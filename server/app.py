@@ -200,9 +200,7 @@ async def serve(settings: Settings, entry: Entry) -> None:
     log.info("server listening", extra={"port": port, "database": settings.resolved_database_url.split(":", 1)[0]})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    entry.on_stop(lambda _signum: loop.call_soon_threadsafe(stopping.set))
-    if entry.stopping.is_set():
-        stopping.set()
+    entry.on_stop(lambda _signum: loop.call_soon_threadsafe(stopping.set))  # at once if already signalled
     await stopping.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await api.stop(settings.shutdown_grace_seconds)

@@ -96,6 +96,21 @@ def test_a_stop_signal_sets_stopping_and_calls_the_callbacks_then_handlers_are_r
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_signal_before_the_callback_is_registered_is_not_lost(env):
+    """A worker still starting up (importing torch, opening the database) when the launcher stops the system
+    registers its callback after the signal came: it is called at once, so the worker stops instead of running on."""
+    seen = []
+
+    def body(entry: process.Entry) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert entry.stopping.wait(5)
+        entry.on_stop(seen.append)
+        return 0
+
+    assert process.run("faceharmony-test", body, configure_logs=False) == 0
+    assert seen == [signal.SIGTERM]
+
+
 def test_from_another_thread_no_handler_is_installed(env):
     result = {}
 
