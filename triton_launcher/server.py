@@ -71,6 +71,10 @@ RESTRICTED_HEADER = "faceharmony-admin"
 # Triton and its Python-backend stubs write files we do not control (the stub's __pycache__ beside the
 # backend's symlinked triton_python_backend_utils.py, in the data folder): they run under this umask.
 TRITON_UMASK = 0o077
+# Where the NVIDIA driver is, a GPU may be used. Without one (this machine, CPU-only nodes) Triton is told not to
+# try pinned host memory or GPU metrics, which would only print a warning and an NVML/DCGM error at every start.
+NVIDIA_DRIVER_DEVICE = Path("/dev/nvidiactl")
+NO_GPU_ARGS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0")
 
 
 class TritonUnavailable(RuntimeError):
@@ -167,8 +171,10 @@ def server_command(
     address: str = LOOPBACK,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
+    gpu: bool | None = None,
 ) -> list[str]:
-    """Serves every model of `view` (see `prepare_repository_view`) on `address`."""
+    """Serves every model of `view` (see `prepare_repository_view`) on `address`; `gpu` None: whether the NVIDIA
+    driver is present."""
     # Given to no client; local users who can read Triton's command line can see it (module docstring).
     restricted_key = secrets.token_urlsafe(32)
     cmd = [
@@ -185,6 +191,8 @@ def server_command(
         "--exit-timeout-secs=5",
         "--strict-readiness=true",
     ]
+    if not (NVIDIA_DRIVER_DEVICE.exists() if gpu is None else gpu):
+        cmd.extend(NO_GPU_ARGS)
     if log_verbose:
         cmd.append(f"--log-verbose={log_verbose}")
     cmd.extend(extra_args)

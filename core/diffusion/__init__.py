@@ -11,3 +11,18 @@
 
 Submodules import torch/diffusers lazily from here: importing this package costs nothing.
 """
+
+import logging
+
+
+class _TorchvisionFallbackNote(logging.Filter):
+    """Drops transformers' note that an image processor "requires torchvision (not installed)" and falls back to
+    its PIL version, with advice to install torchvision. The project never installs torchvision (it is kept out
+    on purpose, beside the pinned torch) and the PIL fallback is what it means to use, so the advice would only
+    alarm whoever reads the logs at every start of the trainer, Triton and the tiny-pipeline build."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackNote())
