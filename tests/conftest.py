@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -12,6 +13,12 @@ from tests.support.harness import start_harness
 from tests.support.postgres import PostgresCluster, find_bindir
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_configure(config):
+    """A run stopped with SIGTERM (CI's or `timeout`'s) ends as Ctrl-C does: pytest tears its fixtures down, so the
+    throwaway PostgreSQL cluster, a daemon of pg_ctl's that would outlive a killed pytest, is stopped and removed."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items):
