@@ -8,7 +8,7 @@ FACEHARMONY_ORDER_WORKER_INFLIGHT image requests in flight at Triton (gRPC, one 
 Triton's dynamic batcher sees requests of many orders and users together and serves them in one
 denoising loop. Per image: the worker checks the model may still be served (not pending deletion, the
 account active: P13, P17), asks Triton, encodes the PNG and a small JPEG preview, stores both with the
-order-processor role, and records the photo in one transaction fenced by its lease (`core.orders`).
+order-processor role, and records the photo in one transaction fenced by its lease (`core/jobs/orders.py`).
 
 Failure handling:
 * Triton unreachable or overloaded: the image is retried with capped exponential backoff for as long as

@@ -1,6 +1,6 @@
 """OrderService through the API (P14-P16) and the order queue's fenced writes, on both database backends.
 
-Models are made READY directly in the database here and images are recorded through `core.orders` as the
+Models are made READY directly in the database here and images are recorded through `core/jobs/orders.py` as the
 worker records them; the worker itself, against a real Triton server, is in test_order_worker.py.
 """
 

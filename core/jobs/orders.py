@@ -1,6 +1,6 @@
 """Orders of generated portraits, shared by the API server (which creates them) and the order workers (which fill them).
 
-An order is its own job row (`photo_order`, the `core.jobs` columns): QUEUED until a worker claims it,
+An order is its own job row (`photo_order`, the `JobColumns` of core/db/models.py): QUEUED until a worker claims it,
 RUNNING while a worker holds its lease, then COMPLETED (at least one image made) or FAILED (none). Its
 images are slots (`order_image`) made with the order, each with its model version and seed fixed, so a
 slot filled twice would give the same image; a slot is filled exactly once:
