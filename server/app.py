@@ -23,7 +23,7 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import Transport, make_transport
-from faceharmony.core.process import MIGRATE_HINT, Entry
+from faceharmony.core.process import MIGRATE_HINT, Entry, Refused
 from faceharmony.core.settings import Settings
 from faceharmony.core.verify.base import Verifier
 from faceharmony.core.verify.factory import make_verifier
@@ -141,7 +141,7 @@ async def create_server(
     if settings.auto_migrate:
         await app.run(migrate, db)
     elif await app.run(pending, db):
-        raise RuntimeError(MIGRATE_HINT)
+        raise Refused(MIGRATE_HINT)  # faceharmony-server: one line and exit 2, as every other process
     loop = asyncio.get_running_loop()
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
@@ -189,7 +189,7 @@ async def create_server(
     reflection.enable_server_reflection([*names, health.SERVICE_NAME], server)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
-        raise RuntimeError("could not bind the listen address")
+        raise Refused(f"could not bind the listen address {settings.listen}")
     return api, port
 
 

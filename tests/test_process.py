@@ -44,13 +44,20 @@ def test_every_process_exits_2_with_its_name_on_a_bad_setting(module, env):
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize("module", ["faceharmony.trainer", "faceharmony.order_worker"])
-def test_a_worker_refuses_an_unmigrated_database(module, env):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["faceharmony.server"],
+        ["faceharmony.trainer", "--once"],
+        ["faceharmony.order_worker", "--once"],
+        ["faceharmony.retention", "--once"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_process_refuses_an_unmigrated_database(argv, env):
     (env / "data").mkdir(mode=0o700)
-    environment = {**os.environ, "FACEHARMONY_AUTO_MIGRATE": "false"}
-    run = subprocess.run(
-        [sys.executable, "-m", module, "--once"], env=environment, capture_output=True, text=True, timeout=120
-    )
+    environment = {**os.environ, "FACEHARMONY_AUTO_MIGRATE": "false", "FACEHARMONY_LISTEN": "127.0.0.1:0"}
+    run = subprocess.run([sys.executable, "-m", *argv], env=environment, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().endswith(process.MIGRATE_HINT)
 
