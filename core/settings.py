@@ -62,6 +62,24 @@ class Settings:
     gcs_project: str = ""
     # An emulator's endpoint (anonymous credentials); empty in production.
     gcs_endpoint: str = ""
+    # Per-person data keys (core/keys). The KEK that wraps them: "local" (versions as files in
+    # <data_dir>/keys/kek) or "gcp-kms" (the Cloud KMS CryptoKey kms_key_name, projects/.../cryptoKeys/...;
+    # kms_endpoint: a local server speaking KMS's gRPC protocol, empty in production). The store of the
+    # wrapped keys: "local" (<data_dir>/keys/keystore.sqlite3) or "gcs" (key_store_bucket, a bucket of its
+    # own with soft delete and versioning off). The KEK rotates every kek_rotation_days; a version is
+    # destroyed backup_window_days after it was replaced, so a purged person's data is unreadable in every
+    # backup at most kek_rotation_days + backup_window_days after the purge (30 days by default): keep
+    # database and key-store backups for at most backup_window_days. Unwrapped keys stay in a process's
+    # memory for at most key_cache_seconds.
+    kek_provider: str = "local"
+    kms_key_name: str = ""
+    kms_endpoint: str = ""
+    key_store: str = "local"
+    key_store_bucket: str = ""
+    kek_rotation_days: int = 7
+    backup_window_days: int = 23
+    key_cache_size: int = 10_000
+    key_cache_seconds: float = 300.0
     # Upload verification: "local" (offline detectors) or "google-cloud-vision".
     verifier: str = "local"
     verifier_workers: int = 2
@@ -175,6 +193,10 @@ class Settings:
         return self.data_dir / "outbox"
 
     @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
 
@@ -208,6 +230,20 @@ class Settings:
             raise SettingsError("FACEHARMONY_BLOB_BACKEND must be 'local' or 'gcs'")
         if self.blob_backend == "gcs" and not self.gcs_bucket:
             raise SettingsError("FACEHARMONY_GCS_BUCKET is required with the gcs blob backend")
+        if self.kek_provider not in ("local", "gcp-kms"):
+            raise SettingsError("FACEHARMONY_KEK_PROVIDER must be 'local' or 'gcp-kms'")
+        if self.kek_provider == "gcp-kms" and not re.fullmatch(
+            r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+", self.kms_key_name
+        ):
+            raise SettingsError(
+                "FACEHARMONY_KMS_KEY_NAME must be projects/P/locations/L/keyRings/R/cryptoKeys/K with gcp-kms"
+            )
+        if self.key_store not in ("local", "gcs"):
+            raise SettingsError("FACEHARMONY_KEY_STORE must be 'local' or 'gcs'")
+        if self.key_store == "gcs" and not self.key_store_bucket:
+            raise SettingsError("FACEHARMONY_KEY_STORE_BUCKET is required with the gcs key store")
+        if self.key_store == "gcs" and self.key_store_bucket == self.gcs_bucket:
+            raise SettingsError("FACEHARMONY_KEY_STORE_BUCKET must not be the blob bucket")
         if self.verifier not in ("local", "google-cloud-vision"):
             raise SettingsError("FACEHARMONY_VERIFIER must be 'local' or 'google-cloud-vision'")
         if self.vision_nsfw_likelihood not in ("POSSIBLE", "LIKELY", "VERY_LIKELY"):
@@ -263,6 +299,10 @@ class Settings:
             "preview_max_side",
             "rejected_photo_days",
             "retention_interval_seconds",
+            "kek_rotation_days",
+            "backup_window_days",
+            "key_cache_size",
+            "key_cache_seconds",
             "retention_batch_size",
             "orphan_margin_hours",
             "orphan_sweep_interval_seconds",

@@ -16,6 +16,7 @@ import grpc
 import peewee as pw
 from google.protobuf.message import DecodeError
 
+from faceharmony.core.keys.errors import KeysError, KeyShredded, KeysUnavailable
 from faceharmony.server import access
 from faceharmony.server.auth import authorize, bearer_token
 from faceharmony.server.context import AppContext, Principal, current_principal
@@ -23,6 +24,17 @@ from faceharmony.server.errors import ApiError
 from faceharmony.server.limits import CallLimits, Slot, kind_of
 
 log = logging.getLogger("faceharmony.server.rpc")
+
+
+def keys_error(exc: KeysError) -> ApiError:
+    """The key layer's failures as statuses with their stable reasons (core/keys/errors.py)."""
+    if isinstance(exc, KeysUnavailable):
+        log.warning("keys unavailable", extra={"reason": exc.reason})
+        return ApiError(grpc.StatusCode.UNAVAILABLE, exc.reason, "the key service is temporarily unavailable; retry")
+    if isinstance(exc, KeyShredded):
+        return ApiError(grpc.StatusCode.NOT_FOUND, exc.reason, "this data was permanently deleted")
+    log.error("personal data does not decrypt", extra={"reason": exc.reason})
+    return ApiError(grpc.StatusCode.DATA_LOSS, exc.reason, "stored data failed its integrity check")
 
 
 class _Undecodable:
@@ -48,6 +60,8 @@ def _safe_deserializer(deserialize):
 def _to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, KeysError):
+        return keys_error(exc)
     if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
         log.warning("database unavailable", extra={"error": type(exc).__name__})
         return ApiError(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", "the service is temporarily unavailable; retry")

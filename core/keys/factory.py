@@ -1,0 +1,43 @@
+"""Opens the configured keyring: local KEK and key store in the data folder by default, Cloud KMS in production."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from faceharmony.core.keys.keyring import Keyring
+from faceharmony.core.settings import Settings
+
+
+def open_keyring(settings: Settings) -> Keyring:
+    if settings.kek_provider == "gcp-kms":
+        from faceharmony.core.keys.kms import CloudKmsKek
+
+        kek = CloudKmsKek.from_settings(settings)
+    else:
+        from faceharmony.core.keys.kek import LocalKek
+
+        kek = LocalKek(settings.keys_dir / "kek")
+    if settings.key_store == "gcs":
+        from faceharmony.core.keys.gcs_store import GcsKeyStore
+
+        store = GcsKeyStore.from_settings(settings)
+    else:
+        from faceharmony.core.keys.store import SqliteKeyStore
+
+        store = SqliteKeyStore(settings.keys_dir / "keystore.sqlite3")
+    return Keyring(kek, store, cache_size=settings.key_cache_size, cache_seconds=settings.key_cache_seconds)
+
+
+def rotation_periods(settings: Settings) -> tuple[dt.timedelta, dt.timedelta]:
+    return dt.timedelta(days=settings.kek_rotation_days), dt.timedelta(days=settings.backup_window_days)
+
+
+def install_keyring(settings: Settings, *, create: bool = True) -> Keyring:
+    """Opens the keyring, checks it (KekMissing/KeysUnavailable when it is not usable) and makes it the
+    process's (core.keys.keyring.keyring, which the sealed columns and blob stores use)."""
+    from faceharmony.core.keys.keyring import keyring as proxy
+
+    opened = open_keyring(settings)
+    opened.check(create=create)
+    proxy.initialize(opened)
+    return opened
