@@ -59,6 +59,7 @@ class Keyring:
         self._now = now
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[AESGCM, float]] = OrderedDict()
+        self._all_wrapped_with: str | None = None  # the version every stored key was last seen wrapped with
 
     # -- start-up
 
@@ -134,7 +135,14 @@ class Keyring:
 
     # -- rotation
 
-    def rotate(self, *, rotation: dt.timedelta, backup_window: dt.timedelta, force: bool = False) -> RotationReport:
+    def rotate(
+        self,
+        *,
+        rotation: dt.timedelta,
+        backup_window: dt.timedelta,
+        force: bool = False,
+        now: dt.datetime | None = None,
+    ) -> RotationReport:
         """One rotation pass (the retention daemon runs it every cycle; each step is idempotent):
 
         1. a new primary KEK version when the primary is older than `rotation` (or `force`);
@@ -142,7 +150,7 @@ class Keyring:
         3. each older version is destroyed once the version after it was made more than `backup_window`
            ago and no wrapped key uses it any more.
         """
-        now = self._now()
+        now = now or self._now()
         versions = self.kek.versions()
         rotated_to = None
         primary = next((v for v in versions if v.primary), None)
@@ -153,7 +161,10 @@ class Keyring:
             log.info("KEK rotated", extra={"kek_version": primary.name})
         rewrapped = 0
         in_use: set[str] = set()
-        for stored in self.store.list():
+        # New keys are always wrapped with the primary: once a pass left no key under another version, the
+        # store need not be listed again until the primary changes (a restart lists it once).
+        stored_keys = self.store.list() if self._all_wrapped_with != primary.name else iter(())
+        for stored in stored_keys:
             if stored.kek_version == primary.name:
                 continue
             dek = self.kek.unwrap(stored.wrapped, aead.wrap_aad(stored.key_id), stored.kek_version)
@@ -162,14 +173,25 @@ class Keyring:
                 rewrapped += 1
             else:
                 in_use.add(stored.kek_version)  # changed meanwhile (shredded or rewrapped): looked at next pass
+        if not in_use:
+            self._all_wrapped_with = primary.name
+        due = [
+            older.name
+            for older, newer in zip(versions, versions[1:], strict=False)
+            if not older.primary and now - newer.created >= backup_window
+        ]
         destroyed = []
-        for older, newer in zip(versions, versions[1:], strict=False):
-            if older.primary or older.name in in_use:
-                continue
-            if now - newer.created >= backup_window:
-                self.kek.destroy(older.name)
-                destroyed.append(older.name)
-                log.info("KEK version destroyed", extra={"kek_version": older.name})
+        if due:
+            # A key wrapped by a process that had not yet seen the new primary could still name an old version:
+            # the whole store is looked at again before any version is destroyed.
+            used = {stored.kek_version for stored in self.store.list()}
+            for name in due:
+                if name in used:
+                    self._all_wrapped_with = None  # rewrapped next pass, destroyed after it
+                    continue
+                self.kek.destroy(name)
+                destroyed.append(name)
+                log.info("KEK version destroyed", extra={"kek_version": name})
         return RotationReport(rotated_to, rewrapped, destroyed)
 
 
