@@ -11,7 +11,8 @@ Each process package has a `main(argv) -> int` that parses its own arguments and
 configures the logs, and installs the SIGTERM/SIGINT handlers before the body starts: the first signal sets
 `entry.stopping` and calls what the body registered with `entry.on_stop()` (a worker hands its job back, the
 launcher passes the signal on to its children). A body refuses an unmigrated database with
-`entry.require_migrated(db)`; `Refused` from anywhere in the body exits with its code and message.
+`entry.require_migrated(db)`; `Refused` from anywhere in the body exits with its code and message, and so
+does a keyring that cannot start (core/keys: a missing KEK exits 2 with `prog: KEK_MISSING: ...`).
 
 This is the only place in core that touches signals (core never has a `main` or parses arguments).
 """
@@ -27,6 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from faceharmony.core import logs
+from faceharmony.core.keys.errors import KeysUnavailable
 from faceharmony.core.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -103,6 +105,9 @@ def run(prog: str, body: Callable[[Entry], int | None], *, configure_logs: bool 
     except Refused as exc:
         print(f"{prog}: {exc}", file=sys.stderr, flush=True)
         return exc.code
+    except KeysUnavailable as exc:  # no usable KEK or key store at start-up (core/keys): one line, no traceback
+        print(f"{prog}: {exc.reason}: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 def _install(entry: Entry) -> dict[int, Handler]:

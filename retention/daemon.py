@@ -45,8 +45,10 @@ from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.jobs import evictions
+from faceharmony.core.keys.keyring import Keyring
+from faceharmony.core.keys.keyring import keyring as installed_keyring
 from faceharmony.core.settings import Settings
-from faceharmony.retention import policies
+from faceharmony.retention import keys, policies
 from faceharmony.retention.metrics import Metrics
 from faceharmony.retention.orphans import sweep_orphan_blobs, sweep_temporary_files, temporary_folders
 
@@ -54,6 +56,9 @@ log = logging.getLogger("faceharmony.retention")
 
 # The sweep's count of temporary files left by writers killed mid-write (no blob: never "not final").
 TEMPORARY_FILES = "temporary_files"
+# Data keys shredded by the purges of a cycle, and by the key sweep (retention/keys.py): no blob either.
+DATA_KEYS = "data_keys"
+ORPHAN_KEYS = "orphan_data_keys"
 
 # Safety stop for one policy in one cycle (a batch that makes no progress ends it anyway).
 MAX_BATCHES_PER_CYCLE = 10_000
@@ -71,8 +76,10 @@ class Retention:
         metrics: Metrics | None = None,
         soft_delete_seconds: int = 0,
         keeps_deleted_versions: bool = False,
+        keyring: Keyring | None = None,
     ) -> None:
         self.settings = settings
+        self.keyring = keyring
         self.db = db
         self.store = store
         self.clock = clock or SystemClock()
@@ -86,7 +93,10 @@ class Retention:
 
     def context(self, now: dt.datetime | None = None) -> policies.Context:
         """A cycle's context: deadlines as of `now` (default: the clock's time); the real clock for everything else."""
-        return policies.Context(self.db, self.store, self.settings, now or self.clock.now(), self.clock)
+        return policies.Context(self.db, self.store, self.settings, now or self.clock.now(), self.clock, self.keyring)
+
+    def keys(self) -> Keyring:
+        return self.keyring if self.keyring is not None else installed_keyring.obj
 
     def _policies(self) -> list[tuple[str, Callable[[policies.Context], int]]]:
         steps: list[tuple[str, Callable[[policies.Context], int]]] = [
@@ -120,6 +130,8 @@ class Retention:
             if failed:  # items that failed on their own (logged where they failed); retried next cycle
                 self.metrics.inc("errors_total", kind, failed)
                 errors.append(kind)
+        purged[DATA_KEYS] = ctx.shredded[0]
+        self._rotate(ctx, errors)
         if self._sweep_due() if sweep is None else sweep:
             purged.update(self._sweep(errors))
         purged = {k: v for k, v in purged.items() if not k.startswith("photos_marked_")}
@@ -144,6 +156,12 @@ class Retention:
             return {}
         self._last_sweep = now
         result = {f"orphan_{kind}_blobs": n for kind, n in swept.items()}
+        try:  # keys whose rows are gone (a purge killed before its shred, a write that never committed)
+            result[ORPHAN_KEYS] = keys.sweep_orphan_keys(self.keys(), now, margin, self.settings.retention_batch_size)
+        except Exception:
+            log.exception("key sweep failed")
+            self.metrics.inc("errors_total", ORPHAN_KEYS)
+            errors.append(ORPHAN_KEYS)
         try:  # what writers killed mid-write left (core/tempfiles.py), past the same margin
             result[TEMPORARY_FILES] = sweep_temporary_files(self.store, temporary_folders(self.settings), now, margin)
         except Exception:
@@ -151,6 +169,22 @@ class Retention:
             self.metrics.inc("errors_total", TEMPORARY_FILES)
             errors.append(TEMPORARY_FILES)
         return result
+
+    def _rotate(self, ctx: policies.Context, errors: list[str]) -> None:
+        """One KEK rotation pass (retention/keys.py), against the real clock."""
+        try:
+            report = keys.rotate(self.keys(), self.settings, self.clock.now())
+        except Exception:
+            log.exception("KEK rotation failed: retried next cycle")
+            self.metrics.inc("errors_total", "kek_rotation")
+            errors.append("kek_rotation")
+            return
+        if report.rotated_to:
+            self.metrics.inc("kek_rotations_total")
+        if report.rewrapped:
+            self.metrics.inc("data_keys_rewrapped_total", None, report.rewrapped)
+        if report.destroyed:
+            self.metrics.inc("kek_versions_destroyed_total", None, len(report.destroyed))
 
     def _report(self, ctx: policies.Context, purged: dict[str, int], errors: list[str], seconds: float) -> None:
         for kind, n in purged.items():
@@ -206,7 +240,11 @@ class Retention:
     def _not_final(self, purged: dict[str, int]) -> None:
         """On a versioned bucket the blobs of what was purged stay as noncurrent versions: counted by kind and
         logged as an error; `--once` then exits 1. Housekeeping kinds hold no blobs."""
-        kinds = {k: n for k, n in purged.items() if n and k not in policies.HOUSEKEEPING and k != TEMPORARY_FILES}
+        kinds = {
+            k: n
+            for k, n in purged.items()
+            if n and k not in policies.HOUSEKEEPING and k not in (TEMPORARY_FILES, DATA_KEYS, ORPHAN_KEYS)
+        }
         for kind, n in kinds.items():
             self.metrics.inc("purges_not_final_total", kind, n)
         if kinds:
@@ -226,8 +264,12 @@ class Retention:
         temporary = sweep_temporary_files(
             self.store, temporary_folders(self.settings), self.clock.now(), margin, dry_run=True
         )
+        orphan_keys = keys.sweep_orphan_keys(
+            self.keys(), self.clock.now(), margin, self.settings.retention_batch_size, dry_run=True
+        )
         return {
             "due": policies.due_counts(ctx),
+            "orphan_keys": {ORPHAN_KEYS: orphan_keys},
             "contents": policies.contents_of_due(ctx),
             "orphan_blobs": orphans,
             "temporary": {TEMPORARY_FILES: temporary},

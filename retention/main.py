@@ -18,6 +18,7 @@ from pathlib import Path
 
 from faceharmony.core import process
 from faceharmony.core.db.connection import close_database, open_database
+from faceharmony.core.keys.factory import install_keyring
 from faceharmony.retention.daemon import Retention, open_store
 
 log = logging.getLogger("faceharmony.retention")
@@ -79,9 +80,12 @@ def _run(entry: process.Entry, args: argparse.Namespace) -> int:
     settings = entry.settings
     db = open_database(settings.resolved_database_url, pool_size=2)
     try:
+        keyring = install_keyring(settings)  # before the migrations, which seal what an older version left plain
         entry.require_migrated(db, apply=settings.auto_migrate)
         store, soft_delete, versioned = open_store(settings)
-        retention = Retention(settings, db, store, soft_delete_seconds=soft_delete, keeps_deleted_versions=versioned)
+        retention = Retention(
+            settings, db, store, soft_delete_seconds=soft_delete, keeps_deleted_versions=versioned, keyring=keyring
+        )
         if args.dry_run:
             now = args.now or retention.clock.now()
             print(format_dry_run(retention.dry_run(now), now))

@@ -35,6 +35,12 @@ HELP = {
         "gauge",
         "1 when the blob bucket has object versioning on: every deleted blob stays as a noncurrent version, so no purge is final.",
     ),
+    "kek_rotations_total": ("counter", "New primary versions of the key-encryption key made by this daemon."),
+    "data_keys_rewrapped_total": ("counter", "Data keys rewrapped with the primary KEK version."),
+    "kek_versions_destroyed_total": (
+        "counter",
+        "KEK versions destroyed once replaced longer ago than the backup window: backups older than that no longer open.",
+    ),
     "purges_not_final_total": (
         "counter",
         "Items purged whose blobs stay as noncurrent versions in a versioned bucket (not final), by kind.",

@@ -59,7 +59,10 @@ from faceharmony.core.db.models import (
     WaitlistEntry,
 )
 from faceharmony.core.jobs import evictions
+from faceharmony.core.keys.keyring import Keyring
+from faceharmony.core.keys.keyring import keyring as installed_keyring
 from faceharmony.core.settings import Settings
+from faceharmony.retention import keys
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,9 @@ class Context:
     settings: Settings
     now: dt.datetime
     clock: Clock
+    keyring: Keyring | None = None  # None: the process's (core.keys.keyring.keyring)
     failed: dict[str, set[str]] = field(default_factory=dict)
+    shredded: list[int] = field(default_factory=lambda: [0])  # data keys shredded this cycle
 
     @property
     def batch(self) -> int:
@@ -96,6 +101,17 @@ class Context:
         """The time a mark (deleted_at) gets: the real time, but never later than `now`, so that what a cycle
         marks is due in that same cycle."""
         return min(self.now, self.clock.now())
+
+    def keys(self) -> Keyring:
+        return self.keyring if self.keyring is not None else installed_keyring.obj
+
+    def shred(self, key_ids: set[str]) -> None:
+        """After a purge's row transaction: the data keys no row names any more are deleted (retention/keys.py).
+        A failure here is left to the key sweep (the rows are gone already)."""
+        try:
+            self.shredded[0] += keys.shred_unreferenced(self.keys(), key_ids)
+        except Exception:
+            log.exception("data keys not shredded now: the key sweep shreds them")
 
     def fail(self, kind: str, item_id: str) -> None:
         self.failed.setdefault(kind, set()).add(item_id)
@@ -168,7 +184,10 @@ def purge_expired(ctx: Context, kind: str) -> int:
         ids = _ids(claimable(table.select(pk).where(due).order_by(deadline).limit(ctx.batch), ctx.db))
         if not ids:
             return 0
-        return table.delete().where(pk.in_(ids), due).execute()
+        named = keys.keys_of([(table, pk.in_(ids) & due)])
+        deleted = table.delete().where(pk.in_(ids), due).execute()
+    ctx.shred(named)  # an expired invitation's key (the invitee's, unless their account uses it)
+    return deleted
 
 
 # --- photos (P11) ------------------------------------------------------------------------------------
@@ -417,7 +436,7 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "code-fail:" + hmac, "invite:" + aid])),
         (Invitation, invitations),
         (WaitlistEntry, waitlist),
-        (EmailQueue, (EmailQueue.account == aid) | (EmailQueue.to_address == account.email)),
+        (EmailQueue, (EmailQueue.account == aid) | (EmailQueue.key_id == account.key_id)),
         (Account, Account.id == aid),
     ]
 
@@ -462,11 +481,13 @@ def purge_account(ctx: Context, account_id: str) -> bool:
         for field, cond in account_links(account_id):
             field.model.update({field: None}).where(cond).execute()
         tombstoned = AuditEvent.update(actor_id=audit.PURGED_STAFF_ACTOR).where(staff_actions(account)).execute()
+        named = keys.keys_of(account_rows(account)) | {account.key_id}
         counts = {table._meta.table_name: table.delete().where(cond).execute() for table, cond in account_rows(account)}
         if tombstoned:
             counts["staff_actions_kept"] = tombstoned
         audit.record(ctx.clock, audit.ACCOUNT_PURGED, blobs=len(blobs | late), **{k: v for k, v in counts.items() if v})
     delete_blobs(ctx.store, late - blobs)
+    ctx.shred(named)  # the person's key, and those of rows of others that went with it (invitations they sent)
     return True
 
 
