@@ -18,9 +18,8 @@ Owns:
 * `load_adapter_bytes(data)`: validates such a payload (one rank across the file, too) and raises
   `CorruptAdapter` for anything else.
 
-diffusers writes LoRA weights only into a folder, so the adapter is on disk for a moment while it is
-serialized: in a 0700 temporary folder inside `scratch_dir` (the trainer passes its data folder's scratch
-folder, core/tempfiles.py, where the orphan sweep finds what a `kill -9` left; never the system's /tmp).
+The adapter is serialized in memory (diffusers' `save_lora_weights` writes only into a folder, which would
+put a person's adapter in a file in the clear): the same tensors and header, made with diffusers' packing.
 
 Randomness (LoRA init, latent sampling, noise, timesteps, batch order) all comes from the settings' seed via
 a private CPU generator, so training on the CPU is bit-for-bit repeatable and the global RNG is untouched.
@@ -29,9 +28,9 @@ a private CPU generator, so training on the CPU is bit-for-bit repeatable and th
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ from faceharmony.core.diffusion.adapter_format import (
     parse_adapter_bytes,
 )
 from faceharmony.core.diffusion.pipeline import BasePipeline
-from faceharmony.core.tempfiles import TEMP_PREFIX
 
 ADAPTER_NAME = "faceharmony_training"  # the peft adapter name while training (not written to the file)
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -224,11 +222,13 @@ def _library_versions() -> dict[str, str]:
 
 
 def _serialize(base: BasePipeline, settings: TrainingSettings, metadata: dict, scratch_dir: Path | None) -> bytes:
-    """The attached adapter as diffusers-format LoRA safetensors bytes, alpha folded into `up`; written for a
-    moment into a temporary folder in `scratch_dir` (None: the system's temporary folder)."""
-    import safetensors
+    """The attached adapter as diffusers-format LoRA safetensors bytes, alpha folded into `up`, made in memory:
+    the same tensors and header `StableDiffusionPipeline.save_lora_weights` writes into a folder (its public
+    `pack_weights` and the LoRA-metadata key), so no adapter is ever in a file in the clear (issue 12).
+    `scratch_dir` is kept for the callers; nothing is written there."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
     from peft.utils import get_peft_model_state_dict
 
     unet = base.unet
@@ -244,15 +244,13 @@ def _serialize(base: BasePipeline, settings: TrainingSettings, metadata: dict, s
     lora_config = unet.peft_config[ADAPTER_NAME].to_dict()
     lora_config["lora_alpha"] = settings.rank  # the scale is already inside the `up` weights
     lora_config["target_modules"] = sorted(lora_config["target_modules"])
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}lora-", dir=scratch_dir) as tmp:
-        StableDiffusionPipeline.save_lora_weights(
-            tmp, unet_lora_layers=tensors, safe_serialization=True, unet_lora_adapter_metadata=lora_config
-        )
-        path = Path(tmp) / "pytorch_lora_weights.safetensors"
-        with safetensors.safe_open(path, framework="pt") as f:
-            header = dict(f.metadata() or {})
-            saved = {k: f.get_tensor(k) for k in f.keys()}
-    return encode_adapter(saved, header, metadata)
+    packed = StableDiffusionPipeline.pack_weights(tensors, StableDiffusionPipeline.unet_name)
+    prefixed = {
+        f"{StableDiffusionPipeline.unet_name}.{key}": sorted(value) if isinstance(value, set) else value
+        for key, value in lora_config.items()
+    }
+    header = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(prefixed, indent=2, sort_keys=True)}
+    return encode_adapter({k: v.contiguous() for k, v in packed.items()}, header, metadata)
 
 
 def train_lora(

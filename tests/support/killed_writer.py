@@ -4,10 +4,10 @@
     python -m tests.support.killed_writer blob-after-link BLOB_ROOT       # linked into place, temporary not removed
     python -m tests.support.killed_writer outbox-before-rename OUTBOX     # email written, not renamed into place
     python -m tests.support.killed_writer trainer-mid-save                # the real trainer (--once, FACEHARMONY_*
-                                                                          # settings), adapter written, not read back
+                                                                          # settings), adapter serialized, not stored
 
 The point is made deterministic by wrapping, in this process only, the one call
-made there (os.link, os.replace, safetensors.safe_open): the wrapper makes the
+made there (os.link, os.replace, the trainer's encode_adapter): the wrapper makes the
 real call first where the stage says so, prints "paused" and blocks reading
 stdin, which never answers. Nothing else is changed.
 """
@@ -38,16 +38,15 @@ def after(call):
 
 def main(stage: str, folder: str = "") -> None:
     if stage == "trainer-mid-save":
-        import safetensors
+        from faceharmony.trainer import lora
 
-        real_open = safetensors.safe_open
+        real_encode = lora.encode_adapter
 
-        def safe_open(path, *args, **kwargs):  # _serialize reads the adapter back right after diffusers wrote it
-            if Path(path).name == "pytorch_lora_weights.safetensors":
-                pause()
-            return real_open(path, *args, **kwargs)  # the base model's weights
+        def encode_adapter(*args, **kwargs):  # the adapter's bytes exist (in memory only), not yet stored
+            real_encode(*args, **kwargs)
+            pause()
 
-        safetensors.safe_open = safe_open
+        lora.encode_adapter = encode_adapter  # type: ignore[assignment]
         from faceharmony.trainer.main import main as trainer_main
 
         trainer_main(["--once"])
