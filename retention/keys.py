@@ -1,7 +1,10 @@
 """Shredding data keys (issue 12): a purge ends with the person's data key deleted, and the KEK rotates.
 
 A purge deletes blobs, then rows (policies.py); the data keys those rows named are then shredded if no row
-names them any more (an invitee's key stays while their own account uses it). The order means no row that
+names them any more (an invitee's key stays while their own account uses it). Besides the person's key,
+each photo, model version (adapter and metadata) and generated photo has a key of its own, so the purge of
+one photo, one model or one generated photo is final too: a soft-deleted or noncurrent copy of its blob in
+the bucket opens with nothing that exists. The order means no row that
 the app can still see ever names a shredded key. A daemon killed between the row transaction and the shred
 leaves a key no row names: the key sweep, which every daemon runs in its first cycle and then with the
 orphan sweep, shreds every such key once older than the orphan margin (the margin keeps it away from keys

@@ -237,7 +237,10 @@ def purge_deleted_photos(ctx: Context) -> int:
     if not done:
         return 0
     with write_transaction(ctx.db):
-        return Photo.delete().where(Photo.id.in_(done), due).execute()
+        named = keys.keys_of([(Photo, Photo.id.in_(done) & due)])
+        deleted = Photo.delete().where(Photo.id.in_(done), due).execute()
+    ctx.shred(named)  # each photo has a data key of its own: a copy of its blob (soft delete) opens no more
+    return deleted
 
 
 # --- generated photos (P16 and user deletions) ------------------------------------------------------
@@ -259,7 +262,10 @@ def purge_generated_photos(ctx: Context) -> int:
     if not done:
         return 0
     with write_transaction(ctx.db):
-        return GeneratedPhoto.delete().where(GeneratedPhoto.id.in_(done), due).execute()
+        named = keys.keys_of([(GeneratedPhoto, GeneratedPhoto.id.in_(done) & due)])
+        deleted = GeneratedPhoto.delete().where(GeneratedPhoto.id.in_(done), due).execute()
+    ctx.shred(named)  # the generated photo's own key (image and preview)
+    return deleted
 
 
 # --- models (P13) ------------------------------------------------------------------------------------
@@ -339,6 +345,7 @@ def purge_model(ctx: Context, model_id: str) -> bool:
         ):
             return False
         late = model_blobs([model_id])
+        named = keys.keys_of(model_rows([model_id]))
         counts = {
             table._meta.table_name: table.delete().where(cond).execute() for table, cond in model_rows([model_id])
         }
@@ -350,6 +357,7 @@ def purge_model(ctx: Context, model_id: str) -> bool:
             photos=counts["photo"],
         )
     delete_blobs(ctx.store, late - blobs)
+    ctx.shred(named)  # the keys of its adapters and photos (the account's own key stays: it names the model's rows)
     return True
 
 
