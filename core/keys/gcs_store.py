@@ -94,6 +94,11 @@ class GcsKeyStore:
         try:
             blob.upload_from_string(key.wrapped, content_type=CONTENT_TYPE, if_generation_match=0, **self._kw())
         except gexc.PreconditionFailed:
+            # Exists. It may be this very upload, retried after an answer that was lost: the wrapped bytes are
+            # random, so equal bytes mean it is ours.
+            existing = self.get(key.key_id)
+            if existing is not None and existing.wrapped == key.wrapped and existing.kek_version == key.kek_version:
+                return
             raise FileExistsError(key.key_id) from None
         except (gexc.GoogleAPIError, OSError) as exc:
             raise self._fail("put", exc) from None
@@ -186,4 +191,7 @@ class GcsKeyStore:
                 f"key store bucket {self.bucket_name} has soft delete on ({seconds} s): a shredded key would stay"
                 " recoverable; set its soft-delete retention to 0"
             )
-        self.count()
+        try:  # objects can be listed too (one page of one name, whatever the store holds)
+            next(iter(self.client.list_blobs(self.bucket, prefix=PREFIX, max_results=1, **self._kw())), None)
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise self._fail("listing the keys", exc) from None
