@@ -16,11 +16,17 @@ DEADLINE_EXCEEDED included, by the client's own retry); a KMS that cannot be rea
 answer in time raises KeysUnavailable. Requests and answers carry CRC32C checksums (KMS's integrity fields):
 a mismatch is reported as KeysUnavailable (corrupted in transit; try again), never as a wrong key.
 Messages name only status codes and resource names, never key material.
+
+Permissions on the key: every process wraps and unwraps (roles/cloudkms.cryptoKeyEncrypterDecrypter; the
+start-up check needs nothing more). The process that rotates (the retention daemon) also needs
+cloudkms.cryptoKeys.get and .update, cloudkms.cryptoKeyVersions.list, .get, .create and .destroy (a custom
+role, or roles/cloudkms.admin on this key only).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import google_crc32c
@@ -34,6 +40,7 @@ from faceharmony.core.keys.kek import KekVersion
 
 State = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 SETTING = "FACEHARMONY_KMS_KEY_NAME"
+_PROBE_AAD = b"fh1\x00kek-probe"
 
 
 def _crc(data: bytes) -> int:
@@ -106,7 +113,10 @@ class CloudKmsKek:
                 f"Cloud KMS: {self.key_name} (or one of its versions) does not exist; check {SETTING}"
             ) from None
         except (gexc.PermissionDenied, gexc.Unauthenticated) as exc:
-            raise KeysUnavailable(f"Cloud KMS refused {method} on {self.key_name} ({type(exc).__name__})") from None
+            raise KeysUnavailable(
+                f"Cloud KMS refused {method} on {self.key_name} ({type(exc).__name__}: no permission, or the key"
+                f" does not exist; check {SETTING} and the service account's roles)"
+            ) from None
         except gexc.RetryError:
             raise KeysUnavailable(
                 f"Cloud KMS: {method} did not succeed within {self.timeout_seconds:g} s (unreachable)"
@@ -213,10 +223,11 @@ class CloudKmsKek:
             pass  # a version that does not exist is as destroyed as can be
 
     def ensure(self, create: bool) -> None:
-        """The key exists and has an enabled primary version. Nothing is ever created in KMS (`create` is for a
-        local KEK): the key and its first version are made by the operator (docker/README.md)."""
-        key = self._crypto_key()
-        if key.purpose != kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT:
-            raise KekMissing(f"Cloud KMS key {self.key_name} is not a symmetric ENCRYPT_DECRYPT key ({SETTING})")
-        if not key.primary.name or key.primary.state != State.ENABLED:
-            raise KekMissing(f"Cloud KMS key {self.key_name} has no enabled primary version ({SETTING})")
+        """The key exists, has an enabled primary version, and this process may use it: one wrap and unwrap of
+        a random probe (what every process needs: roles/cloudkms.cryptoKeyEncrypterDecrypter; no viewer
+        permission). Nothing is ever created in KMS (`create` is for a local KEK): the key and its first
+        version are made by the operator."""
+        probe = os.urandom(32)
+        ciphertext, version = self.wrap(probe, _PROBE_AAD)
+        if self.unwrap(ciphertext, _PROBE_AAD, version) != probe:
+            raise KekMissing(f"Cloud KMS key {self.key_name} does not decrypt what it encrypted ({SETTING})")
