@@ -354,6 +354,19 @@ def test_kms_wrap_names_its_version_and_enforces_the_associated_data(fake_kms):
     assert [v.name for v in kek.versions()] == [new.name]
 
 
+def test_kms_versions_span_pages_oldest_first(fake_kms):
+    kek = CloudKmsKek(kms_client(fake_kms.address), fake_kms.create_key(key=f"k-{os.urandom(4).hex()}"))
+    made = [kek.rotate().name for _ in range(30)]  # the fake answers 25 versions a page
+    kek.destroy(fake_kms.version_name(kek.key_name, 3))
+    before = fake_kms.calls["ListCryptoKeyVersions"]
+    versions = kek.versions()
+    assert fake_kms.calls["ListCryptoKeyVersions"] - before == 2  # two pages
+    assert len(versions) == 30 and [v.name for v in versions][-30:] == [
+        v for v in [fake_kms.version_name(kek.key_name, 1), *made] if not v.endswith("/3")
+    ]
+    assert [v.primary for v in versions] == [False] * 29 + [True]
+
+
 def test_kms_unreachable_is_keys_unavailable_within_the_deadline(fake_kms):
     key = fake_kms.create_key(key=f"k-{os.urandom(4).hex()}")
     kek = CloudKmsKek(kms_client(fake_kms.address), key, timeout_seconds=1)
@@ -373,6 +386,10 @@ def test_kms_unreachable_is_keys_unavailable_within_the_deadline(fake_kms):
             assert time.monotonic() - started < 5
     finally:
         fake_kms.fail_always = None
+    fake_kms.call_errors = [grpc.StatusCode.PERMISSION_DENIED]  # KMS's answer for a key we may not use
+    with pytest.raises(KeysUnavailable, match="FACEHARMONY_KMS_KEY_NAME") as caught:
+        kek.wrap(b"d" * 32, b"aad")
+    assert not isinstance(caught.value, KekMissing)
     # Nothing listening at all.
     with FakeKms() as gone:
         address = gone.address
