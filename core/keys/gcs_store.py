@@ -170,6 +170,15 @@ class GcsKeyStore:
         except (gexc.GoogleAPIError, OSError) as exc:
             raise self._fail("count", exc) from None
 
+    def empty(self) -> bool:
+        try:
+            return (
+                next(iter(self.client.list_blobs(self.bucket, prefix=PREFIX, max_results=1, **self._kw())), None)
+                is None
+            )
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise self._fail("listing the keys", exc) from None
+
     def check(self) -> None:
         """Refuses a bucket it cannot reach, one with object versioning (a delete keeps a noncurrent copy) and one
         with soft delete (a deleted key stays recoverable for the retention period)."""

@@ -67,7 +67,7 @@ class Keyring:
         """Start-up check: the KEK and the store are usable. A fresh install (no data key yet) gets its first
         KEK version when `create`; data keys without their KEK raise KekMissing instead of a new KEK."""
         self.store.check()
-        self.kek.ensure(create=create and self.store.count() == 0)
+        self.kek.ensure(create=create and self.store.empty())
 
     # -- keys
 

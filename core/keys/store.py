@@ -52,6 +52,10 @@ class KeyStore(Protocol):
 
     def count(self) -> int: ...
 
+    def empty(self) -> bool:
+        """True when the store holds no key (cheap: a fresh install)."""
+        ...
+
     def check(self) -> None:
         """Refuses (KeysUnavailable) a store whose deletions would not be final or that cannot be reached."""
         ...
@@ -128,6 +132,9 @@ class SqliteKeyStore:
 
     def count(self) -> int:
         return int(self._run("SELECT count(*) FROM data_key").fetchone()[0])
+
+    def empty(self) -> bool:
+        return self._run("SELECT 1 FROM data_key LIMIT 1").fetchone() is None
 
     def check(self) -> None:
         mode = self._run("PRAGMA journal_mode").fetchone()[0]
