@@ -104,6 +104,11 @@ def _supervise(entry: process.Entry) -> int:
 
     entry.on_stop(stop)
     prepare_data_dir(settings.data_dir)  # 0700 before any child writes into it (core/datadir.py)
+    # The keyring once, before the children: a fresh install gets its first KEK version here (not one per child
+    # at once), and a missing KEK stops everything with one line (KeysUnavailable, core/process.py).
+    from faceharmony.core.keys.factory import install_keyring
+
+    install_keyring(settings)
     ensure_base_model(settings)
     # The server applies the migrations; the trainer waits for them by starting second.
     for name, argv in commands.items():

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from faceharmony.core.blobstore.base import BlobStore, Role
 from faceharmony.core.blobstore.factory import open_blob_store
+from faceharmony.core.blobstore.reseal import reseal_legacy_blobs
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.crypto import Hasher
 from faceharmony.core.datadir import prepare_data_dir
@@ -23,6 +24,7 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import Transport, make_transport
+from faceharmony.core.keys.factory import install_keyring
 from faceharmony.core.process import MIGRATE_HINT, Entry, Refused
 from faceharmony.core.settings import Settings
 from faceharmony.core.verify.base import Verifier
@@ -135,11 +137,15 @@ async def create_server(
     """
     clock = clock or SystemClock()
     prepare_data_dir(settings.data_dir)  # 0700, an old loose one tightened (core/datadir.py)
+    # The data keys (core/keys): before the database, whose personal columns they seal (migration 0008 too);
+    # a missing or wrong KEK stops the start here (KeysUnavailable: one line and exit 2, core/process.py).
+    install_keyring(settings)
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.database_pool_size, thread_name_prefix="db")
     app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()), executor=executor)
     if settings.auto_migrate:
         await app.run(migrate, db)
+        await app.run(reseal_legacy_blobs, db, settings)  # the blobs an older version left plain
     elif await app.run(pending, db):
         raise Refused(MIGRATE_HINT)  # faceharmony-server: one line and exit 2, as every other process
     loop = asyncio.get_running_loop()

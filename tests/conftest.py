@@ -35,6 +35,28 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def _session_keys(tmp_path_factory):
+    return tmp_path_factory.mktemp("keys")
+
+
+@pytest.fixture(autouse=True)
+def keyring_installed(request):
+    """A process keyring for the sealed columns (core/db/sealed.py) of rows a test writes itself: a real local KEK
+    and SQLite key store in a folder of the run's, installed unless one already is. A harness installs its own
+    (create_server: data_dir/keys, where its trainer and order worker subprocesses find it too)."""
+    from faceharmony.core.keys.kek import LocalKek
+    from faceharmony.core.keys.keyring import Keyring, keyring
+    from faceharmony.core.keys.store import SqliteKeyStore
+
+    if keyring._keyring is None:
+        folder = request.getfixturevalue("_session_keys")
+        kr = Keyring(LocalKek(folder / "kek"), SqliteKeyStore(folder / "keystore.sqlite3"))
+        kr.check(create=True)
+        keyring.initialize(kr)
+    return keyring
+
+
+@pytest.fixture(scope="session")
 def pg_cluster():
     bindir = find_bindir()
     if bindir is None:
@@ -84,3 +106,12 @@ def gcs_emulator():
     emulator = GcsEmulator().start()
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_kms():
+    """A local server speaking Cloud KMS's gRPC protocol (tests/support/fake_kms.py)."""
+    from tests.support.fake_kms import FakeKms
+
+    with FakeKms() as fake:
+        yield fake

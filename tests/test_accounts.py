@@ -77,7 +77,10 @@ def test_no_account_without_approval(harness):
     assert [msg for msg in harness.new_emails() if msg["To"] == "dan@example.com"] == []
     code, reason = status_of(harness.accounts.SignIn, a.SignInRequest(email="dan@example.com", code="123456"))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CODE")
-    assert harness.db_call(m.Account.select().where(m.Account.email == "dan@example.com").count) == 0
+    assert (
+        harness.db_call(m.Account.select().where(m.Account.email_hmac == harness.email_hmac("dan@example.com")).count)
+        == 0
+    )
 
 
 def test_approval_email_greets_by_name_and_first_sign_in_creates_the_account(harness):
@@ -319,7 +322,9 @@ def test_free_trial_only_for_an_email_hash_never_seen(harness):
     assert harness.purchases.GetBalance(p.GetBalanceRequest(), metadata=first.md).free_trial_granted
     # Remove the account as the purge will (issue 6): only the email's HMAC stays.
     harness.db_call(lambda: m.Account.delete().where(m.Account.id == first.account_id).execute())
-    harness.db_call(lambda: m.WaitlistEntry.delete().where(m.WaitlistEntry.email == first.email).execute())
+    harness.db_call(
+        lambda: m.WaitlistEntry.delete().where(m.WaitlistEntry.email_hmac == harness.email_hmac(first.email)).execute()
+    )
     known = harness.db_call(lambda: [k.email_hmac for k in m.KnownEmail.select()])
     assert first.email not in " ".join(known)
     again = harness.sign_up("Trial@Example.com")
@@ -441,7 +446,10 @@ def test_concurrent_first_sign_ins_create_one_account(harness):
         )
     assert [c for c, _ in results].count(grpc.StatusCode.OK) == 1
     assert all(r == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CODE") for r in results if r[0] != grpc.StatusCode.OK)
-    assert harness.db_call(m.Account.select().where(m.Account.email == "race@example.com").count) == 1
+    assert (
+        harness.db_call(m.Account.select().where(m.Account.email_hmac == harness.email_hmac("race@example.com")).count)
+        == 1
+    )
 
 
 def test_database_errors_map_to_unavailable(sqlite_harness):

@@ -12,6 +12,7 @@ from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, is_sqlite, open_database, write_transaction
 from faceharmony.core.db.migrate import migrate, pending
+from faceharmony.core.keys.keyring import keyring
 
 
 def test_migrations_match_the_models(database_url):
@@ -39,6 +40,7 @@ def test_cascades_remove_an_accounts_rows(database_url):
     with write_transaction(db):
         acc = m.Account.create(
             id=ids.new_id(),
+            key_id=keyring.new_key(),
             email="c@example.com",
             email_hmac="h",
             name="C",
@@ -47,8 +49,12 @@ def test_cascades_remove_an_accounts_rows(database_url):
             updated_at=now,
         )
         m.Session.create(id=ids.new_id(), token_hash="t" * 64, account=acc, created_at=now, expires_at=now)
-        t = m.Ticket.create(id=ids.new_id(), account=acc, subject="s", created_at=now, updated_at=now)
-        m.TicketMessage.create(id=ids.new_id(), ticket=t, seq=0, author="user", body="b", created_at=now)
+        t = m.Ticket.create(
+            id=ids.new_id(), account=acc, key_id=acc.key_id, subject="s", created_at=now, updated_at=now
+        )
+        m.TicketMessage.create(
+            id=ids.new_id(), ticket=t, key_id=acc.key_id, seq=0, author="user", body="b", created_at=now
+        )
         m.CreditEntry.create(id=ids.new_id(), account=acc, delta=1, kind="trial", created_at=now)
     with write_transaction(db):
         m.Account.delete().where(m.Account.id == acc.id).execute()
@@ -65,6 +71,7 @@ def test_concurrent_read_then_write_transactions(database_url):
     with write_transaction(db):
         m.Account.create(
             id="0" * 32,
+            key_id=keyring.new_key(),
             email="n@example.com",
             email_hmac="h",
             name="0",
@@ -79,7 +86,8 @@ def test_concurrent_read_then_write_transactions(database_url):
             with write_transaction(db):
                 q = m.Account.select().where(m.Account.id == "0" * 32)
                 row = (q if is_sqlite(db) else q.for_update()).get()
-                m.Account.update(name=str(int(row.name) + 1)).where(m.Account.id == row.id).execute()
+                row.name = str(int(row.name) + 1)
+                row.save()
         finally:
             db.close()
 
@@ -96,6 +104,7 @@ def test_unique_constraints_hold(database_url):
     with write_transaction(db):
         m.Account.create(
             id=ids.new_id(),
+            key_id=keyring.new_key(),
             email="u@example.com",
             email_hmac="h",
             name="U",
@@ -107,6 +116,7 @@ def test_unique_constraints_hold(database_url):
         with write_transaction(db):
             m.Account.create(
                 id=ids.new_id(),
+                key_id=keyring.new_key(),
                 email="u@example.com",
                 email_hmac="h",
                 name="U",
@@ -114,7 +124,7 @@ def test_unique_constraints_hold(database_url):
                 created_at=now,
                 updated_at=now,
             )
-        raise AssertionError("duplicate email accepted")
+        raise AssertionError("duplicate email (its HMAC) accepted")
     except pw.IntegrityError:
         pass
     close_database(db)
@@ -136,8 +146,9 @@ def test_migration_0006_requests_the_evictions_of_versions_already_unservable(da
     def model(state: str, account_state: str) -> str:
         acc = m.Account.create(
             id=ids.new_id(),
+            key_id=keyring.new_key(),
             email=f"{ids.new_id()}@example.com",
-            email_hmac="h",
+            email_hmac=ids.new_id(),
             name="M",
             is_16_or_older=True,
             state=account_state,
@@ -147,6 +158,7 @@ def test_migration_0006_requests_the_evictions_of_versions_already_unservable(da
         row = m.UserModel.create(
             id=ids.new_id(),
             account=acc,
+            key_id=acc.key_id,
             display_name="Me",
             state=state,
             trigger_token="sks",
@@ -166,6 +178,7 @@ def test_migration_0006_requests_the_evictions_of_versions_already_unservable(da
         m.ModelVersion.create(
             id=ids.new_id(),
             model=row,
+            key_id=acc.key_id,
             version=1,
             job=job,
             adapter_blob_id=ids.new_id(),

@@ -5,6 +5,12 @@ Times are stored as naive UTC and come back timezone-aware. Ids are random
 (names, emails, tickets, purchases) all hang off an account, so the account
 purge can find them; KnownEmail (the email's HMAC, P5) is the only row
 meant to outlive an account.
+
+Personal data is sealed (issue 12, core/db/sealed.py): every row that holds a person's data or owns one of
+their blobs carries `key_id`, the id of that person's data key (core/keys), and each personal column is a
+SealedField under its old column name, read and written in plaintext through a `sealed` descriptor named as
+the old attribute. Such a column can never be filtered on: emails are looked up by `email_hmac` (unique on
+account and waitlist_entry), and an update query must seal its value (seal_value) or go through save().
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import enum
 import json
 
 import peewee as pw
+
+from faceharmony.core.db.sealed import KeyIdField, SealedField, SealedSaveMixin, sealed
 
 database_proxy = pw.DatabaseProxy()
 
@@ -41,7 +49,9 @@ class JsonField(pw.TextField):
         return None if value is None else json.loads(value)
 
 
-class BaseModel(pw.Model):
+class BaseModel(SealedSaveMixin, pw.Model):
+    """save() seals the plaintext set on the row's `sealed` columns first (SealedSaveMixin)."""
+
     class Meta:
         database = database_proxy
         legacy_table_names = False
@@ -59,9 +69,12 @@ class AccountState(enum.StrEnum):
 
 class Account(BaseModel):
     id = IdField(primary_key=True)
-    email = pw.CharField(max_length=254, unique=True)
-    email_hmac = pw.CharField(max_length=64, index=True)
-    name = pw.CharField(max_length=100)
+    key_id = KeyIdField()
+    email_sealed = SealedField(column_name="email")
+    email = sealed("email_sealed")
+    email_hmac = pw.CharField(max_length=64, unique=True)
+    name_sealed = SealedField(column_name="name")
+    name = sealed("name_sealed")
     role = pw.CharField(max_length=16, default="user")  # user | support | admin
     state = pw.CharField(max_length=16, default=AccountState.ACTIVE)  # AccountState
     is_16_or_older = pw.BooleanField()
@@ -87,10 +100,14 @@ class WaitlistState(enum.StrEnum):
 
 class WaitlistEntry(BaseModel):
     id = IdField(primary_key=True)
-    email = pw.CharField(max_length=254, unique=True)
-    email_hmac = pw.CharField(max_length=64, index=True)
-    name = pw.CharField(max_length=100)
-    note = pw.TextField(default="")
+    key_id = KeyIdField()  # a key of its own; the account made from the entry takes it
+    email_sealed = SealedField(column_name="email")
+    email = sealed("email_sealed")
+    email_hmac = pw.CharField(max_length=64, unique=True)
+    name_sealed = SealedField(column_name="name")
+    name = sealed("name_sealed")
+    note_sealed = SealedField(column_name="note")
+    note = sealed("note_sealed")
     is_16_or_older = pw.BooleanField()
     state = pw.CharField(max_length=16, default=WaitlistState.PENDING)  # WaitlistState
     created_at = UtcDateTimeField(index=True)
@@ -104,9 +121,12 @@ class Invitation(BaseModel):
     id = IdField(primary_key=True)
     token_hash = pw.CharField(max_length=64, unique=True)
     inviter = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="invitations")
-    email = pw.CharField(max_length=254)
+    key_id = KeyIdField()  # the invitee's key (not the inviter's); the account the invitation makes takes it
+    email_sealed = SealedField(column_name="email")
+    email = sealed("email_sealed")
     email_hmac = pw.CharField(max_length=64, index=True)
-    name = pw.CharField(max_length=100)
+    name_sealed = SealedField(column_name="name")
+    name = sealed("name_sealed")
     created_at = UtcDateTimeField(index=True)
     expires_at = UtcDateTimeField(index=True)
     accepted_at = UtcDateTimeField(null=True)
@@ -181,7 +201,9 @@ class TicketState(enum.StrEnum):
 class Ticket(BaseModel):
     id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="tickets")
-    subject = pw.CharField(max_length=200)
+    key_id = KeyIdField()  # the account's
+    subject_sealed = SealedField(column_name="subject")
+    subject = sealed("subject_sealed")
     state = pw.CharField(max_length=16, default=TicketState.OPEN)  # TicketState
     request_id = pw.CharField(max_length=64, null=True)
     created_at = UtcDateTimeField(index=True)
@@ -198,7 +220,9 @@ class TicketMessage(BaseModel):
     seq = pw.IntegerField()
     author = pw.CharField(max_length=8)  # user | staff
     staff = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL", backref="ticket_replies")
-    body = pw.TextField()
+    key_id = KeyIdField()  # the ticket's (its account's), staff replies included
+    body_sealed = SealedField(column_name="body")
+    body = sealed("body_sealed")
     created_at = UtcDateTimeField()
 
     class Meta:
@@ -222,9 +246,13 @@ class EmailQueue(BaseModel):
     id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, null=True, on_delete="CASCADE", backref="queued_emails")
     kind = pw.CharField(max_length=32)
-    to_address = pw.CharField(max_length=254)
-    subject = pw.CharField(max_length=200)
-    body = pw.TextField()
+    key_id = KeyIdField()  # the recipient's: their account's, waiting-list entry's or invitation's
+    to_address_sealed = SealedField(column_name="to_address")
+    to_address = sealed("to_address_sealed")
+    subject_sealed = SealedField(column_name="subject")
+    subject = sealed("subject_sealed")
+    body_sealed = SealedField(column_name="body")
+    body = sealed("body_sealed")
     created_at = UtcDateTimeField()
     next_attempt_at = UtcDateTimeField(index=True)
     attempts = pw.IntegerField(default=0)
@@ -235,6 +263,7 @@ class Photo(BaseModel):
 
     id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="photos")
+    key_id = KeyIdField()  # the account's; seals the blob
     blob_id = pw.CharField(max_length=32, unique=True)
     width = pw.IntegerField()
     height = pw.IntegerField()
@@ -268,7 +297,9 @@ class UserModel(BaseModel):
 
     id = IdField(primary_key=True)
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="models")
-    display_name = pw.CharField(max_length=100)
+    key_id = KeyIdField()  # the account's
+    display_name_sealed = SealedField(column_name="display_name")
+    display_name = sealed("display_name_sealed")
     state = pw.CharField(max_length=20, index=True)  # ModelState
     progress = pw.FloatField(default=0.0)
     failure_reason = pw.CharField(max_length=64, null=True)
@@ -342,6 +373,7 @@ class ModelVersion(BaseModel):
     model = pw.ForeignKeyField(UserModel, on_delete="CASCADE", backref="versions")
     version = pw.IntegerField()
     job = pw.ForeignKeyField(TrainingJob, on_delete="CASCADE", unique=True, backref="version_row")
+    key_id = KeyIdField()  # the model's account's; seals the adapter and metadata blobs
     adapter_blob_id = pw.CharField(max_length=32, unique=True)
     metadata_blob_id = pw.CharField(max_length=32, unique=True)
     base_fingerprint = pw.CharField(max_length=64)
@@ -394,6 +426,7 @@ class Order(JobColumns):
 
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="orders")
     account_id: str  # the id behind `account`, which peewee adds; declared for mypy only
+    key_id = KeyIdField()  # the account's; the order worker seals the images with it
     style_id = pw.CharField(max_length=32)
     count = pw.IntegerField()
     images_total = pw.IntegerField()
@@ -458,6 +491,7 @@ class GeneratedPhoto(BaseModel):
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", backref="generated_photos")
     order = pw.ForeignKeyField(Order, on_delete="CASCADE", backref="generated_photos")
     image = pw.ForeignKeyField(OrderImage, on_delete="CASCADE", unique=True, backref="generated")
+    key_id = KeyIdField()  # the account's; seals the image and preview blobs
     model_id = pw.CharField(max_length=32)
     blob_id = pw.CharField(max_length=32, unique=True)
     preview_blob_id = pw.CharField(max_length=32, unique=True)

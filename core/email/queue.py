@@ -1,6 +1,7 @@
 """The email queue: `enqueue` writes a rendered email in the caller's transaction; `deliver_due` hands due emails to the transport.
 
-A queued email is deleted as soon as it is sent (no copy of names or emails
+The address, subject and body are sealed with the recipient's data key (core/db/sealed.py) and opened only to
+send. A queued email is deleted as soon as it is sent (no copy of names or emails
 stays behind). A failed send is retried with exponential backoff, and given
 up after MAX_ATTEMPTS. Delivery claims rows by pushing their next attempt
 into the future inside a write transaction, so two deliverers never send the
@@ -27,13 +28,17 @@ CLAIM_SECONDS = 120
 log = logging.getLogger(__name__)
 
 
-def enqueue(*, clock: Clock, kind: str, to: str, name: str, account_id: str | None = None, **params: str) -> str:
-    """Queues one templated email; call inside the transaction of the change it reports."""
+def enqueue(
+    *, clock: Clock, kind: str, to: str, name: str, key_id: str, account_id: str | None = None, **params: str
+) -> str:
+    """Queues one templated email, sealed with `key_id` (the data key of the person it goes to: their account's,
+    waiting-list entry's or invitation's); call inside the transaction of the change it reports."""
     rendered = render(kind, name=name, **params)
     now = clock.now()
     row = EmailQueue.create(
         id=ids.new_id(),
         account=account_id,
+        key_id=key_id,
         kind=kind,
         to_address=to,
         subject=rendered.subject,

@@ -67,12 +67,16 @@ def create(
     request_id: str | None,
     now: dt.datetime,
     max_attempts: int,
+    *,
+    key_id: str,
 ) -> Order:
-    """Inside the caller's write transaction: the order, its slots (count per (model id, version)) and the debit."""
+    """Inside the caller's write transaction: the order, its slots (count per (model id, version)) and the debit.
+    `key_id`: the account's data key, which the order worker seals the images with."""
     total = len(models) * count
     order = Order.create(
         id=ids.new_id(),
         account=account_id,
+        key_id=key_id,
         style_id=style_id,
         count=count,
         state=OrderState.QUEUED,
@@ -244,6 +248,7 @@ class OrderQueue(JobQueue):
                 height=height,
                 state=GeneratedPhotoState.AVAILABLE,
                 created_at=now,
+                key_id=order.key_id,  # the key the order worker sealed both blobs with (the owner's)
             )
             Order.update(images_done=Order.images_done + 1, progress=_progress(done_delta=1), updated_at=now).where(
                 Order.id == order.id

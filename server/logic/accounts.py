@@ -23,6 +23,11 @@ open invitations (`revoked_at`), and they stay revoked if the account is
 reactivated (the inviter can invite again); accepting a revoked invitation, or
 one whose inviter is not active, is refused with INVITATION_REVOKED. Once the
 inviter is purged, its invitations are gone with it (NOT_INVITED).
+
+Data keys (issue 12): emails are looked up by their keyed HMAC only (the columns are sealed). A new
+waiting-list entry, invitation or staff account gets a new data key, made before the write transaction (a
+rolled-back one leaves an orphan key, which the retention daemon's key sweep shreds); an account made from an
+approved entry or an invitation takes that row's key, and every queued email the key of the person it goes to.
 """
 
 from __future__ import annotations
@@ -51,9 +56,11 @@ from faceharmony.core.db.models import (
     WaitlistEntry,
     WaitlistState,
 )
+from faceharmony.core.db.sealed import seal_value
 from faceharmony.core.email.queue import enqueue
 from faceharmony.core.jobs import evictions
 from faceharmony.core.jobs.orders import UNSERVABLE_MODEL_STATES
+from faceharmony.core.keys.keyring import keyring
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, invalid, precondition, rate_limited
 from faceharmony.server.logic.locking import locked
@@ -93,12 +100,16 @@ def join_waitlist(app: AppContext, name: str, email: str, is_16_or_older: bool, 
     note = clean_text(note, reason="INVALID_NOTE", what="note", max_len=1000, required=False, multiline=True)
     _require_attestation(is_16_or_older)
     email_hmac = app.hasher.email(email)
+    if _listed(email_hmac):
+        return
+    key_id = keyring.new_key()  # before the transaction (an orphan if it rolls back or a concurrent join won)
     with write_transaction(app.db):
         key_lock(app.db, email_key(email_hmac))
-        if WaitlistEntry.get_or_none(WaitlistEntry.email == email) or Account.get_or_none(Account.email == email):
+        if _listed(email_hmac):
             return
         WaitlistEntry.create(
             id=ids.new_id(),
+            key_id=key_id,
             email=email,
             email_hmac=email_hmac,
             name=name,
@@ -108,17 +119,26 @@ def join_waitlist(app: AppContext, name: str, email: str, is_16_or_older: bool, 
         )
 
 
-def _sign_in_name(app: AppContext, email: str) -> str | None:
-    """The name to greet when this email may receive a sign-in code, else None."""
-    account = Account.get_or_none(Account.email == email)
+def _listed(email_hmac: str) -> bool:
+    """The email already has a waiting-list entry or an account."""
+    return (
+        WaitlistEntry.get_or_none(WaitlistEntry.email_hmac == email_hmac) is not None
+        or Account.get_or_none(Account.email_hmac == email_hmac) is not None
+    )
+
+
+def _sign_in_recipient(app: AppContext, email_hmac: str) -> Account | WaitlistEntry | None:
+    """The account or approved waiting-list entry to greet when this email may receive a sign-in code, else None."""
+    account = Account.get_or_none(Account.email_hmac == email_hmac)
     if account is not None:
         if account.state == AccountState.PURGING or (
             account.state == AccountState.DEACTIVATED and account.purge_after <= app.clock.now()
         ):
             return None
-        return account.name
-    entry = WaitlistEntry.get_or_none(WaitlistEntry.email == email, WaitlistEntry.state == WaitlistState.APPROVED)
-    return entry.name if entry is not None else None
+        return account
+    return WaitlistEntry.get_or_none(
+        WaitlistEntry.email_hmac == email_hmac, WaitlistEntry.state == WaitlistState.APPROVED
+    )
 
 
 def request_sign_in_code(app: AppContext, email: str) -> int:
@@ -128,7 +148,7 @@ def request_sign_in_code(app: AppContext, email: str) -> int:
     with write_transaction(app.db):
         key_lock(app.db, email_key(email_hmac))
         _rate_limit(app, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
-        name = _sign_in_name(app, email)
+        recipient = _sign_in_recipient(app, email_hmac)
         # Every request makes a live code, whether or not the email may sign in: an email that may
         # not gets a code nobody receives, so wrong guesses lock it exactly like a real one and the
         # answers to SignIn reveal nothing about which emails have accounts.
@@ -146,14 +166,14 @@ def request_sign_in_code(app: AppContext, email: str) -> int:
             created_at=now,
             expires_at=now + dt.timedelta(seconds=s.code_ttl_seconds),
         )
-        if name is not None:
-            account = Account.get_or_none(Account.email == email)
+        if recipient is not None:
             enqueue(
                 clock=app.clock,
                 kind="sign_in_code",
                 to=email,
-                name=name,
-                account_id=account.id if account else None,
+                name=recipient.name,
+                key_id=recipient.key_id,
+                account_id=recipient.id if isinstance(recipient, Account) else None,
                 code=code,
                 minutes=str(s.code_ttl_seconds // 60),
             )
@@ -171,9 +191,10 @@ def _new_session(app: AppContext, account: Account) -> SignedIn:
 
 
 def _create_account(
-    app: AppContext, *, email: str, name: str, invited_by: Account | None = None, role: str = "user"
+    app: AppContext, *, email: str, name: str, key_id: str, invited_by: Account | None = None, role: str = "user"
 ) -> Account:
-    """Creates an account; grants the free trial only to an email whose HMAC was never seen (P5)."""
+    """Creates an account sealed with `key_id` (its waiting-list entry's, its invitation's, or a new one);
+    grants the free trial only to an email whose HMAC was never seen (P5)."""
     now = app.clock.now()
     email_hmac = app.hasher.email(email)
     first_time = KnownEmail.get_or_none(KnownEmail.email_hmac == email_hmac) is None
@@ -181,6 +202,7 @@ def _create_account(
         KnownEmail.create(email_hmac=email_hmac, first_seen=now)
     account = Account.create(
         id=ids.new_id(),
+        key_id=key_id,
         email=email,
         email_hmac=email_hmac,
         name=name,
@@ -214,7 +236,7 @@ def sign_in(app: AppContext, email: str, code: str) -> SignedIn:
     with write_transaction(app.db):
         key_lock(app.db, email_key(email_hmac))
         now = app.clock.now()
-        account = Account.get_or_none(Account.email == email)
+        account = Account.get_or_none(Account.email_hmac == email_hmac)
         actor = account.id if account else None
         failures = (
             RateLimitHit.select()
@@ -265,12 +287,12 @@ def sign_in(app: AppContext, email: str, code: str) -> SignedIn:
                 failure = invalid("INVALID_CODE", "the code is wrong or has expired")
             elif account is None:
                 entry = WaitlistEntry.get_or_none(
-                    WaitlistEntry.email == email, WaitlistEntry.state == WaitlistState.APPROVED
+                    WaitlistEntry.email_hmac == email_hmac, WaitlistEntry.state == WaitlistState.APPROVED
                 )
                 if entry is None:
                     failure = invalid("INVALID_CODE", "the code is wrong or has expired")
                 else:
-                    account = _create_account(app, email=email, name=entry.name)
+                    account = _create_account(app, email=email, name=entry.name, key_id=entry.key_id)
                     WaitlistEntry.update(account=account).where(WaitlistEntry.id == entry.id).execute()
             elif account.state == AccountState.PURGING or (
                 account.state == AccountState.DEACTIVATED and account.purge_after <= now
@@ -301,13 +323,15 @@ def accept_invitation(app: AppContext, token: str, is_16_or_older: bool) -> Sign
         invitation = locked(Invitation.select().where(Invitation.id == seen.id), app.db).first()
         if invitation is None:  # its inviter was purged meanwhile
             raise invalid("NOT_INVITED", "the invitation is not valid or has expired")
-        if invitation.accepted_at is not None or Account.get_or_none(Account.email == invitation.email):
+        if invitation.accepted_at is not None or Account.get_or_none(Account.email_hmac == invitation.email_hmac):
             raise precondition("INVITATION_ALREADY_USED", "the invitation was already used; sign in instead")
         if invitation.revoked_at is not None or inviter is None or inviter.state != AccountState.ACTIVE:
             raise precondition(
                 "INVITATION_REVOKED", "the invitation was withdrawn: the account that sent it was deleted"
             )
-        account = _create_account(app, email=invitation.email, name=invitation.name, invited_by=inviter)
+        account = _create_account(
+            app, email=invitation.email, name=invitation.name, key_id=invitation.key_id, invited_by=inviter
+        )
         Invitation.update(accepted_at=now, account=account).where(Invitation.id == invitation.id).execute()
         audit.record(app.clock, audit.INVITATION_ACCEPTED, actor_id=account.id, subject_id=invitation.id)
         signed_in = _new_session(app, account)
@@ -330,9 +354,33 @@ def get_account(app: AppContext, account_id: str) -> Account:
 def update_name(app: AppContext, account_id: str, name: str) -> Account:
     name = clean_name(name)
     with write_transaction(app.db):
-        Account.update(name=name, updated_at=app.clock.now()).where(Account.id == account_id).execute()
+        key_id = Account.select(Account.key_id).where(Account.id == account_id).scalar()
+        sealed_name = seal_value(Account, Account.name_sealed, account_id, key_id, name)
+        Account.update({Account.name_sealed: sealed_name, Account.updated_at: app.clock.now()}).where(
+            Account.id == account_id
+        ).execute()
         audit.record(app.clock, audit.NAME_UPDATED, actor_id=account_id, subject_id=account_id)
     return Account.get_by_id(account_id)
+
+
+def _live_invitations(email_hmac: str, now: dt.datetime):
+    return Invitation.select().where(
+        Invitation.email_hmac == email_hmac,
+        Invitation.accepted_at.is_null(),
+        Invitation.revoked_at.is_null(),
+        Invitation.expires_at > now,
+    )
+
+
+def _invitation_likely(app: AppContext, account_id: str, email_hmac: str) -> bool:
+    """Outside the transaction: the checks of invite_friend that would make it silent or refuse it."""
+    since = app.clock.now() - dt.timedelta(hours=24)
+    used = RateLimitHit.select().where(RateLimitHit.key == "invite:" + account_id, RateLimitHit.at > since).count()
+    return (
+        used < app.settings.invitations_per_day
+        and Account.get_or_none(Account.email_hmac == email_hmac) is None
+        and not _live_invitations(email_hmac, app.clock.now()).exists()
+    )
 
 
 def invite_friend(app: AppContext, account_id: str, email: str, name: str) -> None:
@@ -341,6 +389,9 @@ def invite_friend(app: AppContext, account_id: str, email: str, name: str) -> No
     email = normalize_email(email)
     name = clean_name(name)
     email_hmac = app.hasher.email(email)
+    # The invitee's key, before the transaction, when an invitation is likely to be made (an orphan otherwise,
+    # which the key sweep shreds; made in the transaction only if this guess said no and was wrong).
+    key_id = keyring.new_key() if _invitation_likely(app, account_id, email_hmac) else None
     with write_transaction(app.db):
         key_lock(app.db, email_key(email_hmac))
         now = app.clock.now()
@@ -349,21 +400,17 @@ def invite_friend(app: AppContext, account_id: str, email: str, name: str) -> No
         inviter = locked(Account.select().where(Account.id == account_id), app.db).get()
         if inviter.state != AccountState.ACTIVE:
             raise precondition("ACCOUNT_DEACTIVATED", "the account is deactivated")
-        if Account.get_or_none(Account.email == email):
+        if Account.get_or_none(Account.email_hmac == email_hmac):
             return
-        live = Invitation.select().where(
-            Invitation.email == email,
-            Invitation.accepted_at.is_null(),
-            Invitation.revoked_at.is_null(),
-            Invitation.expires_at > now,
-        )
-        if live.exists():
+        if _live_invitations(email_hmac, now).exists():
             return
         token = ids.new_token()
+        key_id = key_id or keyring.new_key()
         invitation = Invitation.create(
             id=ids.new_id(),
             token_hash=app.hasher.token(token),
             inviter=inviter,
+            key_id=key_id,
             email=email,
             email_hmac=email_hmac,
             name=name,
@@ -375,6 +422,7 @@ def invite_friend(app: AppContext, account_id: str, email: str, name: str) -> No
             kind="invitation",
             to=email,
             name=name,
+            key_id=key_id,
             inviter_name=inviter.name,
             token=token,
             expires=invitation.expires_at.strftime("%Y-%m-%d"),
@@ -387,7 +435,7 @@ def delete_account(app: AppContext, account_id: str, confirm_email: str) -> Acco
     with write_transaction(app.db):
         account = locked(Account.select().where(Account.id == account_id), app.db).get()
         try:
-            confirmed = normalize_email(confirm_email) == account.email
+            confirmed = equal(app.hasher.email(normalize_email(confirm_email)), account.email_hmac)
         except ApiError:
             confirmed = False
         if not confirmed:
@@ -410,6 +458,7 @@ def delete_account(app: AppContext, account_id: str, confirm_email: str) -> Acco
             kind="deletion_scheduled",
             to=account.email,
             name=account.name,
+            key_id=account.key_id,
             account_id=account.id,
             purge_after=purge_after.strftime("%Y-%m-%d %H:%M UTC"),
         )
@@ -430,7 +479,14 @@ def reactivate_account(app: AppContext, account_id: str) -> Account:
         Account.update(state=AccountState.ACTIVE, deleted_at=None, purge_after=None, updated_at=now).where(
             Account.id == account_id
         ).execute()
-        enqueue(clock=app.clock, kind="reactivated", to=account.email, name=account.name, account_id=account.id)
+        enqueue(
+            clock=app.clock,
+            kind="reactivated",
+            to=account.email,
+            name=account.name,
+            key_id=account.key_id,
+            account_id=account.id,
+        )
         audit.record(app.clock, audit.ACCOUNT_REACTIVATED, actor_id=account_id, subject_id=account_id)
         # Its models are servable again (those not deleted on their own): Triton fetches them again on demand.
         evictions.cancel(
@@ -448,11 +504,14 @@ def create_staff(app: AppContext, email: str, name: str, role: str) -> Account:
         raise invalid("INVALID_ROLE", "role must be support or admin")
     email = normalize_email(email)
     name = clean_name(name)
+    email_hmac = app.hasher.email(email)
+    # A staff account is nobody's waiting-list entry or invitation: a key of its own, before the transaction.
+    key_id = None if Account.get_or_none(Account.email_hmac == email_hmac) else keyring.new_key()
     with write_transaction(app.db):
-        key_lock(app.db, email_key(app.hasher.email(email)))
-        account = Account.get_or_none(Account.email == email)
+        key_lock(app.db, email_key(email_hmac))
+        account = Account.get_or_none(Account.email_hmac == email_hmac)
         if account is None:
-            account = _create_account(app, email=email, name=name, role=role)
+            account = _create_account(app, email=email, name=name, role=role, key_id=key_id or keyring.new_key())
         else:
             Account.update(role=role, updated_at=app.clock.now()).where(Account.id == account.id).execute()
         audit.record(app.clock, audit.STAFF_CREATED, subject_id=account.id, role=role)

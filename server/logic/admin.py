@@ -35,8 +35,8 @@ def approve_waitlist_entry(app: AppContext, staff_id: str | None, entry_id: str)
         WaitlistEntry.update(state=WaitlistState.APPROVED, approved_at=now, approved_by=staff_id).where(
             WaitlistEntry.id == entry_id
         ).execute()
-        if Account.get_or_none(Account.email == entry.email) is None:
-            enqueue(clock=app.clock, kind="waitlist_approved", to=entry.email, name=entry.name)
+        if Account.get_or_none(Account.email_hmac == entry.email_hmac) is None:
+            enqueue(clock=app.clock, kind="waitlist_approved", to=entry.email, name=entry.name, key_id=entry.key_id)
         audit.record(app.clock, audit.WAITLIST_APPROVED, actor_id=staff_id, subject_id=entry_id)
     return WaitlistEntry.get_by_id(entry_id)
 

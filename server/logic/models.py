@@ -78,7 +78,7 @@ def create_model(
         with write_transaction(app.db):
             # Serialises this account's creates (the lock order: account, then photos and models), so a concurrent
             # replay of one request_id sees the first model instead of finding its photos taken.
-            locked(Account.select(Account.id).where(Account.id == account_id), app.db).first()
+            account = locked(Account.select(Account.id, Account.key_id).where(Account.id == account_id), app.db).first()
             if request_id:
                 first = UserModel.get_or_none(UserModel.account == account_id, UserModel.request_id == request_id)
                 if first is not None:
@@ -99,6 +99,7 @@ def create_model(
             model = UserModel.create(
                 id=ids.new_id(),
                 account=account_id,
+                key_id=account.key_id,
                 display_name=name,
                 state=ModelState.QUEUED,
                 trigger_token=s.trigger_token,

@@ -62,7 +62,7 @@ def create_order(
 
     with write_transaction(app.db):
         # Serialises this account's orders (PostgreSQL row lock; SQLite's IMMEDIATE transaction already does).
-        locked(Account.select(Account.id).where(Account.id == account_id), app.db).first()
+        account = locked(Account.select(Account.id, Account.key_id).where(Account.id == account_id), app.db).first()
         if request_id:
             first = Order.get_or_none(Order.account == account_id, Order.request_id == request_id)
             if first is not None:
@@ -89,6 +89,7 @@ def create_order(
             request_id,
             now,
             app.settings.order_max_attempts,
+            key_id=account.key_id,
         )
         audit.record(
             app.clock,

@@ -70,7 +70,7 @@ def record_upload(
     now = app.clock.now()
     try:
         with write_transaction(app.db):
-            locked(Account.select(Account.id).where(Account.id == account_id), app.db).first()
+            account = locked(Account.select(Account.id, Account.key_id).where(Account.id == account_id), app.db).first()
             first = existing_upload(app, account_id, request_id)
             if first is not None:  # a replay that finished first: its photo (our blob is an orphan, swept later)
                 return first
@@ -78,6 +78,7 @@ def record_upload(
             return Photo.create(
                 id=ids.new_id(),
                 account=account_id,
+                key_id=account.key_id,  # the key the blob was sealed with (the account's)
                 blob_id=blob_id,
                 width=image.width,
                 height=image.height,

@@ -1,4 +1,6 @@
-"""Support tickets (P18): users open and add to their own tickets; staff read any and reply."""
+"""Support tickets (P18): users open and add to their own tickets; staff read any and reply.
+
+A ticket and all its messages, staff replies included, are sealed with the key of the ticket's account."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import peewee as pw
 from faceharmony.core import ids
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Ticket, TicketMessage, TicketState
+from faceharmony.core.db.models import Account, Ticket, TicketMessage, TicketState
 from faceharmony.server.context import AppContext, Principal
 from faceharmony.server.errors import denied, not_found, precondition
 from faceharmony.server.logic.locking import locked
@@ -42,7 +44,16 @@ def messages(ticket: Ticket) -> list[TicketMessage]:
 def _add_message(ticket: Ticket, author: str, body: str, now, staff: str | None = None) -> None:
     """Appends a message; the caller holds the ticket's row lock (or SQLite's write lock)."""
     seq = TicketMessage.select().where(TicketMessage.ticket == ticket.id).count()
-    TicketMessage.create(id=ids.new_id(), ticket=ticket, seq=seq, author=author, staff=staff, body=body, created_at=now)
+    TicketMessage.create(
+        id=ids.new_id(),
+        ticket=ticket,
+        key_id=ticket.key_id,
+        seq=seq,
+        author=author,
+        staff=staff,
+        body=body,
+        created_at=now,
+    )
 
 
 def create_ticket(app: AppContext, account_id: str, subject: str, body: str, request_id: str):
@@ -58,6 +69,7 @@ def create_ticket(app: AppContext, account_id: str, subject: str, body: str, req
                 ticket = Ticket.create(
                     id=ids.new_id(),
                     account=account_id,
+                    key_id=Account.select(Account.key_id).where(Account.id == account_id).scalar(),
                     subject=subject,
                     request_id=request_id,
                     created_at=now,

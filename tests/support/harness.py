@@ -93,6 +93,10 @@ class Harness:
     def db(self):
         return self.api.app.db
 
+    def email_hmac(self, address: str) -> str:
+        """The keyed HMAC the server looks emails up by (the email columns are sealed)."""
+        return self.api.app.hasher.email(address.strip().lower())
+
     def call_in_loop(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
 
