@@ -18,6 +18,7 @@ from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email import queue, templates
 from faceharmony.core.email.transports import EmailTransportError, OutboxTransport, SmtpTransport
+from faceharmony.core.keys.keyring import keyring
 from faceharmony.core.settings import Settings
 from faceharmony.v1 import account_pb2 as a
 from tests.support.harness import start_harness
@@ -122,7 +123,7 @@ def test_failed_sends_are_retried_with_backoff_then_given_up(tmp_path):
     migrate(db)
     clock = ManualClock()
     with db.atomic():
-        queue.enqueue(clock=clock, kind="reactivated", to="r@example.com", name="R")
+        queue.enqueue(clock=clock, kind="reactivated", to="r@example.com", name="R", key_id=keyring.new_key())
     flaky = Flaky(failures=2)
     assert queue.deliver_due(db, flaky, clock, "from@example.com") == 0
     assert queue.deliver_due(db, flaky, clock, "from@example.com") == 0  # backing off: not due yet
@@ -133,7 +134,7 @@ def test_failed_sends_are_retried_with_backoff_then_given_up(tmp_path):
     assert len(flaky.sent) == 1 and m.EmailQueue.select().count() == 0
 
     with db.atomic():
-        queue.enqueue(clock=clock, kind="reactivated", to="never@example.com", name="N")
+        queue.enqueue(clock=clock, kind="reactivated", to="never@example.com", name="N", key_id=keyring.new_key())
     dead = Flaky(failures=10**6)
     for _ in range(queue.MAX_ATTEMPTS):
         queue.deliver_due(db, dead, clock, "from@example.com")
@@ -158,7 +159,7 @@ def test_two_deliverers_never_send_the_same_email_twice(tmp_path):
     clock = ManualClock()
     with db.atomic():
         for i in range(40):
-            queue.enqueue(clock=clock, kind="reactivated", to=f"u{i}@example.com", name="U")
+            queue.enqueue(clock=clock, kind="reactivated", to=f"u{i}@example.com", name="U", key_id=keyring.new_key())
     sink = Flaky(failures=0)
 
     def worker():

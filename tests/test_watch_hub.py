@@ -19,6 +19,7 @@ def queued_model(h, user) -> str:
             return m.UserModel.create(
                 id=ids.new_id(),
                 account=user.account_id,
+                key_id=m.Account.get_by_id(user.account_id).key_id,
                 display_name="Me",
                 state="queued",
                 trigger_token="sks",
