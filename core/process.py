@@ -67,11 +67,15 @@ class Entry:
             callback(self._signum)
 
     def require_migrated(self, db: pw.Database, *, apply: bool = False) -> None:
-        """Applies the pending migrations when `apply` (FACEHARMONY_AUTO_MIGRATE), else refuses to run on them."""
+        """Applies the pending migrations when `apply` (FACEHARMONY_AUTO_MIGRATE), then seals the blobs an older
+        version left plain (core/blobstore/reseal.py); else refuses to run on pending migrations."""
         from faceharmony.core.db.migrate import migrate, pending
 
         if apply:
+            from faceharmony.core.blobstore.reseal import reseal_legacy_blobs
+
             migrate(db)
+            reseal_legacy_blobs(db, self.settings)
         elif pending(db):
             raise Refused(MIGRATE_HINT)
 

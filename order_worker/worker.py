@@ -9,6 +9,9 @@ Triton's dynamic batcher sees requests of many orders and users together and ser
 denoising loop. Per image: the worker checks the model may still be served (not pending deletion, the
 account active: P13, P17), asks Triton, encodes the PNG and a small JPEG preview, stores both with the
 order-processor role, and records the photo in one transaction fenced by its lease (`core/jobs/orders.py`).
+Both are sealed with the order's data key (the owner's: core/blobstore/base.py) before they reach the store; the
+worker tells Triton the adapter's blob id and the data key id it was sealed with (ADAPTER_KEY_ID), and Triton
+opens it with its own keyring. The worker opens the process's keyring at start-up (install_keyring).
 
 Failure handling:
 * Triton unreachable or overloaded: the image is retried with capped exponential backoff for as long as
@@ -47,6 +50,8 @@ from faceharmony.core.db.models import JobState, ModelVersion, Order, OrderImage
 from faceharmony.core.jobs import evictions, styles
 from faceharmony.core.jobs.orders import OrderQueue, unservable_reason
 from faceharmony.core.jobs.queue import Claim, default_worker_id
+from faceharmony.core.keys.errors import KeyShredded, KeysUnavailable
+from faceharmony.core.keys.keyring import Keyring
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.order_worker")
@@ -135,6 +140,7 @@ class TritonImages:
         self,
         *,
         adapter_blob_id: str,
+        adapter_key_id: str,
         key: str,
         prompt: str,
         negative: str,
@@ -148,6 +154,7 @@ class TritonImages:
             self._input("PROMPT", prompt.encode(), "BYTES"),
             self._input("NEGATIVE_PROMPT", negative.encode(), "BYTES"),
             self._input("ADAPTER_BLOB_ID", adapter_blob_id.encode(), "BYTES"),
+            self._input("ADAPTER_KEY_ID", adapter_key_id.encode(), "BYTES"),
             self._input("MODEL_VERSION_KEY", key.encode(), "BYTES"),
             self._input("SEED", seed, "INT64"),
             self._input("STEPS", steps, "INT32"),
@@ -195,17 +202,22 @@ class OrderWorker:
         db: pw.Database | None = None,
         triton: TritonImages | None = None,
         replicas: Sequence[str] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
+        """`keyring`: default, the configured one, opened, checked and made the process's (KekMissing or
+        KeysUnavailable when it is not usable)."""
         from faceharmony.core.blobstore.factory import open_blob_store
+        from faceharmony.core.keys.factory import install_keyring
 
         self.settings = settings
+        self.keyring = keyring or install_keyring(settings)
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.db = db or open_database(
             settings.resolved_database_url, pool_size=settings.order_worker_inflight + settings.order_worker_orders + 2
         )
         self.queue = OrderQueue(self.db, self.clock, settings.order_lease_seconds)
-        self.store = store or open_blob_store(settings, Role.ORDER)
+        self.store = store or open_blob_store(settings, Role.ORDER, self.keyring)
         self.triton = triton or TritonImages(
             settings.triton_url, settings.triton_model, settings.triton_timeout_seconds
         )
@@ -318,14 +330,15 @@ class OrderWorker:
 
     def process(self, claim: Claim) -> None:
         lost = self._lost(claim)
-        account_id, work = self._db(self._plan, claim)
-        futures = [self._images.submit(self._make_image, claim, account_id, lost, *item) for item in work]
+        account_id, key_id, work = self._db(self._plan, claim)
+        futures = [self._images.submit(self._make_image, claim, account_id, key_id, lost, *item) for item in work]
         for future in concurrent.futures.as_completed(futures):
             future.result()
         self._db(self._conclude, claim, lost)
 
-    def _plan(self, claim: Claim) -> tuple[str, list[tuple]]:
-        """The images still to make; fails at once those of models that may no longer be served."""
+    def _plan(self, claim: Claim) -> tuple[str, str, list[tuple]]:
+        """(the order's account and data key, the images still to make); fails at once those of models that may
+        no longer be served."""
         order = Order.get_by_id(claim.job_id)
         style = styles.get(order.style_id)
         slots = self.queue.pending_slots(claim)
@@ -348,9 +361,16 @@ class OrderWorker:
             prompt = style.prompt_for(model.trigger_token)
             for slot in group:
                 work.append(
-                    (slot, adapter.adapter_blob_id, model_key(model_id, version), prompt, style.negative_prompt)
+                    (
+                        slot,
+                        adapter.adapter_blob_id,
+                        adapter.key_id,
+                        model_key(model_id, version),
+                        prompt,
+                        style.negative_prompt,
+                    )
                 )
-        return order.account_id, work
+        return order.account_id, order.key_id, work
 
     def _conclude(self, claim: Claim, lost: threading.Event) -> None:
         if self.shutting_down.is_set() and self.queue.pending_slots(claim):
@@ -368,9 +388,11 @@ class OrderWorker:
         self,
         claim: Claim,
         account_id: str,
+        key_id: str,
         lost: threading.Event,
         slot: OrderImage,
         adapter_blob_id: str,
+        adapter_key_id: str,
         key: str,
         prompt: str,
         negative: str,
@@ -393,6 +415,7 @@ class OrderWorker:
                     asked = True
                     pixels = self.triton.generate(
                         adapter_blob_id=adapter_blob_id,
+                        adapter_key_id=adapter_key_id,
                         key=key,
                         prompt=prompt,
                         negative=negative,
@@ -406,8 +429,8 @@ class OrderWorker:
                 png, jpeg, width, height = made
                 if stored is None:
                     stored = (
-                        self.store.create("generated", png, "image/png"),
-                        self.store.create("generated", jpeg, "image/jpeg"),
+                        self.store.create("generated", png, "image/png", key_id=key_id),
+                        self.store.create("generated", jpeg, "image/jpeg", key_id=key_id),
                     )
                 if not self._db(self.queue.record_image, claim, slot, *stored, "image/png", len(png), width, height):
                     log.info(
@@ -417,13 +440,16 @@ class OrderWorker:
                     if self._db(unservable_reason, account_id, slot.model_id) is not None:
                         self._evict_again(slot)
                 return
+            except KeyShredded:  # the owner is being purged: nothing of theirs is made any more
+                self._db(self.queue.fail_image, claim, [slot.id], "MODEL_DELETED")
+                return
             except TritonRejected as exc:
                 log.warning(
                     "image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason}
                 )
                 self._db(self.queue.fail_image, claim, [slot.id], exc.reason)
                 return
-            except (TritonRetryable, BlobError, pw.DatabaseError) as exc:
+            except (TritonRetryable, BlobError, KeysUnavailable, pw.DatabaseError) as exc:
                 status = exc.status if isinstance(exc, TritonRetryable) else type(exc).__name__
                 internal_tries += status in ("INTERNAL", "UNKNOWN")
                 if internal_tries >= MAX_INTERNAL_TRIES:

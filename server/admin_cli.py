@@ -16,12 +16,14 @@ import sys
 from collections.abc import Sequence
 
 from faceharmony.core import process
+from faceharmony.core.blobstore.reseal import reseal_legacy_blobs
 from faceharmony.core.clock import SystemClock
 from faceharmony.core.crypto import Hasher
 from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import make_transport
+from faceharmony.core.keys.factory import install_keyring
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError
 from faceharmony.server.logic import accounts, admin
@@ -60,6 +62,7 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
         build_tiny_pipeline(out, seed=args.seed)
         print(f"tiny base pipeline written to {out}")
         return 0
+    install_keyring(settings)  # the sealed columns (and migration 0008) need the data keys
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     clock = SystemClock()
     app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()))
@@ -67,6 +70,9 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
         if args.command == "migrate":
             applied = migrate(db)
             print("applied: " + ", ".join(applied) if applied else "nothing to apply")
+            resealed = sum(reseal_legacy_blobs(db, settings).values())  # the blobs an older version left plain
+            if resealed:
+                print(f"sealed {resealed} blobs left plain by an older version")
             return 0
         entry.require_migrated(db)
         if args.command == "create-staff":

@@ -1,4 +1,4 @@
-"""The blob-store contract, run against both backends (local folder, GCS through its emulator): random ids, create-only, the storage-role table enforced, atomic private files locally, and the orphan sweep."""
+"""The blob-store contract, run against both backends (local folder, GCS through its emulator): random ids, create-only, the storage-role table enforced, content sealed with the owner's key, atomic private files locally, and the orphan sweep."""
 
 from __future__ import annotations
 
@@ -11,29 +11,41 @@ import pytest
 from faceharmony.core.blobstore.base import KINDS, PERMISSIONS, BlobNotFound, BlobPermissionError, Op, Role
 from faceharmony.core.blobstore.gcs import GcsBlobStore
 from faceharmony.core.blobstore.local import LocalBlobStore
+from faceharmony.core.keys.errors import CiphertextInvalid
+from tests.support.keyrings import make_keyring
+
+
+@pytest.fixture
+def kr(tmp_path):
+    return make_keyring(tmp_path / "keys")
+
+
+@pytest.fixture
+def key(kr):
+    return kr.new_key()
 
 
 @pytest.fixture(params=["local", "gcs"])
-def open_store(request, tmp_path):
-    """open_store(role) -> a store of the chosen backend; all roles share one root/bucket."""
+def open_store(request, tmp_path, kr):
+    """open_store(role) -> a store of the chosen backend; all roles share one root/bucket and one keyring."""
     if request.param == "local":
-        return lambda role: LocalBlobStore(tmp_path / "blobs", role)
+        return lambda role: LocalBlobStore(tmp_path / "blobs", role, kr)
     emulator = request.getfixturevalue("gcs_emulator")
     bucket = emulator.new_bucket()
     client = emulator.client()
-    return lambda role: GcsBlobStore(client, bucket, role)
+    return lambda role: GcsBlobStore(client, bucket, role, kr)
 
 
-def test_roles_can_do_exactly_what_the_table_says(open_store):
+def test_roles_can_do_exactly_what_the_table_says(open_store, key):
     stores = {role: open_store(role) for role in Role}
     seeded = {kind: next(r for r in Role if Op.CREATE in PERMISSIONS[r].get(kind, ())) for kind in KINDS}
     for kind in KINDS:
-        blob_id = stores[seeded[kind]].create(kind, b"seed-" + kind.encode())
+        blob_id = stores[seeded[kind]].create(kind, b"seed-" + kind.encode(), key_id=key)
         for role, store in stores.items():
             allowed = PERMISSIONS[role].get(kind, frozenset())
             attempts = {
-                Op.CREATE: lambda store=store, kind=kind: store.create(kind, b"x"),
-                Op.READ: lambda store=store, kind=kind, blob_id=blob_id: store.read(kind, blob_id),
+                Op.CREATE: lambda store=store, kind=kind: store.create(kind, b"x", key_id=key),
+                Op.READ: lambda store=store, kind=kind, blob_id=blob_id: store.read(kind, blob_id, key_id=key),
                 Op.LIST: lambda store=store, kind=kind: list(store.list(kind)),
             }
             for op, attempt in attempts.items():
@@ -50,57 +62,72 @@ def test_roles_can_do_exactly_what_the_table_says(open_store):
     assert PERMISSIONS[Role.TRAINER] == {"photos": {Op.READ}, "models": {Op.CREATE}}
     assert PERMISSIONS[Role.ORDER] == {"models": {Op.READ}, "generated": {Op.CREATE}}
     assert all(PERMISSIONS[Role.RETENTION][k] == {Op.DELETE, Op.LIST} for k in KINDS)
+    assert all(PERMISSIONS[Role.MIGRATION][k] == {Op.READ, Op.CREATE, Op.DELETE} for k in KINDS)
+    for role in Role:  # only the migration role reseals
+        if role is not Role.MIGRATION:
+            with pytest.raises(BlobPermissionError):
+                stores[role].reseal("photos", blob_id, key_id=key)
 
 
-def test_create_read_delete_round_trip(open_store):
+def test_create_read_delete_round_trip(open_store, key):
     api, trainer, retention = open_store(Role.API), open_store(Role.TRAINER), open_store(Role.RETENTION)
     payload = os.urandom(200_000)
-    blob_id = api.create("photos", payload, "image/jpeg")
+    blob_id = api.create("photos", payload, "image/jpeg", key_id=key)
     assert len(blob_id) == 32 and int(blob_id, 16) >= 0
-    assert trainer.read("photos", blob_id) == payload
+    assert trainer.read("photos", blob_id, key_id=key) == payload
     listed = {info.blob_id: info for info in retention.list("photos")}
-    assert listed[blob_id].size == len(payload)
+    assert listed[blob_id].size == len(payload) + 32  # sealed: magic, nonce and tag around the content
     assert abs(listed[blob_id].created - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
     assert retention.delete("photos", blob_id) is True
     assert retention.delete("photos", blob_id) is False  # idempotent
     with pytest.raises(BlobNotFound):
-        trainer.read("photos", blob_id)
+        trainer.read("photos", blob_id, key_id=key)
 
 
-def test_ids_are_random_and_never_chosen_by_callers(open_store):
+def test_ids_are_random_and_never_chosen_by_callers(open_store, key):
     api, trainer = open_store(Role.API), open_store(Role.TRAINER)
-    made = {api.create("photos", b"p") for _ in range(20)}
+    made = {api.create("photos", b"p", key_id=key) for _ in range(20)}
     assert len(made) == 20
     for bad in ("../secret", "photos/x", "", "A" * 32):
         with pytest.raises(ValueError):
-            trainer.read("photos", bad)
+            trainer.read("photos", bad, key_id=key)
     with pytest.raises(ValueError):
-        api.create("elsewhere", b"x")
+        api.create("elsewhere", b"x", key_id=key)
+    for bad_key in ("", "../k", "A" * 32):
+        with pytest.raises(ValueError):
+            api.create("photos", b"x", key_id=bad_key)
 
 
-def test_local_files_are_private_and_written_atomically(tmp_path):
-    store = LocalBlobStore(tmp_path / "blobs", Role.API)
-    blob_id = store.create("photos", b"data")
+def test_a_blob_opens_only_with_its_owners_key(open_store, kr, key):
+    api, trainer = open_store(Role.API), open_store(Role.TRAINER)
+    blob_id = api.create("photos", b"\xff\xd8 a photo", "image/jpeg", key_id=key)
+    with pytest.raises(CiphertextInvalid):
+        trainer.read("photos", blob_id, key_id=kr.new_key())
+
+
+def test_local_files_are_private_and_written_atomically(tmp_path, kr, key):
+    store = LocalBlobStore(tmp_path / "blobs", Role.API, kr)
+    blob_id = store.create("photos", b"data", key_id=key)
     path = tmp_path / "blobs" / "photos" / blob_id
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert sorted(os.listdir(path.parent)) == [blob_id]  # no temporary file left
 
 
-def test_local_write_failure_leaves_nothing(tmp_path, monkeypatch):
+def test_local_write_failure_leaves_nothing(tmp_path, monkeypatch, kr, key):
     import errno
 
     from faceharmony.core.blobstore.base import BlobError
 
-    store = LocalBlobStore(tmp_path / "blobs", Role.API)
-    store.create("photos", b"warm-up")
+    store = LocalBlobStore(tmp_path / "blobs", Role.API, kr)
+    store.create("photos", b"warm-up", key_id=key)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "link", disk_full)
     with pytest.raises(BlobError):
-        store.create("photos", b"x" * 1000)
+        store.create("photos", b"x" * 1000, key_id=key)
     assert len(os.listdir(tmp_path / "blobs" / "photos")) == 1  # only the warm-up blob: no partial file
 
 

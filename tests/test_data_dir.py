@@ -22,6 +22,7 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
 from faceharmony.core.email.transports import OutboxTransport, build_message
+from faceharmony.core.keys.factory import install_keyring
 from faceharmony.core.settings import Settings
 from tests.support.modes import loose, modes
 
@@ -44,8 +45,12 @@ def test_everything_written_in_the_data_folder_is_private(tmp_path, umask):
     try:
         migrate(db)
         m.WaitlistEntry.select().count()  # the database in use: -wal and -shm exist while it is open
-        LocalBlobStore(settings.blob_dir, Role.API).create("photos", b"\xff\xd8 not really a photo")
-        LocalBlobStore(settings.blob_dir, Role.TRAINER).create("models", b"adapter bytes")
+        keyring = install_keyring(settings)  # the KEK and the key store, in the data folder
+        key_id = keyring.new_key()
+        LocalBlobStore(settings.blob_dir, Role.API, keyring).create(
+            "photos", b"\xff\xd8 not really a photo", key_id=key_id
+        )
+        LocalBlobStore(settings.blob_dir, Role.TRAINER, keyring).create("models", b"adapter bytes", key_id=key_id)
         OutboxTransport(settings.outbox_dir).send(
             build_message(
                 sender="a@faceharmony.invalid", to="ada@example.com", subject="code", body="123456", message_id="m1"

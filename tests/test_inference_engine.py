@@ -39,6 +39,7 @@ from faceharmony.core.diffusion.multi_lora import (
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.trainer.lora import TrainingSettings, load_adapter_bytes, train_lora
 from tests.support import images
+from tests.support.keyrings import make_keyring
 
 pytestmark = pytest.mark.torch  # LoRA training and generation with torch on the CPU
 
@@ -365,17 +366,28 @@ class _SlowStore:
         self.inner, self.role, self.delay, self.reads = inner, inner.role, delay, 0
         self._lock = threading.Lock()
 
-    def read(self, kind: str, blob_id: str) -> bytes:
+    def read(self, kind: str, blob_id: str, *, key_id: str) -> bytes:
         with self._lock:
             self.reads += 1
         time.sleep(self.delay)
-        return self.inner.read(kind, blob_id)
+        return self.inner.read(kind, blob_id, key_id=key_id)
+
+
+class _Writer:
+    """The trainer-role store, every adapter sealed with one person's key (`key`)."""
+
+    def __init__(self, inner: LocalBlobStore, key: str) -> None:
+        self.inner, self.role, self.key = inner, inner.role, key
+
+    def create(self, kind: str, data: bytes) -> str:
+        return self.inner.create(kind, data, key_id=self.key)
 
 
 @pytest.fixture
 def stores(tmp_path):
-    writer = LocalBlobStore(tmp_path / "blobs", Role.TRAINER)
-    reader = LocalBlobStore(tmp_path / "blobs", Role.ORDER)
+    kr = make_keyring(tmp_path / "keys")
+    writer = _Writer(LocalBlobStore(tmp_path / "blobs", Role.TRAINER, kr), kr.new_key())
+    reader = LocalBlobStore(tmp_path / "blobs", Role.ORDER, kr)
     return writer, reader
 
 
@@ -386,23 +398,23 @@ def test_cache_lru_by_bytes_hits_and_reload(stores, adapter_bytes, base, engine)
     assert sizes[1] == 2 * sizes[0] == 4 * sizes[2]
     cache = AdapterCache(reader, max_bytes=sizes[0] + sizes[1] + 1, base_fingerprint=base.fingerprint)
 
-    a = cache.get("m0", ids[0])
-    assert cache.get("m0", ids[0]) is a  # hit: the same parsed dict
-    cache.get("m2", ids[2])
-    cache.get("m0", ids[0])  # m0, inserted first, is now the most recently used
+    a = cache.get("m0", ids[0], writer.key)
+    assert cache.get("m0", ids[0], writer.key) is a  # hit: the same parsed dict
+    cache.get("m2", ids[2], writer.key)
+    cache.get("m0", ids[0], writer.key)  # m0, inserted first, is now the most recently used
     assert cache.keys() == ["m2", "m0"]
     s = cache.stats
     assert (s.hits, s.misses, s.evictions, s.entries, s.bytes) == (2, 2, 0, 2, sizes[0] + sizes[2])
 
-    cache.get("m1", ids[1])  # rank 8 needs room: only the least recently used one (m2) goes
+    cache.get("m1", ids[1], writer.key)  # rank 8 needs room: only the least recently used one (m2) goes
     assert cache.keys() == ["m0", "m1"] and cache.stats.evictions == 1 and cache.stats.bytes == sizes[0] + sizes[1]
-    cache.get("m2", ids[2])  # an evicted key reloads (a miss) and pushes out the LRU one (m0)
+    cache.get("m2", ids[2], writer.key)  # an evicted key reloads (a miss) and pushes out the LRU one (m0)
     assert cache.keys() == ["m1", "m2"]
     assert (cache.stats.misses, cache.stats.evictions) == (4, 2)
 
     # the parsed adapter is the trainer's state dict and drives the engine
     trainer_dict = load_adapter_bytes(adapter_bytes[0])
-    reloaded = cache.get("m0", ids[0])
+    reloaded = cache.get("m0", ids[0], writer.key)
     assert reloaded.keys() == trainer_dict.keys() and all(
         torch.equal(reloaded[k], trainer_dict[k]) for k in trainer_dict
     )
@@ -418,14 +430,14 @@ def test_cache_evict_and_reload(stores, adapter_bytes):
     store = _SlowStore(reader)
     blob = writer.create("models", adapter_bytes[0])
     cache = AdapterCache(store, max_bytes=10**9)
-    first = cache.get("k", blob)
+    first = cache.get("k", blob, writer.key)
     assert cache.evict("k") and not cache.evict("k") and "k" not in cache
-    again = cache.get("k", blob)
+    again = cache.get("k", blob, writer.key)
     assert again is not first and all(torch.equal(again[k], first[k]) for k in first)
     assert store.reads == 2 and cache.stats.misses == 2 and cache.stats.hits == 0
     # a new blob for the same model version replaces the entry
     blob2 = writer.create("models", adapter_bytes[2])
-    assert cache.get("k", blob2).keys() == parse_adapter_bytes(adapter_bytes[2]).keys()
+    assert cache.get("k", blob2, writer.key).keys() == parse_adapter_bytes(adapter_bytes[2]).keys()
     assert len(cache) == 1
 
 
@@ -449,14 +461,14 @@ def test_cache_rejects_corrupt_bytes(stores, adapter_bytes, base):
     for name, data in bad.items():
         blob = writer.create("models", data)
         with pytest.raises(AdapterCorrupt):
-            cache.get(name, blob)
+            cache.get(name, blob, writer.key)
         assert name not in cache
     with pytest.raises(AdapterNotFound):
-        cache.get("gone", "0" * 32)
+        cache.get("gone", "0" * 32, writer.key)
     # trained on another base: refused when the cache knows its base
     strict = AdapterCache(reader, max_bytes=10**9, base_fingerprint="0" * 64)
     with pytest.raises(AdapterMismatchedBase):
-        strict.get("m", writer.create("models", good))
+        strict.get("m", writer.create("models", good), writer.key)
     with pytest.raises(ValueError):
         AdapterCache(writer, max_bytes=10**9)  # the trainer role may not read models/
 
@@ -467,7 +479,7 @@ def test_cache_is_thread_safe_and_fetches_once(stores, adapter_bytes):
     blob = writer.create("models", adapter_bytes[1])
     cache = AdapterCache(store, max_bytes=10**9)
     got: list = []
-    threads = [threading.Thread(target=lambda: got.append(cache.get("k", blob))) for _ in range(8)]
+    threads = [threading.Thread(target=lambda: got.append(cache.get("k", blob, writer.key))) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -487,8 +499,8 @@ def test_cache_keeps_adapters_prepared_for_the_engine(stores, adapter_bytes, eng
         return engine.prepare_adapter(tensors)
 
     cache = AdapterCache(reader, max_bytes=10**9, prepare=prepare)
-    first = cache.get("m", blob)
-    assert isinstance(first, LoRAWeights) and cache.get("m", blob) is first and len(calls) == 1
+    first = cache.get("m", blob, writer.key)
+    assert isinstance(first, LoRAWeights) and cache.get("m", blob, writer.key) is first and len(calls) == 1
     assert cache.stats.bytes == tensor_bytes(parse_adapter_bytes(adapter_bytes[0]))
     req = dict(prompt="a photo of sks person", seed=3, steps=2)
     cached, fresh = engine.generate(
@@ -503,5 +515,29 @@ def test_cache_keeps_adapters_prepared_for_the_engine(stores, adapter_bytes, eng
     alien = {"unet.x.to_q.lora.down.weight": torch.zeros(4, 8), "unet.x.to_q.lora.up.weight": torch.zeros(8, 4)}
     other = writer.create("models", safetensors.torch.save(alien))
     with pytest.raises(AdapterMismatchedBase, match="does not fit the base"):
-        cache.get("x", other)
+        cache.get("x", other, writer.key)
     assert "x" not in cache
+
+
+def test_cache_opens_adapters_with_their_owners_key_only(tmp_path, adapter_bytes):
+    """An adapter is sealed with its owner's data key: another key does not open it (refused as corrupt, even
+    when the blob is cached under that model version), and once the key is shredded it is gone."""
+    kr = make_keyring(tmp_path / "keys")
+    owner, other = kr.new_key(), kr.new_key()
+    writer = LocalBlobStore(tmp_path / "blobs", Role.TRAINER, kr)
+    store = _SlowStore(LocalBlobStore(tmp_path / "blobs", Role.ORDER, kr))
+    blob = writer.create("models", adapter_bytes[0], key_id=owner)
+    cache = AdapterCache(store, max_bytes=10**9)
+    with pytest.raises(AdapterCorrupt, match="does not open"):
+        cache.get("m", blob, other)
+    assert "m" not in cache
+    first = cache.get("m", blob, owner)
+    with pytest.raises(AdapterCorrupt):  # a cached entry is a hit only for the key it was opened with
+        cache.get("m", blob, other)
+    assert "m" in cache and store.reads == 3  # the owner's entry stays; the other key's fetch failed
+    assert cache.get("m", blob, owner) is first and store.reads == 3
+    cache.evict("m")
+    kr.shred(owner)
+    with pytest.raises(AdapterNotFound, match="shredded"):
+        cache.get("m", blob, owner)
+    assert first.keys() == parse_adapter_bytes(adapter_bytes[0]).keys()

@@ -54,6 +54,7 @@ from faceharmony.v1 import account_pb2 as a  # noqa: E402
 from faceharmony.v1 import model_pb2 as mp  # noqa: E402
 from faceharmony.v1 import order_pb2 as o  # noqa: E402
 from tests.support.harness import start_harness  # noqa: E402
+from tests.support.keyrings import make_keyring  # noqa: E402
 from tests.support.orders import balance, order, ready_model  # noqa: E402
 from tests.support.wait import wait_for  # noqa: E402
 
@@ -86,7 +87,9 @@ def base(data_dir):
 
 @pytest.fixture(scope="module")
 def adapters(data_dir, base) -> list[tuple[str, bytes]]:
-    return list(train_tiny_adapters(base, LocalBlobStore(data_dir / "blobs", Role.TRAINER), ranks=(4, 8, 4)).items())
+    keyring = make_keyring(data_dir / "keys")  # the data folder's: the server's, the worker's and Triton's
+    store = LocalBlobStore(data_dir / "blobs", Role.TRAINER, keyring)
+    return list(train_tiny_adapters(base, store, ranks=(4, 8, 4), key_id=keyring.new_key()).items())
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +133,11 @@ class RunningWorker:
         assert not self.thread.is_alive()
 
 
-def copy_of(h, adapter: tuple[str, bytes]) -> str:
-    """The adapter stored again under a new blob id (each model version owns its blob)."""
-    return LocalBlobStore(h.settings.blob_dir, Role.TRAINER).create("models", adapter[1])
+def copy_of(h, adapter: tuple[str, bytes], user) -> str:
+    """The adapter stored again under a new blob id, sealed with `user`'s key (each model version owns its blob,
+    sealed with its owner's key, as the trainer stores it)."""
+    key_id = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    return LocalBlobStore(h.settings.blob_dir, Role.TRAINER).create("models", adapter[1], key_id=key_id)
 
 
 def get(h, user, order_id) -> o.Order:
@@ -189,7 +194,8 @@ def download(h, user, photo_id) -> bytes:
 def test_two_users_at_once_get_their_own_models_in_shared_batches(h, triton, adapters, base):
     (blob_a, bytes_a), (blob_b, bytes_b), _ = adapters
     ada, bob = h.sign_up("ada-orders@example.com"), h.sign_up("bob-orders@example.com")
-    model_a, model_b = ready_model(h, ada, blob_a), ready_model(h, bob, blob_b)
+    model_a = ready_model(h, ada, copy_of(h, (blob_a, bytes_a), ada))
+    model_b = ready_model(h, bob, copy_of(h, (blob_b, bytes_b), bob))
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     before = batch_sizes(client)
     order_a = order(h, ada, [model_a], count=4, style_id="studio")
@@ -270,7 +276,7 @@ def worker_env(h) -> dict[str, str]:
 
 def test_a_worker_killed_mid_order_is_completed_by_another_exactly_once(h, adapters, tmp_path):
     user = h.sign_up("killed-order@example.com")
-    model = ready_model(h, user, copy_of(h, adapters[2]))
+    model = ready_model(h, user, copy_of(h, adapters[2], user))
     placed = order(h, user, [model], count=8)
     log = open(tmp_path / "worker.log", "wb")
     proc = subprocess.Popen([str(BIN / "faceharmony-order-worker")], env=worker_env(h), stdout=log, stderr=log)
@@ -351,7 +357,7 @@ class Proxy:
 
 def test_triton_unavailable_the_worker_waits_then_completes(h, adapters):
     user = h.sign_up("triton-down@example.com")
-    placed = order(h, user, [ready_model(h, user, copy_of(h, adapters[0]))], count=2)
+    placed = order(h, user, [ready_model(h, user, copy_of(h, adapters[0], user))], count=2)
     proxy = Proxy(h.settings.triton_url)
     try:
         with RunningWorker(h, triton_url=f"127.0.0.1:{proxy.port}"):
@@ -374,7 +380,10 @@ def test_triton_unavailable_the_worker_waits_then_completes(h, adapters):
 
 def test_a_model_deleted_mid_order_stops_its_images_and_is_evicted(h, adapters):
     user = h.sign_up("delete-mid@example.com")
-    keep, drop = ready_model(h, user, copy_of(h, adapters[0])), ready_model(h, user, copy_of(h, adapters[1]))
+    keep, drop = (
+        ready_model(h, user, copy_of(h, adapters[0], user)),
+        ready_model(h, user, copy_of(h, adapters[1], user)),
+    )
     warm = order(h, user, [drop], count=1)  # puts the model's adapter into Triton's cache
     with RunningWorker(h):
         assert wait_final(h, user, warm.id).state == o.ORDER_STATE_COMPLETED
@@ -402,7 +411,7 @@ def test_a_model_deleted_mid_order_stops_its_images_and_is_evicted(h, adapters):
 
 def test_a_deactivated_accounts_order_is_not_served_and_refunded(h, adapters):
     user = h.sign_up("leaving@example.com")
-    placed = order(h, user, [ready_model(h, user, copy_of(h, adapters[0]))], count=3)
+    placed = order(h, user, [ready_model(h, user, copy_of(h, adapters[0], user))], count=3)
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
     with RunningWorker(h):
         wait_for(lambda: h.db_call(m.Order.get_by_id, placed.id).state == "failed", 60, "the order to fail")
@@ -428,7 +437,7 @@ def test_the_user_cli_orders_watches_downloads_and_rejects(h, adapters, tmp_path
     import os
 
     user = h.sign_up("cli-orders@example.com")
-    model = ready_model(h, user, copy_of(h, adapters[1]))
+    model = ready_model(h, user, copy_of(h, adapters[1], user))
     session = tmp_path / "session"
     session.write_text(user.token)
     env = {
@@ -468,7 +477,7 @@ def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):
     from faceharmony.v1 import admin_pb2 as ad
 
     user, staff = h.sign_up("restore-evict@example.com"), h.staff("support")
-    model = ready_model(h, user, copy_of(h, adapters[2]))
+    model = ready_model(h, user, copy_of(h, adapters[2], user))
     sweeper = OrderWorker(h.settings, worker_id="sweeper", db=h.db)
 
     def use_it():
@@ -489,7 +498,7 @@ def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):
 
 def test_two_workers_share_the_queue_and_make_every_image_once(h, adapters):
     users = [h.sign_up(f"two-workers-{i}@example.com") for i in range(3)]
-    placed = [(u, order(h, u, [ready_model(h, u, copy_of(h, adapters[i]))], count=3)) for i, u in enumerate(users)]
+    placed = [(u, order(h, u, [ready_model(h, u, copy_of(h, adapters[i], u))], count=3)) for i, u in enumerate(users)]
     with (
         RunningWorker(h, order_worker_orders=2, order_worker_inflight=4),
         RunningWorker(h, order_worker_orders=2, order_worker_inflight=4),
@@ -505,7 +514,7 @@ def test_two_workers_share_the_queue_and_make_every_image_once(h, adapters):
 
 def used_model(h, user, adapter) -> str:
     """A READY model whose adapter is in Triton's cache (one image made)."""
-    model = ready_model(h, user, copy_of(h, adapter))
+    model = ready_model(h, user, copy_of(h, adapter, user))
     placed = order(h, user, [model], count=1)
     with RunningWorker(h):
         assert wait_final(h, user, placed.id).state == o.ORDER_STATE_COMPLETED
@@ -612,7 +621,7 @@ def test_an_image_request_at_triton_when_the_account_is_deactivated_requests_the
     from faceharmony.order_worker.worker import TritonImages
 
     user = h.sign_up("in-flight-evict@example.com")
-    model = ready_model(h, user, copy_of(h, adapters[0]))
+    model = ready_model(h, user, copy_of(h, adapters[0], user))
     key = f"{model}:1"
     placed = order(h, user, [model], count=1)
     sweeper = OrderWorker(h.settings, worker_id="sweeper", db=h.db)

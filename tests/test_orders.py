@@ -38,6 +38,7 @@ def make_images(h, order_id: str, fail: int = 0) -> list[bytes]:
     claim = h.db_call(q.claim, "test-worker")
     assert claim is not None and claim.job_id == order_id
     store = LocalBlobStore(h.settings.blob_dir, Role.ORDER)
+    key_id = h.db_call(lambda: m.Order.get_by_id(order_id).key_id)  # the worker seals with the order's key
     pngs = []
     for i, slot in enumerate(h.db_call(q.pending_slots, claim)):
         if i < fail:
@@ -45,7 +46,8 @@ def make_images(h, order_id: str, fail: int = 0) -> list[bytes]:
             continue
         pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
         png, jpeg = encode(pixels, h.settings.preview_max_side)
-        blob, preview = store.create("generated", png, "image/png"), store.create("generated", jpeg, "image/jpeg")
+        blob = store.create("generated", png, "image/png", key_id=key_id)
+        preview = store.create("generated", jpeg, "image/jpeg", key_id=key_id)
         assert h.db_call(q.record_image, claim, slot, blob, preview, "image/png", len(png), 80, 48)
         pngs.append(png)
     assert h.db_call(q.finish, claim) in ("completed", "failed")
@@ -92,6 +94,7 @@ def test_bad_orders_get_reasons_and_cost_nothing(harness):
             m.UserModel.create(
                 id=ids.new_id(),
                 account=user.account_id,
+                key_id=m.Account.get_by_id(user.account_id).key_id,
                 display_name="x",
                 state="training",
                 trigger_token="sks",

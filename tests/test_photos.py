@@ -54,7 +54,7 @@ def test_a_single_face_photo_is_accepted_and_stored_stripped(harness, private_tm
     assert [x.id for x in listed] == [photo.id]
     row = harness.db_call(lambda: m.Photo.get_by_id(photo.id))
     assert row.blob_id != photo.id and blob_files(harness) == [row.blob_id]
-    stored = LocalBlobStore(harness.settings.blob_dir, Role.TRAINER).read("photos", row.blob_id)
+    stored = LocalBlobStore(harness.settings.blob_dir, Role.TRAINER).read("photos", row.blob_id, key_id=row.key_id)
     image = Image.open(io.BytesIO(stored))
     assert image.format == "JPEG" and image.size == (512, 400)
     assert not image.getexif() and b"SecretCam" not in stored and "icc_profile" not in image.info
@@ -302,8 +302,9 @@ def test_google_cloud_vision_backend_through_the_server(tmp_path, private_tmp):
             vision.safe_search = {}
             photo = upload(h, user, images.with_exif_gps_and_rotation()).photo
             sent = vision.requests[-1].requests[0].image.content
+            row = h.db_call(lambda: m.Photo.get_by_id(photo.id))
             assert sent == LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read(
-                "photos", h.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id)
+                "photos", row.blob_id, key_id=row.key_id
             )
             assert b"SecretCam" not in sent  # only the stripped patch leaves the server
             vision.fail_always = grpc.StatusCode.UNAVAILABLE
@@ -331,9 +332,10 @@ def test_gcs_blob_backend_through_the_server(tmp_path, gcs_emulator):
     try:
         user = h.sign_up("gcs@example.com")
         photo = upload(h, user, images.one_face()).photo
-        blob_id = h.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id)
+        row = h.db_call(lambda: m.Photo.get_by_id(photo.id))
+        blob_id = row.blob_id
         trainer = GcsBlobStore(gcs_emulator.client(), bucket, Role.TRAINER)
-        assert Image.open(io.BytesIO(trainer.read("photos", blob_id))).size == (512, 512)
+        assert Image.open(io.BytesIO(trainer.read("photos", blob_id, key_id=row.key_id))).size == (512, 512)
         assert status_of(upload, h, user, images.two_faces()) == (grpc.StatusCode.INVALID_ARGUMENT, "MULTIPLE_FACES")
         assert [b.blob_id for b in GcsBlobStore(gcs_emulator.client(), bucket, Role.RETENTION).list("photos")] == [
             blob_id

@@ -18,6 +18,7 @@ from faceharmony.core.blobstore.base import KINDS, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import write_transaction
+from faceharmony.core.keys.keyring import keyring
 from faceharmony.retention import policies
 from faceharmony.retention.daemon import Retention
 from faceharmony.v1 import account_pb2 as a
@@ -60,7 +61,11 @@ def ready_model(h, user, photo_ids) -> str:
     """A model made through the API, then finished as a trainer would: a version with adapter and metadata blobs."""
     model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids), metadata=user.md).model
     trainer = LocalBlobStore(h.settings.blob_dir, Role.TRAINER)
-    adapter, metadata = trainer.create("models", b"adapter"), trainer.create("models", b"{}")
+    key_id = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    adapter, metadata = (
+        trainer.create("models", b"adapter", key_id=key_id),
+        trainer.create("models", b"{}", key_id=key_id),
+    )
 
     def finish():
         now = h.clock.now()
@@ -78,6 +83,7 @@ def ready_model(h, user, photo_ids) -> str:
                 metadata_blob_id=metadata,
                 base_fingerprint="f" * 64,
                 created_at=now,
+                key_id=key_id,
             )
             m.UserModel.update(state="ready", current_version=1, progress=1.0).where(
                 m.UserModel.id == model.id
@@ -90,7 +96,11 @@ def ready_model(h, user, photo_ids) -> str:
 def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> tuple[str, list[str]]:
     """An order whose images were generated, as the order worker would leave it; returns (order id, photo ids)."""
     worker = LocalBlobStore(h.settings.blob_dir, Role.ORDER)
-    made = [(worker.create("generated", b"png"), worker.create("generated", b"jpg")) for _ in states]
+    key_id = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    made = [
+        (worker.create("generated", b"png", key_id=key_id), worker.create("generated", b"jpg", key_id=key_id))
+        for _ in states
+    ]
 
     def insert():
         now = h.clock.now()
@@ -100,6 +110,7 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
             m.Order.create(
                 id=order_id,
                 account=user.account_id,
+                key_id=key_id,
                 style_id="studio",
                 count=len(states),
                 state="completed",
@@ -127,6 +138,7 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
                 photo = m.GeneratedPhoto.create(
                     id=ids.new_id(),
                     account=user.account_id,
+                    key_id=key_id,
                     order=order_id,
                     image=image.id,
                     model_id=model_id,
@@ -658,11 +670,12 @@ def test_the_orphan_sweep_runs_on_its_own_interval(sqlite_harness):
     h.clock.set(dt.datetime.now(dt.UTC) + dt.timedelta(hours=h.settings.orphan_margin_hours, minutes=1))
     daemon = retention(h)
     assert h.db_call(daemon.run_once)["orphan_photos_blobs"] == 0  # the first cycle sweeps
-    orphan = api.create("photos", b"orphan")  # older than the margin by the daemon's clock
+    # An orphan: no row names it, nor its key (a fresh one each time: the key sweep shreds unreferenced keys).
+    orphan = api.create("photos", b"orphan", key_id=keyring.new_key())  # older than the margin by the daemon's clock
     h.clock.advance(seconds=h.settings.orphan_sweep_interval_seconds - 1)
     assert "orphan_photos_blobs" not in h.db_call(daemon.run_once) and blobs(h) == {orphan}
     assert h.db_call(daemon.run_once, None, True)["orphan_photos_blobs"] == 1  # as `--once` does
-    orphan = api.create("photos", b"orphan")
+    orphan = api.create("photos", b"orphan", key_id=keyring.new_key())
     h.clock.advance(seconds=h.settings.orphan_sweep_interval_seconds - 1)
     assert "orphan_photos_blobs" not in h.db_call(daemon.run_once)
     h.clock.advance(seconds=1)

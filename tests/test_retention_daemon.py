@@ -218,8 +218,11 @@ def test_now_in_the_future_moves_only_deadlines_never_the_orphan_sweep_or_audit_
     h = harness
     user = h.sign_up("future@example.com")
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
-    api = LocalBlobStore(h.settings.blob_dir, Role.API)
-    in_flight, abandoned = api.create("photos", b"uploading"), api.create("photos", b"left by a crash")
+    from faceharmony.core.keys.keyring import keyring
+
+    api, key = LocalBlobStore(h.settings.blob_dir, Role.API), keyring.new_key()
+    in_flight = api.create("photos", b"uploading", key_id=key)
+    abandoned = api.create("photos", b"left by a crash", key_id=key)
     old = time.time() - (h.settings.orphan_margin_hours + 1) * 3600
     os.utime(h.settings.blob_dir / "photos" / abandoned, (old, old))
     far = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)

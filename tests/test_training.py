@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from faceharmony.core.blobstore.base import BlobPermissionError, Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
+from faceharmony.core.keys import aead
 from faceharmony.trainer.lora import load_adapter_bytes, read_adapter_metadata
 from faceharmony.trainer.worker import Trainer
 from faceharmony.v1 import model_pb2 as mp
@@ -96,11 +98,22 @@ def test_a_trainer_killed_mid_training_loses_nothing(system, tmp_path):
     model_blobs = sorted(os.listdir(h.settings.blob_dir / "models"))
     assert model_blobs == sorted([versions[0].adapter_blob_id, versions[0].metadata_blob_id])
     # Only the order side reads models (P12).
+    version = versions[0]
+    # Sealed with the owner's key (the model's account's), as every blob.
+    assert version.key_id == h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    for blob_id in (version.adapter_blob_id, version.metadata_blob_id):
+        assert aead.is_sealed((h.settings.blob_dir / "models" / blob_id).read_bytes())
     with pytest.raises(BlobPermissionError):
-        LocalBlobStore(h.settings.blob_dir, Role.API).read("models", versions[0].adapter_blob_id)
+        LocalBlobStore(h.settings.blob_dir, Role.API).read("models", version.adapter_blob_id, key_id=version.key_id)
     with pytest.raises(BlobPermissionError):
-        LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read("models", versions[0].adapter_blob_id)
-    adapter = LocalBlobStore(h.settings.blob_dir, Role.ORDER).read("models", versions[0].adapter_blob_id)
+        LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read("models", version.adapter_blob_id, key_id=version.key_id)
+    adapter = LocalBlobStore(h.settings.blob_dir, Role.ORDER).read(
+        "models", version.adapter_blob_id, key_id=version.key_id
+    )
+    metadata_blob = LocalBlobStore(h.settings.blob_dir, Role.ORDER).read(
+        "models", version.metadata_blob_id, key_id=version.key_id
+    )
+    assert json.loads(metadata_blob)["model_id"] == model.id
     assert load_adapter_bytes(adapter)
     metadata = read_adapter_metadata(adapter)
     assert metadata["trigger_token"] == "sks" and int(metadata["rank"]) == 4
@@ -180,7 +193,7 @@ def test_unreadable_photos_fail_for_good_while_other_errors_retry(system, monkey
     h.clock.advance(minutes=5)
 
     class Garbled:  # every photo reads as bytes no decoder takes
-        def read(self, kind, blob_id):
+        def read(self, kind, blob_id, *, key_id):
             return b"not a jpeg"
 
     trainer.store = Garbled()

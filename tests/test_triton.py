@@ -2,7 +2,8 @@
 
 One server per module, on a temporary data folder holding the tiny base pipeline (`build_tiny_pipeline`)
 and two tiny adapters trained here as tests/test_inference_engine.py does, stored in `models/` with the
-trainer's role. The model reads them with the order role, as in production.
+trainer's role, sealed with a data key of the data folder's keyring. The model reads them with the order role
+and opens them with its own keyring (ADAPTER_KEY_ID), as in production.
 
 What it proves:
 * requests of two users' adapters sent concurrently are dynamically batched: Triton's statistics show an
@@ -10,8 +11,8 @@ What it proves:
 * each image has the requested size and equals the in-process `BatchedGenerator` run on the same request
   alone, within UINT8_TOL grey levels (batched vs single kernels differ by ~1e-6 in float; an image can
   flip one level where a value sits on a rounding edge);
-* a request with an unknown adapter blob id, and one with an invalid size, in the same batch fail alone,
-  each with its reason in its own response;
+* a request with an unknown adapter blob id, one with another person's key, one without a key id, and one with
+  an invalid size, in the same batch fail alone, each with its reason in its own response;
 * EVICT_KEYS drops a model version from the adapter cache (models pending deletion).
 
 The whole file takes about 15 s on an idle 2-core CPU (server ready in ~5 s).
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.keyrings import make_keyring
 from tests.support.triton import require_triton, train_tiny_adapters, triton_env
 
 require_triton()
@@ -61,9 +63,21 @@ def base(data_dir):
 
 
 @pytest.fixture(scope="module")
-def adapters(data_dir, base) -> dict[str, bytes]:
+def keyring(data_dir):
+    """The data folder's keyring: the one the Triton model opens (install_keyring over FACEHARMONY_DATA_DIR)."""
+    return make_keyring(data_dir / "keys")
+
+
+@pytest.fixture(scope="module")
+def adapter_key(keyring) -> str:
+    return keyring.new_key()
+
+
+@pytest.fixture(scope="module")
+def adapters(data_dir, base, keyring, adapter_key) -> dict[str, bytes]:
     """Two users' adapters, stored as the trainer stores them: blob id -> safetensors bytes."""
-    return train_tiny_adapters(base, LocalBlobStore(data_dir / "blobs", Role.TRAINER))
+    store = LocalBlobStore(data_dir / "blobs", Role.TRAINER, keyring)
+    return train_tiny_adapters(base, store, key_id=adapter_key)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +107,14 @@ def _input(name: str, value, dtype: str) -> grpcclient.InferInput:
     return x
 
 
-def _inputs(prompt: str, blob_id: str, key: str, seed: int, guidance: float, width=WIDTH, height=HEIGHT, negative=""):
+def _inputs(
+    prompt: str, blob_id: str, key: str, seed: int, guidance: float, width=WIDTH, height=HEIGHT, negative="", *, key_id
+):
     return [
         _input("PROMPT", prompt.encode(), "BYTES"),
         _input("NEGATIVE_PROMPT", negative.encode(), "BYTES"),
         _input("ADAPTER_BLOB_ID", blob_id.encode(), "BYTES"),
+        *([_input("ADAPTER_KEY_ID", key_id.encode(), "BYTES")] if key_id else []),
         _input("MODEL_VERSION_KEY", key.encode(), "BYTES"),
         _input("SEED", seed, "INT64"),
         _input("STEPS", STEPS, "INT32"),
@@ -146,7 +163,9 @@ def _batch_sizes_after(client, before: dict[int, int], requests: int, timeout: f
         time.sleep(0.05)
 
 
-def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(client, adapters, base):
+def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(
+    client, adapters, base, keyring, adapter_key
+):
     (blob_a, bytes_a), (blob_b, bytes_b) = adapters.items()
     missing = "0123456789abcdef0123456789abcdef"  # well-formed, never stored
     good = [
@@ -155,9 +174,13 @@ def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(c
         ("a portrait of sks person", blob_b, "model-b:1", 11, 5.0, ""),
         ("a portrait of sks person", blob_b, "model-b:1", 12, 5.0, "low quality"),
     ]
-    requests = [_inputs(p, b, k, s, g, negative=n) for p, b, k, s, g, n in good]
-    requests.insert(2, _inputs("a photo of sks person", missing, "model-x:1", 11, 7.5))  # unknown adapter
-    requests.append(_inputs("a photo of sks person", blob_a, "model-a:1", 13, 7.5, width=50))  # invalid size
+    k = adapter_key
+    requests = [_inputs(p, b, mk, s, g, negative=n, key_id=k) for p, b, mk, s, g, n in good]
+    requests.insert(2, _inputs("a photo of sks person", missing, "model-x:1", 11, 7.5, key_id=k))  # unknown adapter
+    requests.append(_inputs("a photo of sks person", blob_a, "model-a:1", 13, 7.5, width=50, key_id=k))  # bad size
+    other = keyring.new_key()  # another person's key: the adapter does not open with it
+    requests.append(_inputs("a photo of sks person", blob_b, "model-y:1", 13, 7.5, key_id=other))
+    requests.append(_inputs("a photo of sks person", blob_b, "model-z:1", 13, 7.5, key_id=""))  # no key id
 
     before = _batch_sizes(client)
     t0 = time.perf_counter()
@@ -165,7 +188,11 @@ def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(c
     elapsed = time.perf_counter() - t0
     grown = _batch_sizes_after(client, before, len(requests))
 
-    unknown, bad_size = results.pop(2), results.pop()
+    unknown, no_key, wrong_key, bad_size = results.pop(2), results.pop(), results.pop(), results.pop()
+    assert isinstance(wrong_key, InferenceServerException), wrong_key
+    assert "does not open" in wrong_key.message()
+    assert isinstance(no_key, InferenceServerException), no_key
+    assert "ADAPTER_KEY_ID is required" in no_key.message()
     assert isinstance(unknown, InferenceServerException), unknown
     assert "not found" in unknown.message() and missing in unknown.message()
     assert isinstance(bad_size, InferenceServerException), bad_size
@@ -188,16 +215,18 @@ def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(c
     assert np.abs(images[0] - images[1]).mean() > 2 and np.abs(images[0] - images[2]).mean() > 2
 
     print(
-        f"\n6 concurrent requests answered in {elapsed:.2f}s; max uint8 diff vs alone {diffs}; "
+        f"\n{len(requests)} concurrent requests answered in {elapsed:.2f}s; max uint8 diff vs alone {diffs}; "
         f"executions by batch size {grown}"
     )
     assert max(diffs) <= UINT8_TOL
     assert any(bs > 1 and n > 0 for bs, n in grown.items()), grown
 
 
-def test_evict_keys_drops_a_cached_model_version(client, adapters):
+def test_evict_keys_drops_a_cached_model_version(client, adapters, adapter_key):
     blob_a = next(iter(adapters))
-    first = _send_concurrently(client, [_inputs("a photo of sks person", blob_a, "model-evict:1", 1, 7.5)])[0]
+    first = _send_concurrently(
+        client, [_inputs("a photo of sks person", blob_a, "model-evict:1", 1, 7.5, key_id=adapter_key)]
+    )[0]
     assert isinstance(first, np.ndarray)
 
     def evict(key: str) -> int:
@@ -210,7 +239,9 @@ def test_evict_keys_drops_a_cached_model_version(client, adapters):
 
     assert evict("model-evict:1") == 1  # it was cached
     assert evict("model-evict:1") == 0  # and is gone
-    again = _send_concurrently(client, [_inputs("a photo of sks person", blob_a, "model-evict:1", 1, 7.5)])[0]
+    again = _send_concurrently(
+        client, [_inputs("a photo of sks person", blob_a, "model-evict:1", 1, 7.5, key_id=adapter_key)]
+    )[0]
     assert np.array_equal(first, again)  # refetched from the store, same image
 
 

@@ -233,8 +233,8 @@ def test_no_container_field_survives_into_the_stored_photo_or_to_vision(server, 
     photo = server.photos.UploadPhoto(
         p.UploadPhotoRequest(content=upload, filename="me"), metadata=server.user.md
     ).photo
-    blob_id = server.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id)
-    stored = LocalBlobStore(server.settings.blob_dir, Role.TRAINER).read("photos", blob_id)
+    row = server.db_call(lambda: m.Photo.get_by_id(photo.id))
+    stored = LocalBlobStore(server.settings.blob_dir, Role.TRAINER).read("photos", row.blob_id, key_id=row.key_id)
     sent = vision_server.requests[-1].requests[0].image.content
     assert sent == stored  # Vision receives exactly the stored patch
     for x in markers:
@@ -256,8 +256,10 @@ def test_the_local_verifier_path_stores_the_same_pixels_only_photo(sqlite_harnes
     upload, markers = CASES["jpeg-everything"]()
     user = sqlite_harness.sign_up("metadata-local@example.com")
     photo = sqlite_harness.photos.UploadPhoto(p.UploadPhotoRequest(content=upload), metadata=user.md).photo
-    blob_id = sqlite_harness.db_call(lambda: m.Photo.get_by_id(photo.id).blob_id)
-    stored = LocalBlobStore(sqlite_harness.settings.blob_dir, Role.TRAINER).read("photos", blob_id)
+    row = sqlite_harness.db_call(lambda: m.Photo.get_by_id(photo.id))
+    stored = LocalBlobStore(sqlite_harness.settings.blob_dir, Role.TRAINER).read(
+        "photos", row.blob_id, key_id=row.key_id
+    )
     assert not [x for x in markers if x in stored]
     assert Image.open(io.BytesIO(stored)).info == JFIF_INFO
     assert [code for code, _ in jpeg_segments(stored) if code == 0xFE or 0xE1 <= code <= 0xEF] == []

@@ -1,5 +1,8 @@
 """The trainer process's loop: claim a training job, read the model's photos with the image-processor role, fine-tune a LoRA, store the adapter with the trainer's role, record the version.
 
+Every photo is read with its row's data key and the adapter and its metadata are sealed with the model's key
+(the owner's: core/blobstore/base.py); the trainer opens the process's keyring at start-up (install_keyring).
+
 Crash safety: the job is held under a lease renewed by a heartbeat thread.
 A trainer killed at any point stops renewing; when the lease expires another
 trainer claims the job and trains from the photos again. Only the trainer
@@ -31,6 +34,9 @@ from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.models import Photo
 from faceharmony.core.jobs.queue import Claim, default_worker_id
 from faceharmony.core.jobs.training import TrainingQueue
+from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded, KeysUnavailable
+from faceharmony.core.keys.factory import install_keyring
+from faceharmony.core.keys.keyring import Keyring
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,14 +51,17 @@ class Trainer:
         worker_id: str | None = None,
         store: BlobStore | None = None,
         db: pw.Database | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
-        """`db` is for running beside a server in one process (tests): the models' database is shared."""
+        """`db` is for running beside a server in one process (tests): the models' database is shared. `keyring`:
+        default, the configured one, opened, checked and made the process's (KekMissing/KeysUnavailable if not)."""
         self.settings = settings
+        self.keyring = keyring or install_keyring(settings)
         self.clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.db = db or open_database(settings.resolved_database_url, pool_size=4)
         self.queue = TrainingQueue(self.db, self.clock, settings.training_lease_seconds)
-        self.store = store or open_blob_store(settings, Role.TRAINER)
+        self.store = store or open_blob_store(settings, Role.TRAINER, self.keyring)
         self.shutting_down = threading.Event()
         self._base = None
 
@@ -130,20 +139,23 @@ class Trainer:
             log.error("base model missing", extra={"path": str(self.settings.base_model_dir)})
             self.queue.fail(claim, "BASE_MODEL_MISSING", retryable=True)
             return
-        blob_ids = [
-            bid
-            for (bid,) in Photo.select(Photo.blob_id)
+        photos = list(
+            Photo.select(Photo.blob_id, Photo.key_id)
             .where(Photo.model_id == model.id, Photo.deleted_at.is_null())
             .order_by(Photo.created_at, Photo.id)
             .tuples()
-        ]
+        )
         try:
-            jpegs = [self.store.read("photos", bid) for bid in blob_ids]
-        except BlobNotFound:
+            jpegs = [self.store.read("photos", bid, key_id=key_id) for bid, key_id in photos]
+        except (BlobNotFound, KeyShredded):  # a shredded key: the owner is being purged
             self.queue.fail(claim, "PHOTO_MISSING", retryable=False)
             return
-        except BlobError:
+        except (BlobError, KeysUnavailable):
             self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
+            return
+        except CiphertextInvalid:  # corrupt, or a plaintext blob not yet resealed (the reseal step): tried again
+            log.error("a photo does not open with its key", extra={"job_id": claim.job_id})
+            self.queue.fail(claim, "PHOTO_UNREADABLE", retryable=True)
             return
         # Before the heartbeat thread starts: an error here must not leave it running.
         training_settings = self.training_settings(seed=int(claim.job_id[:8], 16))
@@ -184,9 +196,16 @@ class Trainer:
             beat.join()
         metadata = dict(adapter.metadata, model_id=model.id, job_id=claim.job_id)
         try:
-            adapter_id = self.store.create("models", adapter.safetensors, "application/octet-stream")
-            metadata_id = self.store.create("models", json.dumps(metadata, sort_keys=True).encode(), "application/json")
-        except BlobError:
+            adapter_id = self.store.create(
+                "models", adapter.safetensors, "application/octet-stream", key_id=model.key_id
+            )
+            metadata_id = self.store.create(
+                "models", json.dumps(metadata, sort_keys=True).encode(), "application/json", key_id=model.key_id
+            )
+        except KeyShredded:
+            self.queue.fail(claim, "MODEL_NOT_TRAINABLE", retryable=False)
+            return
+        except (BlobError, KeysUnavailable):
             self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
             return
         version = self.queue.record_version(claim, adapter_id, metadata_id, base.fingerprint)

@@ -10,6 +10,8 @@ It also reads the bucket's object versioning (`keeps_deleted_versions`): on a
 versioned bucket a delete only makes the live object a noncurrent version,
 kept until a lifecycle rule or an operator removes it, so no purge is final —
 the store logs an error, and the daemon refuses to call its purges final.
+What is uploaded is already sealed with the owner's data key (core/blobstore/base.py), so a soft-deleted or
+noncurrent copy is ciphertext that the purge's key shred makes unreadable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no types
 
 from faceharmony.core.blobstore.base import BlobError, BlobInfo, BlobNotFound, BlobStore, Role
+from faceharmony.core.keys.keyring import Keyring, KeyringProxy
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 30
@@ -41,8 +44,10 @@ def make_client(project: str | None = None, endpoint: str | None = None) -> stor
 class GcsBlobStore(BlobStore):
     backend = "gcs"
 
-    def __init__(self, client: storage.Client, bucket: str, role: Role) -> None:
-        super().__init__(role)
+    def __init__(
+        self, client: storage.Client, bucket: str, role: Role, keyring: Keyring | KeyringProxy | None = None
+    ) -> None:
+        super().__init__(role, keyring)
         self.client = client
         self.bucket = client.bucket(bucket)
 
@@ -93,6 +98,17 @@ class GcsBlobStore(BlobStore):
             return self.bucket.blob(self._name(kind, blob_id)).download_as_bytes(timeout=TIMEOUT_SECONDS)
         except gexc.NotFound:
             raise BlobNotFound(f"{kind} blob not found") from None
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise BlobError(f"GCS download failed: {type(exc).__name__}") from exc
+
+    def _read_head(self, kind: str, blob_id: str, size: int) -> bytes:
+        try:
+            blob = self.bucket.blob(self._name(kind, blob_id))
+            return blob.download_as_bytes(start=0, end=size - 1, timeout=TIMEOUT_SECONDS)
+        except gexc.NotFound:
+            raise BlobNotFound(f"{kind} blob not found") from None
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # an empty object
         except (gexc.GoogleAPIError, OSError) as exc:
             raise BlobError(f"GCS download failed: {type(exc).__name__}") from exc
 

@@ -1,5 +1,8 @@
 """The local-folder blob store (embedded default): <root>/<kind>/<id>, files 0600 in 0700 folders, written atomically (temporary file, fsync, link into place), never overwritten.
 
+What reaches a file is already sealed with the owner's data key (core/blobstore/base.py): no photo, adapter or
+image byte is ever in a file in the clear, temporary files included.
+
 A writer killed before it removes its temporary file (`.tmp-<id>-<random>`, core/tempfiles.py) leaves it
 behind, after the link as a second name of the blob's file: `sweep_temporary` (the retention daemon's orphan
 sweep) deletes those older than the margin.
@@ -15,13 +18,14 @@ from pathlib import Path
 from faceharmony.core import tempfiles
 from faceharmony.core.blobstore.base import KINDS, BlobError, BlobInfo, BlobNotFound, BlobStore, Role
 from faceharmony.core.datadir import private_dir
+from faceharmony.core.keys.keyring import Keyring, KeyringProxy
 
 
 class LocalBlobStore(BlobStore):
     backend = "local"
 
-    def __init__(self, root: Path, role: Role) -> None:
-        super().__init__(role)
+    def __init__(self, root: Path, role: Role, keyring: Keyring | KeyringProxy | None = None) -> None:
+        super().__init__(role, keyring)
         self.root = Path(root)
 
     def _dir(self, kind: str) -> Path:
@@ -58,6 +62,15 @@ class LocalBlobStore(BlobStore):
     def _read(self, kind: str, blob_id: str) -> bytes:
         try:
             return (self.root / kind / blob_id).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"{kind} blob not found") from None
+        except OSError as exc:
+            raise BlobError(f"local blob read failed: {exc.strerror}") from exc
+
+    def _read_head(self, kind: str, blob_id: str, size: int) -> bytes:
+        try:
+            with open(self.root / kind / blob_id, "rb") as fh:
+                return fh.read(size)
         except FileNotFoundError:
             raise BlobNotFound(f"{kind} blob not found") from None
         except OSError as exc:

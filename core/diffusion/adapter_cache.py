@@ -4,9 +4,11 @@ The file format, its parser and `AdapterCorrupt` are in adapter_format.py (the t
 
 Owns:
 
-* `AdapterCache(store, max_bytes)`: `get(model_version_key, blob_id)` returns the parsed state dict, from
-  memory or fetched with the blob store (it must be a store of the ORDER role, the only one that may read
-  `models/`); bounded by the total bytes of the cached tensors, least recently used evicted first;
+* `AdapterCache(store, max_bytes)`: `get(model_version_key, blob_id, key_id)` returns the parsed state dict,
+  from memory or fetched with the blob store (it must be a store of the ORDER role, the only one that may read
+  `models/`), which opens the sealed blob with the owner's data key `key_id` (core/blobstore/base.py): an
+  entry is a hit only for the same blob id and key id; a shredded key reads as a missing adapter
+  (AdapterNotFound), one that does not open as a corrupt one (AdapterCorrupt); bounded by the total bytes of the cached tensors, least recently used evicted first;
   `evict(key)` drops one (a model pending deletion); counts hits, misses and evictions. Thread-safe:
   concurrent `get`s of one key fetch it once (the others wait for that fetch), and the blob store is never
   called with the cache's lock held. An adapter larger than `max_bytes` is returned but not kept.
@@ -34,10 +36,11 @@ from faceharmony.core.diffusion.adapter_format import (
     adapter_metadata,
     parse_adapter_bytes,
 )
+from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded
 
 
 class AdapterNotFound(AdapterError):
-    """No blob with that id (deleted, or never written)."""
+    """No blob with that id (deleted, or never written), or its owner's data key was shredded (the purge)."""
 
 
 class AdapterMismatchedBase(AdapterError):
@@ -59,14 +62,14 @@ class CacheStats:
 
 @dataclass
 class _Entry:
-    blob_id: str
+    ref: tuple[str, str]  # (blob id, data key id)
     adapter: Any  # the parsed state dict, or what `prepare` made of it
     nbytes: int
 
 
 class _Flight:
-    def __init__(self, blob_id: str) -> None:
-        self.blob_id = blob_id
+    def __init__(self, ref: tuple[str, str]) -> None:
+        self.ref = ref
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -102,30 +105,31 @@ class AdapterCache:
 
     # -- reading
 
-    def get(self, key: Hashable, blob_id: str) -> Any:
-        """The adapter of model version `key`, stored as blob `blob_id`.
+    def get(self, key: Hashable, blob_id: str, key_id: str) -> Any:
+        """The adapter of model version `key`, stored as blob `blob_id` sealed with data key `key_id`.
 
-        Raises AdapterNotFound (no such blob), AdapterCorrupt, AdapterMismatchedBase, or the store's
-        BlobError for a storage failure (transient: nothing is cached). A cached entry under `key` with
-        another blob id is replaced.
+        Raises AdapterNotFound (no such blob, or the key was shredded), AdapterCorrupt (also: the blob does not
+        open with that key), AdapterMismatchedBase, or for a transient failure (nothing is cached) the store's
+        BlobError or KeysUnavailable. A cached entry under `key` with another blob id or key id is replaced.
         """
+        ref = (blob_id, key_id)
         while True:
             with self._lock:
                 entry = self._entries.get(key)
-                if entry is not None and entry.blob_id == blob_id:
+                if entry is not None and entry.ref == ref:
                     self._entries.move_to_end(key)
                     self._hits += 1
                     return entry.adapter
                 flight = self._inflight.get(key)
                 leader = flight is None
                 if flight is None:
-                    flight = self._inflight[key] = _Flight(blob_id)
+                    flight = self._inflight[key] = _Flight(ref)
                     self._misses += 1
             if leader:
                 return self._fetch(key, flight)
             flight.done.wait()
-            if flight.blob_id != blob_id:
-                continue  # that fetch was for another blob; look again
+            if flight.ref != ref:
+                continue  # that fetch was for another blob (or key); look again
             if flight.error is not None:
                 raise flight.error
             with self._lock:
@@ -134,7 +138,7 @@ class AdapterCache:
 
     def _fetch(self, key: Hashable, flight: _Flight) -> Any:
         try:
-            adapter, nbytes = self._load(flight.blob_id)
+            adapter, nbytes = self._load(*flight.ref)
         except BaseException as exc:
             flight.error = exc
             with self._lock:
@@ -147,7 +151,7 @@ class AdapterCache:
                 old = self._entries.pop(key, None)
                 if old is not None:
                     self._bytes -= old.nbytes
-                self._entries[key] = _Entry(flight.blob_id, adapter, nbytes)
+                self._entries[key] = _Entry(flight.ref, adapter, nbytes)
                 self._bytes += nbytes
                 while self._bytes > self.max_bytes:
                     _, dropped = self._entries.popitem(last=False)
@@ -157,12 +161,16 @@ class AdapterCache:
         flight.done.set()
         return adapter
 
-    def _load(self, blob_id: str) -> tuple[Any, int]:
+    def _load(self, blob_id: str, key_id: str) -> tuple[Any, int]:
         """(the adapter as cached, the bytes it counts)."""
         try:
-            data = self.store.read("models", blob_id)
+            data = self.store.read("models", blob_id, key_id=key_id)
         except BlobNotFound:
             raise AdapterNotFound(f"adapter blob {blob_id} not found") from None
+        except KeyShredded:
+            raise AdapterNotFound(f"adapter blob {blob_id}: its data key was shredded") from None
+        except CiphertextInvalid:
+            raise AdapterCorrupt(f"adapter blob {blob_id} does not open with its data key") from None
         tensors = parse_adapter_bytes(data)
         if self.base_fingerprint is not None:
             trained_on = adapter_metadata(data).get("base_fingerprint")

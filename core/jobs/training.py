@@ -131,6 +131,7 @@ class TrainingQueue(JobQueue):
                 metadata_blob_id=metadata_blob_id,
                 base_fingerprint=fingerprint,
                 created_at=now,
+                key_id=model.key_id,  # the key the trainer sealed both blobs with (the owner's)
             )
             UserModel.update(state=ModelState.READY, progress=1.0, current_version=latest + 1, updated_at=now).where(
                 UserModel.id == model.id

@@ -11,6 +11,7 @@ from PIL import Image
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore
 from faceharmony.core.jobs import styles
 from faceharmony.core.jobs.orders import FINAL_STATES
+from faceharmony.core.keys.errors import KeyShredded
 from faceharmony.server import convert
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, not_found
@@ -92,10 +93,11 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
         items, token = await self.app.run(page)
         return pb.ListGeneratedPhotosResponse(generated_photos=items, next_page_token=token)
 
-    async def _blob(self, blob_id: str) -> bytes:
+    async def _blob(self, blob_id: str, key_id: str) -> bytes:
+        """The blob opened with the row's data key (a blob that does not open: CiphertextInvalid, DATA_LOSS)."""
         try:
-            return await self.app.run(self.store.read, "generated", blob_id)
-        except BlobNotFound:
+            return await self.app.run(self.store.read, "generated", blob_id, key_id=key_id)
+        except (BlobNotFound, KeyShredded):
             raise not_found("generated photo") from None  # purged between the row read and now
         except BlobError as exc:
             log.warning("generated photo read failed", extra={"error": type(exc).__name__})
@@ -105,14 +107,14 @@ class OrderService(order_pb2_grpc.OrderServiceServicer):
 
     async def GetGeneratedPhotoPreview(self, request, context):
         row = await self.app.run(orders.get_generated, self.app, self._me(), request.id)
-        jpeg = await self._blob(row.preview_blob_id)
+        jpeg = await self._blob(row.preview_blob_id, row.key_id)
         width, height = Image.open(io.BytesIO(jpeg)).size  # reads the header only
         return pb.GetGeneratedPhotoPreviewResponse(jpeg=jpeg, width=width, height=height)
 
     async def DownloadGeneratedPhoto(self, request, context):
         me = self._me()
         row = await self.app.run(orders.get_generated, self.app, me, request.id)
-        data = await self._blob(row.blob_id)
+        data = await self._blob(row.blob_id, row.key_id)
         for offset in range(0, len(data), CHUNK_BYTES):
             chunk = data[offset : offset + CHUNK_BYTES]
             if offset == 0:

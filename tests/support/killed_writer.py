@@ -54,9 +54,12 @@ def main(stage: str, folder: str = "") -> None:
     if stage.startswith("blob-"):
         from faceharmony.core.blobstore.base import Role
         from faceharmony.core.blobstore.local import LocalBlobStore
+        from tests.support.keyrings import make_keyring
 
+        keyring = make_keyring(Path(folder).parent / "keys")  # the data folder's, as the server's
+        key_id = keyring.new_key()
         os.link = {"blob-before-link": pause, "blob-after-link": after(os.link)}[stage]
-        LocalBlobStore(Path(folder), Role.API).create("photos", PERSONAL)
+        LocalBlobStore(Path(folder), Role.API, keyring).create("photos", PERSONAL, key_id=key_id)
     elif stage == "outbox-before-rename":
         from faceharmony.core.email.transports import OutboxTransport, build_message
 

@@ -16,9 +16,11 @@ def ready_model(
     def insert() -> str:
         with write_transaction(h.db):
             now = h.clock.now()
+            key_id = m.Account.get_by_id(user.account_id).key_id  # everything the account owns uses its key
             model = m.UserModel.create(
                 id=ids.new_id(),
                 account=user.account_id,
+                key_id=key_id,
                 display_name="Me",
                 state="ready",
                 progress=1.0,
@@ -48,6 +50,7 @@ def ready_model(
                 metadata_blob_id=metadata_blob_id or ids.new_id(),
                 base_fingerprint="0" * 64,
                 created_at=now,
+                key_id=key_id,
             )
             return model.id
 

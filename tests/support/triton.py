@@ -25,8 +25,9 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def train_tiny_adapters(base, store, ranks=(4, 8)) -> dict[str, bytes]:
-    """One tiny adapter per rank, each from another photo, stored in models/ (trainer role): blob id -> bytes."""
+def train_tiny_adapters(base, store, ranks=(4, 8), *, key_id: str) -> dict[str, bytes]:
+    """One tiny adapter per rank, each from another photo, stored in models/ (trainer role) sealed with the data
+    key `key_id`: blob id -> bytes."""
     from faceharmony.trainer.lora import TrainingSettings, train_lora
 
     photos = [
@@ -38,7 +39,7 @@ def train_tiny_adapters(base, store, ranks=(4, 8)) -> dict[str, bytes]:
     for i, rank in enumerate(ranks):
         settings = TrainingSettings(rank=rank, steps=10, batch_size=2, learning_rate=2e-2, seed=200 + i, flip=False)
         blob = train_lora(base, [_jpeg(photos[i % len(photos)])], settings).safetensors
-        out[store.create("models", blob)] = blob
+        out[store.create("models", blob, key_id=key_id)] = blob
     return out
 
 

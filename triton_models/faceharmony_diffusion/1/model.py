@@ -5,14 +5,17 @@ Owns the Triton side of per-user inference; the work is done by `faceharmony.cor
 
 * `initialize(args)`: parses `config.pbtxt` once (its `parameters`: adapter_cache_bytes, engine_max_batch,
   default_steps, default_guidance), reads `Settings.from_env()` (FACEHARMONY_DATA_DIR, FACEHARMONY_BASE_MODEL,
-  FACEHARMONY_BLOB_BACKEND, ... exactly as every other process), loads the base pipeline once from
+  FACEHARMONY_BLOB_BACKEND, the FACEHARMONY_KEK_* and key-store settings, ... exactly as every other process),
+  opens the keyring (core/keys/factory.py install_keyring: the adapters are sealed with their owners' data
+  keys), loads the base pipeline once from
   `settings.base_model_dir`, builds the `BatchedGenerator` and an `AdapterCache` over the blob store opened
   with the ORDER role (the only role that may read `models/`), refusing adapters trained on another base;
   the cache holds adapters already prepared for the engine (validated, on its device).
 * `execute(requests)`: one Triton (dynamic) batch. Inputs per request, each `[B, 1]` (B is normally 1):
     PROMPT (BYTES, required to generate), NEGATIVE_PROMPT (BYTES, default ""), SEED (INT64, default 0),
     STEPS (INT32), GUIDANCE (FP32) (defaults from the config parameters), WIDTH, HEIGHT (INT32, default: the
-    base's native size), ADAPTER_BLOB_ID (BYTES, empty or absent: the bare base), MODEL_VERSION_KEY (BYTES,
+    base's native size), ADAPTER_BLOB_ID (BYTES, empty or absent: the bare base), ADAPTER_KEY_ID (BYTES, the
+    data key id the adapter blob is sealed with; required with ADAPTER_BLOB_ID), MODEL_VERSION_KEY (BYTES,
     the cache key, e.g. "<model_id>:<version>"; empty: the blob id is the key),
     EVICT_KEYS (BYTES `[1, N]`, optional): cache keys to drop (models pending deletion).
   First every request's EVICT_KEYS are applied (so a generation in the same batch refetches). Then each row's
@@ -61,7 +64,8 @@ class _Pending:
     evict_keys: list[str] = field(default_factory=list)
     evicted: int = 0
     rows: list = field(default_factory=list)  # GenerationRequest per row
-    adapter_refs: list[tuple[str, str]] = field(default_factory=list)  # (blob id, cache key) per row; "": none
+    # (blob id, data key id, cache key) per row; blob id "": none
+    adapter_refs: list[tuple[str, str, str]] = field(default_factory=list)
     error: _RequestError | None = None
     positions: list[int] = field(default_factory=list)  # indices into the flattened engine call
 
@@ -78,6 +82,7 @@ class TritonPythonModel:
         from faceharmony.core.blobstore.factory import open_blob_store
         from faceharmony.core.diffusion.adapter_cache import AdapterCache
         from faceharmony.core.diffusion.engine import BatchedGenerator
+        from faceharmony.core.keys.factory import install_keyring
         from faceharmony.core.settings import Settings
 
         config = json.loads(args["model_config"])
@@ -89,11 +94,12 @@ class TritonPythonModel:
         engine_max_batch = int(params.get("engine_max_batch", "16"))
 
         settings = Settings.from_env()
+        keyring = install_keyring(settings)  # KekMissing/KeysUnavailable: the model does not load
         t0 = time.perf_counter()
         self.engine = BatchedGenerator(settings.base_model_dir, max_batch=engine_max_batch)
         # Cached prepared: each adapter is checked against the base and put on the device once per fetch.
         self.cache = AdapterCache(
-            open_blob_store(settings, Role.ORDER),
+            open_blob_store(settings, Role.ORDER, keyring),
             cache_bytes,
             base_fingerprint=self.engine.base.fingerprint,
             prepare=self.engine.prepare_adapter,
@@ -133,6 +139,7 @@ class TritonPythonModel:
         prompts = prompts.reshape(n, -1)[:, 0]
         negative = self._column(request, "NEGATIVE_PROMPT", n)
         blob_ids = self._column(request, "ADAPTER_BLOB_ID", n)
+        key_ids = self._column(request, "ADAPTER_KEY_ID", n)
         keys = self._column(request, "MODEL_VERSION_KEY", n)
         seeds = self._column(request, "SEED", n)
         steps = self._column(request, "STEPS", n)
@@ -153,9 +160,12 @@ class TritonPythonModel:
             except UnicodeDecodeError:
                 raise _RequestError("text inputs must be UTF-8") from None
             blob_id = _text(blob_ids[i]) if blob_ids is not None else ""
+            key_id = _text(key_ids[i]) if key_ids is not None else ""
+            if blob_id and not key_id:
+                raise _RequestError("input ADAPTER_KEY_ID is required with ADAPTER_BLOB_ID")
             key = (_text(keys[i]) if keys is not None else "") or blob_id
             pending.rows.append(req)
-            pending.adapter_refs.append((blob_id, key))  # resolved to an adapter in _fetch_adapters
+            pending.adapter_refs.append((blob_id, key_id, key))  # resolved to an adapter in _fetch_adapters
         sizes = {(r.width, r.height) for r in pending.rows}
         if len(sizes) > 1:
             raise _RequestError("all rows of one request must have the same WIDTH and HEIGHT")
@@ -163,20 +173,23 @@ class TritonPythonModel:
     def _fetch_adapters(self, pending: _Pending) -> None:
         from faceharmony.core.blobstore.base import BlobError
         from faceharmony.core.diffusion.adapter_cache import AdapterError, AdapterNotFound
+        from faceharmony.core.keys.errors import KeysUnavailable
 
-        for req, (blob_id, key) in zip(pending.rows, pending.adapter_refs):
+        for req, (blob_id, key_id, key) in zip(pending.rows, pending.adapter_refs):
             if not blob_id:
                 continue
             try:
-                req.adapter = self.cache.get(key, blob_id)
+                req.adapter = self.cache.get(key, blob_id, key_id)
             except AdapterNotFound as exc:
                 raise _RequestError(str(exc), "NOT_FOUND") from None
             except AdapterError as exc:
                 raise _RequestError(f"adapter {blob_id} cannot be used: {exc}") from None
             except BlobError as exc:
                 raise _RequestError(f"blob store unavailable: {type(exc).__name__}", "UNAVAILABLE") from None
-            except ValueError as exc:  # e.g. a malformed blob id refused by the store
-                raise _RequestError(f"bad ADAPTER_BLOB_ID: {exc}") from None
+            except KeysUnavailable as exc:
+                raise _RequestError(f"keys unavailable: {exc.reason}", "UNAVAILABLE") from None
+            except ValueError as exc:  # e.g. a malformed blob or key id refused by the store
+                raise _RequestError(f"bad ADAPTER_BLOB_ID or ADAPTER_KEY_ID: {exc}") from None
 
     def execute(self, requests):
         pendings = [_Pending() for _ in requests]
