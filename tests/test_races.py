@@ -339,7 +339,10 @@ def test_the_order_worker_locks_the_account_before_the_order(harness, pg_probe):
 
     def make_order():
         with write_transaction(h.db):
-            return core_orders.create(user.account_id, [(ids.new_id(), 1)], "studio", 1, 1, None, h.clock.now(), 3).id
+            key_id = m.Account.get_by_id(user.account_id).key_id
+            return core_orders.create(
+                user.account_id, [(ids.new_id(), 1)], "studio", 1, 1, None, h.clock.now(), 3, key_id=key_id
+            ).id
 
     order_id = h.db_call(make_order)
     queue = core_orders.OrderQueue(h.db, h.clock, lease_seconds=600)

@@ -345,3 +345,58 @@ def test_migration_0008_seals_the_rows_of_0007_once_in_one_transaction(empty_dat
         )
     assert assert_all_sealed(db, [*PLAINTEXTS, "new subject"]) == 22
     close_database(db)
+
+
+KILLED_MIGRATION = """
+import os, sys
+from pathlib import Path
+from faceharmony.core.db.connection import open_database
+from faceharmony.core.db.migrate import migrate
+from faceharmony.core.keys.kek import LocalKek
+from faceharmony.core.keys.keyring import Keyring, keyring
+from faceharmony.core.keys.store import SqliteKeyStore
+
+folder = Path(sys.argv[2])
+kr = Keyring(LocalKek(folder / "kek"), SqliteKeyStore(folder / "keystore.sqlite3"))
+kr.check(create=True)
+real, calls = kr.seal_text, []
+
+def seal_text(*args):
+    calls.append(1)
+    if len(calls) == 5:  # some values sealed and written, in the migration's open transaction
+        print("paused", flush=True)
+        sys.stdin.read()  # never answered: the process waits here for its SIGKILL
+        os._exit(3)
+    return real(*args)
+
+kr.seal_text = seal_text
+keyring.initialize(kr)
+migrate(open_database(sys.argv[1]))
+"""
+
+
+def test_migration_0008_killed_halfway_leaves_0007(empty_database_url, tmp_path):
+    import subprocess
+    import sys
+
+    db = open_database(empty_database_url)
+    runner(db).up(target="0007_invitation_revoked")
+    _insert_0007_rows(db)
+    db.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MIGRATION, empty_database_url, str(tmp_path / "killed-keys")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout.readline().strip() == b"paused"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    db = open_database(empty_database_url)
+    assert pending(db) == ["0008_sealed_personal_data"]
+    assert "key_id" not in _columns(db, "account")
+    assert sorted(v for (v,) in db.execute_sql('SELECT "name" FROM "account"').fetchall()) == ["Old Name"]
+    assert migrate(db) == ["0008_sealed_personal_data"]
+    assert assert_all_sealed(db, PLAINTEXTS) == 21
+    close_database(db)
