@@ -242,27 +242,37 @@ KIND_OF = {
 }
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", "gcs", "postgresql"])
 def legacy_harness(request, tmp_path):
+    """A running server over: the local folder and SQLite, GCS (the emulator) and SQLite, or the local folder
+    and PostgreSQL (the throwaway cluster)."""
     from faceharmony.core.keys.keyring import keyring as installed
     from tests.support.harness import start_harness
 
     overrides = {}
     emulator = None
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     if request.param == "gcs":
         emulator = request.getfixturevalue("gcs_emulator")
+    cluster = name = None
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        name = cluster.create_database(template=cluster.template)
+        url = cluster.url(name)
     h = None
     try:
-        backend = Backend(request.param, tmp_path / "data", None, emulator)
+        backend = Backend("gcs" if request.param == "gcs" else "local", tmp_path / "data", None, emulator)
         if request.param == "gcs":
             overrides = dict(blob_backend="gcs", gcs_bucket=backend.bucket, gcs_endpoint=emulator.endpoint)
-        h = start_harness(tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite3'}", **overrides)
+        h = start_harness(tmp_path / "data", url, **overrides)
         backend.keyring = installed.obj  # the server's (install_keyring over the data folder's keys)
         backend.root = h.settings.blob_dir
         yield h, backend
     finally:
         if h is not None:
             h.stop()
+        if cluster is not None:
+            cluster.drop_database(name)
 
 
 def test_reseal_seals_every_legacy_blob_once_and_a_rerun_changes_nothing(legacy_harness):
