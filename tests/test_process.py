@@ -65,7 +65,10 @@ def test_a_process_refuses_an_unmigrated_database(argv, env):
 def test_require_migrated_applies_or_refuses(tmp_path):
     db = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
-        entry = process.Entry("faceharmony-test", settings=None)  # type: ignore[arg-type]
+        from faceharmony.core.settings import Settings
+
+        # the settings name the blob store the reseal step (after the migrations) looks at: empty here
+        entry = process.Entry("faceharmony-test", settings=Settings(data_dir=tmp_path / "data"))
         with pytest.raises(process.Refused) as refused:
             entry.require_migrated(db)
         assert str(refused.value) == process.MIGRATE_HINT and refused.value.code == 2
