@@ -201,3 +201,24 @@ def test_unreadable_photos_fail_for_good_while_other_errors_retry(system, monkey
     assert (job().state, job().error, job().attempts) == ("failed", "PHOTO_UNREADABLE", 2)
     got = h.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model
     assert (got.state, got.failure_reason) == (mp.MODEL_STATE_FAILED, "PHOTO_UNREADABLE")
+
+
+def test_a_photo_that_does_not_open_is_retried_and_trains_once_resealed(system):
+    """A photo blob left in the clear by an older version (the reseal step not run yet) is never used as is:
+    the job is given back (PHOTO_UNREADABLE, retried); once the reseal step sealed it, the model trains."""
+    from faceharmony.core.blobstore.reseal import reseal_legacy_blobs
+
+    h = system
+    user, model = new_model(h, "legacy-photo@example.com")
+    row = h.db_call(lambda: m.Photo.select().where(m.Photo.model_id == model.id).first())
+    plain = LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read("photos", row.blob_id, key_id=row.key_id)
+    (h.settings.blob_dir / "photos" / row.blob_id).write_bytes(plain)  # as an older version stored it
+    trainer = Trainer(h.settings, clock=h.clock, worker_id="w", db=h.db)
+    assert trainer.run_once() is True
+    job = h.db_call(lambda: m.TrainingJob.get(m.TrainingJob.model == model.id))
+    assert (job.state, job.error) == ("queued", "PHOTO_UNREADABLE")
+    assert h.db_call(reseal_legacy_blobs, h.db, h.settings)["photos"] == 1
+    h.clock.advance(minutes=5)
+    assert trainer.run_once() is True
+    got = h.models.GetModel(mp.GetModelRequest(id=model.id), metadata=user.md).model
+    assert got.state == mp.MODEL_STATE_READY

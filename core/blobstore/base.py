@@ -1,12 +1,12 @@
 """The blob-store contract and the storage-role table (ARCHITECTURE.md, P9/P12).
 
-| role      | photos/             | models/             | generated/          |
-|-----------|---------------------|---------------------|---------------------|
-| api       | create              | -                   | read                |
-| trainer   | read                | create              | -                   |
-| order     | -                   | read                | create              |
-| retention | delete              | delete              | delete              |
-| migration | read, create, delete| read, create, delete| read, create, delete|
+| role      | photos/              | models/              | generated/           |
+|-----------|----------------------|----------------------|----------------------|
+| api       | create               | -                    | read                 |
+| trainer   | read                 | create               | -                    |
+| order     | -                    | read                 | create               |
+| retention | delete               | delete               | delete               |
+| migration | read, create, delete | read, create, delete | read, create, delete |
 
 A store is opened for exactly one role and refuses everything else with
 BlobPermissionError before touching storage; on GCS the same table is also
