@@ -14,6 +14,7 @@ import peewee as pw
 
 from faceharmony.core.clock import Clock
 from faceharmony.core.crypto import Hasher
+from faceharmony.core.db.sealed import open_all
 from faceharmony.core.settings import Settings
 
 T = TypeVar("T")
@@ -58,7 +59,9 @@ class AppContext:
 
     def _with_connection(self, fn: Callable[..., T], *args, **kwargs) -> T:
         self.db.connect(reuse_if_open=True)
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        open_all(result)  # sealed columns opened here, in the pool, never on the event loop (core/db/sealed.py)
+        return result
 
     def principal(self) -> Principal:
         principal = current_principal.get()

@@ -52,21 +52,8 @@ class Clock:
         self.value += delta
 
 
-@pytest.fixture(scope="module")
-def fake_kms():
-    with FakeKms() as fake:
-        yield fake
-
-
 def key_bucket(gcs_emulator) -> str:
-    """A fresh bucket as the key store needs it: soft delete off (the emulator, like GCS, turns it on), no
-    versioning."""
-    name = gcs_emulator.new_bucket()
-    bucket = gcs_emulator.client().bucket(name)
-    bucket.reload()
-    bucket.soft_delete_policy.retention_duration_seconds = 0
-    bucket.patch()
-    return name
+    return gcs_emulator.new_key_bucket()
 
 
 @dataclass

@@ -133,3 +133,38 @@ def test_from_another_thread_no_handler_is_installed(env):
     worker.start()
     worker.join(10)
     assert result == {"handler": before, "rc": 0}
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["faceharmony.server"],
+        ["faceharmony.trainer", "--once"],
+        ["faceharmony.order_worker", "--once"],
+        ["faceharmony.retention", "--once"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_process_refuses_to_start_without_the_kek_of_its_data_keys(argv, env):
+    """Data keys exist but the KEK folder is gone (lost, or the wrong data folder mounted): every process stops
+    with one line naming KEK_MISSING rather than make a new KEK that would open none of the data."""
+    from faceharmony.core.keys.factory import install_keyring
+    from faceharmony.core.keys.keyring import keyring
+    from faceharmony.core.settings import Settings
+
+    settings = Settings(data_dir=env / "data")
+    previous = keyring._keyring
+    try:
+        install_keyring(settings).new_key()  # a first KEK version and one wrapped data key
+    finally:
+        keyring.initialize(previous)
+    for version in (settings.keys_dir / "kek").iterdir():
+        version.unlink()
+    environment = {**os.environ, "FACEHARMONY_LISTEN": "127.0.0.1:0"}
+    run = subprocess.run([sys.executable, "-m", *argv], env=environment, capture_output=True, text=True, timeout=120)
+    prog = ENTRIES[argv[0]]
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().startswith(f"{prog}: KEK_MISSING: "), run.stderr
+    assert "Traceback" not in run.stderr
+    assert list((settings.keys_dir / "kek").iterdir()) == []  # no new KEK was made

@@ -36,3 +36,13 @@ class GcsEmulator:
         name = "fh-" + uuid.uuid4().hex[:12]
         self.client().create_bucket(name)
         return name
+
+    def new_key_bucket(self) -> str:
+        """A fresh bucket as the key store needs it (core/keys/gcs_store.py): soft delete off (the emulator,
+        like GCS, turns it on for a new bucket) and no versioning."""
+        name = self.new_bucket()
+        bucket = self.client().bucket(name)
+        bucket.reload()
+        bucket.soft_delete_policy.retention_duration_seconds = 0
+        bucket.patch()
+        return name
