@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from faceharmony.core import ids
 from faceharmony.core.keys import aead
-from faceharmony.core.keys.errors import KeyShredded
+from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded
 from faceharmony.core.keys.kek import KekProvider
 from faceharmony.core.keys.store import KeyStore, WrappedKey
 
@@ -131,7 +131,10 @@ class Keyring:
         return self.seal(key_id, text.encode("utf-8"), aad)
 
     def open_text(self, key_id: str, sealed: bytes, aad: bytes) -> str:
-        return self.open(key_id, sealed, aad).decode("utf-8")
+        try:
+            return self.open(key_id, sealed, aad).decode("utf-8")
+        except UnicodeDecodeError:  # only text is sealed as text: what opened is not what was sealed here
+            raise CiphertextInvalid("a sealed text value is not text") from None
 
     # -- rotation
 
