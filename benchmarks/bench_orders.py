@@ -51,6 +51,7 @@ from faceharmony.core.diffusion.adapter_format import parse_adapter_bytes
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base
 from faceharmony.core.jobs import styles
 from faceharmony.core.jobs.orders import create as create_order
+from faceharmony.core.keys.factory import install_keyring
 from faceharmony.core.settings import Settings
 from faceharmony.order_worker.worker import OrderWorker
 from faceharmony.triton_launcher.server import start_triton
@@ -59,18 +60,21 @@ STYLE = styles.get("studio")
 MODEL = "faceharmony_diffusion"
 
 
-def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str, str]]:
-    """n accounts, each with a READY model whose version is a random rank-4 adapter: (account, model, adapter blob id)."""
+def setup_users(db, store: LocalBlobStore, unet, n: int, keyring) -> list[tuple[str, str, str, str]]:
+    """n accounts, each with a READY model whose version is a random rank-4 adapter sealed with the account's key:
+    (account, model, adapter blob id, key id)."""
     import safetensors.torch
 
     out = []
     now = dt.datetime.now(dt.UTC)
     for i in range(n):
+        key_id = keyring.new_key()
         blob = safetensors.torch.save({k: v.contiguous() for k, v in random_adapter(unet, 4, seed=i).items()})
-        adapter_id = store.create("models", blob)
+        adapter_id = store.create("models", blob, key_id=key_id)
         with write_transaction(db):
             account = m.Account.create(
                 id=ids.new_id(),
+                key_id=key_id,
                 email=f"bench-{i}@example.invalid",
                 email_hmac=f"{i:064x}",
                 name="Bench",
@@ -82,6 +86,7 @@ def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str,
             model = m.UserModel.create(
                 id=ids.new_id(),
                 account=account.id,
+                key_id=key_id,
                 display_name="Bench",
                 state="ready",
                 progress=1.0,
@@ -111,17 +116,20 @@ def setup_users(db, store: LocalBlobStore, unet, n: int) -> list[tuple[str, str,
                 metadata_blob_id=ids.new_id(),
                 base_fingerprint="0" * 64,
                 created_at=now,
+                key_id=key_id,
             )
-        out.append((account.id, model.id, adapter_id))
+        out.append((account.id, model.id, adapter_id, key_id))
     return out
 
 
 def place_orders(db, users, count: int, max_attempts: int) -> list[str]:
     now = dt.datetime.now(dt.UTC)
     order_ids = []
-    for account_id, model_id, _ in users:
+    for account_id, model_id, _, key_id in users:
         with write_transaction(db):
-            order_ids.append(create_order(account_id, [(model_id, 1)], STYLE.id, count, 1, None, now, max_attempts).id)
+            order_ids.append(
+                create_order(account_id, [(model_id, 1)], STYLE.id, count, 1, None, now, max_attempts, key_id=key_id).id
+            )
     return order_ids
 
 
@@ -173,10 +181,10 @@ def end_to_end(db, users, count: int, settings: Settings, client) -> dict:
 def naive(pipe, users, count: int, size: int, steps: int, store: LocalBlobStore) -> dict:
     t0 = time.perf_counter()
     latencies = []
-    for u, (_account, _model, adapter_id) in enumerate(users):
+    for u, (_account, _model, adapter_id, key_id) in enumerate(users):
         for k in range(count):
             adapter = parse_adapter_bytes(
-                store.read("models", adapter_id)
+                store.read("models", adapter_id, key_id=key_id)
             )  # fetched per request, as a naive server would
             pipe.load_lora_weights(adapter, adapter_name=f"user{u}_{k}")
             pipe(
@@ -237,10 +245,11 @@ def main() -> int:
             order_worker_poll_seconds=0.02,
         )
         db = open_database(settings.resolved_database_url, pool_size=40)
+        keyring = install_keyring(settings)  # the data folder's, which Triton and the worker open too
         migrate(db)
         base = load_base(data / "base-model", device="cpu")
-        store = LocalBlobStore(settings.blob_dir, Role.TRAINER)
-        users = setup_users(db, store, base.unet, max(ns))
+        store = LocalBlobStore(settings.blob_dir, Role.TRAINER, keyring)
+        users = setup_users(db, store, base.unet, max(ns), keyring)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
         env["FACEHARMONY_DATA_DIR"] = str(data)
         results = {}

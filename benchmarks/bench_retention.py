@@ -31,6 +31,7 @@ from faceharmony.core.clock import ManualClock
 from faceharmony.core.db import models as m
 from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate
+from faceharmony.core.keys.factory import install_keyring
 from faceharmony.core.settings import Settings
 from faceharmony.retention.daemon import Retention
 
@@ -43,12 +44,14 @@ def _insert(model, rows) -> None:
         model.insert_many(rows[i : i + CHUNK]).execute()
 
 
-def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: int, due: int) -> None:
+def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: int, due: int, keyring) -> None:
     """total rows in all, of which `due` are due; the rest split over sessions, codes and attached photos."""
     past, future = NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=30)
+    key_id = keyring.new_key()  # the account's: its rows carry it, its blobs are sealed with it
     with db.atomic():
         m.Account.create(
             id="a" * 32,
+            key_id=key_id,
             email="bench@example.com",
             email_hmac="h" * 64,
             name="Bench",
@@ -60,6 +63,7 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
         m.UserModel.create(
             id=model_id,
             account="a" * 32,
+            key_id=key_id,
             display_name="m",
             state="ready",
             trigger_token="sks",
@@ -70,6 +74,7 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
         m.Order.create(
             id=order_id,
             account="a" * 32,
+            key_id=key_id,
             style_id="s",
             count=1,
             state="completed",
@@ -91,6 +96,7 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
         return dict(
             id=ids.new_id(),
             account="a" * 32,
+            key_id=key_id,
             blob_id=blob_id,
             width=8,
             height=8,
@@ -110,7 +116,7 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
         _insert(m.Session, [session(future) for _ in range(bg_sessions)] + [session(past) for _ in range(due_sessions)])
         _insert(m.SignInCode, [code(future) for _ in range(bg_codes)] + [code(past) for _ in range(due_codes)])
         _insert(m.Photo, [photo(ids.new_id(), False) for _ in range(bg_photos)])
-        _insert(m.Photo, [photo(creator_photos.create("photos", b"p"), True) for _ in range(due_photos)])
+        _insert(m.Photo, [photo(creator_photos.create("photos", b"p", key_id=key_id), True) for _ in range(due_photos)])
         images = [
             dict(
                 id=ids.new_id(),
@@ -131,11 +137,12 @@ def build(db, store: LocalBlobStore, creator_photos, creator_generated, total: i
                 dict(
                     id=ids.new_id(),
                     account="a" * 32,
+                    key_id=key_id,
                     order=order_id,
                     image=img["id"],
                     model_id=model_id,
-                    blob_id=creator_generated.create("generated", b"g"),
-                    preview_blob_id=creator_generated.create("generated", b"p"),
+                    blob_id=creator_generated.create("generated", b"g", key_id=key_id),
+                    preview_blob_id=creator_generated.create("generated", b"p", key_id=key_id),
                     content_type="image/png",
                     size_bytes=1,
                     width=8,
@@ -155,6 +162,7 @@ def run_size(total: int, due: int, cluster=None) -> tuple[float, int, float]:
         data = Path(tmp)
         url = cluster.url(cluster.create_database()) if cluster is not None else f"sqlite:///{data / 'db.sqlite3'}"
         settings = dataclasses.replace(Settings(), data_dir=data, database_url=url, secret_key="bench")
+        keyring = install_keyring(settings)
         db = open_database(settings.resolved_database_url)
         migrate(db)
         t0 = time.perf_counter()
@@ -165,6 +173,7 @@ def run_size(total: int, due: int, cluster=None) -> tuple[float, int, float]:
             LocalBlobStore(settings.blob_dir, Role.ORDER),
             total,
             due,
+            keyring,
         )
         built = time.perf_counter() - t0
         rows = sum(model.select().count() for model in m.ALL_MODELS)
