@@ -11,7 +11,10 @@ account active: P13, P17), asks Triton, encodes the PNG and a small JPEG preview
 order-processor role, and records the photo in one transaction fenced by its lease (`core/jobs/orders.py`).
 Both are sealed with the order's data key (the owner's: core/blobstore/base.py) before they reach the store; the
 worker tells Triton the adapter's blob id and the data key id it was sealed with (ADAPTER_KEY_ID), and Triton
-opens it with its own keyring. The worker opens the process's keyring at start-up (install_keyring).
+opens it with its own keyring. Triton answers the image sealed with that same key (IMAGE_SEALED, bound to the
+request: core/diffusion/sealed_image.py), so no pixel is in Triton's shared-memory files or on the wire in the
+clear; the worker opens it in memory (an image that does not open fails: CIPHERTEXT_INVALID). The worker opens
+the process's keyring at start-up (install_keyring).
 
 Failure handling:
 * Triton unreachable or overloaded: the image is retried with capped exponential backoff for as long as
@@ -47,11 +50,14 @@ from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database, write_transaction
 from faceharmony.core.db.models import JobState, ModelVersion, Order, OrderImage, UserModel
+from faceharmony.core.diffusion.sealed_image import open_image
 from faceharmony.core.jobs import evictions, styles
 from faceharmony.core.jobs.orders import OrderQueue, unservable_reason
 from faceharmony.core.jobs.queue import Claim, default_worker_id
-from faceharmony.core.keys.errors import KeyShredded, KeysUnavailable
+from faceharmony.core.keys.aead import triton_image_aad
+from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded, KeysUnavailable
 from faceharmony.core.keys.keyring import Keyring
+from faceharmony.core.keys.keyring import keyring as process_keyring
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger("faceharmony.order_worker")
@@ -91,10 +97,13 @@ model_key = evictions.model_key  # the adapter-cache key Triton uses for a model
 
 
 class TritonImages:
-    """The Triton side of the worker: one image per gRPC request, a client per thread."""
+    """The Triton side of the worker: one image per gRPC request, a client per thread. Triton answers each image
+    sealed with the request's ADAPTER_KEY_ID (IMAGE_SEALED, core/diffusion/sealed_image.py); `keyring`
+    (default: the process's) opens it."""
 
-    def __init__(self, url: str, model: str, timeout: float) -> None:
+    def __init__(self, url: str, model: str, timeout: float, keyring: Keyring | None = None) -> None:
         self.url, self.model, self.timeout = url, model, timeout
+        self.keyring = keyring if keyring is not None else process_keyring
         self._local = threading.local()
 
     def _client(self):
@@ -150,6 +159,9 @@ class TritonImages:
         width: int,
         height: int,
     ) -> np.ndarray:
+        """The image's [H, W, 3] uint8 pixels, opened here from the sealed bytes Triton returned. Raises
+        TritonRetryable, TritonRejected (also CIPHERTEXT_INVALID: what came back does not open as this request's
+        image with its key), KeyShredded (the key is gone: the owner is being purged) or KeysUnavailable."""
         inputs = [
             self._input("PROMPT", prompt.encode(), "BYTES"),
             self._input("NEGATIVE_PROMPT", negative.encode(), "BYTES"),
@@ -162,7 +174,14 @@ class TritonImages:
         ]
         if width and height:
             inputs += [self._input("WIDTH", width, "INT32"), self._input("HEIGHT", height, "INT32")]
-        return self._call(inputs, ["IMAGE"]).as_numpy("IMAGE")[0]
+        sealed = self._call(inputs, ["IMAGE_SEALED"]).as_numpy("IMAGE_SEALED")
+        if sealed is None or sealed.shape != (1, 1) or not isinstance(sealed[0, 0], bytes):
+            raise TritonRejected("CIPHERTEXT_INVALID")
+        aad = triton_image_aad(adapter_blob_id, key, seed, adapter_key_id)
+        try:
+            return open_image(self.keyring, adapter_key_id, sealed[0, 0], aad)
+        except CiphertextInvalid as exc:
+            raise TritonRejected(exc.reason) from None
 
     def evict(self, keys: list[str]) -> int:
         import tritonclient.grpc as grpcclient
@@ -219,7 +238,7 @@ class OrderWorker:
         self.queue = OrderQueue(self.db, self.clock, settings.order_lease_seconds)
         self.store = store or open_blob_store(settings, Role.ORDER, self.keyring)
         self.triton = triton or TritonImages(
-            settings.triton_url, settings.triton_model, settings.triton_timeout_seconds
+            settings.triton_url, settings.triton_model, settings.triton_timeout_seconds, self.keyring
         )
         self.shutting_down = threading.Event()
         self._held: dict[str, _Held] = {}
@@ -402,6 +421,7 @@ class OrderWorker:
         internal_tries = 0
         made: tuple[bytes, bytes, int, int] | None = None  # kept across retries: a storage or database
         stored: tuple[str, str] | None = None  # failure does not make the image (or its blobs) again
+        photo_key: str | None = None  # the generated photo's own data key (its purge shreds it), made once
         asked = False  # a request of this image reached (or may have reached) Triton
         while not (lost.is_set() or self.shutting_down.is_set()):
             try:
@@ -427,12 +447,24 @@ class OrderWorker:
                     )
                     made = (*encode(pixels, s.preview_max_side), pixels.shape[1], pixels.shape[0])
                 png, jpeg, width, height = made
+                if photo_key is None:
+                    photo_key = self.keyring.new_key()
                 if stored is None:
                     stored = (
-                        self.store.create("generated", png, "image/png", key_id=key_id),
-                        self.store.create("generated", jpeg, "image/jpeg", key_id=key_id),
+                        self.store.create("generated", png, "image/png", key_id=photo_key),
+                        self.store.create("generated", jpeg, "image/jpeg", key_id=photo_key),
                     )
-                if not self._db(self.queue.record_image, claim, slot, *stored, "image/png", len(png), width, height):
+                if not self._db(
+                    self.queue.record_image,
+                    claim,
+                    slot,
+                    *stored,
+                    "image/png",
+                    len(png),
+                    width,
+                    height,
+                    key_id=photo_key,
+                ):
                     log.info(
                         "image not recorded: order or slot no longer ours, or model no longer served",
                         extra={"order_id": claim.job_id},

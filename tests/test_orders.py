@@ -48,7 +48,7 @@ def make_images(h, order_id: str, fail: int = 0) -> list[bytes]:
         png, jpeg = encode(pixels, h.settings.preview_max_side)
         blob = store.create("generated", png, "image/png", key_id=key_id)
         preview = store.create("generated", jpeg, "image/jpeg", key_id=key_id)
-        assert h.db_call(q.record_image, claim, slot, blob, preview, "image/png", len(png), 80, 48)
+        assert h.db_call(q.record_image, claim, slot, blob, preview, "image/png", len(png), 80, 48, key_id)
         pngs.append(png)
     assert h.db_call(q.finish, claim) in ("completed", "failed")
     return pngs
@@ -167,18 +167,20 @@ def test_each_slot_is_recorded_once_failures_are_refunded_and_a_lost_lease_write
     claim = h.db_call(q.claim, "w1")
     slots = h.db_call(q.pending_slots, claim)
     blob = ids.new_id
-    assert h.db_call(q.record_image, claim, slots[0], blob(), blob(), "image/png", 1, 8, 8)
-    assert not h.db_call(q.record_image, claim, slots[0], blob(), blob(), "image/png", 1, 8, 8)  # already done
+    assert h.db_call(q.record_image, claim, slots[0], blob(), blob(), "image/png", 1, 8, 8, ids.new_id())
+    assert not h.db_call(
+        q.record_image, claim, slots[0], blob(), blob(), "image/png", 1, 8, 8, ids.new_id()
+    )  # already done
     assert h.db_call(q.fail_image, claim, [slots[1].id], "GENERATION_REFUSED") == 1
     assert h.db_call(q.fail_image, claim, [slots[1].id], "GENERATION_REFUSED") == 0  # refunded once
     assert h.db_call(q.finish, claim) is None  # a slot is still pending
     h.clock.advance(dt.timedelta(seconds=h.settings.order_lease_seconds + 1))  # w1 stalls; w2 takes over
     taken = h.db_call(q.claim, "w2")
     assert taken.job_id == placed.id and taken.attempt == 2
-    assert not h.db_call(q.record_image, claim, slots[2], blob(), blob(), "image/png", 1, 8, 8)
+    assert not h.db_call(q.record_image, claim, slots[2], blob(), blob(), "image/png", 1, 8, 8, ids.new_id())
     assert h.db_call(q.fail_image, claim, [slots[2].id], "X") == 0
     assert [s.id for s in h.db_call(q.pending_slots, taken)] == [slots[2].id]
-    assert h.db_call(q.record_image, taken, slots[2], blob(), blob(), "image/png", 1, 8, 8)
+    assert h.db_call(q.record_image, taken, slots[2], blob(), blob(), "image/png", 1, 8, 8, ids.new_id())
     assert h.db_call(q.finish, taken) == "completed"
     got = h.orders.GetOrder(o.GetOrderRequest(id=placed.id), metadata=user.md).order
     assert (got.state, got.images_done, got.images_failed, got.credits_charged, got.credits_refunded) == (
@@ -305,9 +307,13 @@ def test_an_image_finished_after_its_model_was_deleted_or_account_deactivated_is
     assert [c.job_id for c in claims] == [first.id, second.id]  # both images are "at Triton" now
     slots = [h.db_call(q.pending_slots, c)[0] for c in claims]
     h.models.DeleteModel(mp.DeleteModelRequest(id=model), metadata=user.md)  # P13: mid-generation
-    assert not h.db_call(q.record_image, claims[0], slots[0], ids.new_id(), ids.new_id(), "image/png", 1, 8, 8)
+    assert not h.db_call(
+        q.record_image, claims[0], slots[0], ids.new_id(), ids.new_id(), "image/png", 1, 8, 8, ids.new_id()
+    )
     h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)  # P17
-    assert not h.db_call(q.record_image, claims[1], slots[1], ids.new_id(), ids.new_id(), "image/png", 1, 8, 8)
+    assert not h.db_call(
+        q.record_image, claims[1], slots[1], ids.new_id(), ids.new_id(), "image/png", 1, 8, 8, ids.new_id()
+    )
     assert h.db_call(m.GeneratedPhoto.select().count) == 0
     for claim, reason in zip(claims, ("MODEL_DELETED", "ACCOUNT_DEACTIVATED")):
         assert h.db_call(q.finish, claim) == "failed"

@@ -307,7 +307,9 @@ def test_the_trainer_locks_the_model_before_the_job_as_delete_model_does(harness
     calls = {
         "start": lambda: queue.start(claim),
         "fail": lambda: queue.fail(claim, "TRAINING_ERROR", retryable=True),
-        "record_version": lambda: queue.record_version(claim, ids.new_id(), ids.new_id(), "f" * 64),
+        "record_version": lambda: queue.record_version(
+            claim, ids.new_id(), ids.new_id(), "f" * 64, key_id=ids.new_id()
+        ),
     }
     with locker.atomic():
         # What DeleteModel does first: the model's row.

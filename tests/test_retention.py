@@ -61,7 +61,7 @@ def ready_model(h, user, photo_ids) -> str:
     """A model made through the API, then finished as a trainer would: a version with adapter and metadata blobs."""
     model = h.models.CreateModel(mp.CreateModelRequest(display_name="Me", photo_ids=photo_ids), metadata=user.md).model
     trainer = LocalBlobStore(h.settings.blob_dir, Role.TRAINER)
-    key_id = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    key_id = keyring.new_key()  # the version's own key, as the trainer makes it
     adapter, metadata = (
         trainer.create("models", b"adapter", key_id=key_id),
         trainer.create("models", b"{}", key_id=key_id),
@@ -97,9 +97,9 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
     """An order whose images were generated, as the order worker would leave it; returns (order id, photo ids)."""
     worker = LocalBlobStore(h.settings.blob_dir, Role.ORDER)
     key_id = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    photo_keys = [keyring.new_key() for _ in states]  # each generated photo's own key, as the worker makes it
     made = [
-        (worker.create("generated", b"png", key_id=key_id), worker.create("generated", b"jpg", key_id=key_id))
-        for _ in states
+        (worker.create("generated", b"png", key_id=k), worker.create("generated", b"jpg", key_id=k)) for k in photo_keys
     ]
 
     def insert():
@@ -123,7 +123,7 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
                 updated_at=now,
                 finished_at=now,
             )
-            for i, (state, (blob, preview)) in enumerate(zip(states, made)):
+            for i, (state, (blob, preview), photo_key) in enumerate(zip(states, made, photo_keys)):
                 image = m.OrderImage.create(
                     id=ids.new_id(),
                     order=order_id,
@@ -138,7 +138,7 @@ def order_with_photos(h, user, model_id, states=("rejected", "downloaded")) -> t
                 photo = m.GeneratedPhoto.create(
                     id=ids.new_id(),
                     account=user.account_id,
-                    key_id=key_id,
+                    key_id=photo_key,
                     order=order_id,
                     image=image.id,
                     model_id=model_id,
@@ -680,3 +680,33 @@ def test_the_orphan_sweep_runs_on_its_own_interval(sqlite_harness):
     assert "orphan_photos_blobs" not in h.db_call(daemon.run_once)
     h.clock.advance(seconds=1)
     assert h.db_call(daemon.run_once)["orphan_photos_blobs"] == 1 and blobs(h) == set()
+
+
+def test_a_purged_photo_model_or_generated_photo_takes_its_own_data_key_the_persons_stays(harness):
+    """Each photo, model version and generated photo has a key of its own (issue 12): its purge shreds it, so a
+    soft-deleted copy of its blob opens with nothing; the person's key stays while the account lives."""
+    h = harness
+    user = h.sign_up("own-keys@example.com")
+    photo_ids = upload(h, user, 5)
+    keys_of_photos = dict(h.db_call(lambda: list(m.Photo.select(m.Photo.id, m.Photo.key_id).tuples())))
+    person = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    assert len(set(keys_of_photos.values()) | {person}) == 6  # every photo a key of its own
+    spare = photo_ids.pop()
+    h.photos.DeletePhoto(p.DeletePhotoRequest(id=spare), metadata=user.md)
+    model_id = ready_model(h, user, photo_ids)
+    version_key = h.db_call(lambda: m.ModelVersion.get(m.ModelVersion.model == model_id).key_id)
+    _, generated = order_with_photos(h, user, model_id, states=("rejected",))
+    generated_key = h.db_call(lambda: m.GeneratedPhoto.get_by_id(generated[0]).key_id)
+    assert run(h)["photos"] == 1
+    assert not keyring.exists(keys_of_photos[spare])
+    assert all(keyring.exists(keys_of_photos[pid]) for pid in photo_ids)
+
+    h.models.DeleteModel(mp.DeleteModelRequest(id=model_id), metadata=user.md)
+    h.clock.advance(61 * DAY)  # past the model's grace period and the rejected photo's 60 days
+    purged = run(h)
+    assert purged["models"] == 1 and purged["generated_photos"] == 1
+    assert not keyring.exists(version_key) and not keyring.exists(generated_key)
+    assert not any(keyring.exists(keys_of_photos[pid]) for pid in photo_ids)  # purged with the model (P13)
+    assert keyring.exists(person)
+    keyring.forget_cached()
+    assert h.db_call(lambda: m.Account.get_by_id(user.account_id).email) == user.email

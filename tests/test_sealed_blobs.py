@@ -182,7 +182,7 @@ def _legacy_install(h, backend: Backend):
     claim = h.db_call(queue.claim, "legacy-worker")
     [slot] = h.db_call(queue.pending_slots, claim)
     _, png, _ = blobs["generated"]
-    assert h.db_call(queue.record_image, claim, slot, "1" * 32, "2" * 32, "image/png", len(png), 128, 96)
+    assert h.db_call(queue.record_image, claim, slot, "1" * 32, "2" * 32, "image/png", len(png), 128, 96, key)
     assert created.id == claim.job_id
     from tests.test_photos import upload
 
@@ -192,11 +192,12 @@ def _legacy_install(h, backend: Backend):
 
     def legacy(model, column, kind, name):
         def change():
-            row = model.select().where(model.key_id == key).get()
+            row = model.select().get()  # the user's only one (staff own no blobs)
             old = getattr(row, column.name)
             new = os.urandom(16).hex()
             backend.raw_put(kind, new, blobs[name][1])
-            model.update({column: new}).where(model.id == row.id).execute()
+            # Migration 0008 gave an older install's rows their account's key.
+            model.update({column: new, model.key_id: key}).where(model.id == row.id).execute()
             try:
                 backend.store(Role.RETENTION).delete(kind, old)
             except Exception:  # noqa: BLE001 - ready_model's ids name no blob
@@ -358,7 +359,8 @@ def test_an_interrupted_reseal_finishes_on_the_next_run_and_leaves_only_orphans(
 
 
 def test_a_fresh_install_never_stores_plaintext_through_the_api(legacy_harness):
-    """An upload through the running server: the stored photo is sealed with the account's key."""
+    """An upload through the running server: the stored photo is sealed with a key of its own (not the account's),
+    which the key store holds."""
     from faceharmony.core.db import models as m
     from tests.test_photos import upload
 
@@ -367,7 +369,10 @@ def test_a_fresh_install_never_stores_plaintext_through_the_api(legacy_harness):
     photo = images.one_face()
     row_id = upload(h, user, photo).photo.id
     blob_id, key_id = h.db_call(lambda: (lambda p: (p.blob_id, p.key_id))(m.Photo.get_by_id(row_id)))
-    assert key_id == h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    assert key_id != h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    from faceharmony.core.keys.keyring import keyring
+
+    assert keyring.exists(key_id)
     stored = backend.everything()
     assert list(stored) and all(aead.is_sealed(c) for c in stored.values())
     from PIL import Image

@@ -99,8 +99,8 @@ def test_a_trainer_killed_mid_training_loses_nothing(system, tmp_path):
     assert model_blobs == sorted([versions[0].adapter_blob_id, versions[0].metadata_blob_id])
     # Only the order side reads models (P12).
     version = versions[0]
-    # Sealed with the owner's key (the model's account's), as every blob.
-    assert version.key_id == h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    # Sealed with the version's own key (shredded with the model), not the account's.
+    assert version.key_id != h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
     for blob_id in (version.adapter_blob_id, version.metadata_blob_id):
         assert aead.is_sealed((h.settings.blob_dir / "models" / blob_id).read_bytes())
     with pytest.raises(BlobPermissionError):

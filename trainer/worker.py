@@ -196,11 +196,12 @@ class Trainer:
             beat.join()
         metadata = dict(adapter.metadata, model_id=model.id, job_id=claim.job_id)
         try:
+            version_key = self.keyring.new_key()  # the version's own key: the model's purge shreds it
             adapter_id = self.store.create(
-                "models", adapter.safetensors, "application/octet-stream", key_id=model.key_id
+                "models", adapter.safetensors, "application/octet-stream", key_id=version_key
             )
             metadata_id = self.store.create(
-                "models", json.dumps(metadata, sort_keys=True).encode(), "application/json", key_id=model.key_id
+                "models", json.dumps(metadata, sort_keys=True).encode(), "application/json", key_id=version_key
             )
         except KeyShredded:
             self.queue.fail(claim, "MODEL_NOT_TRAINABLE", retryable=False)
@@ -208,7 +209,7 @@ class Trainer:
         except (BlobError, KeysUnavailable):
             self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
             return
-        version = self.queue.record_version(claim, adapter_id, metadata_id, base.fingerprint)
+        version = self.queue.record_version(claim, adapter_id, metadata_id, base.fingerprint, key_id=version_key)
         if version is None:
             log.warning(
                 "adapter not recorded: job lost meanwhile (its blobs are swept)", extra={"job_id": claim.job_id}

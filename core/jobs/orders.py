@@ -213,8 +213,10 @@ class OrderQueue(JobQueue):
         size: int,
         width: int,
         height: int,
+        key_id: str,
     ) -> bool:
-        """Records the slot's generated photo; False (nothing recorded) when the order or the slot is no longer ours,
+        """Records the slot's generated photo (`key_id`: the data key of its own that both blobs are sealed with,
+        shredded with it); False (nothing recorded) when the order or the slot is no longer ours,
         or when the model may no longer be served (deleted, account deactivated, while the image was being made):
         then the slot fails and is refunded instead, in the same transaction."""
         with write_transaction(self.db):
@@ -248,7 +250,7 @@ class OrderQueue(JobQueue):
                 height=height,
                 state=GeneratedPhotoState.AVAILABLE,
                 created_at=now,
-                key_id=order.key_id,  # the key the order worker sealed both blobs with (the owner's)
+                key_id=key_id,  # the generated photo's own key: its purge shreds it (retention/keys.py)
             )
             Order.update(images_done=Order.images_done + 1, progress=_progress(done_delta=1), updated_at=now).where(
                 Order.id == order.id

@@ -107,8 +107,11 @@ class TrainingQueue(JobQueue):
             ).where(UserModel.id == model.id).execute()
             return UserModel.get_by_id(model.id)
 
-    def record_version(self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str) -> int | None:
-        """Records the new adapter and makes the model READY; None when the job is no longer ours to finish."""
+    def record_version(
+        self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str, *, key_id: str
+    ) -> int | None:
+        """Records the new adapter and makes the model READY; None when the job is no longer ours to finish.
+        `key_id`: the version's own data key, which sealed both blobs (shredded when the model is purged)."""
         with write_transaction(self.db):
             self.lock_first(claim.job_id)
             if not self.owns(claim):
@@ -131,7 +134,7 @@ class TrainingQueue(JobQueue):
                 metadata_blob_id=metadata_blob_id,
                 base_fingerprint=fingerprint,
                 created_at=now,
-                key_id=model.key_id,  # the key the trainer sealed both blobs with (the owner's)
+                key_id=key_id,
             )
             UserModel.update(state=ModelState.READY, progress=1.0, current_version=latest + 1, updated_at=now).where(
                 UserModel.id == model.id

@@ -64,13 +64,14 @@ def check_quota(app: AppContext, account_id: str) -> None:
 
 
 def record_upload(
-    app: AppContext, account_id: str, blob_id: str, image: PreparedImage, request_id: str | None
+    app: AppContext, account_id: str, blob_id: str, key_id: str, image: PreparedImage, request_id: str | None
 ) -> Photo:
-    """Inserts the row for a stored blob. A concurrent upload with the same request_id returns the first photo."""
+    """Inserts the row for a stored blob, sealed with the photo's own data key `key_id` (its purge shreds it). A
+    concurrent upload with the same request_id returns the first photo (our blob and key are orphans, swept)."""
     now = app.clock.now()
     try:
         with write_transaction(app.db):
-            account = locked(Account.select(Account.id, Account.key_id).where(Account.id == account_id), app.db).first()
+            locked(Account.select(Account.id).where(Account.id == account_id), app.db).first()
             first = existing_upload(app, account_id, request_id)
             if first is not None:  # a replay that finished first: its photo (our blob is an orphan, swept later)
                 return first
@@ -78,7 +79,7 @@ def record_upload(
             return Photo.create(
                 id=ids.new_id(),
                 account=account_id,
-                key_id=account.key_id,  # the key the blob was sealed with (the account's)
+                key_id=key_id,
                 blob_id=blob_id,
                 width=image.width,
                 height=image.height,

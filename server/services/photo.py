@@ -8,7 +8,6 @@ import logging
 import grpc
 
 from faceharmony.core.blobstore.base import BlobError, BlobStore
-from faceharmony.core.db.models import Account
 from faceharmony.core.verify.base import PreparedImage, Verdict, Verifier, VerifierUnavailable
 from faceharmony.core.verify.prepare import ImageRejected, Limits, declared_pixels, prepare_upload
 from faceharmony.server import convert
@@ -25,11 +24,6 @@ log = logging.getLogger(__name__)
 
 def _unavailable(reason: str, message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, reason, message)
-
-
-def _account_key(account_id: str) -> str:
-    """The data key of the account: its photos' blobs are sealed with it (core/blobstore/base.py)."""
-    return Account.select(Account.key_id).where(Account.id == account_id).scalar()
 
 
 class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
@@ -86,13 +80,13 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         )
         if refusal is not None:
             raise refusal
-        key_id = await self.app.run(_account_key, account_id)
         try:
+            key_id = await self.app.run(self.store.keyring.new_key)  # the photo's own key: its purge shreds it
             blob_id = await self.app.run(self.store.create, "photos", image.jpeg, "image/jpeg", key_id=key_id)
         except BlobError as exc:
             log.warning("photo blob write failed", extra={"error": str(exc)})
             raise _unavailable("UNAVAILABLE", "photo storage is unavailable; try again later") from None
-        row = await self.app.run(photos.record_upload, self.app, account_id, blob_id, image, request_id)
+        row = await self.app.run(photos.record_upload, self.app, account_id, blob_id, key_id, image, request_id)
         return pb.UploadPhotoResponse(photo=convert.photo(row))
 
     async def ListPhotos(self, request, context):
