@@ -227,8 +227,8 @@ def _serialize(base: BasePipeline, settings: TrainingSettings, metadata: dict, s
     `pack_weights` and the LoRA-metadata key), so no adapter is ever in a file in the clear (issue 12).
     `scratch_dir` is kept for the callers; nothing is written there."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     unet = base.unet
