@@ -11,6 +11,9 @@ What it proves:
 * each image has the requested size and equals the in-process `BatchedGenerator` run on the same request
   alone, within UINT8_TOL grey levels (batched vs single kernels differ by ~1e-6 in float; an image can
   flip one level where a value sits on a rounding edge);
+* no pixel leaves the model plain: each image comes back sealed with the request's ADAPTER_KEY_ID (IMAGE_SEALED),
+  and neither those bytes nor the server's shared-memory files (/dev/shm, triton_launcher/shm.py) hold a slice
+  of its raw pixels; it opens only with its own key and as the answer to its own request;
 * a request with an unknown adapter blob id, one with another person's key, one without a key id, and one with
   an invalid size, in the same batch fail alone, each with its reason in its own response;
 * EVICT_KEYS drops a model version from the adapter cache (models pending deletion).
@@ -40,7 +43,11 @@ from faceharmony.core.blobstore.local import LocalBlobStore  # noqa: E402
 from faceharmony.core.diffusion.adapter_format import parse_adapter_bytes  # noqa: E402
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest  # noqa: E402
 from faceharmony.core.diffusion.pipeline import build_tiny_pipeline, load_base  # noqa: E402
+from faceharmony.core.diffusion.sealed_image import open_image  # noqa: E402
+from faceharmony.core.keys.aead import is_sealed, triton_image_aad  # noqa: E402
+from faceharmony.core.keys.errors import CiphertextInvalid  # noqa: E402
 from faceharmony.triton_launcher.server import start_triton  # noqa: E402
+from faceharmony.triton_launcher.shm import REGION_PREFIX, SHM_DIR  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -125,22 +132,30 @@ def _inputs(
 
 
 def _send_concurrently(client, batches: list[list]) -> list:
-    """async_infer all at once; returns per request the IMAGE array or the InferenceServerException."""
+    """async_infer all at once; returns per request the IMAGE_SEALED array ([1, 1] bytes) or the
+    InferenceServerException."""
     results: list = [None] * len(batches)
     done = threading.Semaphore(0)
 
     def callback(i):
         def cb(result, error):
-            results[i] = error if error is not None else result.as_numpy("IMAGE")
+            results[i] = error if error is not None else result.as_numpy("IMAGE_SEALED")
             done.release()
 
         return cb
 
     for i, inputs in enumerate(batches):
-        client.async_infer(MODEL, inputs, callback(i), outputs=[grpcclient.InferRequestedOutput("IMAGE")])
+        client.async_infer(MODEL, inputs, callback(i), outputs=[grpcclient.InferRequestedOutput("IMAGE_SEALED")])
     for _ in batches:
         assert done.acquire(timeout=120), "Triton did not answer in time"
     return results
+
+
+def _opened(keyring, sealed, blob_id: str, key: str, seed: int, key_id: str) -> np.ndarray:
+    """The [H, W, 3] pixels of one IMAGE_SEALED answer, opened as the order worker opens them."""
+    assert isinstance(sealed, np.ndarray), sealed
+    assert sealed.shape == (1, 1) and isinstance(sealed[0, 0], bytes) and is_sealed(sealed[0, 0])
+    return open_image(keyring, key_id, sealed[0, 0], triton_image_aad(blob_id, key, seed, key_id))
 
 
 def _batch_sizes(client) -> dict[int, int]:
@@ -202,15 +217,16 @@ def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(
     engine = BatchedGenerator(base)
     parsed = {blob_a: parse_adapter_bytes(bytes_a), blob_b: parse_adapter_bytes(bytes_b)}
     diffs = []
-    for (prompt, blob, _key, seed, guidance, negative), image in zip(good, results):
-        assert isinstance(image, np.ndarray), image
-        assert image.dtype == np.uint8 and image.shape == (1, HEIGHT, WIDTH, 3)
+    images = []
+    for (prompt, blob, key, seed, guidance, negative), sealed in zip(good, results):
+        image = _opened(keyring, sealed, blob, key, seed, k)
+        assert image.dtype == np.uint8 and image.shape == (HEIGHT, WIDTH, 3)
         alone = engine.generate(
             [GenerationRequest(prompt, parsed[blob], negative or None, seed, STEPS, guidance, WIDTH, HEIGHT)]
         )[0]
         assert alone.ok and alone.batch_size == 1
-        diffs.append(int(np.abs(image[0].astype(int) - alone.image.astype(int)).max()))
-    images = [r[0].astype(int) for r in results]
+        diffs.append(int(np.abs(image.astype(int) - alone.image.astype(int)).max()))
+        images.append(image.astype(int))
     # The comparison means something: other seed or other user's adapter -> visibly another image.
     assert np.abs(images[0] - images[1]).mean() > 2 and np.abs(images[0] - images[2]).mean() > 2
 
@@ -222,12 +238,69 @@ def test_mixed_users_batched_equal_single_requests_and_bad_requests_fail_alone(
     assert any(bs > 1 and n > 0 for bs, n in grown.items()), grown
 
 
-def test_evict_keys_drops_a_cached_model_version(client, adapters, adapter_key):
+def _pixel_slices(image: np.ndarray, count: int = 24, size: int = 48) -> list[bytes]:
+    """`count` slices of `size` bytes spread over the raw pixels: a copy of the image holds every one."""
+    raw = np.ascontiguousarray(image).tobytes()
+    return [raw[i : i + size] for i in np.linspace(0, len(raw) - size, count).astype(int)]
+
+
+def _shm_regions(server) -> list[Path]:
+    """The shared-memory files of this server's launch (the Python backend's requests and responses)."""
+    (lock,) = (server.shm_locks).glob("*.lock")
+    return sorted(SHM_DIR.glob(f"{REGION_PREFIX}{lock.stem}_*"))
+
+
+def test_images_leave_triton_sealed_with_the_requests_key(client, server, adapters, base, keyring, adapter_key):
+    """The answer is sealed bytes that hold no slice of the image's pixels, nor do Triton's shared-memory files;
+    it opens to the engine's image with the request's key, and not with another key or as another request's."""
+    blob_a, bytes_a = next(iter(adapters.items()))
+    other = keyring.new_key()  # another person's: the bare base sealed with it
+    prompt, seed = "a photo of sks person", 21
+    asked = [(blob_a, "model-a:1", adapter_key), ("", "", other)]
+    results = _send_concurrently(
+        client, [_inputs(prompt, blob, mk, seed, 7.5, key_id=key_id) for blob, mk, key_id in asked]
+    )
+    engine = BatchedGenerator(base)
+    alone = engine.generate(
+        [
+            GenerationRequest(prompt, parse_adapter_bytes(bytes_a), None, seed, STEPS, 7.5, WIDTH, HEIGHT),
+            GenerationRequest(prompt, None, None, seed, STEPS, 7.5, WIDTH, HEIGHT),
+        ]
+    )
+    regions = _shm_regions(server)
+    assert regions, "no shared-memory region of this launch found"
+    shm = b"".join(path.read_bytes() for path in regions)
+    # The scan sees what passes there: the responses go through these files (so would raw pixels).
+    assert any(r[0, 0] in shm for r in results)
+    opened = []
+    for (blob, mk, key_id), sealed, expected in zip(asked, results, alone):
+        image = _opened(keyring, sealed, blob, mk, seed, key_id)
+        assert image.dtype == np.uint8 and image.shape == (HEIGHT, WIDTH, 3)
+        assert int(np.abs(image.astype(int) - expected.image.astype(int)).max()) <= UINT8_TOL
+        slices = _pixel_slices(image)
+        assert not [s for s in slices if s in sealed[0, 0]], "raw pixels in the bytes Triton returned"
+        assert not [s for s in slices if s in shm], "raw pixels in Triton's shared-memory files"
+        opened.append(image)
+    assert np.abs(opened[0].astype(int) - opened[1].astype(int)).mean() > 2  # two different images
+
+    # Each opens with its own key only, and only as the answer to its own request.
+    (sealed_a, sealed_b) = (r[0, 0] for r in results)
+    with pytest.raises(CiphertextInvalid):
+        open_image(keyring, other, sealed_a, triton_image_aad(blob_a, "model-a:1", seed, other))
+    with pytest.raises(CiphertextInvalid):
+        open_image(keyring, adapter_key, sealed_b, triton_image_aad("", "", seed, adapter_key))
+    with pytest.raises(CiphertextInvalid):  # the right key, another seed
+        open_image(keyring, adapter_key, sealed_a, triton_image_aad(blob_a, "model-a:1", seed + 1, adapter_key))
+    with pytest.raises(CiphertextInvalid):  # the right key, another model version
+        open_image(keyring, adapter_key, sealed_a, triton_image_aad(blob_a, "model-a:2", seed, adapter_key))
+
+
+def test_evict_keys_drops_a_cached_model_version(client, adapters, keyring, adapter_key):
     blob_a = next(iter(adapters))
     first = _send_concurrently(
         client, [_inputs("a photo of sks person", blob_a, "model-evict:1", 1, 7.5, key_id=adapter_key)]
     )[0]
-    assert isinstance(first, np.ndarray)
+    first = _opened(keyring, first, blob_a, "model-evict:1", 1, adapter_key)
 
     def evict(key: str) -> int:
         keys = np.array([[key.encode()]], dtype=object)
@@ -242,7 +315,7 @@ def test_evict_keys_drops_a_cached_model_version(client, adapters, adapter_key):
     again = _send_concurrently(
         client, [_inputs("a photo of sks person", blob_a, "model-evict:1", 1, 7.5, key_id=adapter_key)]
     )[0]
-    assert np.array_equal(first, again)  # refetched from the store, same image
+    assert np.array_equal(first, _opened(keyring, again, blob_a, "model-evict:1", 1, adapter_key))  # refetched
 
 
 def test_request_without_prompt_fails_alone(client):

@@ -63,3 +63,9 @@ def blob_aad(kind: str, blob_id: str, key_id: str) -> bytes:
 def wrap_aad(key_id: str) -> bytes:
     """The associated data under which the KEK wraps a data key: a wrapped key cannot be swapped for another."""
     return f"fh1\x00dek\x00{key_id}".encode()
+
+
+def triton_image_aad(adapter_blob_id: str, model_version_key: str, seed: int, key_id: str) -> bytes:
+    """The associated data of a generated image on its way from Triton to the order worker (sealed by the model
+    with the request's ADAPTER_KEY_ID): it opens only as the answer to a request with these inputs, as sent."""
+    return f"fh1\x00triton-image\x00{adapter_blob_id}\x00{model_version_key}\x00{int(seed)}\x00{key_id}".encode()

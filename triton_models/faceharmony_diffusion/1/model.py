@@ -14,17 +14,22 @@ Owns the Triton side of per-user inference; the work is done by `faceharmony.cor
 * `execute(requests)`: one Triton (dynamic) batch. Inputs per request, each `[B, 1]` (B is normally 1):
     PROMPT (BYTES, required to generate), NEGATIVE_PROMPT (BYTES, default ""), SEED (INT64, default 0),
     STEPS (INT32), GUIDANCE (FP32) (defaults from the config parameters), WIDTH, HEIGHT (INT32, default: the
-    base's native size), ADAPTER_BLOB_ID (BYTES, empty or absent: the bare base), ADAPTER_KEY_ID (BYTES, the
-    data key id the adapter blob is sealed with; required with ADAPTER_BLOB_ID), MODEL_VERSION_KEY (BYTES,
-    the cache key, e.g. "<model_id>:<version>"; empty: the blob id is the key),
+    base's native size), ADAPTER_BLOB_ID (BYTES, empty or absent: the bare base), ADAPTER_KEY_ID (BYTES,
+    required: the data key id the adapter blob is sealed with, and the image is sealed with), MODEL_VERSION_KEY
+    (BYTES, the cache key, e.g. "<model_id>:<version>"; empty: the blob id is the key),
     EVICT_KEYS (BYTES `[1, N]`, optional): cache keys to drop (models pending deletion).
   First every request's EVICT_KEYS are applied (so a generation in the same batch refetches). Then each row's
   adapter is fetched through the cache; all valid rows of all requests go through ONE `engine.generate`
   (the engine gives each sample its own adapter inside one UNet forward). Exactly one response per request,
-  in order: IMAGE `[B, H, W, 3]` uint8 RGB (raw pixels, not PNG), plus EVICTED `[B, 1]` (how many of the
-  keys were cached) when EVICT_KEYS was given. A request with EVICT_KEYS and no PROMPT only evicts.
+  in order: IMAGE_SEALED `[B, 1]` BYTES, each row its image sealed (core/diffusion/sealed_image.py: raw RGB
+  pixels with their height and width, AES-GCM under the row's ADAPTER_KEY_ID through the keyring, associated
+  data `core.keys.aead.triton_image_aad(ADAPTER_BLOB_ID, MODEL_VERSION_KEY, SEED, ADAPTER_KEY_ID)` as sent,
+  absent ones ""/0), plus EVICTED `[B, 1]` (how many of the keys were cached) when EVICT_KEYS was given.
+  No pixel leaves the model plain: the Python backend passes responses through /dev/shm files and Triton
+  sends them on over gRPC (triton_launcher/shm.py), so only sealed bytes may be in them. A request with EVICT_KEYS and no PROMPT only evicts.
   A request that cannot be served (unknown/deleted/corrupt adapter, bad size, steps, guidance, missing
-  input) gets a response carrying a `TritonError` with the reason; the other requests are unaffected.
+  input; NOT_FOUND also for a shredded data key, UNAVAILABLE when the keys cannot be reached) gets a response
+  carrying a `TritonError` with the reason; the other requests are unaffected.
   All rows of one request must have the same size (they share one output tensor); if any row fails, the
   request fails.
 * `finalize()`: drops the cache and the engine.
@@ -66,6 +71,7 @@ class _Pending:
     rows: list = field(default_factory=list)  # GenerationRequest per row
     # (blob id, data key id, cache key) per row; blob id "": none
     adapter_refs: list[tuple[str, str, str]] = field(default_factory=list)
+    image_aads: list[bytes] = field(default_factory=list)  # per row, what its sealed image is bound to
     error: _RequestError | None = None
     positions: list[int] = field(default_factory=list)  # indices into the flattened engine call
 
@@ -94,7 +100,8 @@ class TritonPythonModel:
         engine_max_batch = int(params.get("engine_max_batch", "16"))
 
         settings = Settings.from_env()
-        keyring = install_keyring(settings)  # KekMissing/KeysUnavailable: the model does not load
+        # KekMissing/KeysUnavailable: the model does not load. Adapters are opened, images sealed with it.
+        keyring = self.keyring = install_keyring(settings)
         t0 = time.perf_counter()
         self.engine = BatchedGenerator(settings.base_model_dir, max_batch=engine_max_batch)
         # Cached prepared: each adapter is checked against the base and put on the device once per fetch.
@@ -125,6 +132,7 @@ class TritonPythonModel:
 
     def _parse(self, request, pending: _Pending) -> None:
         from faceharmony.core.diffusion.engine import GenerationRequest
+        from faceharmony.core.keys.aead import triton_image_aad
 
         evict = pb_utils.get_input_tensor_by_name(request, "EVICT_KEYS")
         if evict is not None:
@@ -161,11 +169,14 @@ class TritonPythonModel:
                 raise _RequestError("text inputs must be UTF-8") from None
             blob_id = _text(blob_ids[i]) if blob_ids is not None else ""
             key_id = _text(key_ids[i]) if key_ids is not None else ""
-            if blob_id and not key_id:
-                raise _RequestError("input ADAPTER_KEY_ID is required with ADAPTER_BLOB_ID")
-            key = (_text(keys[i]) if keys is not None else "") or blob_id
+            if not key_id:
+                raise _RequestError(
+                    "input ADAPTER_KEY_ID is required (the adapter is opened, the image sealed with it)"
+                )
+            sent_key = _text(keys[i]) if keys is not None else ""
             pending.rows.append(req)
-            pending.adapter_refs.append((blob_id, key_id, key))  # resolved to an adapter in _fetch_adapters
+            pending.adapter_refs.append((blob_id, key_id, sent_key or blob_id))  # resolved in _fetch_adapters
+            pending.image_aads.append(triton_image_aad(blob_id, sent_key, req.seed, key_id))
         sizes = {(r.width, r.height) for r in pending.rows}
         if len(sizes) > 1:
             raise _RequestError("all rows of one request must have the same WIDTH and HEIGHT")
@@ -190,6 +201,23 @@ class TritonPythonModel:
                 raise _RequestError(f"keys unavailable: {exc.reason}", "UNAVAILABLE") from None
             except ValueError as exc:  # e.g. a malformed blob or key id refused by the store
                 raise _RequestError(f"bad ADAPTER_BLOB_ID or ADAPTER_KEY_ID: {exc}") from None
+
+    def _sealed_images(self, pending: _Pending, images) -> np.ndarray:
+        """[B, 1] BYTES: each row's image sealed with its ADAPTER_KEY_ID (the only form an image leaves in)."""
+        from faceharmony.core.diffusion.sealed_image import seal_image
+        from faceharmony.core.keys.errors import KeyShredded, KeysUnavailable
+
+        sealed = np.empty((len(images), 1), dtype=np.object_)  # object: bytes keep their trailing zeros
+        for i, (image, (_blob, key_id, _key), aad) in enumerate(zip(images, pending.adapter_refs, pending.image_aads)):
+            try:
+                sealed[i, 0] = seal_image(self.keyring, key_id, image, aad)
+            except KeyShredded:
+                raise _RequestError(f"data key {key_id} not found (shredded)", "NOT_FOUND") from None
+            except KeysUnavailable as exc:
+                raise _RequestError(f"keys unavailable: {exc.reason}", "UNAVAILABLE") from None
+            except ValueError as exc:  # e.g. a malformed key id refused by the key store
+                raise _RequestError(f"bad ADAPTER_KEY_ID: {exc}") from None
+        return sealed
 
     def execute(self, requests):
         pendings = [_Pending() for _ in requests]
@@ -240,7 +268,15 @@ class TritonPythonModel:
                     prefix = f"row {i}: " if len(mine) > 1 else ""
                     responses.append(_error(prefix + msg))
                     continue
-                outputs.append(pb_utils.Tensor("IMAGE", np.stack([r.image for r in mine]).astype(np.uint8)))
+                try:
+                    sealed = self._sealed_images(pending, [r.image for r in mine])
+                except _RequestError as exc:
+                    responses.append(_error(str(exc), exc.code_name))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one request's keys must not fail the batch
+                    responses.append(_error(f"image sealing failed: {type(exc).__name__}", "INTERNAL"))
+                    continue
+                outputs.append(pb_utils.Tensor("IMAGE_SEALED", sealed))
             if pending.evict_keys:
                 rows = max(1, len(pending.rows))
                 outputs.append(pb_utils.Tensor("EVICTED", np.full((rows, 1), pending.evicted, dtype=np.int32)))
