@@ -59,6 +59,7 @@ def ensure_base_model(settings: Settings) -> None:
 
 
 def wait_for_migrations(settings: Settings, timeout: float = 60) -> None:
+    from faceharmony.core.blobstore.reseal import done as reseal_done
     from faceharmony.core.db.connection import close_database, open_database
     from faceharmony.core.db.migrate import pending
 
@@ -66,7 +67,7 @@ def wait_for_migrations(settings: Settings, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         db = open_database(settings.resolved_database_url)
         try:
-            if not pending(db):
+            if not pending(db) and reseal_done(db):  # the server also reseals an older install's blobs
                 return
         except Exception:  # noqa: BLE001 - the database may not exist yet
             pass

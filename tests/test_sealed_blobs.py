@@ -207,6 +207,9 @@ def _legacy_install(h, backend: Backend):
 
         return h.db_call(change)
 
+    # An install from before issue 12 has not run the reseal step (the harness's start found nothing to seal
+    # and recorded the step as done).
+    h.db_call(lambda: m.MaintenanceStep.delete().execute())
     names = {
         "photo": legacy(m.Photo, m.Photo.blob_id, "photos", "photo"),
         "adapter": legacy(m.ModelVersion, m.ModelVersion.adapter_blob_id, "models", "adapter"),
@@ -296,6 +299,16 @@ def test_reseal_seals_every_legacy_blob_once_and_a_rerun_changes_nothing(legacy_
 
     assert h.db_call(reseal_legacy_blobs, h.db, h.settings) == {"photos": 0, "models": 0, "generated": 0}
     assert _row_blobs(h) == now and backend.everything() == stored
+    # The finished pass is recorded: a later start reads no blob at all (a store that refuses everything is fine).
+    from faceharmony.core.blobstore import reseal
+
+    assert h.db_call(reseal.done, h.db)
+    refusing = backend.store(Role.RETENTION)
+    assert h.db_call(lambda: reseal_legacy_blobs(h.db, h.settings, store=refusing)) == {
+        "photos": 0,
+        "models": 0,
+        "generated": 0,
+    }
 
 
 def test_an_interrupted_reseal_finishes_on_the_next_run_and_leaves_only_orphans(legacy_harness, monkeypatch):

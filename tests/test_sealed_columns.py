@@ -285,7 +285,7 @@ def test_migration_0008_seals_the_rows_of_0007_once_in_one_transaction(empty_dat
             migrate(db)
     finally:
         keyring.initialize(installed)
-    assert pending(db) == [name] and "key_id" not in _columns(db, "account")
+    assert pending(db)[:1] == [name] and "key_id" not in _columns(db, "account")
     # A keyring whose KEK does not exist fails at the first key: still 0007, every value still the plaintext.
     broken = Keyring(LocalKek(tmp_path / "no-kek"), SqliteKeyStore(tmp_path / "ks.sqlite3"))
     keyring.initialize(broken)
@@ -295,10 +295,10 @@ def test_migration_0008_seals_the_rows_of_0007_once_in_one_transaction(empty_dat
         assert not isinstance(failed.value, AssertionError)
     finally:
         keyring.initialize(installed)
-    assert pending(db) == [name] and "key_id" not in _columns(db, "photo")
+    assert pending(db)[:1] == [name] and "key_id" not in _columns(db, "photo")
     assert db.execute_sql('SELECT "email" FROM "account"').fetchone()[0] == "old@example.com"
 
-    assert migrate(db) == [name]
+    assert migrate(db)[:1] == [name]
     assert not diff_models(db, m.ALL_MODELS)
     assert assert_all_sealed(db, PLAINTEXTS) == 21
     acc = m.Account.get_by_id(i["acc"])
@@ -394,9 +394,9 @@ def test_migration_0008_killed_halfway_leaves_0007(empty_database_url, tmp_path)
         proc.kill()
         proc.wait(timeout=30)
     db = open_database(empty_database_url)
-    assert pending(db) == ["0008_sealed_personal_data"]
+    assert pending(db)[:1] == ["0008_sealed_personal_data"]
     assert "key_id" not in _columns(db, "account")
     assert sorted(v for (v,) in db.execute_sql('SELECT "name" FROM "account"').fetchall()) == ["Old Name"]
-    assert migrate(db) == ["0008_sealed_personal_data"]
+    assert migrate(db)[:1] == ["0008_sealed_personal_data"]
     assert assert_all_sealed(db, PLAINTEXTS) == 21
     close_database(db)

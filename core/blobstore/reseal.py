@@ -20,19 +20,29 @@ are safe: step 2 is conditional, the loser deletes its copy.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import peewee as pw
 
 from faceharmony.core.blobstore.base import BlobNotFound, BlobStore, Role
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import GeneratedPhoto, ModelVersion, Photo
+from faceharmony.core.db.models import GeneratedPhoto, MaintenanceStep, ModelVersion, Photo
 from faceharmony.core.keys.errors import KeyShredded
 from faceharmony.core.keys.keyring import Keyring
 from faceharmony.core.keys.keyring import keyring as installed_keyring
 from faceharmony.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+STEP = "reseal_legacy_blobs"  # its row in maintenance_step once a whole pass has finished
+
+
+def done(db: pw.Database) -> bool:
+    """True once a whole reseal pass finished (nothing an older version left plain remains); the launcher waits
+    for it before starting the trainer and order worker."""
+    with db.connection_context():
+        return MaintenanceStep.get_or_none(MaintenanceStep.step == STEP) is not None
 
 # Which columns of which table name the blobs of each kind (as retention/orphans.py's REFERENCES).
 REFERENCES: tuple[tuple[str, type[pw.Model], pw.Field], ...] = (
@@ -53,7 +63,12 @@ def reseal_legacy_blobs(
     batch: int = 500,
 ) -> dict[str, int]:
     """Seals every plaintext blob a row names (see the module docstring); returns how many were resealed per kind.
-    `store`: a store of the MIGRATION role (default: the configured one, with `keyring` or the process's)."""
+    `store`: a store of the MIGRATION role (default: the configured one, with `keyring` or the process's).
+    Once a whole pass has finished it is recorded (maintenance_step) and later calls return at once: a version
+    that seals every blob never leaves a plaintext one again."""
+    resealed = {kind: 0 for kind, _, _ in REFERENCES}
+    if done(db):
+        return resealed
     if store is None:
         from faceharmony.core.blobstore.factory import open_blob_store
 
@@ -64,9 +79,10 @@ def reseal_legacy_blobs(
         store = open_blob_store(settings, Role.MIGRATION, keyring)
     if store.role is not Role.MIGRATION:
         raise ValueError("the reseal step needs a store of the migration role")
-    resealed = {kind: 0 for kind, _, _ in REFERENCES}
     for kind, model, column in REFERENCES:
         resealed[kind] += _reseal_column(db, store, kind, model, column, batch)
+    with write_transaction(db):
+        MaintenanceStep.insert(step=STEP, done_at=dt.datetime.now(dt.UTC)).on_conflict_ignore().execute()
     if any(resealed.values()):
         log.info("legacy blobs sealed", extra={f"resealed_{k}": v for k, v in resealed.items()})
     return resealed

@@ -511,6 +511,17 @@ class GeneratedPhoto(BaseModel):
         indexes = ((("account", "created_at"), False), (("order", "created_at"), False))
 
 
+class MaintenanceStep(BaseModel):
+    """A one-off data step that has finished (migration 0009): the reseal of an older install's plaintext blobs
+    (core/blobstore/reseal.py) records itself here once a whole pass found nothing left plain."""
+
+    step = pw.CharField(max_length=64, primary_key=True)
+    done_at = UtcDateTimeField()
+
+    class Meta:
+        table_name = "maintenance_step"
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Account,
     KnownEmail,
@@ -533,4 +544,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     Order,
     OrderImage,
     GeneratedPhoto,
+    MaintenanceStep,
 ]
