@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 import peewee as pw
 
@@ -43,6 +44,7 @@ def done(db: pw.Database) -> bool:
     for it before starting the trainer and order worker."""
     with db.connection_context():
         return MaintenanceStep.get_or_none(MaintenanceStep.step == STEP) is not None
+
 
 # Which columns of which table name the blobs of each kind (as retention/orphans.py's REFERENCES).
 REFERENCES: tuple[tuple[str, type[pw.Model], pw.Field], ...] = (
@@ -93,10 +95,11 @@ def _reseal_column(
 ) -> int:
     count = 0
     after = ""
-    pk = model._meta.primary_key
+    pk: Any = model._meta.primary_key
     key_column = model._meta.fields["key_id"]
     while True:
-        rows = list(model.select(pk, column, key_column).where(pk > after).order_by(pk).limit(batch).tuples())
+        query = model.select(pk, column, key_column).where(pk > after).order_by(pk).limit(batch)
+        rows: list[tuple[str, str, str]] = list(query.tuples())  # type: ignore[arg-type]
         if not rows:
             return count
         after = rows[-1][0]

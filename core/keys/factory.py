@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+from faceharmony.core.keys.kek import KekProvider
 from faceharmony.core.keys.keyring import Keyring
+from faceharmony.core.keys.store import KeyStore
 from faceharmony.core.settings import Settings
 
 
 def open_keyring(settings: Settings) -> Keyring:
+    kek: KekProvider
+    store: KeyStore
     if settings.kek_provider == "gcp-kms":
         from faceharmony.core.keys.kms import CloudKmsKek
 
