@@ -1,10 +1,11 @@
 """The Python backend's shared-memory regions: named per launch, held by a lock while the server lives, swept once it is gone.
 
 Triton's Python backend passes every request and response (prompts, adapter
-ids, generated images) between the server and its stub processes through
-POSIX shared-memory regions (``/dev/shm/<prefix><uuid>``, 1 MB and up). A
-clean shutdown unlinks them; a SIGKILLed server leaves them, with the last
-images in them, until the machine reboots. They cannot live in the data
+ids, generated images, which the model seals first: IMAGE_SEALED) between the
+server and its stub processes through POSIX shared-memory regions
+(``/dev/shm/<prefix><uuid>``, 1 MB and up). A clean shutdown unlinks them; a
+SIGKILLed server leaves them, with the last requests and sealed images in
+them, until the machine reboots. They cannot live in the data
 folder (``shm_open`` names live in ``/dev/shm``), so each launch gets its own
 name prefix and a lock file in the data folder that says whether it is over:
 
