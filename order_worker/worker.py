@@ -296,11 +296,11 @@ class OrderWorker:
     def close(self) -> None:
         self._images.shutdown(wait=True)
 
-    def _db(self, fn, *args):
+    def _db(self, fn, *args, **kwargs):
         """Runs fn with a database connection taken for just this call (returned to the pool after): a
         thread never holds a connection while it waits on Triton or sleeps."""
         with self.db.connection_context():
-            return fn(*args)
+            return fn(*args, **kwargs)
 
     def _claim(self) -> Claim | None:
         try:

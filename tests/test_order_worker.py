@@ -649,3 +649,60 @@ def test_an_image_request_at_triton_when_the_account_is_deactivated_requests_the
     finally:
         worker.close()
         sweeper.close()
+
+
+def test_an_image_that_does_not_open_at_the_worker_fails_alone_with_a_stable_reason(h, adapters):
+    """Triton answers each image sealed with the adapter's data key (IMAGE_SEALED), and the worker opens it:
+    bytes altered on the way fail that image CIPHERTEXT_INVALID; a key shredded between Triton's answer and the
+    worker's open (its owner's purge) fails it MODEL_DELETED; both are refunded, nothing crashes."""
+    from faceharmony.core.db.connection import write_transaction
+    from faceharmony.core.keys.keyring import keyring
+    from faceharmony.order_worker.worker import TritonImages
+
+    class Answer:  # what tritonclient's InferResult offers the worker
+        def __init__(self, arr) -> None:
+            self.arr = arr
+
+        def as_numpy(self, name):
+            return self.arr
+
+    class OnTheWay(TritonImages):
+        """Triton's real answer, changed on its way to the worker."""
+
+        def __init__(self, s, change) -> None:
+            super().__init__(s.triton_url, s.triton_model, s.triton_timeout_seconds)
+            self.change = change
+
+        def _call(self, inputs, outputs):
+            return self.change(super()._call(inputs, outputs))
+
+    def altered(result):
+        sealed = bytearray(result.as_numpy("IMAGE_SEALED")[0, 0])
+        sealed[len(sealed) // 2] ^= 1
+        return Answer(np.array([[bytes(sealed)]], dtype=object))
+
+    user = h.sign_up("sealed-answer@example.com")
+    adapter_key = keyring.new_key()  # the version's own key: shredding it touches nothing else of the user's
+    blob = LocalBlobStore(h.settings.blob_dir, Role.TRAINER).create("models", adapters[0][1], key_id=adapter_key)
+    model = ready_model(h, user, blob)
+
+    def own_key() -> None:
+        with write_transaction(h.db):
+            m.ModelVersion.update(key_id=adapter_key).where(m.ModelVersion.model == model).execute()
+
+    h.db_call(own_key)
+
+    def shredded(result):
+        keyring.shred(adapter_key)
+        return result
+
+    for change, reason in ((altered, "CIPHERTEXT_INVALID"), (shredded, "MODEL_DELETED")):
+        placed = order(h, user, [model], count=1)
+        worker = OrderWorker(h.settings, worker_id=f"sealed-{reason}", db=h.db, triton=OnTheWay(h.settings, change))
+        try:
+            assert worker.run_once()
+        finally:
+            worker.close()
+        row = h.db_call(m.Order.get_by_id, placed.id)
+        assert (row.images_done, row.images_failed, row.credits_refunded, row.error) == (0, 1, 1, reason)
+    assert balance(h, user) == 10
