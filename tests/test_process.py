@@ -23,6 +23,15 @@ ENTRIES = {
 }
 
 
+# The processes that open the database and the keyring, each as one run would start it.
+SERVING = [
+    ["faceharmony.server"],
+    ["faceharmony.trainer", "--once"],
+    ["faceharmony.order_worker", "--once"],
+    ["faceharmony.retention", "--once"],
+]
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     for key in list(os.environ):
@@ -44,16 +53,7 @@ def test_every_process_exits_2_with_its_name_on_a_bad_setting(module, env):
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["faceharmony.server"],
-        ["faceharmony.trainer", "--once"],
-        ["faceharmony.order_worker", "--once"],
-        ["faceharmony.retention", "--once"],
-    ],
-    ids=lambda argv: argv[0],
-)
+@pytest.mark.parametrize("argv", SERVING, ids=lambda argv: argv[0])
 def test_a_process_refuses_an_unmigrated_database(argv, env):
     (env / "data").mkdir(mode=0o700)
     environment = {**os.environ, "FACEHARMONY_AUTO_MIGRATE": "false", "FACEHARMONY_LISTEN": "127.0.0.1:0"}
@@ -136,16 +136,7 @@ def test_from_another_thread_no_handler_is_installed(env):
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["faceharmony.server"],
-        ["faceharmony.trainer", "--once"],
-        ["faceharmony.order_worker", "--once"],
-        ["faceharmony.retention", "--once"],
-    ],
-    ids=lambda argv: argv[0],
-)
+@pytest.mark.parametrize("argv", SERVING, ids=lambda argv: argv[0])
 def test_a_process_refuses_to_start_without_the_kek_of_its_data_keys(argv, env):
     """Data keys exist but the KEK folder is gone (lost, or the wrong data folder mounted): every process stops
     with one line naming KEK_MISSING rather than make a new KEK that would open none of the data."""

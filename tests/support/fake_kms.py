@@ -29,7 +29,6 @@ import re
 import struct
 import threading
 from collections import Counter
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import google_crc32c
@@ -38,6 +37,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.cloud import kms_v1
 from google.cloud.kms_v1.services.key_management_service.transports import KeyManagementServiceGrpcTransport
+
+from tests.support.fake_grpc import serve_on_loopback
 
 SERVICE = "google.cloud.kms.v1.KeyManagementService"
 State = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
@@ -168,13 +169,7 @@ class FakeKms:
             },
         )
         self._stopping.clear()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
-        if not port:
-            raise RuntimeError("could not bind a port on 127.0.0.1")
-        server.start()
-        self._server, self.port = server, port
+        self._server, self.port = serve_on_loopback(handler)
         return self
 
     def stop(self) -> None:

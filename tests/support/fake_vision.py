@@ -23,11 +23,12 @@ Script it per test by setting attributes (all may be changed while running):
 from __future__ import annotations
 
 import threading
-from concurrent import futures
 
 import grpc
 from google.cloud import vision_v1
 from google.cloud.vision_v1.services.image_annotator.transports import ImageAnnotatorGrpcTransport
+
+from tests.support.fake_grpc import serve_on_loopback
 
 SERVICE = "google.cloud.vision.v1.ImageAnnotator"
 SAFE_SEARCH_FIELDS = ("adult", "spoof", "medical", "violence", "racy")
@@ -78,13 +79,7 @@ class FakeVision:
             },
         )
         self._stopping.clear()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
-        if not port:
-            raise RuntimeError("could not bind a port on 127.0.0.1")
-        server.start()
-        self._server, self.port = server, port
+        self._server, self.port = serve_on_loopback(handler)
         return self
 
     def stop(self) -> None:
