@@ -26,8 +26,6 @@ Paths (goal: each ratio <= 1.05):
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,8 +34,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
+import torch
+from bench_training import machine_lines
 
 from faceharmony.core import ids
 from faceharmony.core.blobstore.base import Role
@@ -239,13 +240,12 @@ def main() -> int:
         if cluster is not None:
             cluster.stop()
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    print(f"machine: {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    import cryptography
+    from cryptography.hazmat.backends import default_backend
+
+    for line in machine_lines(torch.device("cpu"))[:1]:
+        print(line)
+    print(f"cryptography {cryptography.__version__} ({default_backend().openssl_version_text()})")
     print(f"database: {args.database}; rounds: {args.rounds} (median of per-round means)")
     print(f"{'path':46} {'encrypted ms':>13} {'plain ms':>10} {'ratio':>7}")
     worst = 0.0
