@@ -123,7 +123,7 @@ def test_restore_queues_an_interrupted_retrain_again(harness):
     staff = harness.staff("support")
     first = harness.db_call(queue.claim, "w")
     harness.db_call(queue.start, first)
-    assert harness.db_call(queue.record_version, first, ids.new_id(), ids.new_id(), "f" * 64) == 1
+    assert harness.db_call(queue.record_version, first, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
 
     def delete_and_restore():
         harness.models.DeleteModel(mp.DeleteModelRequest(id=model_id), metadata=user.md)
@@ -153,7 +153,7 @@ def test_restore_queues_an_interrupted_retrain_again(harness):
     assert jobs() == [("retrain", "cancelled"), ("retrain", "cancelled"), ("retrain", "queued"), ("train", "succeeded")]
     again = harness.db_call(queue.claim, "w")
     assert harness.db_call(queue.start, again) is not None
-    assert harness.db_call(queue.record_version, again, ids.new_id(), ids.new_id(), "f" * 64) == 2
+    assert harness.db_call(queue.record_version, again, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 2
     assert (
         harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model.state == mp.MODEL_STATE_READY
     )
@@ -165,7 +165,7 @@ def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
     queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
     claim = harness.db_call(queue.claim, "w")
     harness.db_call(queue.start, claim)
-    assert harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64) == 1
+    assert harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
     # FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING: retention marks a READY model's photos deleted; here one of four so far
     photo = harness.db_call(lambda: m.Photo.select().where(m.Photo.model_id == model_id).first())
     harness.db_call(lambda: m.Photo.update(deleted_at=harness.clock.now()).where(m.Photo.id == photo.id).execute())
@@ -200,12 +200,12 @@ def test_lease_expiry_hands_the_job_to_another_worker_and_only_the_holder_can_fi
     b = harness.db_call(queue.claim, "worker-b")
     assert b.job_id == job_id and b.attempt == 2
     assert harness.db_call(queue.heartbeat, a, 0.5) is False
-    assert harness.db_call(queue.record_version, a, ids.new_id(), ids.new_id(), "f" * 64) is None
+    assert harness.db_call(queue.record_version, a, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) is None
     assert harness.db_call(queue.start, b) is not None
     assert harness.db_call(queue.heartbeat, b, 0.5) is True
     assert harness.db_call(lambda: m.UserModel.get_by_id(model_id).progress) == 0.5
-    assert harness.db_call(queue.record_version, b, ids.new_id(), ids.new_id(), "f" * 64) == 1
-    assert harness.db_call(queue.record_version, b, ids.new_id(), ids.new_id(), "f" * 64) is None
+    assert harness.db_call(queue.record_version, b, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
+    assert harness.db_call(queue.record_version, b, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) is None
     assert harness.db_call(m.ModelVersion.select().count) == 1
     model = harness.models.GetModel(mp.GetModelRequest(id=model_id), metadata=user.md).model
     assert (model.state, model.version, model.progress) == (mp.MODEL_STATE_READY, 1, 1.0)
@@ -229,7 +229,7 @@ def test_a_stale_claim_of_the_same_worker_is_fenced_out_after_a_reclaim(harness)
     assert harness.db_call(queue.start, new) is not None
     assert harness.db_call(queue.heartbeat, old, 0.3) is False
     assert progress() == 0.0
-    assert harness.db_call(queue.record_version, old, ids.new_id(), ids.new_id(), "f" * 64) is None
+    assert harness.db_call(queue.record_version, old, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) is None
     assert harness.db_call(lambda: queue.fail(old, "TRAINING_ERROR", retryable=True)) == "lost"
     assert harness.db_call(queue.heartbeat, new, 0.4) is True
     assert progress() == 0.4
@@ -239,10 +239,10 @@ def test_a_stale_claim_of_the_same_worker_is_fenced_out_after_a_reclaim(harness)
     assert (newer.worker, newer.attempt) == ("host:1", 2)
     assert harness.db_call(queue.heartbeat, new, 0.5) is False
     assert progress() == 0.4
-    assert harness.db_call(queue.record_version, new, ids.new_id(), ids.new_id(), "f" * 64) is None
+    assert harness.db_call(queue.record_version, new, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) is None
     assert harness.db_call(queue.heartbeat, newer, 0.6) is True
     assert progress() == 0.6
-    assert harness.db_call(queue.record_version, newer, ids.new_id(), ids.new_id(), "f" * 64) == 1
+    assert harness.db_call(queue.record_version, newer, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
     job = harness.db_call(lambda: m.TrainingJob.get_by_id(job_id))
     assert (job.state, job.attempts, job.lease_owner) == ("succeeded", 2, None)
 
@@ -307,7 +307,7 @@ def test_watch_model_streams_progress_until_ready(harness):
         if event.state == mp.MODEL_STATE_TRAINING and event.progress == 0:
             harness.db_call(queue.heartbeat, claim, 0.5)
         elif event.state == mp.MODEL_STATE_TRAINING and event.progress == 0.5:
-            harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "0" * 64)
+            harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "0" * 64, ids.new_id())
     assert seen == [mp.MODEL_STATE_QUEUED, mp.MODEL_STATE_TRAINING, mp.MODEL_STATE_TRAINING, mp.MODEL_STATE_READY]
     assert event.model.version == 1 and event.progress == 1.0
 

@@ -213,6 +213,7 @@ def test_a_photo_that_does_not_open_is_retried_and_trains_once_resealed(system):
     row = h.db_call(lambda: m.Photo.select().where(m.Photo.model_id == model.id).first())
     plain = LocalBlobStore(h.settings.blob_dir, Role.TRAINER).read("photos", row.blob_id, key_id=row.key_id)
     (h.settings.blob_dir / "photos" / row.blob_id).write_bytes(plain)  # as an older version stored it
+    h.db_call(lambda: m.MaintenanceStep.delete().execute())  # ... which had not run the reseal step
     trainer = Trainer(h.settings, clock=h.clock, worker_id="w", db=h.db)
     assert trainer.run_once() is True
     job = h.db_call(lambda: m.TrainingJob.get(m.TrainingJob.model == model.id))

@@ -108,7 +108,7 @@ class TrainingQueue(JobQueue):
             return UserModel.get_by_id(model.id)
 
     def record_version(
-        self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str, *, key_id: str
+        self, claim: Claim, adapter_blob_id: str, metadata_blob_id: str, fingerprint: str, key_id: str
     ) -> int | None:
         """Records the new adapter and makes the model READY; None when the job is no longer ours to finish.
         `key_id`: the version's own data key, which sealed both blobs (shredded when the model is purged)."""
