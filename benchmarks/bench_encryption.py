@@ -14,11 +14,16 @@ per-round means. Data each mode reads was written in that mode.
 
 Paths (goal: each ratio <= 1.05):
 
-* UploadPhoto: the RPC of a 512x512 JPEG of one face (verification, re-encoding, the sealed blob, the row).
+* UploadPhoto: the RPC of a 512x512 JPEG of one face (verification, re-encoding, the photo's new data key
+  made, wrapped and stored, the sealed blob, the row).
 * trainer photo reads: a model's 8 photos read from the store (opened) and turned into the training tensor
-  (trainer/lora.py's prepare_images), as the trainer does before training.
-* order worker image writes: one generated 512x512 image encoded to PNG and a JPEG preview and both stored
-  (order_worker/worker.py's encode and store.create), per image.
+  at 512x512 (trainer/lora.py's prepare_images), as the trainer does before training.
+* order worker image writes: one generated 512x512 image (random pixels: the largest PNG) encoded to PNG
+  and a JPEG preview, a new data key for the photo, both stored (order_worker/worker.py's encode,
+  keyring.new_key and store.create), per image.
+
+The pass-through mode also makes no key (new_key returns a fixed id), so what key creation costs (a KEK
+wrap and an fsync'd insert into the key store) is counted against encryption.
 * ListGeneratedPhotos: a page of 50 of the user's generated photos (rows only: nothing in them is sealed).
 * ListTickets: a page of 50 support tickets (each subject a sealed column, opened on read).
 """
@@ -56,6 +61,7 @@ from tests.support import images
 from tests.support.harness import start_harness
 
 PAGE = 50
+PLAIN_KEY_ID = "0" * 32
 
 
 def _plain_seal(key_id: str, plaintext: bytes, aad: bytes) -> bytes:
@@ -72,11 +78,12 @@ def mode(encrypted: bool):
     kr = installed_keyring.obj
     if not encrypted:
         kr.seal, kr.open = _plain_seal, _plain_open  # type: ignore[method-assign]
+        kr.new_key = lambda: PLAIN_KEY_ID  # type: ignore[method-assign]  # no key made, wrapped or stored
     try:
         yield
     finally:
         if not encrypted:
-            del kr.seal, kr.open
+            del kr.seal, kr.open, kr.new_key
 
 
 def timed(fn: Callable[[], object], n: int) -> float:
@@ -170,12 +177,13 @@ class Fixture:
 
     def trainer_reads(self) -> None:
         jpegs = [self.trainer_store.read("photos", blob_id, key_id=key_id) for blob_id, key_id in self.photos]
-        prepare_images(jpegs, 64)
+        prepare_images(jpegs, 512)  # production's training resolution (SD 1.5)
 
     def worker_writes(self) -> None:
         png, jpeg = encode(self.pixels, 256)
-        self.order_store.create("generated", png, "image/png", key_id=self.key_id)
-        self.order_store.create("generated", jpeg, "image/jpeg", key_id=self.key_id)
+        key_id = installed_keyring.new_key()  # the generated photo's own key, as the worker makes it
+        self.order_store.create("generated", png, "image/png", key_id=key_id)
+        self.order_store.create("generated", jpeg, "image/jpeg", key_id=key_id)
 
     def list_generated(self) -> None:
         reply = self.h.orders.ListGeneratedPhotos(o.ListGeneratedPhotosRequest(page_size=PAGE), metadata=self.user.md)
