@@ -32,6 +32,8 @@ def format_dry_run(report: dict[str, dict[str, int]], now: dt.datetime) -> str:
     lines.append("orphan blobs and temporary files of unfinished writes past the margin now (real time), by kind:")
     lines += [f"  {'orphan_' + kind + '_blobs':<22} {n}" for kind, n in report["orphan_blobs"].items()]
     lines += [f"  {kind:<22} {n}" for kind, n in report["temporary"].items()]
+    lines.append("data keys no row names, past the margin now (the key sweep shreds them):")
+    lines += [f"  {kind:<22} {n}" for kind, n in report.get("orphan_keys", {}).items()]
     return "\n".join(lines)
 
 

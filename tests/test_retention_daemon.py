@@ -66,6 +66,7 @@ def test_dry_run_now_and_once_from_the_command_line(harness, tmp_path):
     assert dry.returncode == 0, dry.stderr
     lines = dict(line.split() for line in dry.stdout.splitlines() if line.startswith("  ") and len(line.split()) == 2)
     assert lines["accounts"] == "1" and lines["photos"] == "2"  # one deleted, one unattached and expired
+    assert lines["orphan_data_keys"] == "0"  # every key of the run is named by a row (and inside the margin)
     assert "nothing was changed" in dry.stdout and "cli@example.com" not in dry.stdout + dry.stderr
     assert blobs(h) == before and h.db_call(m.Account.get_by_id, user.account_id).state == "deactivated"
 
