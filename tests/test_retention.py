@@ -710,3 +710,28 @@ def test_a_purged_photo_model_or_generated_photo_takes_its_own_data_key_the_pers
     assert keyring.exists(person)
     keyring.forget_cached()
     assert h.db_call(lambda: m.Account.get_by_id(user.account_id).email) == user.email
+
+
+def test_a_purge_killed_before_its_shred_is_finished_by_the_key_sweep(harness):
+    """The rows went but the daemon died before shredding (or a write made its key and never committed): the key
+    sweep, run in a daemon's first cycle, shreds every key no row names once older than the orphan margin, and
+    leaves alone a key made just now (its rows may be committing) and every key a row names."""
+    from faceharmony.core.clock import ManualClock
+
+    h = harness
+    user = h.sign_up("sweep-keys@example.com")
+    person = h.db_call(lambda: m.Account.get_by_id(user.account_id).key_id)
+    orphan = keyring.new_key()  # as a killed purge leaves it: no row names it any more
+    real_now = dt.datetime.now(dt.UTC)
+    margin = dt.timedelta(hours=h.settings.orphan_margin_hours)
+
+    def cycle(at: dt.datetime) -> dict[str, int]:
+        daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=ManualClock(at))
+        return h.db_call(daemon.run_once, h.clock.now(), True)
+
+    assert cycle(real_now)["orphan_data_keys"] == 0 and keyring.exists(orphan)  # inside the margin: kept
+    assert cycle(real_now + margin + dt.timedelta(minutes=1))["orphan_data_keys"] == 1
+    assert not keyring.exists(orphan)
+    assert keyring.exists(person)  # named by the account (and the staff's keys by theirs)
+    keyring.forget_cached()
+    assert h.db_call(lambda: m.Account.get_by_id(user.account_id).email) == user.email
