@@ -12,6 +12,7 @@ faceharmony-admin build-tiny-base [--out DIR]  build the tiny random-weight base
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,7 @@ from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import make_transport
-from faceharmony.core.keys.factory import install_keyring
+from faceharmony.core.keys.factory import install_keyring, rotation_periods
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError
 from faceharmony.server.logic import accounts, admin
@@ -40,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("waitlist", help="list the waiting list").add_argument("--pending", action="store_true")
     sub.add_parser("approve", help="approve a waiting-list entry").add_argument("entry_id")
     sub.add_parser("deliver-emails", help="send queued emails once")
+    c = sub.add_parser(
+        "rotate-kek",
+        help="make a new primary KEK version now and rewrap every data key (the retention daemon does it on"
+        " schedule); old versions are destroyed once replaced longer than the backup window",
+    )
+    c.add_argument(
+        "--destroy-now",
+        action="store_true",
+        help="destroy every older KEK version at once (a suspected KEK exposure): backups of the key store taken"
+        " before now no longer open",
+    )
     c = sub.add_parser("build-tiny-base", help="build the tiny random-weight base pipeline (no download)")
     c.add_argument("--out", help="folder (default: the configured base model folder)")
     c.add_argument("--seed", type=int, default=0)
@@ -62,7 +74,15 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
         build_tiny_pipeline(out, seed=args.seed)
         print(f"tiny base pipeline written to {out}")
         return 0
-    install_keyring(settings)  # the sealed columns (and migration 0008) need the data keys
+    keyring = install_keyring(settings)  # the sealed columns (and migration 0008) need the data keys
+    if args.command == "rotate-kek":
+        rotation, window = rotation_periods(settings)
+        report = keyring.rotate(
+            rotation=rotation, backup_window=dt.timedelta(0) if args.destroy_now else window, force=True
+        )
+        print(f"primary KEK version {report.rotated_to}; {report.rewrapped} data keys rewrapped")
+        print("destroyed: " + (", ".join(report.destroyed) or "none (older versions wait for the backup window)"))
+        return 0
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     clock = SystemClock()
     app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()))

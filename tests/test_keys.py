@@ -469,3 +469,41 @@ def test_open_keyring_from_settings_with_kms_and_the_gcs_key_store(fake_kms, gcs
     sealed = kr.seal(key_id, b"hello", row_aad("r", key_id))
     assert open_keyring(settings).open(key_id, sealed, row_aad("r", key_id)) == b"hello"
     assert not (tmp_path / "keys").exists()  # nothing of the keys on the local disk
+
+
+def test_an_operator_rotates_the_kek_now_and_can_destroy_the_old_versions_at_once(tmp_path, monkeypatch, capsys):
+    """`faceharmony-admin rotate-kek`: a new primary and every key rewrapped, old versions kept for the backup
+    window; `--destroy-now` (a suspected KEK exposure) destroys them at once, and live keys still open."""
+    from faceharmony.core.keys.factory import install_keyring
+    from faceharmony.core.keys.keyring import keyring as installed
+    from faceharmony.core.settings import Settings
+    from faceharmony.server import admin_cli
+
+    for name in [k for k in os.environ if k.startswith("FACEHARMONY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FACEHARMONY_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings(data_dir=tmp_path / "data")
+    previous = installed._keyring
+    try:
+        kr = install_keyring(settings)
+        key_id = kr.new_key()
+        sealed = kr.seal(key_id, b"personal", row_aad("r", key_id))
+        backup = tmp_path / "backup.sqlite3"
+        shutil.copyfile(kr.store.path, backup)
+        kek_dir = settings.keys_dir / "kek"
+
+        assert admin_cli.main(["rotate-kek"]) == 0
+        assert "primary KEK version v000002; 1 data keys rewrapped" in capsys.readouterr().out
+        assert sorted(p.name for p in kek_dir.iterdir()) == ["v000001.key", "v000002.key"]
+        assert Keyring(LocalKek(kek_dir), SqliteKeyStore(backup)).open(key_id, sealed, row_aad("r", key_id))
+
+        assert admin_cli.main(["rotate-kek", "--destroy-now"]) == 0
+        out = capsys.readouterr().out
+        assert "v000003" in out and "destroyed: v000001, v000002" in out
+        assert sorted(p.name for p in kek_dir.iterdir()) == ["v000003.key"]
+        with pytest.raises(KekMissing):
+            Keyring(LocalKek(kek_dir), SqliteKeyStore(backup)).open(key_id, sealed, row_aad("r", key_id))
+        fresh = Keyring(LocalKek(kek_dir), SqliteKeyStore(kr.store.path))
+        assert fresh.open(key_id, sealed, row_aad("r", key_id)) == b"personal"
+    finally:
+        installed.initialize(previous)

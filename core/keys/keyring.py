@@ -161,6 +161,7 @@ class Keyring:
             primary = self.kek.rotate()
             rotated_to = primary.name
             versions = self.kek.versions()
+            now = max(now, primary.created)  # the new version exists from its own creation time
             log.info("KEK rotated", extra={"kek_version": primary.name})
         rewrapped = 0
         in_use: set[str] = set()
