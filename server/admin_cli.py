@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import time
 from collections.abc import Sequence
 
 from faceharmony.core import process
@@ -24,6 +25,7 @@ from faceharmony.core.db.connection import open_database
 from faceharmony.core.db.migrate import migrate
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import make_transport
+from faceharmony.core.keys import keyring as keyring_module
 from faceharmony.core.keys.factory import install_keyring, rotation_periods
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError
@@ -77,11 +79,19 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
     keyring = install_keyring(settings)  # the sealed columns (and migration 0008) need the data keys
     if args.command == "rotate-kek":
         rotation, window = rotation_periods(settings)
-        report = keyring.rotate(
-            rotation=rotation, backup_window=dt.timedelta(0) if args.destroy_now else window, force=True
-        )
-        print(f"primary KEK version {report.rotated_to}; {report.rewrapped} data keys rewrapped")
-        print("destroyed: " + (", ".join(report.destroyed) or "none (older versions wait for the backup window)"))
+        report = keyring.rotate(rotation=rotation, backup_window=window, force=True)
+        print(f"primary KEK version {report.rotated_to}; {report.rewrapped} data keys rewrapped", flush=True)
+        destroyed = report.destroyed
+        if args.destroy_now:
+            # Keys other processes were making under the old primary are stored within the grace; then every
+            # older version goes (the whole store is checked first: a version a key still names stays).
+            grace = keyring_module.WRAP_GRACE
+            print(f"waiting {grace.total_seconds():.0f} s for keys being made under the old version", flush=True)
+            time.sleep(grace.total_seconds())
+            again = keyring.rotate(rotation=rotation, backup_window=dt.timedelta(0))
+            destroyed = destroyed + again.destroyed
+            print(f"{again.rewrapped} more data keys rewrapped")
+        print("destroyed: " + (", ".join(destroyed) or "none (older versions wait for the backup window)"))
         return 0
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     clock = SystemClock()

@@ -497,6 +497,7 @@ def test_an_operator_rotates_the_kek_now_and_can_destroy_the_old_versions_at_onc
         assert sorted(p.name for p in kek_dir.iterdir()) == ["v000001.key", "v000002.key"]
         assert Keyring(LocalKek(kek_dir), SqliteKeyStore(backup)).open(key_id, sealed, row_aad("r", key_id))
 
+        monkeypatch.setattr("faceharmony.core.keys.keyring.WRAP_GRACE", dt.timedelta(seconds=0.2))
         assert admin_cli.main(["rotate-kek", "--destroy-now"]) == 0
         out = capsys.readouterr().out
         assert "v000003" in out and "destroyed: v000001, v000002" in out
@@ -507,3 +508,18 @@ def test_an_operator_rotates_the_kek_now_and_can_destroy_the_old_versions_at_onc
         assert fresh.open(key_id, sealed, row_aad("r", key_id)) == b"personal"
     finally:
         installed.initialize(previous)
+
+
+def test_a_key_that_no_longer_unwraps_does_not_stop_the_rotation_of_the_others(tmp_path):
+    """A wrapped key under a version that is gone (lost, or disabled in KMS) is logged and skipped: the others
+    are still rewrapped, so old versions can still be destroyed on time."""
+    kr = Keyring(LocalKek(tmp_path / "kek"), SqliteKeyStore(tmp_path / "ks.sqlite3"))
+    kr.check()
+    good = kr.new_key()
+    sealed = kr.seal(good, b"personal", row_aad("r", good))
+    kr.store.put(WrappedKey("f" * 32, b"\x00" * 60, "v000099", dt.datetime.now(dt.UTC)))  # its version is gone
+    report = kr.rotate(rotation=dt.timedelta(days=7), backup_window=dt.timedelta(days=23), force=True)
+    assert report.rotated_to == "v000002" and report.rewrapped == 1
+    assert kr.store.get(good).kek_version == "v000002"
+    kr.forget_cached()
+    assert kr.open(good, sealed, row_aad("r", good)) == b"personal"

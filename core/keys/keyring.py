@@ -28,11 +28,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from faceharmony.core import ids
 from faceharmony.core.keys import aead
-from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded
+from faceharmony.core.keys.errors import CiphertextInvalid, KekMissing, KeyShredded
 from faceharmony.core.keys.kek import KekProvider
 from faceharmony.core.keys.store import KeyStore, WrappedKey
 
 log = logging.getLogger("faceharmony.keys")
+
+# A version is never destroyed sooner than this after it stopped being the primary, whatever the backup window:
+# a key being made by another process may have been wrapped with it just before the rotation and be stored a
+# moment later (a KMS call and a key-store write, each bounded by its own timeout, well under this).
+WRAP_GRACE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ class Keyring:
             now = max(now, primary.created)  # the new version exists from its own creation time
             log.info("KEK rotated", extra={"kek_version": primary.name})
         rewrapped = 0
+        unreadable = 0
         in_use: set[str] = set()
         # New keys are always wrapped with the primary: once a pass left no key under another version, the
         # store need not be listed again until the primary changes (a restart lists it once).
@@ -171,24 +177,29 @@ class Keyring:
         for stored in stored_keys:
             if stored.kek_version == primary.name:
                 continue
-            dek = self.kek.unwrap(stored.wrapped, aead.wrap_aad(stored.key_id), stored.kek_version)
+            try:
+                dek = self.kek.unwrap(stored.wrapped, aead.wrap_aad(stored.key_id), stored.kek_version)
+            except (KekMissing, CiphertextInvalid) as exc:  # lost already: the pass goes on with the others
+                log.error("data key does not unwrap", extra={"key_id": stored.key_id, "reason": exc.reason})
+                unreadable += 1
+                continue
             wrapped, version = self.kek.wrap(dek, aead.wrap_aad(stored.key_id))
             if self.store.replace(WrappedKey(stored.key_id, wrapped, version, stored.created), stored.kek_version):
                 rewrapped += 1
             else:
                 in_use.add(stored.kek_version)  # changed meanwhile (shredded or rewrapped): looked at next pass
-        if not in_use:
+        if not in_use and not unreadable:
             self._all_wrapped_with = primary.name
         due = [
             older.name
             for older, newer in zip(versions, versions[1:], strict=False)
-            if not older.primary and now - newer.created >= backup_window
+            if not older.primary and now - newer.created >= max(backup_window, WRAP_GRACE)
         ]
         destroyed = []
         if due:
             # A key wrapped by a process that had not yet seen the new primary could still name an old version:
             # the whole store is looked at again before any version is destroyed.
-            used = {stored.kek_version for stored in self.store.list()}
+            used = {stored.kek_version for stored in self.store.list() if stored.kek_version in due}
             for name in due:
                 if name in used:
                     self._all_wrapped_with = None  # rewrapped next pass, destroyed after it
