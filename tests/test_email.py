@@ -174,3 +174,22 @@ def test_two_deliverers_never_send_the_same_email_twice(tmp_path):
     for t in threads:
         t.join()
     assert sorted(msg["To"] for msg in sink.sent) == sorted(f"u{i}@example.com" for i in range(40))
+
+
+def test_an_email_that_no_longer_opens_is_dropped_and_does_not_hold_back_the_others(tmp_path):
+    """Its person was purged (the key shredded) while it waited: it can never be sent, so it goes, logged by id,
+    and the email after it is still sent."""
+    db = open_database(f"sqlite:///{tmp_path / 'q3.sqlite3'}")
+    migrate(db)
+    clock = ManualClock()
+    gone = keyring.new_key()
+    with db.atomic():
+        queue.enqueue(clock=clock, kind="reactivated", to="gone@example.com", name="G", key_id=gone)
+        clock.advance(seconds=1)
+        queue.enqueue(clock=clock, kind="reactivated", to="here@example.com", name="H", key_id=keyring.new_key())
+    keyring.shred(gone)
+    sink = Flaky(failures=0)
+    assert queue.deliver_due(db, sink, clock, "from@example.com") == 1
+    assert [msg["To"] for msg in sink.sent] == ["here@example.com"]
+    assert m.EmailQueue.select().count() == 0
+    db.close()

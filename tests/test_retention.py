@@ -735,3 +735,34 @@ def test_a_purge_killed_before_its_shred_is_finished_by_the_key_sweep(harness):
     assert keyring.exists(person)  # named by the account (and the staff's keys by theirs)
     keyring.forget_cached()
     assert h.db_call(lambda: m.Account.get_by_id(user.account_id).email) == user.email
+
+
+def test_the_purge_takes_the_persons_queued_mail_whatever_key_sealed_it(harness):
+    """A mail queued for the person under their waiting-list entry's key (the account took another key), and the
+    invitation mail to a friend who never accepted (it names the inviter): both go with the account."""
+    from faceharmony.core.email.queue import enqueue
+
+    h = harness
+    user = h.sign_up("queued-mail@example.com")
+    entry_key = h.db_call(lambda: m.WaitlistEntry.get(m.WaitlistEntry.account == user.account_id).key_id)
+    h.accounts.InviteFriend(a.InviteFriendRequest(email="never-accepts@example.com", name="Friend"), metadata=user.md)
+    other_key = keyring.new_key()
+    invite_key = h.db_call(lambda: m.Invitation.get(m.Invitation.inviter == user.account_id).key_id)
+    held = m.EmailQueue.key_id.in_([other_key, invite_key])
+
+    def queue_mail():  # in one transaction, held back as a failing transport would: both wait past the purge
+        with write_transaction(h.db):
+            m.WaitlistEntry.update(key_id=other_key).where(m.WaitlistEntry.account == user.account_id).execute()
+            enqueue(clock=h.clock, kind="reactivated", to=user.email, name="Q", key_id=other_key)
+            enqueue(clock=h.clock, kind="reactivated", to="never-accepts@example.com", name="F", key_id=invite_key)
+            m.EmailQueue.update(next_attempt_at=h.clock.now() + 365 * DAY).where(held).execute()
+        return m.EmailQueue.select().where(held).count()
+
+    assert entry_key and h.db_call(queue_mail) == 2
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    h.clock.advance(31 * DAY)
+    assert h.db_call(lambda: m.EmailQueue.select().where(held).count()) == 2
+    assert run(h)["accounts"] == 1
+    left = h.db_call(lambda: list(m.EmailQueue.select(m.EmailQueue.key_id).tuples()))
+    assert (other_key,) not in left and (invite_key,) not in left
+    assert not keyring.exists(other_key) and not keyring.exists(invite_key)

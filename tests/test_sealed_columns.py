@@ -409,3 +409,15 @@ def test_migration_0008_seals_exactly_the_personal_columns_of_the_models():
     assert {t: tuple(sorted(c)) for t, c in migration.SEALED.items()} == {
         t: tuple(sorted(c)) for t, c in SEALED_COLUMNS.items()
     }
+
+
+def test_an_update_query_that_would_write_plaintext_into_a_sealed_column_raises(harness):
+    """`Model.update(name=...)` reaches the sealed column by its name: it must raise, not store the plaintext."""
+    user = harness.sign_up("no-plain-update@example.com", "Sealed Only")
+
+    def plain_update():
+        m.Account.update(name="Plain Name").where(m.Account.id == user.account_id).execute()
+
+    with pytest.raises(TypeError, match="sealed bytes only"):
+        harness.db_call(plain_update)
+    assert harness.db_call(lambda: m.Account.get_by_id(user.account_id).name) == "Sealed Only"

@@ -12,8 +12,8 @@ descriptor on the model that reads and writes the plaintext:
 the table, the column and the row's id, so a value copied into another row, column or person's row fails
 with CiphertextInvalid. `row.email = "..."` (or `Model.create(email=...)`) keeps the plaintext until
 `save()` seals it. A query can therefore never filter on a personal column (look rows up by the keyed HMAC
-of the email instead), and `Model.update(email=...)` fails loudly; write through `row.save()` or
-`seal_value()`.
+of the email instead: `Model.email == x` matches nothing), and `Model.update(email="...")` raises TypeError
+(SealedField takes sealed bytes only); write through `row.save()` or `seal_value()`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,19 @@ def KeyIdField(**kwargs: Any) -> pw.CharField:
 
 
 class SealedField(pw.BlobField):
-    """The sealed bytes of a personal column (core/keys/aead.py's format)."""
+    """The sealed bytes of a personal column (core/keys/aead.py's format). Refuses anything else, so that
+    `Model.update(name="...")` or `Model.insert(email=...)`, which reach the column by its name, raise
+    instead of writing the plaintext."""
+
+    def db_value(self, value: Any) -> Any:
+        if value is not None and not (
+            isinstance(value, (bytes, bytearray, memoryview)) and aead.is_sealed(bytes(value))
+        ):
+            raise TypeError(
+                f"{self.model._meta.table_name}.{self.column_name} takes sealed bytes only: write through"
+                " row.save() or seal_value()"
+            )
+        return super().db_value(value)
 
 
 def seal_value(model: type[pw.Model], field: SealedField, row_id: str, key_id: str, plaintext: str) -> bytes:

@@ -22,6 +22,7 @@ from faceharmony.core.db.connection import is_sqlite, write_transaction
 from faceharmony.core.db.models import EmailQueue
 from faceharmony.core.email.templates import render
 from faceharmony.core.email.transports import EmailTransportError, Transport, build_message
+from faceharmony.core.keys.errors import KeysError, KeysUnavailable
 
 MAX_ATTEMPTS = 8
 CLAIM_SECONDS = 120
@@ -74,7 +75,16 @@ def deliver_due(db: pw.Database, transport: Transport, clock: Clock, sender: str
     """Sends due emails; returns how many were sent."""
     sent = 0
     for row in _claim(db, clock, limit):
-        message = build_message(sender=sender, to=row.to_address, subject=row.subject, body=row.body, message_id=row.id)
+        try:
+            to, subject, body = row.to_address, row.subject, row.body
+        except KeysUnavailable:
+            log.warning("email not opened now: keys unavailable", extra={"email_id": row.id, "kind": row.kind})
+            continue  # claimed for CLAIM_SECONDS, then tried again
+        except KeysError as exc:  # shredded (its person purged) or corrupt: it can never be sent
+            log.error("email dropped: it does not open", extra={"email_id": row.id, "reason": exc.reason})
+            EmailQueue.delete_by_id(row.id)
+            continue
+        message = build_message(sender=sender, to=to, subject=subject, body=body, message_id=row.id)
         try:
             transport.send(message)
         except EmailTransportError as exc:
