@@ -78,6 +78,11 @@ class Entry:
             reseal_legacy_blobs(db, self.settings)
         elif pending(db):
             raise Refused(MIGRATE_HINT)
+        from faceharmony.core.keys.factory import check_database
+        from faceharmony.core.keys.keyring import keyring
+
+        if keyring._keyring is not None:  # the data keys belong to this database (KekMissing otherwise)
+            check_database(keyring.obj, db)
 
     def signalled(self, signum: int) -> None:
         if self._signum is None:

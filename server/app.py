@@ -24,7 +24,7 @@ from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.db.migrate import migrate, pending
 from faceharmony.core.email.queue import deliver_due
 from faceharmony.core.email.transports import Transport, make_transport
-from faceharmony.core.keys.factory import install_keyring
+from faceharmony.core.keys.factory import check_database, install_keyring
 from faceharmony.core.process import MIGRATE_HINT, Entry, Refused
 from faceharmony.core.settings import Settings
 from faceharmony.core.verify.base import Verifier
@@ -139,7 +139,7 @@ async def create_server(
     prepare_data_dir(settings.data_dir)  # 0700, an old loose one tightened (core/datadir.py)
     # The data keys (core/keys): before the database, whose personal columns they seal (migration 0008 too);
     # a missing or wrong KEK stops the start here (KeysUnavailable: one line and exit 2, core/process.py).
-    install_keyring(settings)
+    keyring = install_keyring(settings)
     db = open_database(settings.resolved_database_url, settings.database_pool_size)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.database_pool_size, thread_name_prefix="db")
     app = AppContext(settings=settings, db=db, clock=clock, hasher=Hasher(settings.secret()), executor=executor)
@@ -148,6 +148,7 @@ async def create_server(
         await app.run(reseal_legacy_blobs, db, settings)  # the blobs an older version left plain
     elif await app.run(pending, db):
         raise Refused(MIGRATE_HINT)  # faceharmony-server: one line and exit 2, as every other process
+    await app.run(check_database, keyring, db)  # the keys folder or bucket belongs to this database
     loop = asyncio.get_running_loop()
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)

@@ -159,3 +159,44 @@ def test_a_process_refuses_to_start_without_the_kek_of_its_data_keys(argv, env):
     assert run.stderr.strip().startswith(f"{prog}: KEK_MISSING: "), run.stderr
     assert "Traceback" not in run.stderr
     assert list((settings.keys_dir / "kek").iterdir()) == []  # no new KEK was made
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("argv", SERVING, ids=lambda argv: argv[0])
+def test_a_process_refuses_a_key_store_that_is_not_its_databases(argv, env):
+    """The database holds sealed data but the keys folder is another (or empty): every process stops with
+    KEK_MISSING instead of starting with new keys under which every person's data would read as shredded."""
+    import datetime as dt
+
+    from faceharmony.core import ids
+    from faceharmony.core.db import models as m
+    from faceharmony.core.db.migrate import migrate
+    from faceharmony.core.keys.factory import install_keyring
+    from faceharmony.core.keys.keyring import keyring
+    from faceharmony.core.settings import Settings
+
+    settings = Settings(data_dir=env / "data")
+    previous = keyring._keyring
+    db = open_database(settings.resolved_database_url)
+    try:
+        kr = install_keyring(settings)
+        migrate(db)
+        now = dt.datetime.now(dt.UTC)
+        m.Account.create(
+            id=ids.new_id(),
+            key_id=kr.new_key(),
+            email="someone@example.com",
+            email_hmac="a" * 64,
+            name="Some One",
+            is_16_or_older=True,
+            created_at=now,
+            updated_at=now,
+        )
+    finally:
+        close_database(db)
+        keyring.initialize(previous)
+    settings.keys_dir.rename(env / "keys-of-another-install")
+    environment = {**os.environ, "FACEHARMONY_LISTEN": "127.0.0.1:0"}
+    run = subprocess.run([sys.executable, "-m", *argv], env=environment, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().startswith(f"{ENTRIES[argv[0]]}: KEK_MISSING: the key store holds none"), run.stderr

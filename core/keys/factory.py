@@ -45,3 +45,27 @@ def install_keyring(settings: Settings, *, create: bool = True) -> Keyring:
     opened.check(create=create)
     proxy.initialize(opened)
     return opened
+
+
+def check_database(keyring: Keyring, db) -> None:
+    """Refuses (KekMissing) a key store that holds none of the database's data keys: the wrong keys folder
+    (FACEHARMONY_DATA_DIR) or key bucket, or one lost. Without this check the start would make a new KEK and an
+    empty store, and every person's data would read as shredded. Looks at up to 20 accounts not being purged
+    (their keys live as long as they do): one key found is enough."""
+    from faceharmony.core.db.models import Account, AccountState
+    from faceharmony.core.keys.errors import KekMissing
+
+    with db.connection_context():
+        sample = [
+            k
+            for (k,) in Account.select(Account.key_id)
+            .where(Account.state != AccountState.PURGING)
+            .order_by(Account.created_at)
+            .limit(20)
+            .tuples()
+        ]
+    if sample and not any(keyring.exists(k) for k in sample):
+        raise KekMissing(
+            "the key store holds none of the database's data keys: wrong FACEHARMONY_DATA_DIR (keys/) or"
+            " FACEHARMONY_KEY_STORE_BUCKET, or a lost key store; refusing to start"
+        )
