@@ -447,6 +447,10 @@ class OrderWorker:
                     )
                     made = (*encode(pixels, s.preview_max_side), pixels.shape[1], pixels.shape[0])
                 png, jpeg, width, height = made
+                if photo_key is not None and not self.keyring.exists(photo_key):
+                    # Retried past the orphan margin (storage or database down for hours): the key sweep took
+                    # the key no row named yet. A new key and new blobs; the old blobs are orphans, swept.
+                    photo_key, stored = None, None
                 if photo_key is None:
                     photo_key = self.keyring.new_key()
                 if stored is None:

@@ -56,14 +56,8 @@ def check_database(keyring: Keyring, db) -> None:
     from faceharmony.core.keys.errors import KekMissing
 
     with db.connection_context():
-        sample = [
-            k
-            for (k,) in Account.select(Account.key_id)
-            .where(Account.state != AccountState.PURGING)
-            .order_by(Account.created_at)
-            .limit(20)
-            .tuples()
-        ]
+        query = Account.select(Account.key_id).where(Account.state != AccountState.PURGING)
+        sample: list[str] = [row[0] for row in query.order_by(Account.created_at).limit(20).tuples()]  # type: ignore[index]
     if sample and not any(keyring.exists(k) for k in sample):
         raise KekMissing(
             "the key store holds none of the database's data keys: wrong FACEHARMONY_DATA_DIR (keys/) or"
