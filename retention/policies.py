@@ -442,30 +442,32 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         (Session, Session.account == aid),
         (SignInCode, SignInCode.email_hmac == hmac),
         (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "code-fail:" + hmac, "invite:" + aid])),
+        (EmailQueue, _persons_mail(account)),  # before the invitations and entries its condition reads
         (Invitation, invitations),
         (WaitlistEntry, waitlist),
-        (EmailQueue, (EmailQueue.account == aid) | EmailQueue.key_id.in_(sorted(_email_keys(account)))),
         (Account, Account.id == aid),
     ]
 
 
-def _email_keys(account: Account) -> set[str]:
-    """The keys of the queued emails the purge takes besides the account's own: those of the person's waiting-list
-    entries and invitations (a "waitlist approved" mail sealed with the entry's key while the account took an
-    invitation's), and of the invitations the person sent that nobody accepted (the mail names the inviter).
-    An accepted invitation's key is its invitee's account key: their mail stays."""
+def _persons_mail(account: Account) -> pw.Expression:
+    """The queued emails the purge takes: the account's, and those sealed with one of the person's other keys:
+    their waiting-list entries' and invitations' (a "waitlist approved" mail sealed with the entry's key while
+    the account took an invitation's), and those of the invitations the person sent that nobody accepted (the
+    mail names the inviter). An accepted invitation's key is its invitee's account key: their mail stays.
+    Subqueries, evaluated when the rows go: account_rows deletes the emails before those rows."""
     aid, hmac = account.id, account.email_hmac
-    unaccepted_or_own = Invitation.account.is_null() | (Invitation.account == aid)
     invitations = ((Invitation.inviter == aid) | (Invitation.account == aid) | (Invitation.email_hmac == hmac)) & (
-        unaccepted_or_own
+        Invitation.account.is_null() | (Invitation.account == aid)
     )
     waitlist = ((WaitlistEntry.account == aid) | (WaitlistEntry.email_hmac == hmac)) & (
         WaitlistEntry.account.is_null() | (WaitlistEntry.account == aid)
     )
-    keys = {account.key_id}
-    keys.update(k for (k,) in Invitation.select(Invitation.key_id).where(invitations).tuples())
-    keys.update(k for (k,) in WaitlistEntry.select(WaitlistEntry.key_id).where(waitlist).tuples())
-    return keys
+    return (
+        (EmailQueue.account == aid)
+        | (EmailQueue.key_id == account.key_id)
+        | EmailQueue.key_id.in_(Invitation.select(Invitation.key_id).where(invitations))
+        | EmailQueue.key_id.in_(WaitlistEntry.select(WaitlistEntry.key_id).where(waitlist))
+    )
 
 
 def account_links(account_id: str) -> list[tuple[pw.Field, pw.Expression]]:
