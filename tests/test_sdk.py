@@ -221,6 +221,14 @@ def test_the_retry_list_names_real_rpcs_only():
     for service, methods in RETRYABLE_METHODS.items():
         assert set(methods) <= rpcs[service], service
     # Nothing that sends mail, consumes a code or deletes is retried.
-    never = {"RequestSignInCode", "SignIn", "AcceptInvitation", "DeleteAccount", "DeletePhoto", "DeleteModel"}
+    never = {
+        "RequestSignInCode",
+        "SignIn",
+        "AcceptInvitation",
+        "DeleteAccount",
+        "DeletePhoto",
+        "DeleteModel",
+        "RetrainModel",
+    }
     assert not never & {m for methods in RETRYABLE_METHODS.values() for m in methods}
     assert account_pb2.DESCRIPTOR.services_by_name["AccountService"]
