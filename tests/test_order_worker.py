@@ -452,25 +452,29 @@ def test_the_user_cli_orders_watches_downloads_and_rejects(h, adapters, tmp_path
         return done.stdout
 
     assert "oil_painting" in cli("styles")
-    placed = json.loads(cli("order", "--style", "comic", "--count", "2", model))
+    placed = json.loads(cli("--json", "order", "--style", "comic", "--count", "2", model))
     with RunningWorker(h):
-        watched = cli("watch-order", placed["id"]).splitlines()
-    assert watched[-1] == "ORDER_STATE_COMPLETED 2/2 made, 0 failed", watched
-    photos = json.loads(cli("generated", "--order", placed["id"]))["generated_photos"]
+        watched = [json.loads(line)["order"] for line in cli("--json", "watch-order", placed["id"]).splitlines()]
+    assert (watched[-1]["state"], watched[-1]["images_done"], watched[-1]["images_failed"]) == (
+        "ORDER_STATE_COMPLETED",
+        2,
+        0,
+    ), watched
+    photos = json.loads(cli("--json", "generated", "--order", placed["id"]))["generated_photos"]
     assert len(photos) == 2
     cli("download", photos[0]["id"], str(tmp_path / "a.png"))
     assert Image.open(tmp_path / "a.png").size == (SIZE, SIZE)
     assert (
-        "saved" in cli("preview", photos[1]["id"], str(tmp_path / "b.jpg"))
+        "Saved" in cli("preview", photos[1]["id"], str(tmp_path / "b.jpg"))
         and Image.open(tmp_path / "b.jpg").format == "JPEG"
     )
-    assert json.loads(cli("reject", photos[1]["id"]))["state"] == "GENERATED_PHOTO_STATE_REJECTED"
-    states = {p["id"]: p["state"] for p in json.loads(cli("generated"))["generated_photos"]}
+    assert json.loads(cli("--json", "reject", photos[1]["id"]))["state"] == "GENERATED_PHOTO_STATE_REJECTED"
+    states = {p["id"]: p["state"] for p in json.loads(cli("--json", "generated"))["generated_photos"]}
     assert states[photos[0]["id"]] == "GENERATED_PHOTO_STATE_DOWNLOADED"
     failed = subprocess.run(
         [str(BIN / "faceharmony"), "order", "--style", "nope", model], env=env, capture_output=True, text=True
     )
-    assert failed.returncode == 1 and "INVALID_ARGUMENT UNKNOWN_STYLE" in failed.stderr
+    assert failed.returncode == 1 and "(UNKNOWN_STYLE)" in failed.stderr
 
 
 def test_a_restored_model_deleted_again_is_evicted_again(h, adapters):

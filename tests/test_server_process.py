@@ -200,14 +200,14 @@ def test_command_line_clients_end_to_end(server_process):
             code = code or (found.group(1) if found and "To: nia@example.com" in path.read_text() else None)
         time.sleep(0.1)
     assert code, "no sign-in code reached the outbox"
-    signed_in = json.loads(run("faceharmony", "sign-in", "nia@example.com", code).stdout)
+    signed_in = json.loads(run("faceharmony", "--json", "sign-in", "nia@example.com", "--code", code).stdout)
     assert signed_in["name"] == "Nia" and signed_in["state"] == "ACCOUNT_STATE_ACTIVE"
     assert oct((tmp_path / "session").stat().st_mode & 0o777) == "0o600"
-    assert json.loads(run("faceharmony", "account").stdout)["email"] == "nia@example.com"
-    assert json.loads(run("faceharmony", "balance").stdout)["free_trial_granted"] is True
+    assert json.loads(run("faceharmony", "--json", "account").stdout)["email"] == "nia@example.com"
+    assert json.loads(run("faceharmony", "--json", "balance").stdout)["free_trial_granted"] is True
     run("faceharmony", "sign-out")
     out = run("faceharmony", "account", ok=False)
-    assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
+    assert out.returncode == 3 and "UNAUTHENTICATED" in out.stderr and "faceharmony sign-in" in out.stderr
 
 
 def test_the_retention_command_is_installed(tmp_path):

@@ -1,0 +1,473 @@
+"""The `faceharmony` commands for photos, models and orders: uploads with a bar and a table of verdicts,
+training and orders followed with a bar and an ETA, generated photos listed, saved, rejected and deleted.
+
+An upload is one atomic RPC per file, so an interrupted upload leaves nothing half-done on the server: the
+first Ctrl-C lets the file in flight finish and sends no more (the photos reported stored are exactly the
+ones stored); a second one stops at once, and the file then in flight is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from faceharmony.clients import cli_tables as tables
+from faceharmony.clients.cli_output import ExitCode, message_dict
+from faceharmony.clients.cli_state import State, state
+from faceharmony.clients.sdk import FaceHarmonyError, Verdict
+from faceharmony.v1 import model_pb2, order_pb2
+
+media = typer.Typer()
+
+PHOTOS, MODELS, ORDERS = "Photos", "Models", "Orders"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# One upload command sends at most this many files (an account holds at most 200 photos by default).
+MAX_FILES = 200
+
+ID = Annotated[str, typer.Argument(metavar="ID")]
+FORCE = Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")]
+
+
+# --- photos --------------------------------------------------------------------------------------------------
+
+
+def image_files(paths: Sequence[Path], limit: int = MAX_FILES) -> list[Path]:
+    """The files to upload: files as named, and the images (by extension) directly inside named folders."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise typer.BadParameter(f"no {', '.join(IMAGE_SUFFIXES)} files in {path}", param_hint="PATH")
+            files.extend(found)
+        else:
+            files.append(path)
+    files = list(dict.fromkeys(files))
+    if len(files) > limit:
+        raise typer.BadParameter(f"{len(files)} files: at most {limit} at a time", param_hint="PATH")
+    return files
+
+
+class StopAfterCurrent:
+    """While in force, the first Ctrl-C asks the loop to stop after the file in flight and the second stops it
+    now (KeyboardInterrupt), until `finishing()`: from then on (the report is printed) Ctrl-C is ignored.
+    Outside the main thread (no signal handler can be set there) Ctrl-C is left as it is."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.on_request: Callable[[], None] | None = None
+        self._finishing = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._finishing:
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.on_request is not None:
+            self.on_request()
+
+    def finishing(self) -> None:
+        self._finishing = True
+
+    def __enter__(self) -> StopAfterCurrent:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class Sent:
+    """What an upload loop did: a verdict per file sent, the file cut off by a second Ctrl-C, the call that failed."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    in_flight: Path | None = None
+    cut_off: Path | None = None
+    failure: FaceHarmonyError | None = None
+    bug: BaseException | None = None
+
+
+def send(st: State, files: Sequence[Path], guard: StopAfterCurrent) -> Sent:
+    """Uploads the files in turn with a bar, until the end, a Ctrl-C or a failure that is not a verdict.
+
+    The calls run on a worker thread while this one waits, so Ctrl-C is seen at once (a blocking gRPC call holds
+    Python's signal handlers until it returns); a second Ctrl-C closes the channel, which cancels the call."""
+    sent = Sent()
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with st.out.progress(*columns) as bar:
+        task = bar.add_task("uploading", total=len(files))
+        guard.on_request = lambda: bar.update(task, description="stopping after this file (Ctrl-C again: now)")
+
+        def to_send() -> Iterator[Path]:
+            for path in files:
+                if guard.requested:
+                    return
+                sent.in_flight = path
+                bar.update(task, description=path.name)
+                yield path
+
+        def seen(verdict: Verdict) -> None:
+            sent.verdicts.append(verdict)
+            sent.in_flight = None
+            bar.advance(task)
+
+        def run() -> None:
+            try:
+                st.client.photos.upload_files(to_send(), on_verdict=seen)
+            except FaceHarmonyError as exc:
+                sent.failure = exc
+            except BaseException as exc:  # noqa: BLE001 (a bug: raised again on the main thread)
+                sent.bug = exc
+            finally:
+                if sent.failure is None:
+                    sent.in_flight = None
+
+        worker = threading.Thread(target=run, name="upload", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.1)
+        except KeyboardInterrupt:
+            st.close()  # ends the call in flight (CANCELLED); the server stores that photo whole or not at all
+            worker.join()
+            sent.cut_off, sent.failure = sent.in_flight, None
+    if sent.bug is not None:
+        raise sent.bug
+    return sent
+
+
+@media.command(rich_help_panel=PHOTOS)
+def upload(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(exists=True, metavar="PATH", help="Photos, or folders of them (.jpg .jpeg .png .webp)."),
+    ],
+) -> None:
+    """Upload cropped face photos: each is verified (one face, nothing unsafe) and stored or refused."""
+    st = state(ctx)
+    files = image_files(paths)
+    with StopAfterCurrent() as guard:
+        sent = send(st, files, guard)
+        guard.finishing()
+        done = sent.verdicts
+        names = [str(p) for p in files[: len(done)]]
+        if st.out.json:
+            st.out.emit(
+                {
+                    "verdicts": [_verdict_dict(name, v) for name, v in zip(names, done, strict=True)],
+                    "uploaded": sum(v.ok for v in done),
+                    "refused": sum(not v.ok for v in done),
+                    "cut_off": None if sent.cut_off is None else str(sent.cut_off),
+                    "not_sent": [str(p) for p in files[len(done) + (sent.cut_off is not None) :]],
+                }
+            )
+        elif done:
+            st.out.show(tables.verdicts(names, done))
+    stored = sum(v.ok for v in done)
+    summary = f"{stored} of {len(files)} uploaded" + (f", {len(done) - stored} refused" if len(done) > stored else "")
+    unsent = len(files) - len(done) - (sent.cut_off is not None)
+    if sent.cut_off is not None:
+        st.out.problem(
+            f"interrupted: {summary}; {sent.cut_off} was cut off in flight (stored whole or not at all: see "
+            f"`faceharmony photos`); the other {unsent} were not sent"
+        )
+        raise typer.Exit(ExitCode.INTERRUPTED)
+    if guard.requested:
+        st.out.problem(f"interrupted: {summary}; the other {unsent} were not sent")
+        raise typer.Exit(ExitCode.INTERRUPTED)
+    if sent.failure is not None:
+        if done:
+            st.out.problem(f"stopped: {summary}; the other {unsent} were not sent")
+        raise sent.failure
+    st.out.note(summary)
+    if stored < len(done):
+        raise typer.Exit(ExitCode.SOME_REFUSED)
+
+
+# The command's name before folders and tables.
+media.command("upload-photo", hidden=True)(upload)
+
+
+def _verdict_dict(file: str, v: Verdict) -> dict[str, Any]:
+    if v.photo is not None:
+        return {"file": file, "accepted": True, "photo": message_dict(v.photo)}
+    error = v.error
+    return {
+        "file": file,
+        "accepted": False,
+        "reason": v.reason,
+        "code": error.code.name if error else "",
+        "message": error.message if error else "",
+    }
+
+
+@media.command(rich_help_panel=PHOTOS)
+def photos(ctx: typer.Context) -> None:
+    """List my photos."""
+    st = state(ctx)
+    st.out.listing("photos", st.client.photos.list_photos(), tables.photos)
+
+
+@media.command(rich_help_panel=PHOTOS)
+def delete_photo(ctx: typer.Context, photo_id: ID) -> None:
+    """Delete a photo that belongs to no model."""
+    st = state(ctx)
+    st.client.photos.delete_photo(photo_id)
+    st.out.result({}, f"Photo {photo_id} deleted.")
+
+
+# --- models --------------------------------------------------------------------------------------------------
+
+WATCH = Annotated[bool, typer.Option("--watch", help="Follow it with a progress bar until it is done.")]
+
+
+def follow_model(st: State, model_id: str) -> None:
+    """Follows training (WatchModel): a bar with an ETA, then the outcome; exits 1 if it failed."""
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(elapsed_when_finished=True),
+    )
+    last: model_pb2.WatchModelResponse | None = None
+    with st.out.progress(*columns) as bar:
+        task = bar.add_task("waiting", total=1.0)
+        for event in st.client.models.watch_model(model_id):
+            last = event
+            if st.out.json:
+                st.out.emit_line(message_dict(event))
+                continue
+            said = tables.word(model_pb2.ModelState, event.state)
+            if event.message and event.message.lower() != said:
+                said = f"{said}: {event.message}"
+            bar.update(task, completed=event.progress, description=said)
+            st.out.tick(f"{said} {event.progress:.0%}")
+    if last is None or last.state != model_pb2.MODEL_STATE_READY:
+        m = last.model if last is not None else None
+        said = tables.word(model_pb2.ModelState, last.state) if last else "gone"
+        reason = f": {m.failure_reason}" if m is not None and m.failure_reason else ""
+        st.out.problem(f"error: model {model_id} ended {said!r}{reason}")
+        raise typer.Exit(ExitCode.REFUSED)
+    st.out.note(
+        f"Model {model_id} is ready (version {last.model.version}): `faceharmony order --style STYLE {model_id}`"
+    )
+
+
+@media.command(rich_help_panel=MODELS)
+def create_model(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The model's name.")],
+    photo_ids: Annotated[list[str] | None, typer.Argument(metavar="PHOTO_ID", help="4-20 of my photos.")] = None,
+    all_photos: Annotated[bool, typer.Option("--all-photos", help="Use every photo that is in no model.")] = False,
+    watch: WATCH = False,
+) -> None:
+    """Train a personal model from 4-20 of my photos."""
+    st = state(ctx)
+    ids = list(photo_ids or [])
+    if all_photos == bool(ids):
+        raise typer.BadParameter("name the photos, or give --all-photos (not both)", param_hint="PHOTO_ID")
+    if all_photos:
+        ids = [p.id for p in st.client.photos.list_photos() if not p.model_id]
+    m = st.client.models.create_model(name, ids)
+    _started(st, m, tables.model(m), follow_model if watch else None, "watch-model")
+
+
+def _started(st: State, message: Any, table: Any, follow: Callable[[State, str], None] | None, watch: str) -> None:
+    """A new model or order: shown, then followed (--watch) or with the command that follows it."""
+    if st.out.json:
+        (st.out.emit_line if follow else st.out.emit)(message_dict(message))
+    else:
+        st.out.show(table)
+    if follow is not None:
+        follow(st, message.id)
+    else:
+        st.out.note(f"Follow it with `faceharmony {watch} {message.id}`.")
+
+
+@media.command(rich_help_panel=MODELS)
+def watch_model(ctx: typer.Context, model_id: ID) -> None:
+    """Follow a model's training with a progress bar and an ETA."""
+    follow_model(state(ctx), model_id)
+
+
+@media.command(rich_help_panel=MODELS)
+def models(ctx: typer.Context) -> None:
+    """List my models."""
+    st = state(ctx)
+    st.out.listing("models", st.client.models.list_models(), tables.models)
+
+
+@media.command(rich_help_panel=MODELS)
+def delete_model(ctx: typer.Context, model_id: ID) -> None:
+    """Delete a model (hidden now, purged after the grace period)."""
+    st = state(ctx)
+    m = st.client.models.delete_model(model_id)
+    st.out.result(message_dict(m), f"Model {m.id} deleted; purged after {tables.when(m, 'purge_after')}.")
+
+
+@media.command(rich_help_panel=MODELS)
+def retrain(ctx: typer.Context, model_id: ID, watch: WATCH = False) -> None:
+    """Train a model again from its photos."""
+    st = state(ctx)
+    m = st.client.models.retrain_model(model_id)
+    _started(st, m, tables.model(m), follow_model if watch else None, "watch-model")
+
+
+# --- orders --------------------------------------------------------------------------------------------------
+
+
+def follow_order(st: State, order_id: str) -> None:
+    """Follows an order (WatchOrder): a bar of images made, then the outcome; exits 1 unless it completed."""
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(elapsed_when_finished=True),
+    )
+    last: order_pb2.Order | None = None
+    with st.out.progress(*columns) as bar:
+        task = bar.add_task("waiting", total=None)
+        for event in st.client.orders.watch_order(order_id):
+            last = event.order
+            if st.out.json:
+                st.out.emit_line(message_dict(event))
+                continue
+            failed = f", {last.images_failed} failed" if last.images_failed else ""
+            said = tables.word(order_pb2.OrderState, last.state)
+            bar.update(
+                task,
+                total=last.images_total or None,
+                completed=last.images_done + last.images_failed,
+                description=f"{said}{failed}",
+            )
+            st.out.tick(f"{said} {last.images_done}/{last.images_total}{failed}")
+    if last is None:
+        st.out.problem(f"error: order {order_id} ended without news")
+        raise typer.Exit(ExitCode.REFUSED)
+    said = tables.word(order_pb2.OrderState, last.state)
+    outcome = f"Order {order_id} {said}: {last.images_done}/{last.images_total} made, {last.images_failed} failed"
+    if last.state != order_pb2.ORDER_STATE_COMPLETED:
+        st.out.problem(f"error: {outcome}")
+        raise typer.Exit(ExitCode.REFUSED)
+    st.out.note(f"{outcome}. See them with `faceharmony generated --order {order_id}`.")
+
+
+@media.command(rich_help_panel=ORDERS)
+def styles(ctx: typer.Context) -> None:
+    """List the portrait styles."""
+    st = state(ctx)
+    st.out.listing("styles", st.client.orders.list_styles(), tables.styles)
+
+
+@media.command(rich_help_panel=ORDERS)
+def order(
+    ctx: typer.Context,
+    model_ids: Annotated[list[str], typer.Argument(metavar="MODEL_ID", help="My ready models.")],
+    style: Annotated[str, typer.Option(help="A style id (see `faceharmony styles`).")],
+    count: Annotated[int, typer.Option(help="Images per model.")] = 1,
+    request_id: Annotated[str, typer.Option(help="Makes a retried order the same order.")] = "",
+    watch: WATCH = False,
+) -> None:
+    """Order generated portraits from my ready models."""
+    st = state(ctx)
+    o = st.client.orders.create_order(model_ids, style, count, request_id=request_id or None)
+    _started(st, o, tables.order(o), follow_order if watch else None, "watch-order")
+
+
+@media.command(rich_help_panel=ORDERS)
+def watch_order(ctx: typer.Context, order_id: ID) -> None:
+    """Follow an order with a progress bar of the images made."""
+    follow_order(state(ctx), order_id)
+
+
+@media.command(rich_help_panel=ORDERS)
+def orders(ctx: typer.Context) -> None:
+    """List my orders."""
+    st = state(ctx)
+    st.out.listing("orders", st.client.orders.list_orders(), tables.orders)
+
+
+@media.command(rich_help_panel=ORDERS)
+def generated(
+    ctx: typer.Context, order_id: Annotated[str, typer.Option("--order", help="Only this order's photos.")] = ""
+) -> None:
+    """List my generated photos."""
+    st = state(ctx)
+    st.out.listing("generated_photos", st.client.orders.list_generated_photos(order_id=order_id), tables.generated)
+
+
+def _write_new(path: Path, data: bytes, force: bool) -> None:
+    """Writes the file; without force, one that appeared since _refuse_existing is still not overwritten."""
+    with path.open("wb" if force else "xb") as fh:
+        fh.write(data)
+
+
+def _refuse_existing(st: State, path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        st.out.problem(f"error: {path} exists; give --force to overwrite it")
+        raise typer.Exit(ExitCode.REFUSED)
+
+
+OUT = Annotated[Path | None, typer.Argument(metavar="FILE", dir_okay=False, help="Where to save it.")]
+
+
+@media.command(rich_help_panel=ORDERS)
+def download(ctx: typer.Context, photo_id: ID, out: OUT = None, force: FORCE = False) -> None:
+    """Save a generated photo as PNG (marks it downloaded); FILE defaults to ID.png."""
+    st = state(ctx)
+    path = out or Path(f"{photo_id}.png")
+    _refuse_existing(st, path, force)
+    data = st.client.orders.download(photo_id)
+    _write_new(path, data, force)
+    st.out.result({"path": str(path), "bytes": len(data)}, f"Saved {path} ({len(data):,} bytes).")
+
+
+@media.command(rich_help_panel=ORDERS)
+def preview(ctx: typer.Context, photo_id: ID, out: OUT = None, force: FORCE = False) -> None:
+    """Save a generated photo's small JPEG preview; FILE defaults to ID-preview.jpg."""
+    st = state(ctx)
+    path = out or Path(f"{photo_id}-preview.jpg")
+    _refuse_existing(st, path, force)
+    reply = st.client.orders.get_preview(photo_id)
+    _write_new(path, reply.jpeg, force)
+    st.out.result(
+        {"path": str(path), "width": reply.width, "height": reply.height},
+        f"Saved {path} ({reply.width}x{reply.height}).",
+    )
+
+
+@media.command(rich_help_panel=ORDERS)
+def reject(ctx: typer.Context, photo_id: ID) -> None:
+    """Reject a generated photo (purged after the retention period)."""
+    st = state(ctx)
+    g = st.client.orders.reject(photo_id)
+    st.out.result(message_dict(g), f"Rejected {g.id}; purged after {tables.when(g, 'purge_after')}.")
+
+
+@media.command(rich_help_panel=ORDERS)
+def delete_generated(ctx: typer.Context, photo_id: ID) -> None:
+    """Delete a generated photo now."""
+    st = state(ctx)
+    st.client.orders.delete(photo_id)
+    st.out.result({}, f"Generated photo {photo_id} deleted.")
