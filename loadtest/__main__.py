@@ -1,0 +1,5 @@
+import sys
+
+from faceharmony.loadtest.main import main
+
+sys.exit(main())
