@@ -79,7 +79,10 @@ class EmbeddedSystem:
         """Asks for a sign-in code for the address and reads it from the outbox."""
         since = time.time_ns()
         client.accounts.request_sign_in_code(address)
-        return CODE.search(self._wait_for_mail(address, "sign-in code", since)).group(1)  # type: ignore[union-attr]
+        found = CODE.search(self._wait_for_mail(address, "sign-in code", since))
+        if found is None:
+            raise EmbeddedError("the sign-in email holds no code: its template changed?")
+        return found.group(1)
 
     def _wait_for_mail(self, address: str, subject_has: str, since_ns: int) -> str:
         def newest() -> str:

@@ -19,7 +19,10 @@ What it owns:
 * **Retries by gRPC's own retry policy** (the channel's service config, `RETRY_POLICY`), never a loop here:
   only calls that are idempotent (reads, watches, downloads, `UpdateName`, `RecordPurchase` by its
   transaction id) and creates that carry a `request_id` (uploads, models, orders, tickets), on
-  `UNAVAILABLE`, with backoff and retry throttling. The SDK gives every such create a fresh `request_id`
+  `UNAVAILABLE`, with backoff and retry throttling. gRPC retries a stream (a watch, a download) only until
+  its first message has arrived; a watch that fails later is the caller's to reopen (each starts from the
+  current state, so reopening is safe). The retry buffer holds a whole upload, so a photo of any size the
+  channel may send is retried, not only the small ones (gRPC's default buffer is 256 KiB). The SDK gives every such create a fresh `request_id`
   unless the caller passes one, so a retry can never make a second photo, model, order or ticket. Calls
   that send mail, consume a code or change state once (`RequestSignInCode`, `SignIn`, `DeleteAccount`, ...)
   are never retried.
@@ -34,6 +37,8 @@ Results are the generated protobuf messages (typed by their `.pyi` stubs); list 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +71,8 @@ __all__ = ["RETRY_POLICY", "Client", "FaceHarmonyError", "Verdict", "service_con
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # The server refuses larger requests (FACEHARMONY_UPLOAD_MAX_BYTES defaults well below this); the client
-# accepts what the server may send back (download chunks, previews).
+# accepts what the server may send back (download chunks, previews). upload_files does not read a file larger
+# than this: it could only be refused.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 # gRPC's retry policy (https://github.com/grpc/proposal/blob/master/A6-client-retries.md), applied by the
@@ -176,6 +182,23 @@ def _new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _display_name(name: str) -> str:
+    """A file name as valid UTF-8 (a name that is not becomes U+FFFD where its bytes are not)."""
+    try:
+        return os.fsencode(name).decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
+def _transport_size_refusal(error: FaceHarmonyError) -> bool:
+    """gRPC's own refusal of a message over the receiver's size limit (RESOURCE_EXHAUSTED with no ErrorInfo)."""
+    return (
+        error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and not error.reason
+        and "message larger than max" in error.message.lower()
+    )
+
+
 class _Service:
     """Calls of one service: deadlines, the session metadata and the one exception type."""
 
@@ -263,6 +286,30 @@ class Accounts(_Service):
         return self._unary("ReactivateAccount", account_pb2.ReactivateAccountRequest()).account
 
 
+def _read_upload(path: Path, limit: int) -> bytes:
+    """The file's bytes, or a FaceHarmonyError verdict when it is not a regular file, unreadable or too large."""
+
+    def refused(reason: str, message: str) -> FaceHarmonyError:
+        return FaceHarmonyError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+    try:
+        # Checked before opening too: opening a FIFO would wait for a writer.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise refused("UNREADABLE_FILE", "not a regular file")
+        with path.open("rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise refused("UNREADABLE_FILE", "not a regular file")
+            if info.st_size > limit:
+                raise refused("IMAGE_TOO_LARGE", f"{info.st_size} bytes, over the {limit}-byte limit: not sent")
+            content = fh.read(limit + 1)
+    except OSError as exc:
+        raise refused("UNREADABLE_FILE", exc.strerror or "cannot be read") from exc
+    if len(content) > limit:  # grew while being read
+        raise refused("IMAGE_TOO_LARGE", f"over the {limit}-byte limit: not sent")
+    return content
+
+
 class Photos(_Service):
     """PhotoService: verified uploads of cropped face photos."""
 
@@ -278,40 +325,43 @@ class Photos(_Service):
         """Uploads one photo; raises FaceHarmonyError with the verdict's reason (NO_FACE, NSFW, ...) if refused."""
         request = photo_pb2.UploadPhotoRequest(
             content=content,
-            filename=filename[:255],
+            filename=_display_name(filename)[:255],
             content_type=content_type,
             request_id=request_id or _new_request_id(),
         )
         return self._unary("UploadPhoto", request, self._client.transfer_timeout if timeout is None else timeout).photo
 
     def upload_files(
-        self, paths: Iterable[str | Path], *, on_verdict: Callable[[Verdict], None] | None = None
+        self,
+        paths: Iterable[str | Path],
+        *,
+        on_verdict: Callable[[Verdict], None] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Verdict]:
         """Uploads each file in turn: one Verdict per file, refused ones with their reason.
 
         Only a refusal of the photo itself becomes a verdict: INVALID_ARGUMENT (the verifier's reasons: NO_FACE,
         NSFW, UNDECODABLE_IMAGE, IMAGE_TOO_LARGE, ...) or gRPC's own RESOURCE_EXHAUSTED for a message over the
-        server's size limit (no reason). Any other failure (signed out, server away, rate limit, too many
-        photos) is raised, and the files after it are not sent. A file that cannot be read is a verdict with
-        the reason UNREADABLE_FILE."""
+        server's size limit. Any other failure (signed out, server away, busy, rate limit, too many photos) is
+        raised, and the files after it are not sent. Files are checked before they are read: one that is not a
+        regular readable file is a verdict UNREADABLE_FILE, one over `max_bytes` (default: the most the channel
+        may send) a verdict IMAGE_TOO_LARGE, and neither is sent. Verdict names are valid UTF-8."""
+        limit = MAX_MESSAGE_BYTES if max_bytes is None else max_bytes
         verdicts = []
         for item in paths:
             path = Path(item)
+            name = _display_name(path.name)
             try:
-                content = path.read_bytes()
-            except OSError as exc:
-                verdict = Verdict(
-                    path.name,
-                    error=FaceHarmonyError(grpc.StatusCode.INVALID_ARGUMENT, "UNREADABLE_FILE", exc.strerror or ""),
-                )
+                content = _read_upload(path, limit)
+            except FaceHarmonyError as exc:
+                verdict = Verdict(name, error=exc)
             else:
                 try:
-                    verdict = Verdict(path.name, photo=self.upload_photo(content, filename=path.name))
+                    verdict = Verdict(name, photo=self.upload_photo(content, filename=name))
                 except FaceHarmonyError as exc:
-                    too_big = exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not exc.reason
-                    if exc.code != grpc.StatusCode.INVALID_ARGUMENT and not too_big:
+                    if exc.code != grpc.StatusCode.INVALID_ARGUMENT and not _transport_size_refusal(exc):
                         raise
-                    verdict = Verdict(path.name, error=exc)
+                    verdict = Verdict(name, error=exc)
             verdicts.append(verdict)
             if on_verdict is not None:
                 on_verdict(verdict)
@@ -514,6 +564,8 @@ class Client:
             ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Room to resend a whole request: past the buffer (256 KiB by default) gRPC stops retrying a call.
+            ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES + 64 * 1024),
             ("grpc.primary_user_agent", "faceharmony-python-sdk/0.1"),
         ]
         if self.tls or self.credentials is not None:

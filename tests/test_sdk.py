@@ -67,6 +67,22 @@ def test_the_user_flow_through_the_sdk(signed_in, tmp_path):
     assert err.value.reason
 
 
+def test_files_are_checked_before_they_are_read_or_sent(signed_in, tmp_path):
+    import os
+
+    h, _user, fh = signed_in
+    big, fifo, odd = tmp_path / "big.jpg", tmp_path / "pipe.jpg", tmp_path / os.fsdecode(b"caf\xe9.jpg")
+    big.write_bytes(images.one_face() + b"\0" * 2_000_000)
+    os.mkfifo(fifo)
+    odd.write_bytes(images.one_face())
+    verdicts = fh.photos.upload_files([big, fifo, tmp_path, odd], max_bytes=1_000_000)
+    assert [v.reason for v in verdicts[:3]] == ["IMAGE_TOO_LARGE", "UNREADABLE_FILE", "UNREADABLE_FILE"]
+    assert "not sent" in verdicts[0].error.message
+    # A name that is not UTF-8 is shown and sent with U+FFFD, and the photo is stored.
+    assert verdicts[3].ok and verdicts[3].name == "caf\ufffd.jpg"
+    assert h.db_call(Photo.select().count) == 1
+
+
 def test_errors_carry_the_code_and_the_reason(signed_in):
     h, _user, fh = signed_in
     with pytest.raises(FaceHarmonyError) as err:
@@ -103,8 +119,8 @@ class FlakyServer(grpc.GenericRpcHandler):
     """Answers every unary method of the API: UNAVAILABLE for the first `failures` calls of each method, then an
     empty reply (or an error with a reason, for `refuse`). Counts attempts and the request_ids they carried."""
 
-    def __init__(self, failures: int, delay: float = 0.0, refuse: str = "") -> None:
-        self.failures, self.delay, self.refuse = failures, delay, refuse
+    def __init__(self, failures: int, delay: float = 0.0, refuse: str = "", fail_after_first: bool = False) -> None:
+        self.failures, self.delay, self.refuse, self.fail_after_first = failures, delay, refuse, fail_after_first
         self.attempts: Counter[str] = Counter()
         self.request_ids: dict[str, list[str]] = {}
         self.lock = threading.Lock()
@@ -131,6 +147,21 @@ class FlakyServer(grpc.GenericRpcHandler):
                 context.abort_with_status(rpc_status.to_status(status))
             return b""
 
+        def watch(request_bytes, context):
+            with self.lock:
+                self.attempts[method] += 1
+                attempt = self.attempts[method]
+            if self.delay:
+                time.sleep(self.delay)
+            if attempt <= self.failures and not self.fail_after_first:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+            yield model_pb2.WatchModelResponse(state=model_pb2.MODEL_STATE_TRAINING, progress=0.5).SerializeToString()
+            if attempt <= self.failures:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+            yield model_pb2.WatchModelResponse(state=model_pb2.MODEL_STATE_READY, progress=1.0).SerializeToString()
+
+        if method.startswith("Watch"):
+            return grpc.unary_stream_rpc_method_handler(watch)
         return grpc.unary_unary_rpc_method_handler(handle)
 
 
@@ -155,6 +186,30 @@ def test_idempotent_calls_are_retried_by_the_channel(flaky):
     fh.orders.list_orders()
     assert handler.attempts["GetModel"] == 3
     assert handler.attempts["ListOrders"] == 3
+
+
+def test_an_upload_of_any_size_the_channel_sends_is_retried(flaky):
+    # gRPC stops retrying a call whose request outgrew its retry buffer (256 KiB by default).
+    for size in (1_000, 300_000, 3_000_000):
+        handler, fh = flaky(failures=1)
+        fh.photos.upload_photo(b"\xff" * size)
+        assert handler.attempts["UploadPhoto"] == 2, size
+
+
+def test_a_watch_is_retried_only_before_its_first_message(flaky):
+    handler, fh = flaky(failures=1)
+    states = [e.state for e in fh.models.watch_model("m1")]
+    assert states == [model_pb2.MODEL_STATE_TRAINING, model_pb2.MODEL_STATE_READY]
+    assert handler.attempts["WatchModel"] == 2
+
+    handler, fh = flaky(failures=1, fail_after_first=True)
+    seen = []
+    with pytest.raises(FaceHarmonyError) as err:
+        for event in fh.models.watch_model("m1"):
+            seen.append(event.state)
+    assert seen == [model_pb2.MODEL_STATE_TRAINING]
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retryable
+    assert handler.attempts["WatchModel"] == 1
 
 
 def test_creates_are_retried_with_the_same_request_id(flaky):
@@ -193,8 +248,28 @@ def test_a_refusal_is_not_retried_and_keeps_its_reason(flaky):
 def test_every_call_has_a_deadline(flaky):
     handler, fh = flaky(failures=0, delay=1.0)
     fh.timeout = 0.2
+    calls = {
+        "GetAccount": fh.accounts.get_account,
+        "SignIn": lambda: fh.accounts.sign_in("a@example.com", "123456"),
+        "JoinWaitlist": lambda: fh.accounts.join_waitlist("A", "a@example.com", is_16_or_older=True),
+        "ListPhotos": fh.photos.list_photos,
+        "GetModel": lambda: fh.models.get_model("m1"),
+        "CreateModel": lambda: fh.models.create_model("Me", ["a"]),
+        "DeleteModel": lambda: fh.models.delete_model("m1"),
+        "CreateOrder": lambda: fh.orders.create_order(["m1"], "studio"),
+        "ListGeneratedPhotos": fh.orders.list_generated_photos,
+        "RecordPurchase": lambda: fh.purchases.record_purchase(1, "p", "t"),
+        "GetBalance": fh.purchases.get_balance,
+        "CreateTicket": lambda: fh.support.create_ticket("s", "b"),
+        "ListWaitlist": fh.admin.list_waitlist,
+    }
+    for name, call in calls.items():
+        with pytest.raises(FaceHarmonyError) as err:
+            call()
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, name
+    fh.watch_timeout = 0.2
     with pytest.raises(FaceHarmonyError) as err:
-        fh.models.get_model("m1")
+        list(fh.models.watch_model("m1"))
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     # A method's own timeout wins over the client's.
     fh.timeout = 30
