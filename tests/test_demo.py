@@ -1,0 +1,163 @@
+"""`faceharmony-demo` (clients/demo.py, clients/samples.py): its sample photos get the verdicts it shows from the
+real local verifier, its contact sheet has the layout's size, it tells how to install scikit-image when that is
+missing, and, end to end, it runs against a real `faceharmony-up` (two users, models READY, both orders, a PNG and
+a JSON summary) and deletes its accounts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceharmony.clients import demo, samples
+from faceharmony.clients.sdk import Client, FaceHarmonyError
+from faceharmony.core.db.models import Photo
+
+BIN = os.path.dirname(sys.executable)
+
+
+def test_every_sample_gets_its_verdict_from_the_local_verifier(sqlite_harness):
+    h = sqlite_harness
+    user = h.sign_up("samples@example.com")
+    people = samples.people(7)  # every variant there is
+    with Client(f"127.0.0.1:{h.port}", token=user.token) as fh:
+        for person in people:
+            assert len(person.accepted) == 7 and len(person.rejected) == 3
+            for sample in person.samples:
+                try:
+                    fh.photos.upload_photo(sample.content, filename=sample.name)
+                    verdict = ""
+                except FaceHarmonyError as exc:
+                    assert exc.code == grpc.StatusCode.INVALID_ARGUMENT, (sample.name, exc)
+                    verdict = exc.reason
+                assert verdict == sample.expect, sample.name
+    reasons = {s.expect for p in people for s in p.rejected}
+    assert reasons == {"NO_FACE", "MULTIPLE_FACES", "UNDECODABLE_IMAGE", "NOT_RGB", "IMAGE_TOO_SMALL"}
+    assert h.db_call(Photo.select().count) == 14  # only the accepted ones were stored
+
+
+def test_the_default_run_uses_fewer_photos_and_refuses_too_few_for_a_model():
+    eileen, cameraman = samples.people()
+    assert [len(p.accepted) for p in (eileen, cameraman)] == [5, 5]
+    with pytest.raises(ValueError, match="4-7"):
+        samples.people(3)
+
+
+def test_without_scikit_image_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # `import skimage` now raises ImportError
+    samples.astronaut.cache_clear()
+    try:
+        with pytest.raises(samples.SamplesUnavailable, match=r"pip install 'faceharmony\[demo\]'"):
+            samples.people()
+    finally:
+        samples.astronaut.cache_clear()
+
+
+def test_the_contact_sheet_has_the_layouts_size_and_shows_each_verdict():
+    rng = np.random.default_rng(0)
+    users = []
+    for k, person in enumerate(samples.people(4)):
+        user = demo.DemoUser(person, f"demo-{k}@faceharmony.example")
+        user.uploads = [
+            demo.Upload(s, 0.1, photo_id="p" if s.accepted else "", reason=s.expect) for s in person.samples
+        ]
+        user.model_state, user.order_state = "READY", "COMPLETED"
+        user.order_start, user.order_end, user.image_times = 0.1 * k, 3.0 + k, [1.0 + k, 3.0 + k]
+        for _ in range(3):
+            out = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(out, "PNG")
+            user.portraits.append(demo.Portrait("g", 64, 64, out.getvalue()))
+        users.append(user)
+    run = demo.Run("127.0.0.1:50051", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), users, style="studio", count=3)
+    sheet = demo.draw_sheet(run)
+    assert sheet.size == demo.sheet_size([7, 7], [3, 3])
+    assert run.overlap() == pytest.approx(2.9)
+    # The first tile of the first user has an accepted photo's green border; the refused ones are red.
+    top = demo.MARGIN + demo.TITLE_H + demo.HEADING_H + demo.LABEL_H
+    assert sheet.getpixel((demo.MARGIN - 2, top + 20)) == demo.GREEN
+    refused_x = demo.MARGIN + 4 * (demo.THUMB + demo.GAP) - 2
+    assert sheet.getpixel((refused_x, top + 20)) == demo.RED
+
+
+@pytest.mark.processes
+@pytest.mark.triton
+def test_the_demo_runs_against_make_up_and_deletes_its_accounts(tmp_path):
+    from tests.support.triton import require_triton
+
+    require_triton()
+    from faceharmony.triton_launcher.server import free_port
+    from tests.support.wait import wait_for
+    from tests.test_launcher import triton_ports
+
+    api_port, triton_port = free_port(), triton_ports()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
+    env.update(
+        FACEHARMONY_DATA_DIR=str(data),
+        FACEHARMONY_LISTEN=f"127.0.0.1:{api_port}",
+        FACEHARMONY_TRITON_URL=f"127.0.0.1:{triton_port}",
+        # The fewest steps that still train an adapter and run the denoising loop.
+        FACEHARMONY_TRAINING_STEPS="2",
+        FACEHARMONY_GENERATION_STEPS="2",
+        FACEHARMONY_TRAINER_POLL_SECONDS="0.5",
+        FACEHARMONY_ORDER_WORKER_POLL_SECONDS="0.5",
+        FACEHARMONY_LOG_FORMAT="text",
+    )
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen([os.path.join(BIN, "faceharmony-up")], env=env, cwd=tmp_path, stdout=log, stderr=log)
+    try:
+        with Client(f"127.0.0.1:{api_port}", timeout=2) as probe:
+
+            def serving() -> bool:
+                try:
+                    return probe.health() == "SERVING"
+                except FaceHarmonyError:
+                    return False
+
+            wait_for(serving, 120, "the API server")
+        sheet, summary_path = tmp_path / "sheet.png", tmp_path / "summary.json"
+        command = [os.path.join(BIN, "faceharmony-demo"), "--server", f"127.0.0.1:{api_port}", "--data-dir", str(data)]
+        command += ["--out", str(sheet), "--json-summary", str(summary_path), "--photos", "4", "--count", "1"]
+        command += ["--train-timeout", "150", "--order-timeout", "150"]
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "Deleted the demo accounts" in result.stdout
+
+        summary = json.loads(summary_path.read_text())
+        with Image.open(sheet) as image:
+            image.load()
+            assert image.format == "PNG"
+            assert image.size == demo.sheet_size([7, 7], [1, 1])
+            assert (summary["contact_sheet"]["width"], summary["contact_sheet"]["height"]) == image.size
+        assert [len(u["uploads"]) for u in summary["users"]] == [7, 7]
+        for user in summary["users"]:
+            assert [u["verdict"] for u in user["uploads"]] == [u["expected"] for u in user["uploads"]]
+            assert user["model"]["state"] == "READY"
+            assert user["order"]["state"] == "COMPLETED"
+            assert len(user["images"]) == 1 and user["images"][0]["bytes"] > 0
+        assert summary["orders_overlap_seconds"] > 0
+        assert summary["accounts_deleted"] is True
+        assert "@" not in json.dumps(summary)  # no address in the summary
+        # Both demo accounts are deleted: deactivated, their purge scheduled (the staff account stays).
+        with sqlite3.connect(data / "faceharmony.sqlite3") as db:
+            users = db.execute("select state, purge_after is not null from account where role = 'user'").fetchall()
+        assert users == [("deactivated", 1), ("deactivated", 1)]
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+        print(log_path.read_text(errors="replace")[-3000:])
