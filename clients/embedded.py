@@ -7,8 +7,9 @@ under the same settings), signs that account in over gRPC, approves a waiting-li
 `AdminService`, and reads each emailed sign-in code out of the outbox. Everything a user does goes through
 the public API (`faceharmony.clients.sdk`); nothing here touches the server's code or database.
 
-It refuses a system whose mail is not in a local outbox (there is no inbox to read the code from): set
-`FACEHARMONY_DATA_DIR` like the server's, or pass `outbox=`.
+It needs the system's data folder (`FACEHARMONY_DATA_DIR` like the server's, or `outbox=<data dir>/outbox`):
+the operator command runs on that folder's database, and the codes arrive in its outbox (made by the server
+with its first mail, so it may not be there yet). It refuses a folder that does not exist.
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ class EmbeddedSystem:
     _staff: Client | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.outbox.is_dir():
+        if not self.data_dir.is_dir():
             raise EmbeddedError(
-                f"no outbox at {self.outbox}: the system is not on its embedded mail defaults, or"
-                " FACEHARMONY_DATA_DIR differs from the server's"
+                f"no data folder at {self.data_dir}: FACEHARMONY_DATA_DIR (or outbox=) must name the server's"
             )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.outbox.parent
 
     def client(self, token: str | None = None) -> Client:
         return Client(self.target, token=token)
@@ -86,6 +90,8 @@ class EmbeddedSystem:
 
     def _wait_for_mail(self, address: str, subject_has: str, since_ns: int) -> str:
         def newest() -> str:
+            if not self.outbox.is_dir():
+                raise _NoMailYet
             for path in sorted(self.outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
                 if path.stat().st_mtime_ns < since_ns:
                     break
@@ -107,7 +113,10 @@ class EmbeddedSystem:
                     return newest()
         except _NoMailYet:
             pass
-        raise EmbeddedError(f"no '{subject_has}' email reached {self.outbox} within {self.mail_timeout:.0f} s")
+        raise EmbeddedError(
+            f"no '{subject_has}' email reached {self.outbox} within {self.mail_timeout:.0f} s: is the system on"
+            " its embedded mail defaults (FACEHARMONY_EMAIL_TRANSPORT=outbox), with this data folder?"
+        )
 
     def staff(self, address: str = "demo-staff@faceharmony.example", name: str = "Demo Staff") -> Client:
         """A signed-in support account (made, or given the role, with faceharmony-admin)."""
@@ -117,6 +126,8 @@ class EmbeddedSystem:
                 capture_output=True,
                 text=True,
                 check=False,
+                # The operator command works on the database of the data folder whose outbox is read here.
+                env={**os.environ, "FACEHARMONY_DATA_DIR": str(self.data_dir)},
             )
             if result.returncode != 0:
                 raise EmbeddedError(f"faceharmony-admin create-staff failed: {result.stderr.strip()[-300:]}")
