@@ -6,8 +6,9 @@ it printed and what reached the database:
 
 - TypeScript: protoc-gen-es stubs (with google.rpc's Status and ErrorInfo and grpc.health.v1 besides ours) compiled
   with `tsc` under strict options, and clients/typescript/client.ts run by Node on Connect-ES's gRPC transport;
-- Go: protoc-gen-go and protoc-gen-go-grpc stubs and clients/go vetted and built offline against Debian's Go
-  libraries (GOPATH mode over /usr/share/gocode: no module proxy), then the client run.
+- Go: protoc-gen-go and protoc-gen-go-grpc stubs, with the gen/go/go.mod a module-mode project takes them by
+  (read by `go mod edit`), and clients/go vetted and built offline against Debian's Go libraries (GOPATH mode
+  over /usr/share/gocode, which ignores go.mod: no module proxy), then the client run.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def generate_stubs(language: str, output: Path) -> list[Path]:
     return sorted(p.relative_to(output) for p in output.rglob("*") if p.is_file())
 
 
+def go_mod(go: str, path: Path) -> dict:
+    """A go.mod as the go command parses it (`go mod edit -json`, offline)."""
+    return json.loads(run([go, "mod", "edit", "-json", str(path)]).stdout)
+
+
 def client_outcome(h, command: list[str], email: str) -> dict:
     """Runs a client against the harness's server as a signed-in user's backend; returns its JSON line."""
     user = h.sign_up("signed-in@example.com")
@@ -119,6 +125,16 @@ def test_a_go_backend_calls_the_api_with_the_go_stubs(sqlite_harness, tmp_path):
     assert Path("go/faceharmony/v1/account.pb.go") in made
     assert Path("go/faceharmony/v1/account_grpc.pb.go") in made
     assert Path("go/faceharmony/v1/errors.pb.go") in made
+    # The module's go.mod, and the example's replace to it, as Go reads them.
+    stubs_mod = go_mod(go, tree / "gen" / "go" / "go.mod")
+    assert stubs_mod["Module"]["Path"] == "github.com/faceharmony/backend/gen/go"
+    requires = {r["Path"]: r["Version"] for r in stubs_mod["Require"]}
+    protoc_gen_go = run([require("protoc-gen-go", "make go-tools"), "--version"]).stdout.split()[-1]
+    assert requires == {"google.golang.org/protobuf": protoc_gen_go, "google.golang.org/grpc": "v1.33.3"}
+    client_mod = go_mod(go, tree / "clients" / "go" / "go.mod")
+    [replace] = client_mod["Replace"]
+    assert replace["Old"]["Path"] == stubs_mod["Module"]["Path"]
+    assert (tree / "clients" / "go" / replace["New"]["Path"]).resolve() == tree / "gen" / "go"
 
     # Offline: Debian's packaged modules in GOPATH mode; nothing is fetched.
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{gopath}:{GOCODE}", "GOPROXY": "off", "GOFLAGS": ""}

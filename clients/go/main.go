@@ -4,7 +4,14 @@
 // makes two calls that fail and decodes each error's google.rpc.ErrorInfo, then prints one JSON line of the
 // outcomes. Nothing personal is printed: no email, no name, no token.
 //
+// In module mode (go.mod here: the stubs by a replace to ../../gen/go; `go mod tidy` fetches grpc-go and
+// genproto once), from the repository root:
+//
+//	make stubs LANGS=go && cd clients/go && go mod tidy
 //	FACEHARMONY_TOKEN=... go run . 127.0.0.1:50051 ada@example.com
+//
+// Offline, GOPATH mode over Debian's Go libraries, as tests/test_other_backends.py builds it: README, "Calling
+// the API from another backend".
 package main
 
 import (
