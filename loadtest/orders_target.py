@@ -49,6 +49,7 @@ class OrdersTarget:
     style_id: str
     timeout_s: float
     setup_s: float = 0.0
+    image_sizes: set[tuple[int, int]] = field(default_factory=set)  # (width, height) of the photos downloaded
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -171,6 +172,8 @@ class OrdersTarget:
             photos = fh.orders.list_generated_photos(order_id=order.id)
             for photo in photos:
                 content = fh.orders.download(photo.id, timeout=self.timeout_s)
+                with self._lock:
+                    self.image_sizes.add((photo.width, photo.height))
                 with Image.open(io.BytesIO(content)) as image:
                     image.load()
                     opened += int(image.format == "PNG" and image.size == (photo.width, photo.height))

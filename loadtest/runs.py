@@ -154,6 +154,7 @@ def run_orders(
         meta = target.meta()
         meta["triton_statistics"] = triton_url if stats else None
         report = run_sweep(target, plan, stop=stop, meta=meta, stats=stats)
+        report["settings"]["image_sizes"] = [f"{w}x{h}" for w, h in sorted(target.image_sizes)]
     finally:
         deleted = target.close()
         if stats is not None:
