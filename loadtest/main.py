@@ -100,21 +100,28 @@ def cleanup(manifest: Annotated[Path, typer.Option(help="a manifest written by `
 def perf_analyzer_input(
     manifest: Annotated[Path, typer.Option(help="a manifest written by `seed`")],
     out: Annotated[Path, typer.Option(help="the input-data JSON file to write")],
-    width: Annotated[int, typer.Option(min=8, max=2048)] = 64,
-    height: Annotated[int, typer.Option(min=8, max=2048)] = 64,
-    steps: Annotated[int, typer.Option(min=1, max=150)] = 4,
+    width: Annotated[int, typer.Option(min=0, max=2048, help="image width (0: the setting, else native)")] = 0,
+    height: Annotated[int, typer.Option(min=0, max=2048, help="image height (0: the setting, else native)")] = 0,
+    steps: Annotated[int, typer.Option(min=0, max=150, help="denoising steps (0: FACEHARMONY_GENERATION_STEPS)")] = 0,
 ) -> None:
     """Write a perf_analyzer --input-data file with the manifest's real blob and key ids."""
-    from faceharmony.loadtest.perf_analyzer_input import input_data, write_input_data
-    from faceharmony.loadtest.seed import read_manifest
 
-    try:
-        data = input_data(read_manifest(manifest), width=width, height=height, steps=steps)
-    except ValueError as exc:
-        typer.echo(f"{PROG}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    write_input_data(out, data)
-    print(f"{len(data['data'])} requests written to {out}")
+    def body(entry: process.Entry) -> int:
+        from faceharmony.core.diffusion.pipeline import BasePipelineMissing
+        from faceharmony.loadtest.perf_analyzer_input import input_data, write_input_data
+        from faceharmony.loadtest.runs import resolve_size
+        from faceharmony.loadtest.seed import read_manifest
+
+        try:
+            size = resolve_size(entry.settings, width, height, steps)
+            data = input_data(read_manifest(manifest), width=size[0], height=size[1], steps=size[2])
+        except (ValueError, OSError, BasePipelineMissing) as exc:
+            raise process.Refused(str(exc)) from None
+        write_input_data(out, data)
+        print(f"{len(data['data'])} requests ({size[0]}x{size[1]}, {size[2]} steps) written to {out}")
+        return 0
+
+    _run(body)
 
 
 @app.command()
@@ -192,6 +199,7 @@ def run(
         else:
             from faceharmony.clients.embedded import EmbeddedError
             from faceharmony.clients.sdk import FaceHarmonyError
+            from faceharmony.loadtest.orders_target import Stopped
             from faceharmony.loadtest.runs import run_orders
 
             try:
@@ -206,6 +214,9 @@ def run(
                     users=users,
                     timeout_s=timeout,
                 )
+            except Stopped as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 130
             except (EmbeddedError, FaceHarmonyError, RuntimeError, ValueError) as exc:  # the set-up failed
                 raise process.Refused(f"the orders target could not be set up: {exc}") from None
         from rich.console import Console

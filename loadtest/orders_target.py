@@ -35,6 +35,10 @@ ADDRESS_DOMAIN = "loadtest.faceharmony.invalid"
 CREDIT_PACK = "credits_200"
 
 
+class Stopped(Exception):
+    """SIGINT/SIGTERM came while the test users were being set up (what was made is deleted)."""
+
+
 @dataclass
 class _User:
     address: str
@@ -62,9 +66,11 @@ class OrdersTarget:
         timeout_s: float = 600.0,
         allow_remote_host: str | None = None,
         requests_bound: int = 0,
+        stop: threading.Event | None = None,
     ) -> OrdersTarget:
         """Signs up `users` users, trains a model each (in parallel), credits them for `requests_bound` orders.
-        `outbox`: the server's (`<data dir>/outbox`), made (0700) if no mail was sent yet."""
+        `outbox`: the server's (`<data dir>/outbox`), made (0700) if no mail was sent yet. `stop` set meanwhile:
+        the users made so far are deleted and Stopped is raised."""
         from faceharmony.clients.embedded import EmbeddedSystem
         from faceharmony.clients.samples import people
         from faceharmony.core.datadir import private_dir
@@ -73,6 +79,12 @@ class OrdersTarget:
         if not 1 <= users <= MAX_USERS:
             raise ValueError(f"users must be 1..{MAX_USERS}")
         private_dir(outbox)  # a fresh system has none until its first mail; the helper insists on one
+        stop = stop or threading.Event()
+
+        def check() -> None:
+            if stop.is_set():
+                raise Stopped("stopped while the test users were being set up")
+
         t0 = time.monotonic()
         run_id = secrets.token_hex(4)
         made: list[_User] = []
@@ -80,17 +92,20 @@ class OrdersTarget:
         with EmbeddedSystem(target=url, outbox=outbox) as system:
             try:
                 for i in range(users):
+                    check()
                     address = f"loadtest-{run_id}-{i}@{ADDRESS_DOMAIN}"
                     made.append(_User(address, system.sign_up(address, f"Load Test {i}")))
                 persons = people()
                 for i, user in enumerate(made):
+                    check()
                     photo_ids = [
                         user.client.photos.upload_photo(s.content, filename=s.name).id
                         for s in persons[i % len(persons)].accepted
                     ]
                     user.model_id = user.client.models.create_model(f"loadtest {i}", photo_ids).id
                 target = cls(url, made, "", timeout_s)
-                target._wait_ready()
+                target._wait_ready(stop)
+                check()
                 target.style_id = made[0].client.orders.list_styles()[0].id
                 target._credit(requests_bound)
             except BaseException:
@@ -99,7 +114,7 @@ class OrdersTarget:
         target.setup_s = time.monotonic() - t0
         return target
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, stop: threading.Event) -> None:
         from faceharmony.v1 import model_pb2
 
         errors: list[str] = []
@@ -108,6 +123,8 @@ class OrdersTarget:
             state = 0
             for event in user.client.models.watch_model(user.model_id, timeout=self.timeout_s):
                 state = event.state
+                if stop.is_set():
+                    return
             if state != model_pb2.MODEL_STATE_READY:
                 errors.append(model_pb2.ModelState.Name(state))
 

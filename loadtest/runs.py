@@ -146,6 +146,7 @@ def run_orders(
         timeout_s=timeout_s,
         allow_remote_host=allow_remote_host,
         requests_bound=plan.warmup + plan.count * steps,
+        stop=stop,
     )
     stats = None
     try:

@@ -16,10 +16,10 @@ training:
 The manifest (JSON, mode 0600, never overwritten) holds per model the blob id, the key id and the
 MODEL_VERSION_KEY the requests send: ids only, no key material. It is written once every model is stored;
 a seed that fails midway deletes what it made. `cleanup(settings, manifest)` deletes the blobs (retention
-role, the one that may delete) and shreds the keys, then removes the manifest. What a killed run leaves has
-no database row: the retention daemon's orphan sweeps delete such blobs and shred such keys once they are
-`FACEHARMONY_ORPHAN_MARGIN_HOURS` old (6 h), so a load test against a live system must finish well within
-that, which the drivers' bounds (an hour per step) keep.
+role, the one that may delete) and shreds the keys, then removes the manifest. No database row names a seeded
+model: on a system whose retention daemon runs, its orphan sweeps delete such blobs and shred such keys once
+they are `FACEHARMONY_ORPHAN_MARGIN_HOURS` old (6 h). That also removes what a killed run left; it means a
+kept manifest serves for that long only (seed again later), and a sweep of many long steps must end within it.
 """
 
 from __future__ import annotations
@@ -110,9 +110,12 @@ def layer_shapes(base_dir: Path) -> dict[str, tuple[int, int]]:
 
 def native_size(base_dir: Path) -> int:
     """The base's native image side in pixels (UNet sample size times the VAE's scale), from its configs."""
-    unet = json.loads((Path(base_dir) / "unet" / "config.json").read_text())
-    vae = json.loads((Path(base_dir) / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    try:
+        unet = json.loads((Path(base_dir) / "unet" / "config.json").read_text())
+        vae = json.loads((Path(base_dir) / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the base model at {base_dir} has no readable unet/vae config ({exc})") from None
 
 
 def synthetic_adapter(
