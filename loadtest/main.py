@@ -36,13 +36,18 @@ class TargetName(StrEnum):
     orders = "orders"
 
 
-def _numbers(text: str, kind: type) -> list:
+MAX_LEVELS = 16  # steps of one sweep
+
+
+def _numbers(text: str, kind: type, most: float) -> list:
     try:
         values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise typer.BadParameter(f"not a comma-separated list of numbers: {text!r}") from None
-    if any(v <= 0 for v in values):
-        raise typer.BadParameter("every value must be positive")
+    if any(not 0 < v <= most for v in values):
+        raise typer.BadParameter(f"every value must be within (0, {most:g}]")
+    if len(values) > MAX_LEVELS:
+        raise typer.BadParameter(f"at most {MAX_LEVELS} values")
     return values
 
 
@@ -154,8 +159,10 @@ def run(
     out: Annotated[Path | None, typer.Option(help="folder for report.json and the PNGs")] = None,
 ) -> None:
     """Drive one target through a sweep; write report.json and PNG plots; print a table."""
-    concurrencies = _numbers(concurrency, int)
-    rates = _numbers(rate, float)
+    from faceharmony.loadtest.arrivals import MAX_CONCURRENCY, MAX_RATE
+
+    concurrencies = _numbers(concurrency, int, MAX_CONCURRENCY)
+    rates = _numbers(rate, float, MAX_RATE)
     if not concurrencies and not rates:
         raise typer.BadParameter("give --concurrency and/or --rate")
 

@@ -171,6 +171,8 @@ def test_the_command_refuses_a_remote_target_before_seeding_anything(tmp_path, m
     assert not out.exists() and not (tmp_path / "keys").exists() and not (tmp_path / "blobs").exists()
     assert main(["run", "--target", "orders", "--url", "example.org:443", "--rate", "1"]) == 2
     assert main(["run", "--target", "triton", "--concurrency", "0"]) == 2  # a usage error, no traceback
+    assert main(["run", "--target", "triton", "--concurrency", "1,300"]) == 2  # over the bound
+    assert main(["run", "--target", "triton", "--rate", "1", "--count", "100001"]) == 2
 
 
 def test_synthetic_adapter_is_in_the_trainers_format():
