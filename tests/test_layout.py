@@ -6,6 +6,8 @@
 - A process package (server/, trainer/, order_worker/, retention/, launcher/, triton_launcher/) imports no
   other process package; each has `main.py` with a top-level `def main(...) -> int` and a `__main__.py`.
 - clients/ talks gRPC only: of the project it imports faceharmony.v1 and itself, never core or a process.
+- loadtest/ is an operator tool (like faceharmony-admin, it works with the system's settings): it uses core and
+  the SDK in clients/, never a process package; nothing imports it.
 - triton_models/ runs inside Triton's Python backend and uses core only.
 - Every [project.scripts] entry of pyproject.toml names a `main` annotated `-> int`.
 
@@ -31,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = "core"
 PROCESSES = ("server", "trainer", "order_worker", "retention", "launcher", "triton_launcher")
 CLIENTS = "clients"
+LOADTEST = "loadtest"
 TRITON_MODELS = "triton_models"
 # Folders whose package is faceharmony.<folder>; triton_models/ is loaded by Triton from its path.
-PACKAGES = (CORE, *PROCESSES, CLIENTS)
+PACKAGES = (CORE, *PROCESSES, CLIENTS, LOADTEST)
 
 # The one place in core that installs signal handlers, and the one that may read signal numbers.
 SIGNAL_HANDLERS_ALLOWED = "core/process.py"
@@ -97,8 +100,12 @@ def project_part(module: str) -> str | None:
 
 def forbidden(folder: str, part: str) -> str | None:
     """Why `folder` may not import faceharmony.`part`, or None where it may."""
+    if part == LOADTEST and folder != LOADTEST:
+        return "the load tester is imported (it is an operator tool that nothing depends on)"
     if folder == CORE and (part in PROCESSES or part == CLIENTS):
         return "core imports a process package or clients"
+    if folder == LOADTEST and part in PROCESSES:
+        return "loadtest/ imports a process package (it drives the system from outside)"
     if folder in PROCESSES and part in PROCESSES and part != folder:
         return "a process package imports another process package"
     if folder == CLIENTS and part not in {CLIENTS, "v1"}:
@@ -276,6 +283,13 @@ VIOLATIONS = [
     ("launcher/logic/bad.py", "from ...server import app\n", boundary_violations, "launcher/logic/bad.py:1"),
     ("clients/bad.py", "from faceharmony.core.settings import Settings\n", boundary_violations, "clients/bad.py:1"),
     ("clients/worse.py", "import faceharmony.server.access\n", boundary_violations, "clients/worse.py:1"),
+    (
+        "loadtest/bad.py",
+        "from faceharmony.order_worker.worker import TritonImages\n",
+        boundary_violations,
+        "loadtest/bad.py:1",
+    ),
+    ("server/bench.py", "from faceharmony.loadtest import seed\n", boundary_violations, "server/bench.py:1"),
     (
         "triton_models/demo/1/bad.py",
         "from faceharmony.triton_launcher import shm\n",

@@ -29,6 +29,7 @@ PACKAGES = [
     "faceharmony.launcher",
     "faceharmony.triton_launcher",
     "faceharmony.clients",
+    "faceharmony.loadtest",
 ]
 
 
