@@ -4,22 +4,39 @@ training and orders followed with a bar and an ETA, generated photos listed, sav
 An upload is one atomic RPC per file, so an interrupted upload leaves nothing half-done on the server: the
 first Ctrl-C lets the file in flight finish and sends no more (the photos reported stored are exactly the
 ones stored); a second one stops at once, and the file then in flight is stored whole or not at all.
+
+A watch (--watch, watch-model, watch-order) outlives a server restart: gRPC retries a stream only until its first
+message, so a watch that fails later with UNAVAILABLE or DEADLINE_EXCEEDED is opened again here (each watch starts
+from the current state, so nothing is missed or repeated wrongly), with a bounded backoff, until --timeout.
+Creates (a model, an order) carry a request_id, printed if Ctrl-C cuts the call off, so a re-run with
+--request-id cannot make a second one. Downloads check where they will write before they fetch (fetching marks
+a photo downloaded).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import functools
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import grpc
+import tenacity
 import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -27,7 +44,7 @@ from rich.progress import (
 )
 
 from faceharmony.clients import cli_tables as tables
-from faceharmony.clients.cli_output import ExitCode, message_dict
+from faceharmony.clients.cli_output import ExitCode, Failure, message_dict, shown
 from faceharmony.clients.cli_state import State, state
 from faceharmony.clients.sdk import FaceHarmonyError, Verdict
 from faceharmony.v1 import model_pb2, order_pb2
@@ -38,6 +55,12 @@ PHOTOS, MODELS, ORDERS = "Photos", "Models", "Orders"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # One upload command sends at most this many files (an account holds at most 200 photos by default).
 MAX_FILES = 200
+# A model takes at most this many photos (the server's default FACEHARMONY_MODEL_MAX_PHOTOS).
+MODEL_MAX_PHOTOS = 20
+# How long a watch is followed, across reopenings, unless --timeout says otherwise (seconds).
+FOLLOW_TIMEOUT = 2 * 3600.0
+# A watch is reopened after these (never before it has reached the server once: a wrong address stays an error).
+REOPEN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 ID = Annotated[str, typer.Argument(metavar="ID")]
 FORCE = Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")]
@@ -171,15 +194,15 @@ def upload(
         sent = send(st, files, guard)
         guard.finishing()
         done = sent.verdicts
-        names = [str(p) for p in files[: len(done)]]
+        names = [shown(str(p)) for p in files[: len(done)]]
         if st.out.json:
             st.out.emit(
                 {
                     "verdicts": [_verdict_dict(name, v) for name, v in zip(names, done, strict=True)],
                     "uploaded": sum(v.ok for v in done),
                     "refused": sum(not v.ok for v in done),
-                    "cut_off": None if sent.cut_off is None else str(sent.cut_off),
-                    "not_sent": [str(p) for p in files[len(done) + (sent.cut_off is not None) :]],
+                    "cut_off": None if sent.cut_off is None else shown(str(sent.cut_off)),
+                    "not_sent": [shown(str(p)) for p in files[len(done) + (sent.cut_off is not None) :]],
                 }
             )
         elif done:
@@ -188,17 +211,17 @@ def upload(
     summary = f"{stored} of {len(files)} uploaded" + (f", {len(done) - stored} refused" if len(done) > stored else "")
     unsent = len(files) - len(done) - (sent.cut_off is not None)
     if sent.cut_off is not None:
-        st.out.problem(
-            f"interrupted: {summary}; {sent.cut_off} was cut off in flight (stored whole or not at all: see "
-            f"`faceharmony photos`); the other {unsent} were not sent"
+        raise Failure(
+            ExitCode.INTERRUPTED,
+            "INTERRUPTED",
+            f"interrupted: {summary}; {shown(str(sent.cut_off))} was cut off in flight (stored whole or not at all: "
+            f"see `faceharmony photos`); the other {unsent} were not sent",
         )
-        raise typer.Exit(ExitCode.INTERRUPTED)
     if guard.requested:
-        st.out.problem(f"interrupted: {summary}; the other {unsent} were not sent")
-        raise typer.Exit(ExitCode.INTERRUPTED)
+        raise Failure(ExitCode.INTERRUPTED, "INTERRUPTED", f"interrupted: {summary}; the other {unsent} were not sent")
     if sent.failure is not None:
         if done:
-            st.out.problem(f"stopped: {summary}; the other {unsent} were not sent")
+            st.out.warn(f"stopped: {summary}; the other {unsent} were not sent")
         raise sent.failure
     st.out.note(summary)
     if stored < len(done):
@@ -240,9 +263,90 @@ def delete_photo(ctx: typer.Context, photo_id: ID) -> None:
 # --- models --------------------------------------------------------------------------------------------------
 
 WATCH = Annotated[bool, typer.Option("--watch", help="Follow it with a progress bar until it is done.")]
+TIMEOUT = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=1, metavar="SECONDS", help="Stop following after this long (the work goes on on the server)."
+    ),
+]
+REQUEST_ID = Annotated[
+    str,
+    typer.Option(
+        "--request-id", metavar="ID", help="The id an interrupted run printed: a re-run is then the same request."
+    ),
+]
+E = TypeVar("E")
 
 
-def follow_model(st: State, model_id: str) -> None:
+@dataclass(frozen=True)
+class Watch:
+    """A follow in progress: what is watched (kind and id, for the words), its bar, and how long it may take."""
+
+    kind: str  # "model" or "order"
+    id: str
+    bar: Progress
+    task: TaskID
+    timeout: float
+    reached: bool  # the server was reached already (a create): a first failure is reopened too
+
+
+def follow(
+    st: State,
+    watch: Watch,
+    open_watch: Callable[..., Iterable[E]],
+    on_event: Callable[[E], None],
+    now_said: Callable[[], str],
+) -> None:
+    """Reads open_watch(id, timeout=seconds) to its end, opening it again after UNAVAILABLE or DEADLINE_EXCEEDED
+    once it has reached the server (watch.reached, or a first event), with a bounded backoff, until watch.timeout
+    seconds have passed in all. Giving up raises Failure (exit 4) that says what happened and what it was last."""
+    timeout = watch.timeout
+    deadline = time.monotonic() + timeout
+    seen = watch.reached
+
+    def once() -> None:
+        nonlocal seen
+        for event in open_watch(watch.id, timeout=max(deadline - time.monotonic(), 0.001)):
+            seen = True
+            on_event(event)
+
+    def reopenable(exc: BaseException) -> bool:
+        return seen and isinstance(exc, FaceHarmonyError) and exc.code in REOPEN_CODES
+
+    backoff = tenacity.wait_exponential(multiplier=0.5, max=10) + tenacity.wait_random(0, 0.5)
+
+    def before_sleep(rs: tenacity.RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        code = exc.code.name if isinstance(exc, FaceHarmonyError) else "?"
+        pause = rs.next_action.sleep if rs.next_action else 0.0
+        said = f"the watch ended ({code}): opening it again in {pause:.0f} s"
+        watch.bar.update(watch.task, description=said)
+        st.out.tick(said)
+
+    try:
+        tenacity.Retrying(
+            retry=tenacity.retry_if_exception(reopenable),
+            wait=lambda rs: min(backoff(rs), max(deadline - time.monotonic(), 0.0)),
+            stop=lambda rs: time.monotonic() >= deadline - 0.1,
+            before_sleep=before_sleep,
+            reraise=True,
+        )(once)
+    except FaceHarmonyError as exc:
+        if not reopenable(exc):
+            raise
+        if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            happened = f"stopped following after {timeout:g} s (--timeout)"
+        else:
+            happened = f"the server at {st.server} went away and was not back within --timeout ({timeout:g} s)"
+        raise Failure(
+            ExitCode.UNREACHABLE,
+            "WATCH_GAVE_UP",
+            f"{happened}; {watch.kind} {watch.id} was {now_said()} and goes on without you: "
+            f"`faceharmony watch-{watch.kind} {watch.id}`",
+        ) from None
+
+
+def follow_model(st: State, model_id: str, *, timeout: float = FOLLOW_TIMEOUT, reached: bool = False) -> None:
     """Follows training (WatchModel): a bar with an ETA, then the outcome; exits 1 if it failed."""
     columns = (
         TextColumn("{task.description}", markup=False),
@@ -251,27 +355,66 @@ def follow_model(st: State, model_id: str) -> None:
         TimeRemainingColumn(elapsed_when_finished=True),
     )
     last: model_pb2.WatchModelResponse | None = None
+
+    def now_said() -> str:
+        return f"{tables.word(model_pb2.ModelState, last.state)} {last.progress:.0%}" if last else "not heard of yet"
+
     with st.out.progress(*columns) as bar:
         task = bar.add_task("waiting", total=1.0)
-        for event in st.client.models.watch_model(model_id):
+
+        def seen(event: model_pb2.WatchModelResponse) -> None:
+            nonlocal last
             last = event
             if st.out.json:
                 st.out.emit_line(message_dict(event))
-                continue
+                return
             said = tables.word(model_pb2.ModelState, event.state)
             if event.message and event.message.lower() != said:
                 said = f"{said}: {event.message}"
             bar.update(task, completed=event.progress, description=said)
             st.out.tick(f"{said} {event.progress:.0%}")
+
+        watch = Watch("model", model_id, bar, task, timeout, reached)
+        follow(st, watch, st.client.models.watch_model, seen, now_said)
     if last is None or last.state != model_pb2.MODEL_STATE_READY:
         m = last.model if last is not None else None
         said = tables.word(model_pb2.ModelState, last.state) if last else "gone"
         reason = f": {m.failure_reason}" if m is not None and m.failure_reason else ""
-        st.out.problem(f"error: model {model_id} ended {said!r}{reason}")
-        raise typer.Exit(ExitCode.REFUSED)
+        raise Failure(ExitCode.REFUSED, "MODEL_NOT_READY", f"model {model_id} ended {said!r}{reason}")
     st.out.note(
         f"Model {model_id} is ready (version {last.model.version}): `faceharmony order --style STYLE {model_id}`"
     )
+
+
+def usable_photos(st: State) -> list[str]:
+    """The ids of my photos that a new model may take: in no model, not expired; the newest MODEL_MAX_PHOTOS."""
+    now = dt.datetime.now(dt.UTC)
+    free = [
+        p
+        for p in st.client.photos.list_photos()
+        if not p.model_id and (not p.HasField("expire_time") or p.expire_time.ToDatetime(dt.UTC) > now)
+    ]
+    free.sort(key=lambda p: (p.create_time.seconds, p.create_time.nanos, p.id), reverse=True)
+    if len(free) > MODEL_MAX_PHOTOS:
+        st.out.note(
+            f"{len(free)} photos are in no model and a model takes at most {MODEL_MAX_PHOTOS}: "
+            f"using the newest {MODEL_MAX_PHOTOS} (name them to choose)"
+        )
+    return [p.id for p in free[:MODEL_MAX_PHOTOS]]
+
+
+@contextlib.contextmanager
+def placing(what: str, listing: str, request_id: str) -> Iterator[None]:
+    """A create cut off by Ctrl-C: it may have been made, and a re-run with its request_id is the same request."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Failure(
+            ExitCode.INTERRUPTED,
+            "INTERRUPTED",
+            f"interrupted: the {what} may have been placed: check `faceharmony {listing}`; run the command again "
+            f"with --request-id {request_id} and it is the same {what}, never a second one",
+        ) from None
 
 
 @media.command(rich_help_panel=MODELS)
@@ -279,8 +422,12 @@ def create_model(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The model's name.")],
     photo_ids: Annotated[list[str] | None, typer.Argument(metavar="PHOTO_ID", help="4-20 of my photos.")] = None,
-    all_photos: Annotated[bool, typer.Option("--all-photos", help="Use every photo that is in no model.")] = False,
+    all_photos: Annotated[
+        bool, typer.Option("--all-photos", help="Use my photos that are in no model and not expired (newest 20).")
+    ] = False,
     watch: WATCH = False,
+    timeout: TIMEOUT = FOLLOW_TIMEOUT,
+    request_id: REQUEST_ID = "",
 ) -> None:
     """Train a personal model from 4-20 of my photos."""
     st = state(ctx)
@@ -288,27 +435,29 @@ def create_model(
     if all_photos == bool(ids):
         raise typer.BadParameter("name the photos, or give --all-photos (not both)", param_hint="PHOTO_ID")
     if all_photos:
-        ids = [p.id for p in st.client.photos.list_photos() if not p.model_id]
-    m = st.client.models.create_model(name, ids)
-    _started(st, m, tables.model(m), follow_model if watch else None, "watch-model")
+        ids = usable_photos(st)
+    request_id = request_id or uuid.uuid4().hex
+    with placing("model", "models", request_id):
+        m = st.client.models.create_model(name, ids, request_id=request_id)
+    _started(st, m, tables.model(m), functools.partial(follow_model, timeout=timeout) if watch else None, "watch-model")
 
 
-def _started(st: State, message: Any, table: Any, follow: Callable[[State, str], None] | None, watch: str) -> None:
+def _started(st: State, message: Any, table: Any, follow: Callable[..., None] | None, watch: str) -> None:
     """A new model or order: shown, then followed (--watch) or with the command that follows it."""
     if st.out.json:
         (st.out.emit_line if follow else st.out.emit)(message_dict(message))
     else:
         st.out.show(table)
     if follow is not None:
-        follow(st, message.id)
+        follow(st, message.id, reached=True)
     else:
         st.out.note(f"Follow it with `faceharmony {watch} {message.id}`.")
 
 
 @media.command(rich_help_panel=MODELS)
-def watch_model(ctx: typer.Context, model_id: ID) -> None:
+def watch_model(ctx: typer.Context, model_id: ID, timeout: TIMEOUT = FOLLOW_TIMEOUT) -> None:
     """Follow a model's training with a progress bar and an ETA."""
-    follow_model(state(ctx), model_id)
+    follow_model(state(ctx), model_id, timeout=timeout)
 
 
 @media.command(rich_help_panel=MODELS)
@@ -327,17 +476,17 @@ def delete_model(ctx: typer.Context, model_id: ID) -> None:
 
 
 @media.command(rich_help_panel=MODELS)
-def retrain(ctx: typer.Context, model_id: ID, watch: WATCH = False) -> None:
+def retrain(ctx: typer.Context, model_id: ID, watch: WATCH = False, timeout: TIMEOUT = FOLLOW_TIMEOUT) -> None:
     """Train a model again from its photos."""
     st = state(ctx)
     m = st.client.models.retrain_model(model_id)
-    _started(st, m, tables.model(m), follow_model if watch else None, "watch-model")
+    _started(st, m, tables.model(m), functools.partial(follow_model, timeout=timeout) if watch else None, "watch-model")
 
 
 # --- orders --------------------------------------------------------------------------------------------------
 
 
-def follow_order(st: State, order_id: str) -> None:
+def follow_order(st: State, order_id: str, *, timeout: float = FOLLOW_TIMEOUT, reached: bool = False) -> None:
     """Follows an order (WatchOrder): a bar of images made, then the outcome; exits 1 unless it completed."""
     columns = (
         TextColumn("{task.description}", markup=False),
@@ -346,13 +495,21 @@ def follow_order(st: State, order_id: str) -> None:
         TimeRemainingColumn(elapsed_when_finished=True),
     )
     last: order_pb2.Order | None = None
+
+    def now_said() -> str:
+        if last is None:
+            return "not heard of yet"
+        return f"{tables.word(order_pb2.OrderState, last.state)} ({last.images_done}/{last.images_total} made)"
+
     with st.out.progress(*columns) as bar:
         task = bar.add_task("waiting", total=None)
-        for event in st.client.orders.watch_order(order_id):
+
+        def seen(event: order_pb2.WatchOrderResponse) -> None:
+            nonlocal last
             last = event.order
             if st.out.json:
                 st.out.emit_line(message_dict(event))
-                continue
+                return
             failed = f", {last.images_failed} failed" if last.images_failed else ""
             said = tables.word(order_pb2.OrderState, last.state)
             bar.update(
@@ -362,14 +519,15 @@ def follow_order(st: State, order_id: str) -> None:
                 description=f"{said}{failed}",
             )
             st.out.tick(f"{said} {last.images_done}/{last.images_total}{failed}")
+
+        watch = Watch("order", order_id, bar, task, timeout, reached)
+        follow(st, watch, st.client.orders.watch_order, seen, now_said)
     if last is None:
-        st.out.problem(f"error: order {order_id} ended without news")
-        raise typer.Exit(ExitCode.REFUSED)
+        raise Failure(ExitCode.REFUSED, "ORDER_NOT_COMPLETED", f"order {order_id} ended without news")
     said = tables.word(order_pb2.OrderState, last.state)
     outcome = f"Order {order_id} {said}: {last.images_done}/{last.images_total} made, {last.images_failed} failed"
     if last.state != order_pb2.ORDER_STATE_COMPLETED:
-        st.out.problem(f"error: {outcome}")
-        raise typer.Exit(ExitCode.REFUSED)
+        raise Failure(ExitCode.REFUSED, "ORDER_NOT_COMPLETED", outcome)
     st.out.note(f"{outcome}. See them with `faceharmony generated --order {order_id}`.")
 
 
@@ -386,19 +544,22 @@ def order(
     model_ids: Annotated[list[str], typer.Argument(metavar="MODEL_ID", help="My ready models.")],
     style: Annotated[str, typer.Option(help="A style id (see `faceharmony styles`).")],
     count: Annotated[int, typer.Option(help="Images per model.")] = 1,
-    request_id: Annotated[str, typer.Option(help="Makes a retried order the same order.")] = "",
+    request_id: REQUEST_ID = "",
     watch: WATCH = False,
+    timeout: TIMEOUT = FOLLOW_TIMEOUT,
 ) -> None:
     """Order generated portraits from my ready models."""
     st = state(ctx)
-    o = st.client.orders.create_order(model_ids, style, count, request_id=request_id or None)
-    _started(st, o, tables.order(o), follow_order if watch else None, "watch-order")
+    request_id = request_id or uuid.uuid4().hex
+    with placing("order", "orders", request_id):
+        o = st.client.orders.create_order(model_ids, style, count, request_id=request_id)
+    _started(st, o, tables.order(o), functools.partial(follow_order, timeout=timeout) if watch else None, "watch-order")
 
 
 @media.command(rich_help_panel=ORDERS)
-def watch_order(ctx: typer.Context, order_id: ID) -> None:
+def watch_order(ctx: typer.Context, order_id: ID, timeout: TIMEOUT = FOLLOW_TIMEOUT) -> None:
     """Follow an order with a progress bar of the images made."""
-    follow_order(state(ctx), order_id)
+    follow_order(state(ctx), order_id, timeout=timeout)
 
 
 @media.command(rich_help_panel=ORDERS)
@@ -418,15 +579,26 @@ def generated(
 
 
 def _write_new(path: Path, data: bytes, force: bool) -> None:
-    """Writes the file; without force, one that appeared since _refuse_existing is still not overwritten."""
+    """Writes the file; without force, one that appeared since _check_destination is still not overwritten."""
     with path.open("wb" if force else "xb") as fh:
         fh.write(data)
 
 
-def _refuse_existing(st: State, path: Path, force: bool) -> None:
+def _check_destination(path: Path, force: bool) -> None:
+    """Refuses (exit 1), before anything is fetched, a FILE that could not be written: fetching marks it downloaded."""
+    folder = path.parent
+
+    def refuse(reason: str, said: str) -> Failure:
+        return Failure(ExitCode.REFUSED, reason, f"{said}; nothing was fetched")
+
+    if not folder.is_dir():
+        raise refuse("NO_SUCH_FOLDER", f"{shown(str(folder))} is not a folder that exists")
+    if path.is_dir():
+        raise refuse("IS_A_FOLDER", f"{shown(str(path))} is a folder")
     if path.exists() and not force:
-        st.out.problem(f"error: {path} exists; give --force to overwrite it")
-        raise typer.Exit(ExitCode.REFUSED)
+        raise refuse("FILE_EXISTS", f"{shown(str(path))} exists; give --force to overwrite it")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise refuse("NOT_WRITABLE", f"cannot write {shown(str(path))} (permission denied)")
 
 
 OUT = Annotated[Path | None, typer.Argument(metavar="FILE", dir_okay=False, help="Where to save it.")]
@@ -437,7 +609,7 @@ def download(ctx: typer.Context, photo_id: ID, out: OUT = None, force: FORCE = F
     """Save a generated photo as PNG (marks it downloaded); FILE defaults to ID.png."""
     st = state(ctx)
     path = out or Path(f"{photo_id}.png")
-    _refuse_existing(st, path, force)
+    _check_destination(path, force)
     data = st.client.orders.download(photo_id)
     _write_new(path, data, force)
     st.out.result({"path": str(path), "bytes": len(data)}, f"Saved {path} ({len(data):,} bytes).")
@@ -448,7 +620,7 @@ def preview(ctx: typer.Context, photo_id: ID, out: OUT = None, force: FORCE = Fa
     """Save a generated photo's small JPEG preview; FILE defaults to ID-preview.jpg."""
     st = state(ctx)
     path = out or Path(f"{photo_id}-preview.jpg")
-    _refuse_existing(st, path, force)
+    _check_destination(path, force)
     reply = st.client.orders.get_preview(photo_id)
     _write_new(path, reply.jpeg, force)
     st.out.result(

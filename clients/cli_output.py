@@ -3,8 +3,10 @@
 Data goes to stdout (a table, or with --json one JSON document, or one JSON object per line for the watch
 commands); progress bars, hints and errors go to stderr, so a pipe gets the data alone. Rich writes no colour
 or cursor codes when its stream is not a terminal, and a pipe gets wide lines rather than wrapped cells.
-Every failed call ends as one line on stderr (with --json, a JSON object `{"error": {...}}`) and an exit
-code from ExitCode, never a traceback.
+Every error ends as one line on stderr and an exit code from ExitCode, never a traceback. With --json it is one
+JSON object on stderr, whatever went wrong (a refused call, a usage error, Ctrl-C, a file):
+`{"error": {"code": gRPC code name or "", "reason": ErrorInfo reason or the CLI's own, "message": the line a
+person reads, "exit_code": n}}`. A failure found here rather than by the server is raised as Failure.
 """
 
 from __future__ import annotations
@@ -58,6 +60,22 @@ def _console(stderr: bool) -> Console:
     return Console(stderr=stderr, width=width, markup=False, emoji=False, highlight=False)
 
 
+class Failure(Exception):
+    """An error the CLI itself finds (a bad option, a file, a watch given up): its exit code, a stable reason, words."""
+
+    def __init__(self, exit_code: ExitCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.exit_code, self.reason, self.message = exit_code, reason, message
+
+
+def shown(name: str) -> str:
+    """A file name as text that can be printed: bytes that are not UTF-8 become U+FFFD."""
+    try:
+        return os.fsencode(name).decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that no file-system encoding made
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
 def message_dict(message: Message) -> dict[str, Any]:
     """A protobuf message as JSON-ready data: proto field names, enum names, every field (defaults too)."""
     return json_format.MessageToDict(
@@ -105,12 +123,10 @@ class Output:
         if not self.json:
             self.err.print(text, style="dim")
 
-    def problem(self, text: str) -> None:
-        """One line on stderr that says what went wrong (with --json, {"error": {"message": text}})."""
-        if self.json:
-            print(json.dumps({"error": {"message": text.removeprefix("error: ")}}), file=sys.stderr, flush=True)
-        else:
-            self.err.print(text, style="red")
+    def warn(self, text: str) -> None:
+        """A line on stderr about something that went half right (silent with --json: the data or error says it)."""
+        if not self.json:
+            self.err.print(f"warning: {text}", style="yellow")
 
     def tick(self, text: str) -> None:
         """A step of something followed, as its own line where no bar is drawn (a pipe, a log); else nothing."""
@@ -122,16 +138,24 @@ class Output:
         return Progress(*columns, console=self.err, disable=self.json or not self.err.is_terminal, transient=True)
 
     # --- failed calls ---------------------------------------------------------------------------------
-    def refused(self, exc: FaceHarmonyError, *, server: str, signed_in: bool) -> ExitCode:
-        """Reports a failed call on stderr and returns its exit code."""
-        code = exit_code(exc)
-        text = describe(exc, server=server, signed_in=signed_in)
+    def error(self, exit_code: ExitCode, reason: str, message: str, code: str = "") -> ExitCode:
+        """Reports an error on stderr (one line, or one JSON object with --json) and returns its exit code."""
         if self.json:
-            error = {"code": exc.code.name, "reason": exc.reason, "message": exc.message, "said": text}
-            print(json.dumps({"error": error}), file=sys.stderr, flush=True)
+            error = {"code": code, "reason": reason, "message": message, "exit_code": int(exit_code)}
+            print(json.dumps({"error": error}, ensure_ascii=False), file=sys.stderr, flush=True)
         else:
-            self.err.print(f"error: {text}", style="red")
-        return code
+            self.err.print(message if exit_code == ExitCode.INTERRUPTED else f"error: {message}", style="red")
+        return exit_code
+
+    def failed(self, failure: Failure) -> ExitCode:
+        return self.error(failure.exit_code, failure.reason, failure.message)
+
+    def refused(
+        self, exc: FaceHarmonyError, *, server: str, signed_in: bool, session_unreadable: bool = False
+    ) -> ExitCode:
+        """Reports a failed call on stderr and returns its exit code."""
+        text = describe(exc, server=server, signed_in=signed_in, session_unreadable=session_unreadable)
+        return self.error(exit_code(exc), exc.reason, text, code=exc.code.name)
 
 
 def exit_code(exc: FaceHarmonyError) -> ExitCode:
@@ -142,9 +166,11 @@ def exit_code(exc: FaceHarmonyError) -> ExitCode:
     return ExitCode.REFUSED
 
 
-def describe(exc: FaceHarmonyError, *, server: str, signed_in: bool) -> str:
+def describe(exc: FaceHarmonyError, *, server: str, signed_in: bool, session_unreadable: bool = False) -> str:
     """The error in words, with its stable reason (or gRPC code) and what to do about it."""
     tag = exc.reason or exc.code.name
+    if exc.code == grpc.StatusCode.UNAUTHENTICATED and session_unreadable:
+        return f"the session file is unreadable ({tag}): sign in again with `faceharmony sign-in EMAIL`"
     if exc.code == grpc.StatusCode.UNAUTHENTICATED:
         said = exc.message if signed_in else "not signed in"
         return f"{said} ({tag}): run `faceharmony sign-in EMAIL`"

@@ -1,5 +1,6 @@
 """The tables `faceharmony` shows people: one function per kind of API message (accounts, photos, models, orders,
-generated photos, styles, purchases, tickets, upload verdicts), with enum values in words and times in UTC."""
+generated photos, styles, purchases, tickets, upload verdicts), with enum values in words, times in UTC and file
+names that are not UTF-8 shown with U+FFFD."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from faceharmony.clients.cli_output import shown
 from faceharmony.clients.sdk import Verdict
 from faceharmony.v1 import (
     account_pb2,
@@ -114,11 +116,11 @@ def verdicts(names: Sequence[str], items: Sequence[Verdict]) -> Table | str:
     rows = []
     for name, v in zip(names, items, strict=True):
         if v.photo is not None:
-            rows.append((name, Text("accepted", style="green"), "", v.photo.id))
+            rows.append((shown(name), Text("accepted", style="green"), "", v.photo.id))
         else:
             error = v.error
             said = f"{error.message} ({v.reason})" if error is not None and error.message else v.reason
-            rows.append((name, Text("refused", style="red"), said, ""))
+            rows.append((shown(name), Text("refused", style="red"), said, ""))
     return table("Uploads", ("file", "verdict", "reason", "photo id"), rows, empty="Nothing was sent.")
 
 

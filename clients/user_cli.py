@@ -1,13 +1,21 @@
 """`faceharmony`: the app's features from a terminal, on the Python SDK (clients/sdk.py) over the public gRPC API.
 
 This module owns the command line itself: the typer app, the global options (--server or
-FACEHARMONY_CLIENT_SERVER, --json), the account, purchase and support commands, and the one place where a
-failure becomes an exit code (ExitCode in cli_output.py): a refused call, an unreachable server, an
-expired session, a file error or Ctrl-C ends as one clear line, never a traceback. Photos, models and orders
+FACEHARMONY_CLIENT_SERVER, checked as host:port; --json; --tls or FACEHARMONY_CLIENT_TLS; --insecure), the
+account, purchase and support commands, and the one place where a failure becomes an exit code (ExitCode in
+cli_output.py): a refused call, an unreachable server, an expired session, a usage error, a file error or Ctrl-C
+ends as one clear line (with --json, one JSON object), never a traceback, and gRPC's C core never logs to the
+user (GRPC_VERBOSITY=NONE unless set). Photos, models and orders
 are in cli_media.py; tables in cli_tables.py; the session file in cli_state.py.
 """
 
 from __future__ import annotations
+
+import os
+
+# gRPC's C core logs to stderr (a bad target, a refused header); a person gets our one line instead. Read when grpc
+# is first imported, so set before any import that brings it in.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import enum
 import errno
@@ -19,8 +27,8 @@ from typer.core import TyperGroup
 
 from faceharmony.clients import cli_tables as tables
 from faceharmony.clients.cli_media import media
-from faceharmony.clients.cli_output import EPILOG, ExitCode, Output, message_dict
-from faceharmony.clients.cli_state import SessionFile, State, state
+from faceharmony.clients.cli_output import EPILOG, ExitCode, Failure, Output, message_dict, shown
+from faceharmony.clients.cli_state import SessionFile, State, check_target, state
 from faceharmony.clients.sdk import DEFAULT_TARGET, FaceHarmonyError
 from faceharmony.v1 import purchase_pb2
 
@@ -28,34 +36,51 @@ from faceharmony.v1 import purchase_pb2
 class _Group(TyperGroup):
     """The command group: turns the failures a person can cause into a line on stderr and an exit code."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        given = list(args)  # click consumes args as it parses them
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:  # a bad global option (click's, in typer): no State yet, --json looked for
+            if "--json" not in given[: given.index("--") if "--" in given else None]:
+                raise
+            raise typer.Exit(Output(json_mode=True).error(ExitCode.USAGE, "USAGE", exc.format_message())) from None
+
     def invoke(self, ctx: Any) -> Any:  # ctx: the Context of typer's own copy of click
         try:
             return super().invoke(ctx)
         except FaceHarmonyError as exc:
             st = ctx.find_object(State)
             server = st.server if st else DEFAULT_TARGET
-            raise typer.Exit(_out(ctx).refused(exc, server=server, signed_in=bool(st and st.signed_in))) from None
+            signed_in = bool(st and st.signed_in)
+            unreadable = bool(st and st.session_unreadable)
+            raise typer.Exit(
+                _out(ctx).refused(exc, server=server, signed_in=signed_in, session_unreadable=unreadable)
+            ) from None
+        except Failure as exc:
+            raise typer.Exit(_out(ctx).failed(exc)) from None
+        except typer.TyperException as exc:  # a usage error in a command: typer's box, or JSON with --json
+            if not _out(ctx).json:
+                raise
+            code = ExitCode(getattr(exc, "exit_code", ExitCode.USAGE))
+            raise typer.Exit(_out(ctx).error(code, "USAGE", exc.format_message())) from None
         except OSError as exc:  # a file that cannot be read or written
             if exc.errno == errno.EPIPE:  # stdout closed early (`| head`): typer ends quietly
                 raise
-            where = f": {exc.filename}" if exc.filename else ""
-            _out(ctx).problem(f"error: {exc.strerror or exc}{where}")
-            raise typer.Exit(ExitCode.REFUSED) from None
+            where = f": {shown(str(exc.filename))}" if exc.filename else ""
+            raise typer.Exit(_out(ctx).error(ExitCode.REFUSED, "FILE_ERROR", f"{exc.strerror or exc}{where}")) from None
         except typer.Abort as exc:  # a prompt's end: Ctrl-C, or no input to read (stdin closed)
             _out(ctx).err.print()  # the prompt left the line open
             if not isinstance(exc.__context__, KeyboardInterrupt):
-                _out(ctx).problem("error: no answer to the question (stdin is closed): give it as an option")
-                raise typer.Exit(ExitCode.USAGE) from None
-            _out(ctx).problem("interrupted")
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
+                said = "no answer to the question (stdin is closed): give it as an option"
+                raise typer.Exit(_out(ctx).error(ExitCode.USAGE, "NO_INPUT", said)) from None
+            raise typer.Exit(_out(ctx).error(ExitCode.INTERRUPTED, "INTERRUPTED", "interrupted")) from None
         except KeyboardInterrupt:
-            _out(ctx).problem("interrupted")
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
+            raise typer.Exit(_out(ctx).error(ExitCode.INTERRUPTED, "INTERRUPTED", "interrupted")) from None
 
 
 def _out(ctx: Any) -> Output:
     st = ctx.find_object(State)
-    return st.out if st else Output(json_mode=False)
+    return st.out if st else Output(json_mode=bool(ctx.params.get("json_mode")))  # before the callback ran
 
 
 app = typer.Typer(
@@ -70,6 +95,7 @@ app = typer.Typer(
 app.add_typer(media)
 
 ACCOUNT, MONEY, SUPPORT = "Account", "Purchases", "Support"
+SERVER_VAR = "FACEHARMONY_CLIENT_SERVER"
 EMAIL = Annotated[str, typer.Argument(metavar="EMAIL")]
 NAME = Annotated[str, typer.Argument(metavar="NAME")]
 
@@ -77,16 +103,27 @@ NAME = Annotated[str, typer.Argument(metavar="NAME")]
 @app.callback()
 def _global(
     ctx: typer.Context,
-    server: Annotated[
-        str, typer.Option(envvar="FACEHARMONY_CLIENT_SERVER", help="The API server, host:port.")
-    ] = DEFAULT_TARGET,
+    server: Annotated[str, typer.Option(envvar=SERVER_VAR, help="The API server, host:port.")] = DEFAULT_TARGET,
     json_mode: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout (watch commands: one object a line).")
     ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", envvar="FACEHARMONY_CLIENT_TLS", help="Talk to the server over TLS (system roots).")
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Send the session in plaintext to a server that is not on this machine."),
+    ] = False,
 ) -> None:
-    st = State(server=server, out=Output(json_mode=json_mode), session=SessionFile.from_env())
+    st = State(
+        server=server, out=Output(json_mode=json_mode), session=SessionFile.from_env(), tls=tls, insecure=insecure
+    )
     ctx.obj = st
     ctx.call_on_close(st.close)
+    source = ctx.get_parameter_source("server")
+    if source is not None and source.name == "DEFAULT" and os.environ.get(SERVER_VAR) == "":
+        server = ""  # click reads an empty variable as unset; here it is a mistake (`=$HOST` with HOST unset)
+    check_target(server)
 
 
 def _done(st: State, text: str, data: dict[str, Any] | None = None) -> None:
@@ -128,6 +165,7 @@ def sign_in(
 ) -> None:
     """Sign in: emails you a code and asks for it."""
     st = state(ctx)
+    st.require_private()
     if code is None:
         st.client.accounts.request_sign_in_code(email)
         st.out.note(f"If {email} may sign in, a 6-digit code is on its way there.")
@@ -143,6 +181,7 @@ def accept_invitation(
 ) -> None:
     """Accept an emailed invitation and sign in."""
     st = state(ctx)
+    st.require_private()
     _signed_in(st, st.client.accounts.accept_invitation(token, is_16_or_older=adult))
 
 
@@ -155,15 +194,18 @@ def _signed_in(st: State, account: Any) -> None:
 
 @app.command(rich_help_panel=ACCOUNT)
 def sign_out(ctx: typer.Context) -> None:
-    """Sign out (ends the session on the server and forgets it here)."""
+    """Sign out (ends the session on the server and forgets it here, even if the server cannot be reached)."""
     st = state(ctx)
-    if st.signed_in:
-        try:
+    try:
+        if st.signed_in:
             st.client.accounts.sign_out()
-        except FaceHarmonyError as exc:
-            if exc.code != grpc.StatusCode.UNAUTHENTICATED:  # an expired session is as good as ended
-                raise
-    st.session.clear()
+    except (FaceHarmonyError, Failure) as exc:
+        # An expired session is as good as ended; anything else leaves it alive on the server until it expires.
+        if not (isinstance(exc, FaceHarmonyError) and exc.code == grpc.StatusCode.UNAUTHENTICATED):
+            st.out.warn("signed out here, but the session could not be ended on the server: it ends when it expires")
+            raise
+    finally:
+        st.session.clear()
     _done(st, "Signed out.")
 
 

@@ -1,10 +1,13 @@
 """The user CLI (`faceharmony`, clients/user_cli.py) against the real in-process server: the whole flow with its
 tables, --json for scripts, bad input and the exit codes, the session file, shell completion, and Ctrl-C in the
 middle of an upload of a folder (a subprocess sent SIGINT): one clear line, exit 130, and on the server exactly
-the photos the CLI reported stored."""
+the photos the CLI reported stored; a session file that holds no token, sign-out without a server, the plaintext
+guard and --tls, --server checked before gRPC sees it, a watch that outlives a server restart, Ctrl-C while an
+order is placed and its --request-id, errors as JSON, --all-photos' choice and download's checks before fetching."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -17,11 +20,19 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from faceharmony.clients import cli_tables
+from faceharmony.clients.sdk import FaceHarmonyError, Verdict
 from faceharmony.clients.user_cli import app, main
+from faceharmony.core import ids
 from faceharmony.core.db import models as m
+from faceharmony.core.db.connection import write_transaction
+from faceharmony.server.app import create_server
+from faceharmony.server.logic import orders as order_logic
 from tests.support import images
 from tests.support.harness import shared_verifier, start_harness
 from tests.support.orders import ready_model
@@ -46,8 +57,10 @@ class Cli:
 
     def __call__(self, *argv: str, code: int = 0, input: str | io.BytesIO | None = None):
         result = CliRunner().invoke(app, list(argv), env=self.env, input=input, prog_name="faceharmony")
+        # CliRunner turns an uncaught exception into exit 1: only SystemExit (typer.Exit, a usage error) is an exit.
+        assert result.exception is None or isinstance(result.exception, SystemExit), (argv, result.exception)
         assert result.exit_code == code, (argv, result.exit_code, result.stdout, result.stderr, result.exception)
-        assert "Traceback" not in result.output and not isinstance(result.exception, AssertionError | TypeError)
+        assert "Traceback" not in result.output
         return result
 
     def json(self, *argv: str, code: int = 0):
@@ -56,6 +69,8 @@ class Cli:
 
 @pytest.fixture
 def cli(sqlite_harness, tmp_path):
+    # The server's clock at the wall clock's time: the CLI judges a photo's expiry by its own clock, as a person's does.
+    sqlite_harness.clock.set(dt.datetime.now(dt.UTC))
     user = sqlite_harness.sign_up("cli@example.com", "Ada Lovelace")
     return Cli(sqlite_harness, user, tmp_path)
 
@@ -74,6 +89,34 @@ def photo_folder(folder: Path, faces: int, rejects: bool = True) -> Path:
 
 def stored_photo_ids(h) -> set[str]:
     return set(h.db_call(lambda: [p.id for p in m.Photo.select()]))
+
+
+def script_env(h, user, tmp_path: Path) -> dict[str, str]:
+    """The environment of `faceharmony` run as a process: this harness's server, the user's session in a file."""
+    session = tmp_path / "session"
+    session.write_text(user.token)
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")},
+        "FACEHARMONY_CLIENT_SERVER": f"127.0.0.1:{h.port}",
+        "FACEHARMONY_CLIENT_SESSION_FILE": str(session),
+    }
+
+
+def watching(h, address: str, tmp_path: Path) -> tuple[str, dict[str, str], subprocess.Popen]:
+    """A new user's model that is training (25%) and stays so until the test moves it, and `faceharmony
+    watch-model` following it as a process (its environment returned too)."""
+    user = h.sign_up(address)
+    model_id = ready_model(h, user)
+    h.db_call(lambda: m.UserModel.update(state="training", progress=0.25).where(m.UserModel.id == model_id).execute())
+    env = script_env(h, user, tmp_path)
+    child = subprocess.Popen(
+        [str(BIN / "faceharmony"), "watch-model", model_id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return model_id, env, child
 
 
 class OutboxCode(io.RawIOBase):
@@ -99,7 +142,7 @@ class OutboxCode(io.RawIOBase):
 def test_sign_in_asks_for_the_emailed_code_and_keeps_the_session_private(cli, tmp_path, monkeypatch, capsys):
     h = cli.h
     cli.session.unlink()
-    cli("account", code=3)
+    assert "not signed in" in cli("account", code=3).stderr
     nested = tmp_path / "fresh" / "faceharmony" / "session"
     cli.env["FACEHARMONY_CLIENT_SESSION_FILE"] = str(nested)
     # main(argv) as the installed script runs it, with a person at the prompt who reads the email.
@@ -174,7 +217,7 @@ def test_create_model_follows_training_with_a_bar_then_models_and_orders(cli, tm
     cli("upload", str(photo_folder(tmp_path / "pics", faces=4, rejects=False)))
     both = cli("create-model", "Me", "--all-photos", "some-id", code=2)
     assert "not both" in both.stderr
-    cli("create-model", "Me", "a", code=1)  # refused by the server (an invalid id)
+    assert "INVALID" in cli("create-model", "Me", "a", code=1).stderr  # refused by the server (an invalid id)
 
     def train() -> None:
         """Plays the trainer: the new model goes to 50%, then READY (the watch polls the row)."""
@@ -270,7 +313,7 @@ def test_account_purchases_support_and_deletion(cli):
     done = cli("delete-account", input="cli@example.com\n")
     assert "Type your email" in done.stderr and "faceharmony reactivate" in done.stdout
     assert not cli.session.exists()  # the server revoked every session
-    cli("balance", code=3)
+    assert "not signed in" in cli("balance", code=3).stderr
     # Signed in again, a deactivated account can only reactivate (or sign out).
     cli("sign-in", "cli@example.com", "--code", h.code_for("cli@example.com"))
     deactivated = cli("balance", code=1)
@@ -291,10 +334,10 @@ def test_exit_codes_for_an_unreachable_server_and_usage(cli, capsys):
     away = cli("styles", code=4)
     assert "cannot reach the server at 127.0.0.1:1" in away.stderr
     assert "Traceback" not in away.stderr
+    assert "No such command" in cli("no-such-command", code=2).stderr
+    assert "Missing argument 'MODEL_ID'" in cli("order", "--style", "studio", code=2).stderr  # no model
     cli.env["FACEHARMONY_CLIENT_SERVER"] = "no such host:"
-    assert "cannot reach" in cli("account", code=4).stderr
-    cli("no-such-command", code=2)
-    cli("order", "--style", "studio", code=2)  # no model
+    assert "must be HOST:PORT" in cli("account", code=2).stderr
     # main(argv), as the installed script runs it: the code, not SystemExit.
     assert main(["--help"]) == 0
     help_text = capsys.readouterr().out
@@ -313,42 +356,50 @@ def test_shell_completion_is_produced_for_bash():
 
 
 class SlowVerifier:
-    """The real verifier, slower by a fixed pause: each upload stays in flight long enough to press Ctrl-C in it."""
+    """The real verifier, slower by a fixed pause; the 4th upload sets `fourth_started` and then waits for
+    `release` (at most 30 s), so the test presses Ctrl-C while it is surely in flight, on a loaded machine too."""
 
     def __init__(self, inner, seconds: float) -> None:
         self.inner, self.seconds = inner, seconds
         self.name = inner.name
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.fourth_started, self.release = threading.Event(), threading.Event()
 
     def verify(self, image):
-        time.sleep(self.seconds)
+        with self.lock:
+            self.calls += 1
+            fourth = self.calls == 4
+        if fourth:
+            self.fourth_started.set()
+            self.release.wait(30)
+        else:
+            time.sleep(self.seconds)
         return self.inner.verify(image)
 
 
 @pytest.fixture
-def slow_harness(tmp_path):
-    h = start_harness(
-        tmp_path / "data", f"sqlite:///{tmp_path / 'test.sqlite3'}", verifier=SlowVerifier(shared_verifier(), 0.4)
-    )
+def slow_verifier():
+    return SlowVerifier(shared_verifier(), 0.4)
+
+
+@pytest.fixture
+def slow_harness(tmp_path, slow_verifier):
+    h = start_harness(tmp_path / "data", f"sqlite:///{tmp_path / 'test.sqlite3'}", verifier=slow_verifier)
     yield h
     h.stop()
 
 
 @pytest.mark.processes
 @pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_mid_upload_stops_cleanly_and_stores_what_was_reported(slow_harness, tmp_path, presses):
+def test_ctrl_c_mid_upload_stops_cleanly_and_stores_what_was_reported(slow_harness, slow_verifier, tmp_path, presses):
     """Ctrl-C (SIGINT) while `faceharmony upload <folder>` runs in a pipe: exit 130, one line, no traceback, no
     colour codes. Once: the file in flight finishes, no more are sent, and the server holds exactly the photos
     reported stored. Twice: it stops at once, and the file then in flight is stored whole or not at all."""
     h = slow_harness
     user = h.sign_up("ctrl-c@example.com")
-    session = tmp_path / "session"
-    session.write_text(user.token)
     folder = photo_folder(tmp_path / "pics", faces=10, rejects=False)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")},
-        "FACEHARMONY_CLIENT_SERVER": f"127.0.0.1:{h.port}",
-        "FACEHARMONY_CLIENT_SESSION_FILE": str(session),
-    }
+    env = script_env(h, user, tmp_path)
     child = subprocess.Popen(
         [str(BIN / "faceharmony"), "upload", str(folder)],
         env=env,
@@ -356,17 +407,21 @@ def test_ctrl_c_mid_upload_stops_cleanly_and_stores_what_was_reported(slow_harne
         stderr=subprocess.PIPE,
         text=True,
     )
+    verifier = slow_verifier
     try:
-        deadline = time.monotonic() + 60
-        while len(stored_photo_ids(h)) < 3:
-            assert child.poll() is None and time.monotonic() < deadline, "the upload did not get going"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGINT)  # the 4th file is being verified (0.4 s)
+        assert verifier.fourth_started.wait(60) and child.poll() is None, "the upload did not get going"
+        child.send_signal(signal.SIGINT)  # the 4th file is being verified, and stays so until released
         if presses == 2:
-            time.sleep(0.15)
+            time.sleep(0.5)  # two signals, never one coalesced
             child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=60)
+            out, err = child.communicate(timeout=60)  # it stops at once, the 4th still in flight
+            verifier.release.set()
+        else:
+            time.sleep(0.5)
+            verifier.release.set()  # the 4th finishes, and no more are sent
+            out, err = child.communicate(timeout=60)
     finally:
+        verifier.release.set()
         child.kill()
     assert child.returncode == 130, (out, err)
     assert "Traceback" not in err and ANSI not in out + err
@@ -389,23 +444,7 @@ def test_ctrl_c_mid_upload_stops_cleanly_and_stores_what_was_reported(slow_harne
 @pytest.mark.processes
 def test_ctrl_c_while_watching_ends_at_once_with_one_line(sqlite_harness, tmp_path):
     h = sqlite_harness
-    user = h.sign_up("watcher@example.com")
-    model_id = ready_model(h, user)
-    h.db_call(lambda: m.UserModel.update(state="training", progress=0.25).where(m.UserModel.id == model_id).execute())
-    session = tmp_path / "session"
-    session.write_text(user.token)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")},
-        "FACEHARMONY_CLIENT_SERVER": f"127.0.0.1:{h.port}",
-        "FACEHARMONY_CLIENT_SESSION_FILE": str(session),
-    }
-    child = subprocess.Popen(
-        [str(BIN / "faceharmony"), "watch-model", model_id],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    model_id, _, child = watching(h, "watcher@example.com", tmp_path)
     try:
         time.sleep(3)  # started, and waiting for news that does not come
         assert child.poll() is None
@@ -417,3 +456,258 @@ def test_ctrl_c_while_watching_ends_at_once_with_one_line(sqlite_harness, tmp_pa
     assert time.monotonic() - pressed < 2
     assert child.returncode == 130, (out, err)
     assert err.splitlines() == ["training 25%", "interrupted"]
+
+
+# --- the session file, sign-out, the channel ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"ab\xffcd", "t\u00f6ken".encode(), b"tok\nen", b"tok en"])
+def test_a_session_file_that_holds_no_token_counts_as_signed_out(cli, content):
+    """Not UTF-8, not ASCII, a newline or a space inside: never sent (no gRPC header error), exit 3 with what to do;
+    sign-out removes it."""
+    cli.session.write_bytes(content)
+    gone = cli("account", code=3)
+    assert gone.stderr.count("\n") == 1 and "the session file is unreadable" in gone.stderr
+    assert "sign-in" in gone.stderr and "Invalid metadata" not in gone.stderr
+    error = json.loads(cli("--json", "balance", code=3).stderr)["error"]
+    assert (error["code"], error["exit_code"]) == ("UNAUTHENTICATED", 3) and "unreadable" in error["message"]
+    assert "on its way" in cli("request-code", "cli@example.com").stdout  # a call that needs no session still works
+    assert cli("sign-out").stdout.strip() == "Signed out."
+    assert not cli.session.exists()
+
+
+def test_sign_out_forgets_the_session_even_when_the_server_is_away(cli):
+    cli.env["FACEHARMONY_CLIENT_SERVER"] = "127.0.0.1:1"
+    away = cli("sign-out", code=4)
+    assert not cli.session.exists()
+    assert "could not be ended on the server" in away.stderr and "cannot reach the server" in away.stderr
+    assert cli("sign-out").stdout.strip() == "Signed out."  # nothing left to end: fine
+
+
+def test_no_session_goes_in_plaintext_to_another_host_and_tls_is_used_when_asked(cli):
+    cli.env["FACEHARMONY_CLIENT_SERVER"] = "0.0.0.0:1"  # not loopback (connecting to it fails at once)
+    refused = cli("account", code=2)
+    assert refused.stderr.count("\n") == 1 and "refusing to send a session" in refused.stderr
+    assert "--tls" in refused.stderr and "--insecure" in refused.stderr
+    assert "refusing" in cli("sign-in", "cli@example.com", "--code", "123456", code=2).stderr  # a code is a secret too
+    assert "cannot reach" in cli("--insecure", "account", code=4).stderr  # sent anyway, as asked
+    assert "cannot reach" in cli("--tls", "account", code=4).stderr
+    # The real server on loopback speaks plaintext: over TLS, with the option or its variable, it cannot be reached.
+    cli.env["FACEHARMONY_CLIENT_SERVER"] = f"127.0.0.1:{cli.h.port}"
+    assert cli.json("account")["email"] == "cli@example.com"
+    assert "cannot reach" in cli("--tls", "account", code=4).stderr
+    cli.env["FACEHARMONY_CLIENT_TLS"] = "1"
+    assert "cannot reach" in cli("account", code=4).stderr
+
+
+def test_the_server_address_is_checked_and_grpc_never_logs_to_the_user(tmp_path):
+    """As the installed script runs: an empty or malformed --server is a usage error in one line, and nothing from
+    gRPC's C core (dns_resolver, a bad header) reaches stderr."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FACEHARMONY_", "GRPC_"))},
+        "FACEHARMONY_CLIENT_SESSION_FILE": str(tmp_path / "session"),
+    }
+    (tmp_path / "session").write_text("token")
+
+    def run(*argv: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "faceharmony"), *argv], env={**env, **extra}, capture_output=True, text=True, timeout=60
+        )
+
+    for argv, extra in ((["--server", ""], {}), ([], {"FACEHARMONY_CLIENT_SERVER": ""}), (["--server", "h:0"], {})):
+        done = run(*argv, "account", **extra)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "must be HOST:PORT" in done.stderr
+    done = run("--server", "[::1]:1", "account")
+    assert done.returncode == 4 and done.stderr.count("\n") == 1 and "cannot reach" in done.stderr, done.stderr
+
+
+# --- errors as JSON -------------------------------------------------------------------------------------------
+
+
+def test_every_error_is_one_json_object_with_json(cli):
+    def error(*argv: str, code: int) -> dict:
+        result = cli("--json", *argv, code=code)
+        assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+        found = json.loads(result.stderr)["error"]
+        assert set(found) == {"code", "reason", "message", "exit_code"} and found["exit_code"] == code
+        return found
+
+    assert error("no-such-command", code=2)["message"] == "No such command 'no-such-command'."
+    assert "Missing argument" in error("order", "--style", "studio", code=2)["message"]
+    assert error("--bogus", "account", code=2)["reason"] == "USAGE"
+    assert error("--server", "", "account", code=2)["reason"] == "INVALID_SERVER"
+    refused = error("order", "--style", "nope", ready_model(cli.h, cli.user), code=1)
+    assert (refused["code"], refused["reason"]) == ("INVALID_ARGUMENT", "UNKNOWN_STYLE")
+    assert error("download", "0" * 32, str(Path("/nonexistent") / "x.png"), code=1)["reason"] == "NO_SUCH_FOLDER"
+    cli.env["FACEHARMONY_CLIENT_SERVER"] = "127.0.0.1:1"
+    assert error("styles", code=4)["code"] == "UNAVAILABLE"
+
+
+# --- uploads, models, downloads -------------------------------------------------------------------------------
+
+
+def test_file_names_that_are_not_utf8_are_shown(cli, tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(images.one_face())  # Latin-1, as an old camera names it
+    shown = cli("upload", str(folder)).stdout
+    assert "caf\ufffd.jpg" in shown and "accepted" in shown
+    assert json.loads(cli("--json", "photos").stdout)["photos"]
+    console = Console(width=200, record=True, file=io.StringIO())
+    refused = Verdict("x", error=FaceHarmonyError(grpc.StatusCode.INVALID_ARGUMENT, "NO_FACE", "no face"))
+    console.print(cli_tables.verdicts([os.fsdecode(b"x\xff.jpg")], [refused]))
+    assert "x\ufffd.jpg" in console.export_text()
+
+
+def insert_photos(h, user, count: int, **fields) -> list[str]:
+    """Photo rows of `user` made a minute apart, newest last (the model tests need no image behind them)."""
+
+    def insert() -> list[str]:
+        made = []
+        with write_transaction(h.db):
+            key_id = m.Account.get_by_id(user.account_id).key_id
+            for i in range(count):
+                when = h.clock.now() - dt.timedelta(minutes=count - i)
+                row = m.Photo.create(
+                    id=ids.new_id(),
+                    account=user.account_id,
+                    key_id=key_id,
+                    blob_id=ids.new_id(),
+                    width=512,
+                    height=512,
+                    size_bytes=1000,
+                    created_at=when,
+                    expires_at=fields.get("expires_at", when + dt.timedelta(hours=72)),
+                )
+                made.append(row.id)
+        return made
+
+    return h.db_call(insert)
+
+
+def test_all_photos_takes_the_newest_twenty_that_are_in_no_model_and_not_expired(cli):
+    h = cli.h
+    expired = insert_photos(h, cli.user, 2, expires_at=h.clock.now() - dt.timedelta(minutes=1))
+    fresh = insert_photos(h, cli.user, 22)
+    result = cli("--json", "create-model", "Many", "--all-photos")
+    first = json.loads(result.stdout)
+    assert set(first["photo_ids"]) == set(fresh[2:])  # the newest 20; never the expired ones
+    # The two left over and the expired ones: too few usable, refused by the server with its reason.
+    left = cli("create-model", "Rest", "--all-photos", code=1)
+    assert "TOO_FEW_PHOTOS" in left.stderr and not set(expired) & set(first["photo_ids"])
+    insert_photos(h, cli.user, 21)
+    noted = cli("create-model", "Newest", "--all-photos")
+    assert "23 photos are in no model" in noted.stderr and "newest 20" in noted.stderr
+
+
+def test_download_checks_where_it_writes_before_it_fetches(cli, tmp_path):
+    """Fetching marks a photo downloaded, so a FILE that cannot be written is refused first (not NOT_FOUND: the
+    server is not asked)."""
+    missing = cli("download", "0" * 32, str(tmp_path / "no-such-folder" / "a.png"), code=1)
+    assert "is not a folder that exists; nothing was fetched" in missing.stderr
+    (tmp_path / "a-folder").mkdir()
+    assert "is a directory" in cli("preview", "0" * 32, str(tmp_path / "a-folder"), code=2).stderr
+    assert "NOT_FOUND" in cli("download", "0" * 32, str(tmp_path / "a.png"), code=1).stderr
+    assert not (tmp_path / "a.png").exists()
+
+
+# --- watches that outlive a restart, and Ctrl-C while placing ------------------------------------------------
+
+
+def restart(h, pause: float) -> None:
+    """Stops the server (open watches end UNAVAILABLE), waits `pause` and starts it again on the same port."""
+    h.call_in_loop(h.api.stop(0))
+    time.sleep(pause)
+    settings = dataclasses.replace(h.settings, listen=f"127.0.0.1:{h.port}")
+
+    async def boot():
+        api, _ = await create_server(settings, clock=h.clock, verifier=shared_verifier())
+        await api.start()
+        return api
+
+    h.api = h.call_in_loop(boot())
+
+
+@pytest.mark.processes
+def test_a_watch_outlives_a_server_restart_and_gives_up_plainly_at_its_timeout(sqlite_harness, tmp_path):
+    h = sqlite_harness
+    model_id, env, child = watching(h, "restart@example.com", tmp_path)
+    try:
+        time.sleep(2)  # watching
+        restart(h, pause=2)  # longer than gRPC's own retries of the reopened call
+        time.sleep(3)
+        assert child.poll() is None, child.communicate()
+        h.db_call(lambda: m.UserModel.update(state="ready", progress=1.0).where(m.UserModel.id == model_id).execute())
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    lines = err.splitlines()
+    assert child.returncode == 0, lines
+    assert lines[0] == "training 25%" and any(line.startswith("the watch ended (UNAVAILABLE)") for line in lines)
+    assert lines[-1].startswith(f"Model {model_id} is ready")
+
+    # Still training when --timeout runs out: exit 4, and what happened in words (not "did not answer in time").
+    h.db_call(lambda: m.UserModel.update(state="training", progress=0.5).where(m.UserModel.id == model_id).execute())
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BIN / "faceharmony"), "watch-model", model_id, "--timeout", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 4 and time.monotonic() - started < 20, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: stopped following after 2 s (--timeout); model {model_id} was training 50% and goes on without "
+        f"you: `faceharmony watch-model {model_id}`"
+    )
+
+
+@pytest.mark.processes
+def test_ctrl_c_while_an_order_is_placed_prints_its_request_id_and_a_rerun_is_the_same_order(
+    sqlite_harness, tmp_path, monkeypatch
+):
+    h = sqlite_harness
+    user = h.sign_up("placing@example.com")
+    model_id = ready_model(h, user)
+    entered, release = threading.Event(), threading.Event()
+    real = order_logic.create_order
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(order_logic, "create_order", held)  # the real logic, held until the test lets it go
+    env = script_env(h, user, tmp_path)
+    argv = [str(BIN / "faceharmony"), "order", "--style", "studio", model_id]
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert entered.wait(60), "the order did not reach the server"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        release.set()
+        child.kill()
+    assert child.returncode == 130 and out == "", err
+    (line,) = err.splitlines()
+    assert "the order may have been placed: check `faceharmony orders`" in line
+    request_id = re.search(r"--request-id ([0-9a-f]{32})", line).group(1)
+
+    def placed() -> list[str]:
+        return h.db_call(lambda: [o.id for o in m.Order.select().where(m.Order.account == user.account_id)])
+
+    deadline = time.monotonic() + 30
+    while not placed():  # the server went on with it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    again = subprocess.run(
+        [argv[0], "--json", *argv[1:], "--request-id", request_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(again.stdout)["id"]] == placed()  # the same order, not a second one
