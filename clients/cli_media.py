@@ -303,12 +303,17 @@ def follow(
     timeout = watch.timeout
     deadline = time.monotonic() + timeout
     seen = watch.reached
+    away = False  # UNAVAILABLE since the last event: the server is gone, not slow
 
     def once() -> None:
-        nonlocal seen
-        for event in open_watch(watch.id, timeout=max(deadline - time.monotonic(), 0.001)):
-            seen = True
-            on_event(event)
+        nonlocal seen, away
+        try:
+            for event in open_watch(watch.id, timeout=max(deadline - time.monotonic(), 0.001)):
+                seen, away = True, False
+                on_event(event)
+        except FaceHarmonyError as exc:
+            away = away or exc.code == grpc.StatusCode.UNAVAILABLE
+            raise
 
     def reopenable(exc: BaseException) -> bool:
         return seen and isinstance(exc, FaceHarmonyError) and exc.code in REOPEN_CODES
@@ -319,7 +324,7 @@ def follow(
         exc = rs.outcome.exception() if rs.outcome else None
         code = exc.code.name if isinstance(exc, FaceHarmonyError) else "?"
         pause = rs.next_action.sleep if rs.next_action else 0.0
-        said = f"the watch ended ({code}): opening it again in {pause:.0f} s"
+        said = f"the watch ended ({code}): opening it again in {pause:.1f} s"
         watch.bar.update(watch.task, description=said)
         st.out.tick(said)
 
@@ -334,10 +339,10 @@ def follow(
     except FaceHarmonyError as exc:
         if not reopenable(exc):
             raise
-        if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            happened = f"stopped following after {timeout:g} s (--timeout)"
-        else:
+        if away:
             happened = f"the server at {st.server} went away and was not back within --timeout ({timeout:g} s)"
+        else:
+            happened = f"stopped following after {timeout:g} s (--timeout)"
         raise Failure(
             ExitCode.UNREACHABLE,
             "WATCH_GAVE_UP",

@@ -7,21 +7,30 @@ order is placed and its --request-id, errors as JSON, --all-photos' choice and d
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import io
+import ipaddress
 import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -500,6 +509,98 @@ def test_no_session_goes_in_plaintext_to_another_host_and_tls_is_used_when_asked
     assert "cannot reach" in cli("account", code=4).stderr
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 (it is its own root) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+@contextlib.contextmanager
+def tls_front(upstream_port: int, cert: Path, key: Path) -> Iterator[int]:
+    """TLS on a loopback port (ALPN h2), forwarded to the plaintext server, as a load balancer in front of it does."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2"])
+    loop = asyncio.new_event_loop()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+
+    async def start() -> asyncio.Server:
+        return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+
+    thread = threading.Thread(target=loop.run_forever, name="tls-front", daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_tls_reaches_the_server_through_a_tls_front_that_plaintext_cannot(cli, tmp_path):
+    """--tls for real: `faceharmony` as a process (trusting the test's root by gRPC's own variable) signs in
+    through TLS in front of the server; the same port without --tls cannot be reached."""
+    cert, key = self_signed(tmp_path)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")},
+        "FACEHARMONY_CLIENT_SESSION_FILE": str(cli.session),
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(cert),
+    }
+    with tls_front(cli.h.port, cert, key) as port:
+        for host in ("localhost", "127.0.0.1"):
+            done = subprocess.run(
+                [str(BIN / "faceharmony"), "--tls", "--server", f"{host}:{port}", "--json", "account"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["email"] == "cli@example.com"
+        plain = subprocess.run(
+            [str(BIN / "faceharmony"), "--server", f"127.0.0.1:{port}", "account"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert plain.returncode == 4 and "cannot reach" in plain.stderr, plain.stderr
+
+
 def test_the_server_address_is_checked_and_grpc_never_logs_to_the_user(tmp_path):
     """As the installed script runs: an empty or malformed --server is a usage error in one line, and nothing from
     gRPC's C core (dns_resolver, a bad header) reaches stderr."""
@@ -619,6 +720,11 @@ def restart(h, pause: float) -> None:
     """Stops the server (open watches end UNAVAILABLE), waits `pause` and starts it again on the same port."""
     h.call_in_loop(h.api.stop(0))
     time.sleep(pause)
+    start_again(h)
+
+
+def start_again(h) -> None:
+    """A new server on the stopped one's port, database and clock."""
     settings = dataclasses.replace(h.settings, listen=f"127.0.0.1:{h.port}")
 
     async def boot():
@@ -662,6 +768,26 @@ def test_a_watch_outlives_a_server_restart_and_gives_up_plainly_at_its_timeout(s
         f"error: stopped following after 2 s (--timeout); model {model_id} was training 50% and goes on without "
         f"you: `faceharmony watch-model {model_id}`"
     )
+
+    # The server away for longer than --timeout: exit 4, and that in words.
+    child = subprocess.Popen(
+        [str(BIN / "faceharmony"), "watch-model", model_id, "--timeout", "5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+        h.call_in_loop(h.api.stop(0))
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        start_again(h)
+    last = err.splitlines()[-1]
+    assert child.returncode == 4 and "--timeout (5 s)" in last, err
+    assert last.startswith(f"error: the server at 127.0.0.1:{h.port} went away and was not back within --timeout")
+    assert f"model {model_id} was training 50% and goes on without you" in last
 
 
 @pytest.mark.processes
