@@ -78,6 +78,11 @@ class Upload:
     def accepted(self) -> bool:
         return bool(self.photo_id)
 
+    @property
+    def as_expected(self) -> bool:
+        """Whether the server's verdict is the one the sample was made for."""
+        return (self.sample.expect or "") == ("" if self.accepted else self.reason)
+
 
 @dataclass
 class Portrait:
@@ -208,6 +213,8 @@ def verdict_table(user: DemoUser) -> Table:
         table.add_column(column, justify="right" if column == "seconds" else "left", no_wrap=column != "what it shows")
     for up in user.uploads:
         verdict = "[green]accepted[/]" if up.accepted else f"[red]{up.reason}[/]"
+        if not up.as_expected:
+            verdict += f" [yellow](expected {up.sample.expect or 'ACCEPTED'})[/]"
         table.add_row(up.sample.name, up.sample.caption, verdict, f"{up.seconds:.2f}")
     return table
 
@@ -230,7 +237,8 @@ def in_parallel(jobs: Sequence[Callable[[], None]], timeout: float) -> None:
 def train(users: Sequence[DemoUser], progress: Progress, *, timeout: float) -> None:
     """Creates a model for each user from the accepted photos, then follows both until READY."""
     for user in users:
-        photo_ids = [up.photo_id for up in user.uploads if up.accepted]
+        # A photo accepted against expectation (a verifier that let a cat through) is not trained on.
+        photo_ids = [up.photo_id for up in user.uploads if up.accepted and up.as_expected]
         try:
             user.model_id = user.fh.models.create_model(user.person.name.split()[0], photo_ids).id
         except FaceHarmonyError as exc:
@@ -591,9 +599,6 @@ def run_demo(
     # settings as the server: the data folder given here is the one it must use.
     os.environ["FACEHARMONY_DATA_DIR"] = str(data_dir)
     outbox = data_dir / "outbox"
-    if data_dir.is_dir() and not outbox.exists():
-        # A fresh system has sent no mail yet, so its outbox folder is not there: make it as the server would.
-        outbox.mkdir(mode=0o700)
     try:
         with EmbeddedSystem(server, outbox) as system:
             sign_up(system, users, console)
@@ -703,7 +708,9 @@ def demo(
         console.print(f"[red]The demo stopped[/]: {exc}")
         raise typer.Exit(EXIT_FAILED) from None
     if json_summary is not None:
-        json_summary.write_text(json.dumps(run.summary(out, size), indent=2) + "\n")
+        fd = os.open(json_summary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(run.summary(out, size), indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

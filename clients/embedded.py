@@ -9,7 +9,10 @@ the public API (`faceharmony.clients.sdk`); nothing here touches the server's co
 
 It needs the system's data folder (`FACEHARMONY_DATA_DIR` like the server's, or `outbox=<data dir>/outbox`):
 the operator command runs on that folder's database, and the codes arrive in its outbox (made by the server
-with its first mail, so it may not be there yet). It refuses a folder that does not exist.
+with its first mail, so it may not be there yet). It refuses a folder that does not hold the server's database
+(the embedded SQLite file, unless FACEHARMONY_DATABASE_URL names another), before anything is sent, so a wrong
+folder leaves nothing behind on the server or in the folder. The staff account is made and signed in before any
+person joins the waiting list, for the same reason.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from faceharmony.clients.sdk import Client
 from faceharmony.v1 import admin_pb2
 
 CODE = re.compile(r"code is: (\d{6})")
+# The embedded database's file in a data folder (core/settings.py's default database_url).
+SQLITE_FILE = "faceharmony.sqlite3"
 
 
 class EmbeddedError(RuntimeError):
@@ -70,6 +75,11 @@ class EmbeddedSystem:
         if not self.data_dir.is_dir():
             raise EmbeddedError(
                 f"no data folder at {self.data_dir}: FACEHARMONY_DATA_DIR (or outbox=) must name the server's"
+            )
+        if not os.environ.get("FACEHARMONY_DATABASE_URL") and not (self.data_dir / SQLITE_FILE).is_file():
+            raise EmbeddedError(
+                f"{self.data_dir} is not the server's data folder (no {SQLITE_FILE} in it): set FACEHARMONY_DATA_DIR"
+                " (or --data-dir) to the folder the server runs on"
             )
 
     @property
@@ -141,9 +151,9 @@ class EmbeddedSystem:
 
         An address that already has an account simply signs in."""
         address = address.strip().lower()
+        staff = self.staff()  # first: a folder or system that cannot approve leaves no entry behind
         user = self.client()
         user.accounts.join_waitlist(name, address, is_16_or_older=True, note=note)
-        staff = self.staff()
         pending = staff.admin.list_waitlist(state=admin_pb2.WAITLIST_ENTRY_STATE_PENDING)
         for entry in pending:
             if entry.email == address:
