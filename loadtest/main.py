@@ -2,15 +2,21 @@
 
 faceharmony-loadtest seed --models N --manifest M      N synthetic user models for the Triton target
 faceharmony-loadtest cleanup --manifest M              delete their blobs, shred their keys
+faceharmony-loadtest cleanup --users U                 delete the test accounts a killed orders run left
 faceharmony-loadtest run --target triton|orders ...    a sweep: --concurrency 1,4 and/or --rate 0.5,1
 faceharmony-loadtest perf-analyzer-input --manifest M --out F
 
 It reads the system's settings (FACEHARMONY_*, `Settings.from_env()`) as `faceharmony-admin` does, with the
 keyring and blob store of the data folder they name. `run` writes `report.json` and the PNG plots into `--out`
-(default `<data dir>/loadtest/<UTC time>/`) and prints a table. Exit status: 0 when the run ended with at least
-one successful request, 1 when none succeeded, 2 for a refused start (bad setting, non-loopback target,
-missing manifest), 130 when stopped by Ctrl-C (what was measured until then is still written, and what the
-run seeded is still cleaned up).
+(default `<data dir>/loadtest/<UTC time>/`; the folder 0700, its files 0600) and prints a table. An option
+the target does not use (`--models`, `--manifest`, `--keep`, `--width/--height/--steps` for orders; `--users`,
+`--triton-url` for triton) is a usage error. Exit status: 0 when the run ended with at least one successful
+request, 1 when none succeeded, 2 for a refused start (bad setting or option, non-loopback target, missing
+manifest, tritonclient not installed, a test user's model not READY), 3 when the run ended early because the
+target or Triton's statistics went away (the partial report is written, one line says why), 130 when stopped
+by Ctrl-C or SIGTERM (what was measured until then is still written, and what the run seeded is still
+cleaned up). The first Ctrl-C says how many requests are in flight and waits for them (each up to
+`--timeout`); a second one stops waiting, closes the clients and cleans up.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Annotated
 import typer
 
 from faceharmony.core import process
+from faceharmony.loadtest.arrivals import Control
 
 PROG = "faceharmony-loadtest"
 
@@ -85,12 +92,34 @@ def seed(
 
 
 @app.command()
-def cleanup(manifest: Annotated[Path, typer.Option(help="a manifest written by `seed`")]) -> None:
-    """Delete the manifest's adapter blobs, shred their data keys, remove the manifest."""
+def cleanup(
+    manifest: Annotated[Path | None, typer.Option(help="a manifest written by `seed` (or by a --keep run)")] = None,
+    users: Annotated[
+        Path | None, typer.Option(help="an orders run's users.json: sign each test account in, delete it")
+    ] = None,
+    allow_remote_host: Annotated[str, typer.Option(help="--users: the API's host when not loopback")] = "",
+) -> None:
+    """Delete a manifest's adapter blobs and shred their data keys, or delete an orders run's test accounts."""
+    if (manifest is None) == (users is None):
+        raise typer.BadParameter("give --manifest or --users (one of them)")
 
     def body(entry: process.Entry) -> int:
+        if users is not None:
+            from faceharmony.clients.embedded import EmbeddedError
+            from faceharmony.loadtest.orders_target import cleanup_users
+
+            try:
+                deleted, failed = cleanup_users(
+                    entry.settings.outbox_dir, users, allow_remote_host=allow_remote_host or None
+                )
+            except (ValueError, EmbeddedError) as exc:
+                raise process.Refused(str(exc)) from None
+            left = ", ".join(f"{k} {v}" for k, v in failed.items())
+            print(f"{deleted} test accounts deleted" + (f"; not deleted: {left} (the file is kept)" if left else ""))
+            return 1 if failed else 0
         from faceharmony.loadtest.seed import cleanup as remove
 
+        assert manifest is not None
         try:
             done = remove(entry.settings, manifest, _keyring(entry.settings))
         except ValueError as exc:
@@ -129,8 +158,53 @@ def perf_analyzer_input(
     _run(body)
 
 
+TRITON_ONLY = ("models", "manifest", "keep", "width", "height", "steps")
+ORDERS_ONLY = ("users", "triton_url")
+
+
+def _refuse_unused(ctx: typer.Context, target: TargetName) -> None:
+    """A usage error for an option given that `target` does not use (never silently ignored)."""
+    unused = TRITON_ONLY if target is TargetName.orders else ORDERS_ONLY
+    given = [
+        name for name in unused if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        why = (
+            "the order path uses the server's models (--users), size and steps"
+            if target is TargetName.orders
+            else "they are the orders target's"
+        )
+        raise typer.BadParameter(f"{options}: not used by --target {target.value} ({why})")
+
+
+class _Interrupts:
+    """The run's SIGINT/SIGTERM: the first says how many requests are in flight (they are waited for), the
+    second stops waiting (the clients are closed, then the clean-up runs)."""
+
+    def __init__(self, control: Control, timeout_s: float) -> None:
+        self.control = control
+        self.timeout_s = timeout_s
+        self.count = 0
+
+    def __call__(self, _signum: int) -> None:
+        self.count += 1
+        n = self.control.in_flight
+        if self.count == 1 and n == 0:
+            line = "stopping: writing what was measured, then cleaning up"
+        elif self.count == 1:
+            line = f"stopping: waiting for {n} requests in flight (up to {self.timeout_s:g} s); Ctrl-C again to stop waiting"
+        elif self.count == 2:
+            self.control.abandon.set()
+            line = f"not waiting for {n} requests in flight: closing the clients, then cleaning up"
+        else:
+            return
+        print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     target: Annotated[TargetName, typer.Option(help="triton: Triton's gRPC directly; orders: the API's order path")],
     concurrency: Annotated[str, typer.Option(help="closed loop: concurrencies to sweep, e.g. 1,4")] = "",
     rate: Annotated[str, typer.Option(help="open loop: offered rates (requests/s) to sweep, e.g. 0.5,1")] = "",
@@ -148,11 +222,24 @@ def run(
     keep: Annotated[bool, typer.Option(help="keep what this run seeded (its manifest is in --out)")] = False,
     count: Annotated[int, typer.Option(min=1, max=100_000, help="requests per step at most")] = 20,
     duration: Annotated[float, typer.Option(min=0.1, max=3600, help="seconds per step at most")] = 60.0,
-    warmup: Annotated[int, typer.Option(min=0, max=1000, help="requests before the first step, not counted")] = 2,
+    warmup: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1000,
+            help="requests before the first step, not counted (after the target's own warm-up: triton every"
+            " model once, 8 at a time; orders one order per user; each within --duration)",
+        ),
+    ] = 2,
     width: Annotated[int, typer.Option(min=0, max=2048, help="image width (0: the setting, else native)")] = 0,
     height: Annotated[int, typer.Option(min=0, max=2048, help="image height (0: the setting, else native)")] = 0,
     steps: Annotated[int, typer.Option(min=0, max=150, help="denoising steps (0: FACEHARMONY_GENERATION_STEPS)")] = 0,
-    max_inflight: Annotated[int, typer.Option(min=1, max=256, help="open loop: requests in flight at most")] = 16,
+    max_inflight: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256, help="open loop: requests in flight at most (later arrivals queue; their wait is latency)"
+        ),
+    ] = 16,
     timeout: Annotated[float, typer.Option(min=1, max=3600, help="seconds one request may take")] = 600.0,
     users: Annotated[int, typer.Option(min=1, max=8, help="orders: users with a READY model each")] = 2,
     seed: Annotated[int, typer.Option(help="seed of models, prompts' seeds and arrivals")] = 0,
@@ -165,10 +252,12 @@ def run(
     rates = _numbers(rate, float, MAX_RATE)
     if not concurrencies and not rates:
         raise typer.BadParameter("give --concurrency and/or --rate")
+    _refuse_unused(ctx, target)
 
     def body(entry: process.Entry) -> int:
         from faceharmony.loadtest.address import RemoteHostRefused, check_target
         from faceharmony.loadtest.sweep import Plan
+        from faceharmony.loadtest.triton_target import TritonClientMissing, require_tritonclient
 
         settings = entry.settings
         folder = out or settings.data_dir / "loadtest" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -179,8 +268,11 @@ def run(
             else:
                 check_target(url or "127.0.0.1:50051", allow_remote_host or None)
                 check_target(triton_url or settings.triton_url, allow_remote_host or None)
-        except (RemoteHostRefused, ValueError) as exc:
+            require_tritonclient()
+        except (RemoteHostRefused, TritonClientMissing, ValueError) as exc:
             raise process.Refused(str(exc)) from None
+        control = Control(entry.stopping)
+        entry.on_stop(_Interrupts(control, timeout))
         if target is TargetName.triton:
             from faceharmony.core.diffusion.pipeline import BasePipelineMissing
             from faceharmony.loadtest.runs import run_triton
@@ -190,7 +282,7 @@ def run(
                     settings,
                     plan,
                     folder,
-                    stop=entry.stopping,
+                    control=control,
                     url=url or settings.triton_url,
                     allow_remote_host=allow_remote_host or None,
                     manifest_path=manifest,
@@ -214,7 +306,7 @@ def run(
                     settings,
                     plan,
                     folder,
-                    stop=entry.stopping,
+                    control=control,
                     url=url or "127.0.0.1:50051",
                     allow_remote_host=allow_remote_host or None,
                     triton_url=triton_url or settings.triton_url,
@@ -230,11 +322,25 @@ def run(
 
         from faceharmony.loadtest.report import render_table
 
-        console = Console(width=None if sys.stdout.isatty() else 150)
+        console = Console(width=None if sys.stdout.isatty() else 180)
         console.print(render_table(report))
         console.print(f"report: {folder / 'report.json'}; plots: " + ", ".join(report["plots"]))
+        left = (report.get("cleanup") or {}).get("users_file")
+        if left:
+            print(f"{PROG}: test accounts left: `{PROG} cleanup --users {left}`", file=sys.stderr)
         if entry.stopping.is_set():
             return 130
+        gone = report.get("error") or next(
+            (
+                f"Triton's statistics: {s['triton']['error']}"
+                for s in report["steps"]
+                if "error" in (s.get("triton") or {})
+            ),
+            None,
+        )
+        if gone:
+            print(f"{PROG}: the run ended early ({gone}); partial report: {report['report']}", file=sys.stderr)
+            return 3
         return 0 if any(s["succeeded"] for s in report["steps"]) else 1
 
     _run(body)

@@ -5,20 +5,25 @@
   `report.json` and the PNGs, and deletes what it seeded itself unless `keep` (also after an error or a
   stop: a given manifest is never cleaned up by `run`).
 * `run_orders(...)`: the same through the API's order path (orders_target.py), with Triton's statistics when
-  `triton_url` answers; it deletes its test accounts at the end.
+  `triton_url` answers; its test accounts' addresses are in `out_dir/users.json` (0600) until it deletes
+  them at the end.
+
+Both take the run's `Control` (arrivals.py): after a second Ctrl-C the clients are closed (what is still in
+flight fails fast) before the clean-up. `out_dir` is made private (0700) and every file in it is 0600.
 
 Sizes: 0 means FACEHARMONY_GENERATION_WIDTH/HEIGHT/STEPS, and a size still 0 the base's native one.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
+from faceharmony.core.datadir import private_dir
 from faceharmony.core.keys.factory import install_keyring
 from faceharmony.core.settings import Settings
 from faceharmony.loadtest.address import check_target
+from faceharmony.loadtest.arrivals import Control
 from faceharmony.loadtest.plots import plot_report
 from faceharmony.loadtest.report import write_json
 from faceharmony.loadtest.sweep import Plan, run_sweep
@@ -47,7 +52,7 @@ def run_triton(
     plan: Plan,
     out_dir: Path,
     *,
-    stop: threading.Event,
+    control: Control,
     url: str,
     allow_remote_host: str | None = None,
     manifest_path: Path | None = None,
@@ -63,6 +68,7 @@ def run_triton(
 
     out_dir = Path(out_dir)
     check_target(url, allow_remote_host)
+    private_dir(out_dir)
     if not model_ready(url, settings.triton_model):
         raise ValueError(f"Triton at {url} is not reachable or its model {settings.triton_model} is not ready")
     width, height, steps = resolve_size(settings, width, height, steps)
@@ -104,11 +110,11 @@ def run_triton(
             }
             stats = TritonStatistics(url, settings.triton_model, allow_remote_host=allow_remote_host)
             try:
-                report = run_sweep(target, plan, stop=stop, meta=meta, stats=stats)
+                report = run_sweep(target, plan, control=control, meta=meta, stats=stats)
             finally:
                 stats.close()
         finally:
-            target.close()
+            target.close()  # fails what an abandon left in flight
     finally:
         if seeded and not keep:
             done = cleanup(settings, manifest_path, keyring)
@@ -123,7 +129,7 @@ def run_orders(
     plan: Plan,
     out_dir: Path,
     *,
-    stop: threading.Event,
+    control: Control,
     url: str,
     allow_remote_host: str | None = None,
     triton_url: str | None = None,
@@ -132,8 +138,11 @@ def run_orders(
 ) -> dict[str, Any]:
     """`triton_url`: the system's Triton, whose statistics are diffed over each step (None: none)."""
     from faceharmony.loadtest.orders_target import OrdersTarget
-    from faceharmony.loadtest.triton_target import TritonStatistics, model_ready
+    from faceharmony.loadtest.triton_target import TritonStatistics, model_ready, require_tritonclient
 
+    require_tritonclient()
+    out_dir = Path(out_dir)
+    private_dir(out_dir)
     steps = len(plan.concurrencies) + len(plan.rates)
     if settings.email_transport != "outbox":
         raise ValueError(
@@ -142,11 +151,12 @@ def run_orders(
     target = OrdersTarget.prepare(
         url,
         settings.outbox_dir,
+        users_file=out_dir / "users.json",
         users=users,
         timeout_s=timeout_s,
         allow_remote_host=allow_remote_host,
-        requests_bound=plan.warmup + plan.count * steps,
-        stop=stop,
+        requests_bound=users + plan.warmup + plan.count * steps,  # a warm-up order per user, then the plan
+        stop=control.stop,
     )
     stats = None
     try:
@@ -154,11 +164,17 @@ def run_orders(
             stats = TritonStatistics(triton_url, settings.triton_model, allow_remote_host=allow_remote_host)
         meta = target.meta()
         meta["triton_statistics"] = triton_url if stats else None
-        report = run_sweep(target, plan, stop=stop, meta=meta, stats=stats)
+        report = run_sweep(target, plan, control=control, meta=meta, stats=stats)
         report["settings"]["image_sizes"] = [f"{w}x{h}" for w, h in sorted(target.image_sizes)]
     finally:
+        made = len(target.users)
         deleted = target.close()
         if stats is not None:
             stats.close()
-    report["cleanup"] = {"accounts_deleted": deleted}
+    report["cleanup"] = {
+        "accounts_deleted": deleted,
+        "accounts_left": made - deleted,
+        "users_file": str(out_dir / "users.json") if deleted < made else None,
+        "photos_not_deleted": target.photos_not_deleted,
+    }
     return finish(report, out_dir)

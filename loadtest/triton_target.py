@@ -8,14 +8,18 @@ good only if IMAGE_SEALED opens with the row's data key as the answer to exactly
 an error by reason: Triton's status name (NOT_FOUND, INVALID_ARG, UNAVAILABLE, ...), DEADLINE_EXCEEDED
 (the client's timeout), CIPHERTEXT_INVALID, KEY_SHREDDED, BAD_RESPONSE or WRONG_SIZE.
 
-`warm_up(first_index, stop)` sends one request per model, so every adapter is in Triton's cache before a step.
-`TritonStatistics(url, model)` reads the model's entry of Triton's statistics API (`get_inference_statistics`,
-JSON) for both targets; its `wait_statistics(before, succeeded)` waits until Triton has counted `succeeded`
-more successful requests (it records an execution's statistics after sending its responses), so a diff over
-a step is complete.
+`warm_up(first_index, control, duration_s)` sends one request per model, WARMUP_CONCURRENCY at a time and
+within `duration_s` (what is not sent by then is not warmed), so every adapter is in Triton's cache before a
+step. `TritonStatistics(url, model)` reads the model's entry of Triton's statistics API
+(`get_inference_statistics`, JSON) for both targets; an answer it cannot get (Triton gone away) is
+`{"error": reason}`, never an exception. Its `wait_statistics(before, succeeded)` waits until Triton has
+counted `succeeded` more successful requests (it records an execution's statistics after sending its
+responses) and its execution count has stopped changing (SETTLE_POLLS reads in a row), within
+SETTLE_TIMEOUT_S; it returns the statistics and whether they settled.
 
 One gRPC client per thread (as the order worker's TritonImages), opened on first use. The target refuses a
-non-loopback URL unless allowed (address.py). It imports tritonclient (the triton extra).
+non-loopback URL unless allowed (address.py). It imports tritonclient (the triton extra): `require_tritonclient()`
+raises TritonClientMissing, a one-line refusal that says how to install it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from faceharmony.core.keys.aead import triton_image_aad
 from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded, KeysUnavailable
 from faceharmony.core.keys.keyring import Keyring
 from faceharmony.loadtest.address import check_target
+from faceharmony.loadtest.arrivals import Control, run_closed_loop
 from faceharmony.loadtest.report import Outcome
 from faceharmony.loadtest.seed import Manifest, SeededModel
 
@@ -67,8 +72,28 @@ def request_inputs(
     }
 
 
+WARMUP_CONCURRENCY = 8
+SETTLE_POLLS = 3  # equal execution counts in a row: Triton has recorded the step's executions
+SETTLE_TIMEOUT_S = 10.0
+_POLL_S = 0.1
+
+
+class TritonClientMissing(ValueError):
+    """tritonclient is not installed."""
+
+
+def require_tritonclient() -> None:
+    try:
+        import tritonclient.grpc  # noqa: F401
+    except ImportError:
+        raise TritonClientMissing(
+            "tritonclient is not installed: install the triton extra (pip install 'faceharmony[triton]')"
+        ) from None
+
+
 def model_ready(url: str, model_name: str) -> bool:
     """Whether Triton at `url` answers and has `model_name` ready (checked before anything is seeded)."""
+    require_tritonclient()
     import tritonclient.grpc as grpcclient
 
     try:
@@ -140,18 +165,17 @@ class TritonTarget:
         model, prompt, seed = self.pick(index)
         return self.send_row(model, prompt, seed)
 
-    def warm_up(self, first_index: int, stop: threading.Event) -> list[Outcome]:
-        """One request per model (indexes from `first_index`), one at a time: every adapter is fetched into
-        Triton's cache before anything is measured."""
-        outcomes = []
-        for i, model in enumerate(self.manifest.models):
-            if stop.is_set():
-                break
+    def warm_up(self, first_index: int, control: Control, duration_s: float) -> list[Outcome]:
+        """One request per model (indexes from `first_index`), WARMUP_CONCURRENCY at a time, none started after
+        `duration_s`: every adapter is fetched into Triton's cache before anything is measured."""
+        models = self.manifest.models
+
+        def send(i: int) -> Outcome:
             index = first_index + i
-            outcomes.append(
-                self.send_row(model, self.prompts[index % len(self.prompts)], request_seed(self.seed, index))
-            )
-        return outcomes
+            return self.send_row(models[i], self.prompts[index % len(self.prompts)], request_seed(self.seed, index))
+
+        concurrency = min(WARMUP_CONCURRENCY, len(models))
+        return run_closed_loop(send, concurrency, count=len(models), duration_s=duration_s, control=control).outcomes
 
     def send_row(self, model: SeededModel, prompt: str, seed: int) -> Outcome:
         import tritonclient.grpc as grpcclient
@@ -211,24 +235,41 @@ class TritonStatistics:
         self._client = grpcclient.InferenceServerClient(self.url)
 
     def statistics(self) -> dict[str, Any]:
-        stats = self._client.get_inference_statistics(self.model_name, as_json=True)
-        entries = stats.get("model_stats") or []
-        return dict(entries[0]) if entries else {}
+        """The model's entry, or `{"error": reason}` when Triton does not answer."""
+        from tritonclient.utils import InferenceServerException
 
-    def wait_statistics(self, before: dict[str, Any], succeeded: int, timeout_s: float = 10.0) -> dict[str, Any]:
-        """The statistics once Triton counted `succeeded` more successful requests than in `before` (or after
-        `timeout_s`)."""
+        try:
+            stats = self._client.get_inference_statistics(self.model_name, as_json=True, client_timeout=10)
+        except InferenceServerException as exc:
+            return {"error": _status_name(exc)}
+        except Exception as exc:  # noqa: BLE001 - a closed or broken client: the step records it
+            return {"error": f"CLIENT_{type(exc).__name__}"}
+        entries = stats.get("model_stats") or []
+        return dict(entries[0]) if entries else {"error": "NO_STATISTICS"}
+
+    def wait_statistics(
+        self, before: dict[str, Any], succeeded: int, timeout_s: float = SETTLE_TIMEOUT_S
+    ) -> tuple[dict[str, Any], bool]:
+        """(statistics, settled): once Triton counted `succeeded` more successful requests than in `before` and
+        its execution count held still for SETTLE_POLLS reads; unsettled after `timeout_s` (or an error)."""
 
         def counted(stats: dict[str, Any]) -> int:
             return int(((stats.get("inference_stats") or {}).get("success") or {}).get("count") or 0)
 
         deadline = time.monotonic() + timeout_s
         target = counted(before) + succeeded
+        executions: list[int] = []
         while True:
             after = self.statistics()
-            if counted(after) >= target or time.monotonic() > deadline:
-                return after
-            time.sleep(0.05)
+            if "error" in after:
+                return after, False
+            executions.append(int(after.get("execution_count") or 0))
+            still = len(executions) >= SETTLE_POLLS and len(set(executions[-SETTLE_POLLS:])) == 1
+            if counted(after) >= target and still:
+                return after, True
+            if time.monotonic() > deadline:
+                return after, False
+            time.sleep(_POLL_S)
 
     def close(self) -> None:
         self._client.close()
