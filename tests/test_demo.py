@@ -9,7 +9,6 @@ import datetime as dt
 import io
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from PIL import Image
 from faceharmony.clients import demo, samples
 from faceharmony.clients.sdk import Client, FaceHarmonyError
 from faceharmony.core.db.models import Photo
+from tests.support.system_up import system_up
 
 BIN = os.path.dirname(sys.executable)
 
@@ -95,39 +95,10 @@ def test_the_demo_runs_against_make_up_and_deletes_its_accounts(tmp_path):
     from tests.support.triton import require_triton
 
     require_triton()
-    from faceharmony.triton_launcher.server import free_port
-    from tests.support.wait import wait_for
-    from tests.test_launcher import triton_ports
-
-    api_port, triton_port = free_port(), triton_ports()
-    data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
-    env.update(
-        FACEHARMONY_DATA_DIR=str(data),
-        FACEHARMONY_LISTEN=f"127.0.0.1:{api_port}",
-        FACEHARMONY_TRITON_URL=f"127.0.0.1:{triton_port}",
-        # The fewest steps that still train an adapter and run the denoising loop.
-        FACEHARMONY_TRAINING_STEPS="2",
-        FACEHARMONY_GENERATION_STEPS="2",
-        FACEHARMONY_TRAINER_POLL_SECONDS="0.5",
-        FACEHARMONY_ORDER_WORKER_POLL_SECONDS="0.5",
-        FACEHARMONY_LOG_FORMAT="text",
-    )
-    log_path = tmp_path / "up.log"
-    with log_path.open("wb") as log:
-        up = subprocess.Popen([os.path.join(BIN, "faceharmony-up")], env=env, cwd=tmp_path, stdout=log, stderr=log)
-    try:
-        with Client(f"127.0.0.1:{api_port}", timeout=2) as probe:
-
-            def serving() -> bool:
-                try:
-                    return probe.health() == "SERVING"
-                except FaceHarmonyError:
-                    return False
-
-            wait_for(serving, 120, "the API server")
+    with system_up(tmp_path) as system:
+        data, env, api = system.data_dir, system.env, system.api_url
         sheet, summary_path = tmp_path / "sheet.png", tmp_path / "summary.json"
-        command = [os.path.join(BIN, "faceharmony-demo"), "--server", f"127.0.0.1:{api_port}", "--data-dir", str(data)]
+        command = [os.path.join(BIN, "faceharmony-demo"), "--server", api, "--data-dir", str(data)]
         command += ["--out", str(sheet), "--json-summary", str(summary_path), "--photos", "4", "--count", "1"]
         command += ["--train-timeout", "150", "--order-timeout", "150"]
         result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
@@ -135,6 +106,7 @@ def test_the_demo_runs_against_make_up_and_deletes_its_accounts(tmp_path):
         assert "Deleted the demo accounts" in result.stdout
 
         summary = json.loads(summary_path.read_text())
+        assert summary_path.stat().st_mode & 0o777 == 0o600
         with Image.open(sheet) as image:
             image.load()
             assert image.format == "PNG"
@@ -153,11 +125,3 @@ def test_the_demo_runs_against_make_up_and_deletes_its_accounts(tmp_path):
         with sqlite3.connect(data / "faceharmony.sqlite3") as db:
             users = db.execute("select state, purge_after is not null from account where role = 'user'").fetchall()
         assert users == [("deactivated", 1), ("deactivated", 1)]
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-        print(log_path.read_text(errors="replace")[-3000:])
