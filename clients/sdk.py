@@ -18,7 +18,7 @@ What it owns:
   `transfer_timeout`, watch streams `watch_timeout`; each method also takes its own `timeout=`.
 * **Retries by gRPC's own retry policy** (the channel's service config, `RETRY_POLICY`), never a loop here:
   only calls that are idempotent (reads, watches, downloads, `UpdateName`, `RecordPurchase` by its
-  transaction id) and creates that carry a `request_id` (uploads, models, orders, tickets), on
+  transaction id) and creates that carry a `request_id` (uploads, models, retrains, orders, tickets), on
   `UNAVAILABLE`, with backoff and retry throttling. gRPC retries a stream (a watch, a download) only until
   its first message has arrived; a watch that fails later is the caller's to reopen (each starts from the
   current state, so reopening is safe). The retry buffer holds a whole upload, so a photo of any size the
@@ -91,9 +91,7 @@ RETRY_POLICY = {
 RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
     "faceharmony.v1.AccountService": ("GetAccount", "UpdateName"),
     "faceharmony.v1.PhotoService": ("UploadPhoto", "ListPhotos"),
-    # RetrainModel is not here: the server does not read its request_id yet (a retry after a lost reply would be
-    # refused as MODEL_BUSY, never train twice, but the caller would see the refusal).
-    "faceharmony.v1.ModelService": ("CreateModel", "GetModel", "ListModels", "WatchModel"),
+    "faceharmony.v1.ModelService": ("CreateModel", "GetModel", "ListModels", "WatchModel", "RetrainModel"),
     "faceharmony.v1.OrderService": (
         "ListStyles",
         "CreateOrder",
@@ -405,9 +403,11 @@ class Models(_Service):
             self._client.watch_timeout if timeout is None else timeout,
         )
 
-    def retrain_model(self, model_id: str) -> model_pb2.Model:
-        """Trains the model again from its own photos; refused (MODEL_BUSY) while it is training. Not retried."""
-        return self._unary("RetrainModel", model_pb2.RetrainModelRequest(id=model_id)).model
+    def retrain_model(self, model_id: str, *, request_id: str | None = None) -> model_pb2.Model:
+        """Trains the model again from its own photos; refused (MODEL_BUSY) while it is training, except for a
+        retry of the same request_id, which returns the model."""
+        request = model_pb2.RetrainModelRequest(id=model_id, request_id=request_id or _new_request_id())
+        return self._unary("RetrainModel", request).model
 
     def delete_model(self, model_id: str) -> model_pb2.Model:
         """Hides the model at once; purged after the grace period unless support restores it."""

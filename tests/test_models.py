@@ -180,6 +180,40 @@ def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
     ) == ["succeeded"]
 
 
+def test_retrain_is_idempotent_on_request_id(harness):
+    user = harness.sign_up("retrain-again@example.com")
+    model_id, _ = make_job(harness, user)
+    queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
+    claim = harness.db_call(queue.claim, "w")
+    harness.db_call(queue.start, claim)
+    assert harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
+    jobs = lambda: harness.db_call(  # noqa: E731
+        lambda: sorted(j.kind for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id))
+    )
+    request = mp.RetrainModelRequest(id=model_id, request_id="retrain-1")
+    first = harness.models.RetrainModel(request, metadata=user.md).model
+    assert first.state == mp.MODEL_STATE_QUEUED
+    # The same request again (a retry after a lost reply): the model, not MODEL_BUSY, and no second job.
+    again = harness.models.RetrainModel(request, metadata=user.md).model
+    assert (again.id, again.state) == (model_id, mp.MODEL_STATE_QUEUED)
+    assert jobs() == ["retrain", "train"]
+    # Another request while it trains is refused; a bad request_id is refused before anything is looked at.
+    other = mp.RetrainModelRequest(id=model_id, request_id="retrain-2")
+    assert status_of(harness.models.RetrainModel, other, metadata=user.md) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "MODEL_BUSY",
+    )
+    bad = mp.RetrainModelRequest(id=model_id, request_id="no spaces allowed")
+    assert status_of(harness.models.RetrainModel, bad, metadata=user.md) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
+    # Another user's model stays NOT_FOUND even with the owner's request_id.
+    stranger = harness.sign_up("retrain-stranger@example.com")
+    assert status_of(harness.models.RetrainModel, request, metadata=stranger.md)[0] == grpc.StatusCode.NOT_FOUND
+    assert jobs() == ["retrain", "train"]
+
+
 # --- the job queue ------------------------------------------------------------------------------
 
 

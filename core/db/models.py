@@ -305,6 +305,8 @@ class UserModel(BaseModel):
     failure_reason = pw.CharField(max_length=64, null=True)
     trigger_token = pw.CharField(max_length=32)
     request_id = pw.CharField(max_length=64, null=True)
+    # The request_id of the last RetrainModel: its retry returns the model (migration 0010).
+    retrain_request_id = pw.CharField(max_length=64, null=True)
     current_version = pw.IntegerField(null=True)
     created_at = UtcDateTimeField()
     updated_at = UtcDateTimeField()

@@ -131,10 +131,14 @@ def list_models(app: AppContext, account_id: str, page_size: int, page_token: st
     return paginate(query, UserModel.created_at, UserModel.id, page_size, page_token)
 
 
-def retrain_model(app: AppContext, account_id: str, model_id: str) -> UserModel:
-    """Trains the model again from its own photos (P10)."""
+def retrain_model(app: AppContext, account_id: str, model_id: str, request_id: str = "") -> UserModel:
+    """Trains the model again from its own photos (P10). Idempotent on request_id: the same one again (a retry
+    after a lost reply) returns the model as it is now and queues nothing."""
+    request_id = optional_request_id(request_id)
     with write_transaction(app.db):
         model = _own_visible(app, account_id, model_id, for_update=True)
+        if request_id is not None and model.retrain_request_id == request_id:
+            return model
         if model.state in (ModelState.QUEUED, ModelState.TRAINING):
             raise precondition("MODEL_BUSY", "the model is already training")
         # Retention may have purged a READY model's photos (FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING): a job
@@ -146,9 +150,9 @@ def retrain_model(app: AppContext, account_id: str, model_id: str) -> UserModel:
                 f"the model has {photos} photos left; training needs at least {app.settings.model_min_photos}",
             )
         now = app.clock.now()
-        UserModel.update(state=ModelState.QUEUED, progress=0.0, failure_reason=None, updated_at=now).where(
-            UserModel.id == model.id
-        ).execute()
+        UserModel.update(
+            state=ModelState.QUEUED, progress=0.0, failure_reason=None, retrain_request_id=request_id, updated_at=now
+        ).where(UserModel.id == model.id).execute()
         training.enqueue(model.id, "retrain", now, app.settings.training_max_attempts)
     return UserModel.get_by_id(model_id)
 

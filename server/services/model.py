@@ -73,7 +73,7 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
                 return
 
     async def RetrainModel(self, request, context):
-        msg = await self._reply(models.retrain_model, self.app.principal().account_id, request.id)
+        msg = await self._reply(models.retrain_model, self.app.principal().account_id, request.id, request.request_id)
         return pb.RetrainModelResponse(model=msg)
 
     async def DeleteModel(self, request, context):
