@@ -159,13 +159,19 @@ def test_restore_queues_an_interrupted_retrain_again(harness):
     )
 
 
+def trained_model(h, user) -> str:
+    """A READY model (version 1) of the user's, its training job run by hand."""
+    model_id, _ = make_job(h, user)
+    queue = TrainingQueue(h.db, h.clock, lease_seconds=60)
+    claim = h.db_call(queue.claim, "w")
+    h.db_call(queue.start, claim)
+    assert h.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
+    return model_id
+
+
 def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
     user = harness.sign_up("purged@example.com")
-    model_id, _ = make_job(harness, user)
-    queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
-    claim = harness.db_call(queue.claim, "w")
-    harness.db_call(queue.start, claim)
-    assert harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
+    model_id = trained_model(harness, user)
     # FACEHARMONY_PURGE_PHOTOS_AFTER_TRAINING: retention marks a READY model's photos deleted; here one of four so far
     photo = harness.db_call(lambda: m.Photo.select().where(m.Photo.model_id == model_id).first())
     harness.db_call(lambda: m.Photo.update(deleted_at=harness.clock.now()).where(m.Photo.id == photo.id).execute())
@@ -182,11 +188,7 @@ def test_retrain_is_refused_when_retention_left_too_few_photos(harness):
 
 def test_retrain_is_idempotent_on_request_id(harness):
     user = harness.sign_up("retrain-again@example.com")
-    model_id, _ = make_job(harness, user)
-    queue = TrainingQueue(harness.db, harness.clock, lease_seconds=60)
-    claim = harness.db_call(queue.claim, "w")
-    harness.db_call(queue.start, claim)
-    assert harness.db_call(queue.record_version, claim, ids.new_id(), ids.new_id(), "f" * 64, ids.new_id()) == 1
+    model_id = trained_model(harness, user)
     jobs = lambda: harness.db_call(  # noqa: E731
         lambda: sorted(j.kind for j in m.TrainingJob.select().where(m.TrainingJob.model == model_id))
     )
