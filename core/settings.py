@@ -24,6 +24,38 @@ class SettingsError(ValueError):
     """A FACEHARMONY_* variable has a value that cannot be used."""
 
 
+# Settings that hold a secret may instead name a file holding it (FACEHARMONY_SECRET_KEY_FILE=/run/secrets/...):
+# the way container secrets arrive (compose `secrets:`, a Kubernetes Secret mounted as a volume), so the value
+# is in no environment that `ps e`, `podman inspect` or a crash report shows.
+FILE_SETTINGS = frozenset({"secret_key", "database_url", "smtp_password"})
+FILE_SUFFIX = "_file"
+# A secret file is a few hundred bytes; anything larger is a wrong path (a folder's device, a log), not a secret.
+_MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def _from_file(name: str, raw: str | None, path: str | None) -> str | None:
+    """The value of a secret setting: the variable itself, or the content of the file its _FILE variable names."""
+    if path is None:
+        return raw
+    variable = f"{PREFIX}{name.upper()}"
+    if raw is not None:
+        raise SettingsError(f"set {variable} or {variable}_FILE, not both")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(f"{variable}_FILE: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        raise SettingsError(f"{variable}_FILE: {path} is larger than a secret ({_MAX_SECRET_FILE_BYTES} bytes)")
+    try:
+        value = data.decode().rstrip("\r\n")  # the newline `echo` and editors leave is not part of the secret
+    except UnicodeDecodeError:
+        raise SettingsError(f"{variable}_FILE: {path} is not UTF-8 text") from None
+    if not value:
+        raise SettingsError(f"{variable}_FILE: {path} is empty")
+    return value
+
+
 def _parse_products(text: str) -> dict[str, int]:
     products: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -205,16 +237,22 @@ class Settings:
         """Reads every field from FACEHARMONY_<FIELD NAME IN CAPITALS>; unknown variables are an error."""
         env = os.environ if environ is None else environ
         known = {f.name: f for f in dataclasses.fields(cls)}
+        file_names = {name + FILE_SUFFIX for name in FILE_SETTINGS}
         unknown = sorted(
             k
             for k in env
-            if k.startswith(PREFIX) and not k.startswith(CLIENT_PREFIX) and k[len(PREFIX) :].lower() not in known
+            if k.startswith(PREFIX)
+            and not k.startswith(CLIENT_PREFIX)
+            and k[len(PREFIX) :].lower() not in known
+            and k[len(PREFIX) :].lower() not in file_names
         )
         if unknown:
             raise SettingsError("unknown settings: " + ", ".join(unknown))
         values: dict[str, object] = {}
         for name, f in known.items():
             raw = env.get(PREFIX + name.upper())
+            if name in FILE_SETTINGS:
+                raw = _from_file(name, raw, env.get(PREFIX + (name + FILE_SUFFIX).upper()))
             if raw is None:
                 continue
             values[name] = _convert(name, f.type, raw)

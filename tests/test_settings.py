@@ -68,3 +68,43 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for f in dataclasses.fields(Settings):
         assert f"FACEHARMONY_{f.name.upper()}" in readme, f.name
+
+
+def test_secret_settings_can_be_read_from_files(tmp_path):
+    (tmp_path / "secret_key").write_text("s3cret-value\n")
+    (tmp_path / "database_url").write_text("postgresql://fh:pw@db:5432/fh")
+    s = Settings.from_env(
+        {
+            "FACEHARMONY_SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+            "FACEHARMONY_DATABASE_URL_FILE": str(tmp_path / "database_url"),
+        }
+    )
+    # The trailing newline an editor or `echo` leaves is not part of the secret.
+    assert (s.secret_key, s.database_url, s.smtp_password) == ("s3cret-value", "postgresql://fh:pw@db:5432/fh", "")
+
+
+@pytest.mark.parametrize(
+    ("content", "both", "expected"),
+    [
+        (None, False, "cannot read"),
+        ("", False, "is empty"),
+        ("x" * 70000, False, "larger than a secret"),
+        ("value", True, "not both"),
+    ],
+)
+def test_bad_secret_files_are_refused_in_one_line(tmp_path, content, both, expected):
+    path = tmp_path / "smtp_password"
+    if content is not None:
+        path.write_text(content)
+    env = {"FACEHARMONY_SMTP_PASSWORD_FILE": str(path)}
+    if both:
+        env["FACEHARMONY_SMTP_PASSWORD"] = "also-set"
+    with pytest.raises(SettingsError, match=expected) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "\n" not in message and "also-set" not in message and "xxxx" not in message
+
+
+def test_only_secret_settings_take_a_file():
+    with pytest.raises(SettingsError, match="unknown settings: FACEHARMONY_LISTEN_FILE"):
+        Settings.from_env({"FACEHARMONY_LISTEN_FILE": "/dev/null"})
