@@ -163,6 +163,9 @@ class Settings:
     triton_listen_address: str = "127.0.0.1"
     triton_model: str = "faceharmony_diffusion"
     triton_timeout_seconds: float = 600.0
+    # How long the order worker waits at start for Triton to be live with its model ready before it refuses to
+    # start (TRITON_UNAVAILABLE); 0: refuse at once.
+    triton_wait_seconds: float = 120.0
     generation_steps: int = 25
     generation_guidance: float = 7.5
     # 0: the base pipeline's native size.
@@ -208,6 +211,11 @@ class Settings:
     max_concurrent_watches: int = 4096
     max_watches_per_account: int = 32
     shutdown_grace_seconds: float = 10.0
+    # The heartbeat file (<data_dir>/run/<prog>.heartbeat) of the trainer, order worker and retention daemon:
+    # rewritten every heartbeat_interval_seconds while the process runs; `--healthcheck` calls one older than
+    # heartbeat_max_age_seconds stale (exit 1).
+    heartbeat_interval_seconds: float = 5.0
+    heartbeat_max_age_seconds: float = 60.0
     # Logging: "json" (structured, default) or "text".
     log_format: str = "json"
     log_level: str = "INFO"
@@ -303,6 +311,18 @@ class Settings:
         url = self.resolved_database_url
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise SettingsError("FACEHARMONY_DATABASE_URL must be sqlite:///PATH or postgresql://...")
+        if not url.startswith("sqlite:///"):
+            _check_postgres_url(url)
+        if not 0 < self.smtp_port < 65536:
+            raise SettingsError("FACEHARMONY_SMTP_PORT must be a port number (1-65535)")
+        if self.email_transport == "smtp" and not self.smtp_host.strip():
+            raise SettingsError("FACEHARMONY_SMTP_HOST must not be empty with the smtp transport")
+        if self.triton_wait_seconds < 0:
+            raise SettingsError("FACEHARMONY_TRITON_WAIT_SECONDS must not be negative")
+        if self.heartbeat_max_age_seconds <= self.heartbeat_interval_seconds:
+            raise SettingsError(
+                "FACEHARMONY_HEARTBEAT_MAX_AGE_SECONDS must exceed FACEHARMONY_HEARTBEAT_INTERVAL_SECONDS"
+            )
         for name in (
             "code_ttl_seconds",
             "code_max_attempts",
@@ -349,6 +369,7 @@ class Settings:
             "max_calls_per_account",
             "max_concurrent_watches",
             "max_watches_per_account",
+            "heartbeat_interval_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")
@@ -379,6 +400,24 @@ class Settings:
             finally:
                 tmp.unlink()
         return path.read_text().strip().encode()
+
+
+def _check_postgres_url(url: str) -> None:
+    """A PostgreSQL URL that libpq can use: a host, a port number, a database name (the messages never quote the
+    URL, which may hold the password)."""
+    import urllib.parse
+
+    try:
+        parsed = urllib.parse.urlparse(url)
+        port = parsed.port
+    except ValueError:
+        raise SettingsError("FACEHARMONY_DATABASE_URL: the port is not a number (1-65535)") from None
+    if port is not None and not 0 < port < 65536:
+        raise SettingsError("FACEHARMONY_DATABASE_URL: the port is not a number (1-65535)")
+    if not parsed.hostname and "host=" not in parsed.query:  # ?host=/run/postgresql: a Unix socket
+        raise SettingsError("FACEHARMONY_DATABASE_URL: no host (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)")
+    if not parsed.path.lstrip("/") or "/" in parsed.path.lstrip("/"):
+        raise SettingsError("FACEHARMONY_DATABASE_URL: no database name (postgresql://USER@HOST:PORT/DATABASE)")
 
 
 def _convert(name: str, annotation: object, raw: str) -> object:

@@ -8,20 +8,40 @@ back with what it has made, not lost or made twice).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from faceharmony.core import process
 
+log = logging.getLogger("faceharmony.order_worker")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceharmony-order-worker", description="FaceHarmony order worker")
     parser.add_argument("--once", action="store_true", help="process at most one order, then exit")
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="exit 0 if the running worker's heartbeat file is fresh, else 1 (liveness)",
+    )
+    parser.add_argument(
+        "--ready", action="store_true", help="with --healthcheck: Triton also answered the worker's last check"
+    )
     args = parser.parse_args(argv)
+    if args.healthcheck or args.ready:
+        from faceharmony.core.heartbeat import healthcheck
+
+        return healthcheck("faceharmony-order-worker", ready=args.ready)
     return process.run("faceharmony-order-worker", lambda entry: _run(entry, once=args.once))
 
 
 def _run(entry: process.Entry, *, once: bool) -> int:
+    from faceharmony.core import preflight
+    from faceharmony.core.blobstore.base import Role
+
+    # Keys, database, migrations, bucket and Triton checked before anything is written (core/preflight.py).
+    preflight.check(entry.settings, role=Role.ORDER, require_migrated=True, triton=True)
     from faceharmony.order_worker.worker import OrderWorker
 
     worker = OrderWorker(entry.settings)
@@ -31,10 +51,38 @@ def _run(entry: process.Entry, *, once: bool) -> int:
         if once:
             worker.run_once()
         else:
-            worker.run_forever()
+            from faceharmony.core.heartbeat import Heartbeat
+
+            beat = Heartbeat(entry.settings, entry.prog).start(TritonWatch(entry.settings))
+            try:
+                worker.run_forever()
+            finally:
+                beat.stop()
     finally:
         worker.close()
     return 0
+
+
+class TritonWatch:
+    """The heartbeat's readiness: Triton live with its model ready, checked at every beat. Its going away and
+    coming back are logged once each (the images in hand meanwhile wait and retry, keeping their orders)."""
+
+    def __init__(self, settings) -> None:
+        self.url, self.model = settings.triton_url, settings.triton_model
+        self.down: str | None = None
+
+    def __call__(self) -> tuple[bool, str]:
+        from faceharmony.core.preflight import triton_state
+
+        state = triton_state(self.url, self.model)
+        if state is not None and self.down is None:
+            log.warning(
+                "Triton unavailable: images wait until it is back", extra={"triton_url": self.url, "state": state}
+            )
+        elif state is None and self.down is not None:
+            log.info("Triton available again", extra={"triton_url": self.url})
+        self.down = state
+        return (state is None, "triton ready" if state is None else f"Triton at {self.url}: {state}")
 
 
 if __name__ == "__main__":

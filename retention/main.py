@@ -16,7 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from faceharmony.core import process
+from faceharmony.core import preflight, process
+from faceharmony.core.blobstore.base import Role
 from faceharmony.core.db.connection import close_database, open_database
 from faceharmony.core.keys.factory import install_keyring
 from faceharmony.retention.daemon import Retention, open_store
@@ -70,16 +71,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-file", type=Path, default=None, help="write Prometheus metrics to this file after each cycle"
     )
+    parser.add_argument(
+        "--healthcheck", action="store_true", help="exit 0 if the running daemon's heartbeat file is fresh, else 1"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.healthcheck:
+        from faceharmony.core.heartbeat import healthcheck
+
+        return healthcheck("faceharmony-retention")
     return process.run("faceharmony-retention", lambda entry: _run(entry, args))
 
 
 def _run(entry: process.Entry, args: argparse.Namespace) -> int:
     settings = entry.settings
+    # Keys, database, migrations and bucket checked before anything is written (core/preflight.py).
+    preflight.check(settings, role=Role.RETENTION, require_migrated=not settings.auto_migrate)
     db = open_database(settings.resolved_database_url, pool_size=2)
     try:
         keyring = install_keyring(settings)  # before the migrations, which seal what an older version left plain
@@ -98,7 +108,13 @@ def _run(entry: process.Entry, args: argparse.Namespace) -> int:
         try:
             if args.once or args.now is not None:
                 return _cycle(retention, args)
-            return _loop(retention, args, entry, args.interval or settings.retention_interval_seconds)
+            from faceharmony.core.heartbeat import Heartbeat
+
+            beat = Heartbeat(settings, entry.prog).start()  # from its own thread: fresh during the sleeps too
+            try:
+                return _loop(retention, args, entry, args.interval or settings.retention_interval_seconds)
+            finally:
+                beat.stop()
         finally:
             if server is not None:
                 server.shutdown()

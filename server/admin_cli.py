@@ -76,6 +76,12 @@ def _command(entry: process.Entry, args: argparse.Namespace) -> int:
         build_tiny_pipeline(out, seed=args.seed)
         print(f"tiny base pipeline written to {out}")
         return 0
+    if args.command != "rotate-kek":
+        from faceharmony.core import preflight
+        from faceharmony.core.blobstore.base import Role
+
+        # Keys, database and (for migrate, which reseals blobs) the bucket checked before anything is written.
+        preflight.check(settings, role=Role.MIGRATION if args.command == "migrate" else None)
     keyring = install_keyring(settings)  # the sealed columns (and migration 0008) need the data keys
     if args.command == "rotate-kek":
         rotation, window = rotation_periods(settings)

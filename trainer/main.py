@@ -16,11 +16,23 @@ from faceharmony.core import process
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceharmony-trainer", description="FaceHarmony trainer")
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    parser.add_argument(
+        "--healthcheck", action="store_true", help="exit 0 if the running trainer's heartbeat file is fresh, else 1"
+    )
     args = parser.parse_args(argv)
+    if args.healthcheck:
+        from faceharmony.core.heartbeat import healthcheck
+
+        return healthcheck("faceharmony-trainer")
     return process.run("faceharmony-trainer", lambda entry: _run(entry, once=args.once))
 
 
 def _run(entry: process.Entry, *, once: bool) -> int:
+    from faceharmony.core import preflight
+    from faceharmony.core.blobstore.base import Role
+
+    # Keys, database, migrations and bucket checked before anything is written (core/preflight.py).
+    preflight.check(entry.settings, role=Role.TRAINER, require_migrated=True)
     from faceharmony.trainer.worker import Trainer  # torch and diffusers: after the settings are known good
 
     trainer = Trainer(entry.settings)
@@ -28,8 +40,14 @@ def _run(entry: process.Entry, *, once: bool) -> int:
     entry.on_stop(lambda _signum: trainer.shutting_down.set())
     if once:
         trainer.run_once()
-    else:
+        return 0
+    from faceharmony.core.heartbeat import Heartbeat
+
+    beat = Heartbeat(entry.settings, entry.prog).start()  # from its own thread: fresh during a long job too
+    try:
         trainer.run_forever()
+    finally:
+        beat.stop()
     return 0
 
 

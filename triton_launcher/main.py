@@ -40,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="address of the gRPC and metrics listeners (default: FACEHARMONY_TRITON_LISTEN_ADDRESS)",
     )
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="exit 0 when the Triton server on --grpc-port (loopback) is live and ready with its models, else 1",
+    )
     args = parser.parse_args(argv)
+    if args.healthcheck:
+        return healthcheck(args)
     # The settings are read here (a bad FACEHARMONY_* variable fails now, not inside the model).
     return process.run("faceharmony-triton", lambda entry: _serve(entry, args))
 
@@ -82,6 +89,42 @@ def _serve(entry: process.Entry, args: argparse.Namespace) -> int:
     status = server.wait()
     sweep_regions(shm_locks)  # a server that died without unlinking its regions (SIGKILL, crash)
     return status
+
+
+def healthcheck(args: argparse.Namespace) -> int:
+    """One line on stdout: the server on --grpc-port (the listen address, a wildcard as loopback) is live and
+    ready and every model (--model, default DEFAULT_MODELS) is ready; no model-control call is made."""
+    from faceharmony.core.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"faceharmony-triton: unhealthy: {exc}", flush=True)
+        return 1
+    host = args.address or settings.triton_listen_address
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
+    url = f"[{host}]:{args.grpc_port}" if ":" in host else f"{host}:{args.grpc_port}"
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    models = args.models or list(DEFAULT_MODELS)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        if not client.is_server_live(client_timeout=3) or not client.is_server_ready(client_timeout=3):
+            print(f"faceharmony-triton: unhealthy: {url}: server not ready", flush=True)
+            return 1
+        missing = [m for m in models if not client.is_model_ready(m, client_timeout=3)]
+    except InferenceServerException as exc:
+        status = str(exc.status() or "").rsplit(".", 1)[-1] or "UNAVAILABLE"
+        print(f"faceharmony-triton: unhealthy: {url}: {status}", flush=True)
+        return 1
+    finally:
+        client.close()
+    if missing:
+        print(f"faceharmony-triton: unhealthy: {url}: models not ready: {', '.join(missing)}", flush=True)
+        return 1
+    print(f"faceharmony-triton: healthy: {url}: {', '.join(models)} ready", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
