@@ -7,6 +7,7 @@ shared-memory regions a killed server left behind are swept before and after (tr
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(
+        "--tritonserver",
+        type=Path,
+        default=None,
+        help="the tritonserver binary (default: the nvidia-pytriton wheel's; NGC: /opt/tritonserver/bin/tritonserver)",
+    )
+    parser.add_argument(
+        "--backend-directory",
+        type=Path,
+        default=None,
+        help="Triton's backends (default: the wheel's Python backend, linked under the data folder; "
+        "NGC: /opt/tritonserver/backends)",
+    )
+    parser.add_argument(
         "--healthcheck",
         action="store_true",
         help="exit 0 when the Triton server on --grpc-port (loopback) is live and ready with its models, else 1",
@@ -56,7 +70,14 @@ def _serve(entry: process.Entry, args: argparse.Namespace) -> int:
     settings = entry.settings
     shm_locks = settings.data_dir / "triton" / "shm"
     try:
-        backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
+        if args.backend_directory is not None:
+            if not (args.backend_directory / "python").is_dir():
+                raise TritonUnavailable(f"no Python backend in {args.backend_directory}")
+            backend_dir = args.backend_directory
+        else:
+            backend_dir = prepare_backend_dir(settings.data_dir / "triton" / "backends")
+        if args.tritonserver is not None and not os.access(args.tritonserver, os.X_OK):
+            raise TritonUnavailable(f"no tritonserver at {args.tritonserver}")
         view = prepare_repository_view(
             args.model_repository, args.models or DEFAULT_MODELS, settings.data_dir / "triton" / "repositories"
         )
@@ -70,13 +91,18 @@ def _serve(entry: process.Entry, args: argparse.Namespace) -> int:
             address=args.address or settings.triton_listen_address,
             log_verbose=args.log_verbose,
             extra_args=[lease.backend_arg],
+            binary=args.tritonserver,
         )
     except TritonUnavailable as exc:
         raise process.Refused(str(exc)) from exc
     try:
         # If this wrapper is SIGKILLed, tritonserver gets SIGTERM (not orphaned holding the ports).
         server = subprocess.Popen(
-            cmd, env=server_env(), umask=TRITON_UMASK, pass_fds=(lease.fd,), preexec_fn=die_with_parent()
+            cmd,
+            env=server_env(wheel=args.tritonserver is None),
+            umask=TRITON_UMASK,
+            pass_fds=(lease.fd,),
+            preexec_fn=die_with_parent(),
         )
     finally:
         lease.handed_over()

@@ -152,10 +152,12 @@ def connect_host(address: str) -> str:
     return LOOPBACK if address in ("", "0.0.0.0") else address
 
 
-def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_env(base: Mapping[str, str] | None = None, *, wheel: bool = True) -> dict[str, str]:
+    """`wheel` False: for a tritonserver not from the wheel (NGC's), which brings its own libraries."""
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    ld = [p for p in (libdir, str(bundled_libs_dir()), env.get("LD_LIBRARY_PATH", "")) if p]
+    bundled = str(bundled_libs_dir()) if wheel else ""
+    ld = [p for p in (libdir, bundled, env.get("LD_LIBRARY_PATH", "")) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
     bindir = str(Path(sys.executable).parent)  # the venv's bin (not resolved: the symlink marks the venv)
     env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
@@ -172,13 +174,15 @@ def server_command(
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
     gpu: bool | None = None,
+    binary: Path | None = None,
 ) -> list[str]:
     """Serves every model of `view` (see `prepare_repository_view`) on `address`; `gpu` None: whether the NVIDIA
-    driver is present."""
+    driver is present. `binary`: another tritonserver (NGC's `/opt/tritonserver/bin/tritonserver`, with its own
+    backends as `backend_dir`) in place of the wheel's; the flags are the same."""
     # Given to no client; local users who can read Triton's command line can see it (module docstring).
     restricted_key = secrets.token_urlsafe(32)
     cmd = [
-        str(tritonserver_binary()),
+        str(binary if binary is not None else tritonserver_binary()),
         f"--model-repository={Path(view).resolve()}",
         f"--backend-directory={Path(backend_dir).resolve()}",
         "--model-control-mode=none",
