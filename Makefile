@@ -88,6 +88,7 @@ lint: python-deps dev-tools
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/mypy_tree.py
 	cd protos && ../node_modules/.bin/buf lint
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.triton docker/dev/*.Dockerfile
 
 generate: python-deps
 	$(BIN)/python protos/generate.py
@@ -111,3 +112,16 @@ go-tools:
 	  echo "installing Go and its gRPC packages"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(GO_DEBS) >/dev/null; }
+
+# Container images with podman (docker/README.md): app, trainer (the app target on the Debian base here), triton-cpu
+# and the dev-only postgres and devtools images; prints each one's size. Here, first
+# `eval "$$(bash ../shared/tools/podman-setup.sh)"` (BASE_IMAGE, CONTEXT_EXTRAS); without them it builds like
+# production, from debian:bookworm-20251117-slim and PyTorch's CPU index.
+# image-test: builds and runs the app image (tests/test_images.py, marker `images`; minutes, so not in `make test`).
+.PHONY: images image-test
+images:
+	docker/build-images.sh
+
+image-test: python-deps
+	@if [ -z "$$BASE_IMAGE" ] && [ -f ../shared/tools/podman-setup.sh ]; then eval "$$(bash ../shared/tools/podman-setup.sh)"; fi; \
+	$(BIN)/python -m pytest -m images tests/test_images.py
