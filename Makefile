@@ -120,8 +120,27 @@ go-tools:
 # image-test: builds and runs the app image (tests/test_images.py, marker `images`; minutes, so not in `make test`).
 .PHONY: images image-test
 images:
-	docker/build-images.sh
+	@$(PODMAN_ENV); docker/build-images.sh
 
 image-test: python-deps
 	@if [ -z "$$BASE_IMAGE" ] && [ -f ../shared/tools/podman-setup.sh ]; then eval "$$(bash ../shared/tools/podman-setup.sh)"; fi; \
 	$(BIN)/python -m pytest -m images tests/test_images.py
+
+# The whole stack in containers (docker/compose.yaml; docker/README.md): compose-up builds the images and starts it
+# in order (docker/compose-stack.sh), the API on 127.0.0.1:50051; compose-down stops it (volumes kept);
+# compose-clean also deletes its volumes and secrets. compose-test brings up a throwaway copy, drives sign-up to
+# download through it and tears it down (tests/test_compose.py, marker `compose`; many minutes, not in `make test`).
+# podman-compose (PODMAN_COMPOSE) or docker compose (COMPOSE="docker compose").
+PODMAN_ENV = if [ -z "$$BASE_IMAGE" ] && [ -f ../shared/tools/podman-setup.sh ]; then eval "$$(bash ../shared/tools/podman-setup.sh)"; fi
+.PHONY: compose-up compose-down compose-clean compose-test
+compose-up:
+	@$(PODMAN_ENV); docker/build-images.sh && docker/compose-stack.sh up
+
+compose-down:
+	@$(PODMAN_ENV); docker/compose-stack.sh down
+
+compose-clean:
+	@$(PODMAN_ENV); docker/compose-stack.sh clean
+
+compose-test: python-deps
+	@$(PODMAN_ENV); docker/build-images.sh && $(BIN)/python -m pytest -p no:cacheprovider -s -m compose tests/test_compose.py
