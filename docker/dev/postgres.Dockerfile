@@ -8,11 +8,14 @@ FROM ${BASE_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15 tini \
     && rm -rf /var/lib/apt/lists/* \
+    && usermod -u 10001 postgres && groupmod -g 10001 postgres \
+    && chown -R postgres:postgres /var/lib/postgresql /etc/postgresql /var/log/postgresql \
     && install -d -m 0700 -o postgres -g postgres /var/lib/postgresql/data \
     && install -d -m 0775 -o postgres -g postgres /var/run/postgresql
 COPY --chmod=0755 docker/dev/postgres-start.sh /usr/local/bin/postgres-start
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
-# Debian's postgres user (its uid is whatever the package gave it); the server refuses to run as root.
+# Debian's postgres user, moved to uid 10001 like the other images' users, so one owner can read the compose
+# stack's secret files (bind mounts keep the host's owner); the server refuses to run as root.
 # hadolint ignore=DL3066
 USER postgres
 VOLUME ["/var/lib/postgresql/data"]
