@@ -240,6 +240,7 @@ class Stack:
 
 
 @pytest.mark.compose
+@pytest.mark.timeout(1800)
 def test_the_whole_flow_through_the_stack(request, tmp_path):
     if "compose" not in (request.config.option.markexpr or ""):
         pytest.skip("brings the whole stack up for many minutes: select it with -m compose (make compose-test)")
@@ -283,7 +284,7 @@ def test_the_whole_flow_through_the_stack(request, tmp_path):
         assert state == model_pb2.MODEL_STATE_READY, user.models.get_model(model.id).failure_reason
         timings["trained"] = time.monotonic() - started
 
-        placed = user.orders.create_order([model.id], "studio portrait", 1)
+        placed = user.orders.create_order([model.id], user.orders.list_styles()[0].id, 1)
         for event in user.orders.watch_order(placed.id, timeout=600):
             order_state = event.order.state
         assert order_state == order_pb2.ORDER_STATE_COMPLETED
@@ -307,6 +308,44 @@ def test_the_whole_flow_through_the_stack(request, tmp_path):
         ports = subprocess.run(["podman", "ps", "--format", "{{.Names}} {{.Ports}}"], capture_output=True, text=True)
         published = [line for line in ports.stdout.splitlines() if line.startswith(stack.project) and "->" in line]
         assert len(published) == 1 and f"127.0.0.1:{stack.port}->50051" in published[0], published
+        # A container with a wrong setting or an unreachable dependency says so in one line and exits 2.
+        for env, command, reason in [
+            ({"FACEHARMONY_LISTN": "x"}, ["faceharmony-server"], "unknown settings: FACEHARMONY_LISTN"),
+            (
+                {"FACEHARMONY_DATABASE_URL": "postgresql://faceharmony:pw@postgres:1/faceharmony"},
+                ["faceharmony-trainer"],
+                "DATABASE_UNREACHABLE",
+            ),
+            (
+                {"FACEHARMONY_TRITON_URL": "triton:1", "FACEHARMONY_TRITON_WAIT_SECONDS": "0"},
+                ["faceharmony-order-worker"],
+                "TRITON_UNAVAILABLE",
+            ),
+        ]:
+            storage = {
+                "FACEHARMONY_BLOB_BACKEND": "gcs",
+                "FACEHARMONY_GCS_BUCKET": "faceharmony-blobs",
+                "FACEHARMONY_GCS_PROJECT": "faceharmony-local",
+                "FACEHARMONY_GCS_ENDPOINT": "http://gcs:9023",
+                "FACEHARMONY_DATABASE_URL_FILE": "/run/secrets/database_url",
+            }
+            if "FACEHARMONY_DATABASE_URL" in env:
+                del storage["FACEHARMONY_DATABASE_URL_FILE"]
+            secrets = stack.env["FACEHARMONY_COMPOSE_SECRETS"]
+            run = subprocess.run(
+                ["podman", "run", "--rm", "--network", f"{stack.project}_default"]
+                + ["-v", f"{stack.project}_keys:/var/lib/faceharmony/keys"]
+                + ["-v", f"{secrets}/database_url:/run/secrets/database_url:ro"]
+                + [a for k, v in {**storage, **env}.items() for a in ("-e", f"{k}={v}")]
+                + ["--no-healthcheck", "localhost/faceharmony:dev", *command],
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            # podman's own complaints (no systemd here to run health-check timers) are not the container's output.
+            lines = [line for line in run.stderr.strip().splitlines() if not line.startswith('time="')]
+            assert run.returncode == 2 and len(lines) == 1 and reason in lines[0], (command, run.stderr[-2000:])
+            assert "Traceback" not in run.stderr and "pw@" not in run.stderr
         user.accounts.delete_account(address)
         staff.close()
         user.close()
