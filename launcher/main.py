@@ -12,8 +12,8 @@ order worker, retention daemon) that dies is started again after a growing
 pause: its work is not lost (the job queues hand a dead worker's job to the
 next one). One that keeps dying (5 exits within 2 minutes), or the API server
 exiting, stops the whole system, so a broken part is never hidden. The order
-worker does not wait for Triton: it retries its image requests until Triton
-answers.
+worker waits at start for Triton (FACEHARMONY_TRITON_WAIT_SECONDS), then
+retries its image requests until Triton answers.
 
 On the embedded defaults (FACEHARMONY_BASE_MODEL unset) the tiny random-weight
 base pipeline is built into the data folder first if it is not there yet: no
