@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 from faceharmony.core.blobstore.base import Role
@@ -50,7 +51,9 @@ def check(settings: Settings, *, role: Role | None, require_migrated: bool = Fal
     if role is not None:
         check_blob_store(settings, role)
     if triton:
-        check_triton(settings.triton_url, settings.triton_model, settings.triton_wait_seconds)
+        from faceharmony.core.jobs.evictions import replicas
+
+        check_triton(replicas(settings), settings.triton_model, settings.triton_wait_seconds)
 
 
 # --- database ------------------------------------------------------------------------------------------------
@@ -222,13 +225,27 @@ def triton_state(url: str, model: str, timeout: float = 3.0) -> str | None:
             pass
 
 
-def check_triton(url: str, model: str, wait_seconds: float) -> None:
+def replicas_state(urls: Sequence[str], model: str, timeout: float = 3.0) -> str | None:
+    """None when at least one of the Triton replicas is ready (the others' keys fail over to it), else why not."""
+    states = []
+    for url in urls:
+        state = triton_state(url, model, timeout)
+        if state is None:
+            return None
+        states.append(state if len(urls) == 1 else f"{url}: {state}")
+    return "; ".join(states)
+
+
+def check_triton(urls: str | Sequence[str], model: str, wait_seconds: float) -> None:
+    """Waits up to `wait_seconds` for at least one replica to be ready; TRITON_UNAVAILABLE after that."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    url = ", ".join(urls)
     deadline = time.monotonic() + wait_seconds
-    state = triton_state(url, model)
+    state = replicas_state(urls, model)
     if state is not None and wait_seconds > 0:
         log.info("waiting for Triton", extra={"triton_url": url, "state": state, "wait_seconds": wait_seconds})
     while state is not None and time.monotonic() < deadline:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        state = triton_state(url, model)
+        state = replicas_state(urls, model)
     if state is not None:
         raise Refused(f"TRITON_UNAVAILABLE: Triton at {url}: {state}")

@@ -159,6 +159,9 @@ class Settings:
     order_worker_orders: int = 8
     order_worker_inflight: int = 16
     triton_url: str = "127.0.0.1:8001"
+    # The Triton replicas order workers route to and evict from (order_worker/routing.py): comma-separated gRPC
+    # addresses, every one a separate Triton with its own adapter cache. Empty: FACEHARMONY_TRITON_URL alone.
+    triton_replicas: str = ""
     # Address of Triton's gRPC and metrics listeners (`faceharmony-triton`, `faceharmony-up`); 0.0.0.0: every interface.
     triton_listen_address: str = "127.0.0.1"
     triton_model: str = "faceharmony_diffusion"
@@ -270,6 +273,9 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        replicas = [r.strip() for r in self.triton_replicas.split(",")] if self.triton_replicas.strip() else []
+        if any(not r or ":" not in r for r in replicas) or len(set(replicas)) != len(replicas):
+            raise SettingsError("FACEHARMONY_TRITON_REPLICAS must be distinct host:port addresses, comma-separated")
         if self.email_transport not in ("outbox", "smtp"):
             raise SettingsError("FACEHARMONY_EMAIL_TRANSPORT must be 'outbox' or 'smtp'")
         if self.blob_backend not in ("local", "gcs"):

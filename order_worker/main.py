@@ -64,25 +64,27 @@ def _run(entry: process.Entry, *, once: bool) -> int:
 
 
 class TritonWatch:
-    """The heartbeat's readiness: Triton live with its model ready, checked at every beat. Its going away and
-    coming back are logged once each (the images in hand meanwhile wait and retry, keeping their orders)."""
+    """The heartbeat's readiness: at least one Triton replica live with its model ready, checked at every beat
+    (the keys of a replica that is down fail over to the next: order_worker/routing.py). All of them going away
+    and one coming back are logged once each (the images in hand meanwhile wait and retry, keeping their orders)."""
 
     def __init__(self, settings) -> None:
-        self.url, self.model = settings.triton_url, settings.triton_model
+        from faceharmony.core.jobs.evictions import replicas
+
+        self.urls, self.model = replicas(settings), settings.triton_model
         self.down: str | None = None
 
     def __call__(self) -> tuple[bool, str]:
-        from faceharmony.core.preflight import triton_state
+        from faceharmony.core.preflight import replicas_state
 
-        state = triton_state(self.url, self.model)
+        state = replicas_state(self.urls, self.model)
+        where = ", ".join(self.urls)
         if state is not None and self.down is None:
-            log.warning(
-                "Triton unavailable: images wait until it is back", extra={"triton_url": self.url, "state": state}
-            )
+            log.warning("Triton unavailable: images wait until it is back", extra={"triton_url": where, "state": state})
         elif state is None and self.down is not None:
-            log.info("Triton available again", extra={"triton_url": self.url})
+            log.info("Triton available again", extra={"triton_url": where})
         self.down = state
-        return (state is None, "triton ready" if state is None else f"Triton at {self.url}: {state}")
+        return (state is None, "triton ready" if state is None else f"Triton at {where}: {state}")
 
 
 if __name__ == "__main__":

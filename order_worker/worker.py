@@ -6,7 +6,9 @@
 One worker holds up to FACEHARMONY_ORDER_WORKER_ORDERS orders at once and keeps up to
 FACEHARMONY_ORDER_WORKER_INFLIGHT image requests in flight at Triton (gRPC, one request per image), so
 Triton's dynamic batcher sees requests of many orders and users together and serves them in one
-denoising loop. Per image: the worker checks the model may still be served (not pending deletion, the
+denoising loop. With several Triton replicas (FACEHARMONY_TRITON_REPLICAS), every image of one model version
+goes to the same replica by rendezvous hashing, so its adapter is fetched once and its images batch together;
+a replica that does not answer fails over to the next in the key's hash order (order_worker/routing.py). Per image: the worker checks the model may still be served (not pending deletion, the
 account active: P13, P17), asks Triton, encodes the PNG and a small JPEG preview, stores both with the
 order-processor role, and records the photo in one transaction fenced by its lease (`core/jobs/orders.py`).
 Both are sealed with the order's data key (the owner's: core/blobstore/base.py) before they reach the store; the
@@ -59,6 +61,7 @@ from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded, KeysUna
 from faceharmony.core.keys.keyring import Keyring
 from faceharmony.core.keys.keyring import keyring as process_keyring
 from faceharmony.core.settings import Settings
+from faceharmony.order_worker.routing import FAILOVER_STATUSES, Router
 
 log = logging.getLogger("faceharmony.order_worker")
 
@@ -192,6 +195,55 @@ class TritonImages:
         return int(self._call([x], ["EVICTED"]).as_numpy("EVICTED")[0, 0])
 
 
+class RoutedTriton:
+    """Images from the Triton replicas, each model version's from its own replica by rendezvous hashing, failing
+    over to the next replica in its hash order when one does not answer (order_worker/routing.py). The same
+    `generate` as TritonImages: a failover happens inside one call, so an image is asked again elsewhere only
+    when its replica did not answer, and its slot is still recorded once."""
+
+    def __init__(
+        self,
+        replicas: Sequence[str],
+        model: str,
+        timeout: float,
+        keyring: Keyring | None = None,
+        *,
+        policy: str = "rendezvous",
+    ) -> None:
+        self.router = Router(replicas, policy=policy)
+        self.clients = {r: TritonImages(r, model, timeout, keyring) for r in self.router.replicas}
+        self.url = self.router.replicas[0]
+
+    def generate(self, *, key: str, **request) -> np.ndarray:
+        last: TritonRetryable | None = None
+        for replica in self.router.order(key):
+            try:
+                pixels = self.clients[replica].generate(key=key, **request)
+            except TritonRetryable as exc:
+                if exc.status not in FAILOVER_STATUSES:
+                    self._answered(replica)
+                    raise
+                if not self.router.is_down(replica):
+                    seconds = self.router.failed(replica)
+                    log.warning(
+                        "Triton replica did not answer: its models go to the next replica",
+                        extra={"replica": replica, "status": exc.status, "down_seconds": seconds},
+                    )
+                last = exc
+                continue
+            except TritonRejected:
+                self._answered(replica)
+                raise
+            self._answered(replica)
+            return pixels
+        assert last is not None
+        raise last
+
+    def _answered(self, replica: str) -> None:
+        if self.router.answered(replica):
+            log.info("Triton replica answers again: its models come back to it", extra={"replica": replica})
+
+
 def encode(pixels: np.ndarray, preview_max_side: int) -> tuple[bytes, bytes]:
     """The stored PNG and its JPEG preview."""
     image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "RGB")
@@ -237,15 +289,16 @@ class OrderWorker:
         )
         self.queue = OrderQueue(self.db, self.clock, settings.order_lease_seconds)
         self.store = store or open_blob_store(settings, Role.ORDER, self.keyring)
-        self.triton = triton or TritonImages(
-            settings.triton_url, settings.triton_model, settings.triton_timeout_seconds, self.keyring
+        # The Triton replicas: each routed to (RoutedTriton) and each of whose adapter caches must confirm an
+        # eviction (core/jobs/evictions.py).
+        self.replicas = tuple(replicas or evictions.replicas(settings))
+        self.triton: TritonImages | RoutedTriton = triton or RoutedTriton(
+            self.replicas, settings.triton_model, settings.triton_timeout_seconds, self.keyring
         )
         self.shutting_down = threading.Event()
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
         self._images = concurrent.futures.ThreadPoolExecutor(settings.order_worker_inflight, thread_name_prefix="image")
-        # The Triton replicas whose adapter caches must each confirm an eviction (core/jobs/evictions.py).
-        self.replicas = tuple(replicas or evictions.replicas(settings))
         self._evictors: dict[str, TritonImages] = {}
         self._last_evict_sweep: float = 0.0
 
@@ -511,7 +564,9 @@ class OrderWorker:
         self.sweep_evictions()
 
     def _evictor(self, replica: str) -> TritonImages:
-        if replica == self.triton.url:
+        if isinstance(self.triton, RoutedTriton) and replica in self.triton.clients:
+            return self.triton.clients[replica]
+        if isinstance(self.triton, TritonImages) and replica == self.triton.url:
             return self.triton
         if replica not in self._evictors:
             s = self.settings

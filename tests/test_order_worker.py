@@ -321,6 +321,7 @@ class Proxy:
         self.target = (host, int(port))
         self.port = free_port()
         self.sock: socket.socket | None = None
+        self.accepted = 0  # connections forwarded so far
 
     def start(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", self.port))
@@ -332,6 +333,7 @@ class Proxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             upstream = socket.create_connection(self.target)
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
@@ -710,3 +712,39 @@ def test_an_image_that_does_not_open_at_the_worker_fails_alone_with_a_stable_rea
         row = h.db_call(m.Order.get_by_id, placed.id)
         assert (row.images_done, row.images_failed, row.credits_refunded, row.error) == (0, 1, 1, reason)
     assert balance(h, user) == 10
+
+
+def test_a_models_replica_that_is_down_fails_over_to_the_next_and_gets_its_models_back(h, adapters):
+    """Rendezvous routing over two replicas, the model's own one down: its images are made by the next replica in
+    its hash order (each slot once, nothing refunded); once its replica answers again the model goes back to it."""
+    from faceharmony.order_worker.routing import hash_order
+
+    user = h.sign_up("failover@example.com")
+    model = ready_model(h, user, copy_of(h, adapters[0], user))
+    key = f"{model}:1"
+    proxies = []
+    while not proxies or hash_order([h.settings.triton_url, f"127.0.0.1:{proxies[-1].port}"], key)[0] == (
+        h.settings.triton_url
+    ):
+        proxies.append(Proxy(h.settings.triton_url))  # switched off: nothing listens on its port
+    proxy = proxies[-1]
+    replicas = [h.settings.triton_url, f"127.0.0.1:{proxy.port}"]
+    try:
+        with RunningWorker(h, triton_replicas=",".join(replicas)) as worker:
+            placed = order(h, user, [model], count=2)
+            final = wait_final(h, user, placed.id)
+            assert final.state == o.ORDER_STATE_COMPLETED and final.images_failed == 0
+            assert h.db_call(lambda: m.GeneratedPhoto.select().where(m.GeneratedPhoto.order == placed.id).count()) == 2
+            assert worker.triton.router.order(key)[0] == h.settings.triton_url  # its replica is marked down
+            proxy.start()
+            assert proxy.accepted == 0
+
+            def back() -> bool:  # after the down while (and gRPC's reconnect backoff) the model returns to it
+                again = order(h, user, [model], count=1)
+                assert wait_final(h, user, again.id).state == o.ORDER_STATE_COMPLETED
+                return proxy.accepted > 0 and not worker.triton.router.is_down(replicas[1])
+
+            wait_for(back, 180, "the model to come back to its replica")
+            assert worker.triton.router.order(key)[0] == replicas[1]
+    finally:
+        proxy.close()

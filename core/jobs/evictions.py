@@ -43,8 +43,10 @@ SWEEP_BATCH = 500
 
 def replicas(settings: Settings) -> tuple[str, ...]:
     """Every Triton replica whose adapter cache must forget an unservable model: the addresses (gRPC) that
-    must each confirm an eviction before it is done. Today there is one, FACEHARMONY_TRITON_URL."""
-    return (settings.triton_url,)
+    must each confirm an eviction before it is done, and the ones order workers route images to
+    (order_worker/routing.py): FACEHARMONY_TRITON_REPLICAS, or FACEHARMONY_TRITON_URL alone when that is empty."""
+    listed = tuple(r.strip() for r in settings.triton_replicas.split(",") if r.strip())
+    return listed or (settings.triton_url,)
 
 
 def model_key(model_id: str, version: int) -> str:
