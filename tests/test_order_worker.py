@@ -748,3 +748,27 @@ def test_a_models_replica_that_is_down_fails_over_to_the_next_and_gets_its_model
             assert worker.triton.router.order(key)[0] == replicas[1]
     finally:
         proxy.close()
+
+
+def triton_metric(triton, name: str) -> float:
+    """A series' value on Triton's metrics port (Prometheus text; 0 when absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith(name + "{"))
+
+
+def test_triton_reports_its_adapter_cache_on_its_metrics_port(h, triton, adapters):
+    """A new model's two images: one fetch from the blob store, then a hit; entries and bytes held are gauges."""
+    user = h.sign_up("cache-metrics@example.com")
+    model = ready_model(h, user, copy_of(h, adapters[0], user))
+    fetches = triton_metric(triton, "faceharmony_adapter_cache_fetches_total")
+    hits = triton_metric(triton, "faceharmony_adapter_cache_hits_total")
+    with RunningWorker(h):
+        placed = order(h, user, [model], count=2)
+        assert wait_final(h, user, placed.id).state == o.ORDER_STATE_COMPLETED
+    assert triton_metric(triton, "faceharmony_adapter_cache_fetches_total") == fetches + 1
+    assert triton_metric(triton, "faceharmony_adapter_cache_hits_total") >= hits + 1
+    assert triton_metric(triton, "faceharmony_adapter_cache_entries") >= 1
+    assert triton_metric(triton, "faceharmony_adapter_cache_bytes") > 0

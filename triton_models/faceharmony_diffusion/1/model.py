@@ -82,6 +82,48 @@ def _text(value) -> str:
     return str(value)
 
 
+class _CacheMetrics:
+    """The adapter cache's counters as Triton custom metrics, on Triton's metrics port next to its own
+    (`faceharmony_adapter_cache_*`): hits, fetches from the blob store, evictions to stay within the bound, and
+    entries and bytes held. Updated after each execution from the cache's own counts."""
+
+    NAMES = {
+        "hits": ("faceharmony_adapter_cache_hits_total", "Adapter requests served from the cache", "COUNTER"),
+        "misses": ("faceharmony_adapter_cache_fetches_total", "Adapters fetched from the blob store", "COUNTER"),
+        "evictions": (
+            "faceharmony_adapter_cache_lru_evictions_total",
+            "Adapters dropped to stay within the bound",
+            "COUNTER",
+        ),
+        "entries": ("faceharmony_adapter_cache_entries", "Adapters in the cache", "GAUGE"),
+        "bytes": ("faceharmony_adapter_cache_bytes", "Bytes of the cached adapters' tensors", "GAUGE"),
+    }
+
+    def __init__(self, cache) -> None:
+        self.cache = cache
+        self.families: list[object] = []  # a family must outlive its metrics (Triton's rule)
+        self.metrics: dict[str, object] = {}
+        self.seen: dict[str, int] = {}
+        for stat, (name, description, kind) in self.NAMES.items():
+            family = pb_utils.MetricFamily(
+                name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
+            )
+            self.families.append(family)
+            self.metrics[stat] = family.Metric(labels={"model": "faceharmony_diffusion"})
+            self.seen[stat] = 0
+
+    def update(self) -> None:
+        stats = self.cache.stats
+        for stat, (_name, _description, kind) in self.NAMES.items():
+            value = int(getattr(stats, stat))
+            if kind == "COUNTER":
+                if value > self.seen[stat]:
+                    self.metrics[stat].increment(value - self.seen[stat])
+            else:
+                self.metrics[stat].set(value)
+            self.seen[stat] = value
+
+
 class TritonPythonModel:
     def initialize(self, args):
         from faceharmony.core.blobstore.base import Role
@@ -112,6 +154,11 @@ class TritonPythonModel:
             prepare=self.engine.prepare_adapter,
         )
         self.executions = 0
+        try:
+            self._metrics: _CacheMetrics | None = _CacheMetrics(self.cache)
+        except Exception as exc:  # noqa: BLE001 - a Triton without custom metrics still serves
+            self._metrics = None
+            pb_utils.Logger.log_warn(f"adapter cache metrics unavailable: {type(exc).__name__}: {exc}")
         pb_utils.Logger.log_info(
             f"faceharmony_diffusion ready: base {self.engine.base.fingerprint[:12]} on {self.engine.device} "
             f"in {time.perf_counter() - t0:.1f}s; adapter cache {cache_bytes} bytes"
@@ -281,6 +328,11 @@ class TritonPythonModel:
                 rows = max(1, len(pending.rows))
                 outputs.append(pb_utils.Tensor("EVICTED", np.full((rows, 1), pending.evicted, dtype=np.int32)))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        try:
+            if self._metrics is not None:
+                self._metrics.update()
+        except Exception as exc:  # noqa: BLE001 - metrics must never fail a batch that was served
+            pb_utils.Logger.log_warn(f"adapter cache metrics not updated: {type(exc).__name__}")
         return responses
 
     def finalize(self):
