@@ -96,6 +96,17 @@ class TritonRejected(Exception):
         self.reason = reason
 
 
+# tritonclient's own channel options (its defaults are replaced whole by channel_args), plus a reconnect backoff
+# bounded at a few seconds instead of gRPC's 120 s: a replica that comes back is reached again within seconds,
+# when the router's down while (order_worker/routing.py) sends its models back to it.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
 model_key = evictions.model_key  # the adapter-cache key Triton uses for a model version
 
 
@@ -114,7 +125,7 @@ class TritonImages:
         if client is None:
             import tritonclient.grpc as grpcclient
 
-            client = self._local.client = grpcclient.InferenceServerClient(self.url)
+            client = self._local.client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         return client
 
     @staticmethod
