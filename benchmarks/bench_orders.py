@@ -60,6 +60,26 @@ STYLE = styles.get("studio")
 MODEL = "faceharmony_diffusion"
 
 
+def bench_system(data: Path, size: int, steps: int, inflight: int):
+    """The tiny base pipeline, a migrated SQLite database and the keyring in `data`, with settings for the order
+    workers: (settings, database, keyring, loaded base)."""
+    build_tiny_pipeline(data / "base-model", seed=0)
+    settings = Settings(
+        data_dir=data,
+        database_url=f"sqlite:///{data / 'db.sqlite3'}",
+        generation_width=size,
+        generation_height=size,
+        generation_steps=steps,
+        order_worker_inflight=inflight,
+        order_worker_orders=inflight,
+        order_worker_poll_seconds=0.02,
+    )
+    db = open_database(settings.resolved_database_url, pool_size=40)
+    keyring = install_keyring(settings)  # the data folder's, which Triton and the worker open too
+    migrate(db)
+    return settings, db, keyring, load_base(data / "base-model", device="cpu")
+
+
 def setup_users(db, store: LocalBlobStore, unet, n: int, keyring) -> list[tuple[str, str, str, str]]:
     """n accounts, each with a READY model whose version is a random rank-4 adapter sealed with the account's key:
     (account, model, adapter blob id, key id)."""
@@ -233,21 +253,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="faceharmony-bench-orders-") as tmp:
         data = Path(tmp) / "data"
-        build_tiny_pipeline(data / "base-model", seed=0)
-        settings = Settings(
-            data_dir=data,
-            database_url=f"sqlite:///{data / 'db.sqlite3'}",
-            generation_width=args.size,
-            generation_height=args.size,
-            generation_steps=args.steps,
-            order_worker_inflight=32,
-            order_worker_orders=32,
-            order_worker_poll_seconds=0.02,
-        )
-        db = open_database(settings.resolved_database_url, pool_size=40)
-        keyring = install_keyring(settings)  # the data folder's, which Triton and the worker open too
-        migrate(db)
-        base = load_base(data / "base-model", device="cpu")
+        settings, db, keyring, base = bench_system(data, args.size, args.steps, inflight=32)
         store = LocalBlobStore(settings.blob_dir, Role.TRAINER, keyring)
         users = setup_users(db, store, base.unet, max(ns), keyring)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
