@@ -159,6 +159,10 @@ class Settings:
     order_worker_orders: int = 8
     order_worker_inflight: int = 16
     triton_url: str = "127.0.0.1:8001"
+    # Each process's Prometheus /metrics listener (core/metrics.py): the port (0: none) and its address
+    # (0.0.0.0: every interface). faceharmony-up gives its children consecutive ports from this one.
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
     # The Triton replicas order workers route to and evict from (order_worker/routing.py): comma-separated gRPC
     # addresses, every one a separate Triton with its own adapter cache. Empty: FACEHARMONY_TRITON_URL alone.
     triton_replicas: str = ""
@@ -310,6 +314,10 @@ class Settings:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be 0 or a multiple of 8 in 64-2048")
         if self.generation_guidance < 0:
             raise SettingsError("FACEHARMONY_GENERATION_GUIDANCE must not be negative")
+        if not 0 <= self.metrics_port < 65536:
+            raise SettingsError("FACEHARMONY_METRICS_PORT must be 0 (no listener) or a port number (1-65535)")
+        if not self.metrics_address.strip():
+            raise SettingsError("FACEHARMONY_METRICS_ADDRESS must not be empty")
         if not self.triton_listen_address.strip():
             raise SettingsError("FACEHARMONY_TRITON_LISTEN_ADDRESS must not be empty")
         if self.log_format not in ("json", "text"):

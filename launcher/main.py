@@ -3,8 +3,9 @@
 The system: the API server, a trainer, Triton (the wheel's server on
 `triton_models/`, gRPC on the port of FACEHARMONY_TRITON_URL), an order worker
 and the retention daemon. Every listener is on 127.0.0.1 unless a setting says
-otherwise (FACEHARMONY_LISTEN, FACEHARMONY_TRITON_LISTEN_ADDRESS); the retention
-daemon serves no metrics port here. The data folder is made private (0700,
+otherwise (FACEHARMONY_LISTEN, FACEHARMONY_TRITON_LISTEN_ADDRESS); with
+FACEHARMONY_METRICS_PORT set, the server, trainer, order worker and retention
+daemon serve /metrics on that port and the next three (METRICS_OFFSETS). The data folder is made private (0700,
 files 0600) before anything starts. Each process runs as a child with the same
 environment; SIGTERM/SIGINT are passed on, and a child gets SIGTERM from the
 kernel if the supervisor itself dies (SIGKILL included: core/children.py). A worker process (trainer, Triton,
@@ -49,6 +50,21 @@ def processes(settings: Settings) -> list[tuple[str, list[str]]]:
         ("order-worker", [sys.executable, "-m", "faceharmony.order_worker"]),
         ("retention", [sys.executable, "-m", "faceharmony.retention"]),
     ]
+
+
+# With FACEHARMONY_METRICS_PORT=P each child serves /metrics on its own port: P + its offset here (Triton's
+# metrics port is its gRPC port + 1, as above).
+METRICS_OFFSETS = {"server": 0, "trainer": 1, "order-worker": 2, "retention": 3}
+
+
+def child_env(settings: Settings, name: str) -> dict[str, str]:
+    """The child's environment: the supervisor's, with its own metrics port when the metrics port is set."""
+    env = os.environ.copy()
+    if settings.metrics_port:
+        env["FACEHARMONY_METRICS_PORT"] = str(
+            settings.metrics_port + METRICS_OFFSETS[name] if name in METRICS_OFFSETS else 0
+        )
+    return env
 
 
 def ensure_base_model(settings: Settings) -> None:
@@ -115,7 +131,7 @@ def _supervise(entry: process.Entry) -> int:
     for name, argv in commands.items():
         if entry.stopping.is_set():
             break
-        children[name] = subprocess.Popen(argv, env=os.environ.copy(), preexec_fn=die_with_parent())
+        children[name] = subprocess.Popen(argv, env=child_env(settings, name), preexec_fn=die_with_parent())
         _log(f"started {name} (pid {children[name].pid})")
         if name == "server":
             wait_for_migrations(settings)
@@ -144,7 +160,9 @@ def _supervise(entry: process.Entry) -> int:
                 restart_at.clear()
             elif now >= when:
                 del restart_at[name]
-                children[name] = subprocess.Popen(commands[name], env=os.environ.copy(), preexec_fn=die_with_parent())
+                children[name] = subprocess.Popen(
+                    commands[name], env=child_env(settings, name), preexec_fn=die_with_parent()
+                )
                 _log(f"restarted {name} (pid {children[name].pid})")
         time.sleep(0.2)
     return exit_code

@@ -47,6 +47,13 @@ def _run(entry: process.Entry, *, once: bool) -> int:
     worker = OrderWorker(entry.settings)
     try:
         entry.require_migrated(worker.db)
+        from faceharmony.core import metrics
+        from faceharmony.core.db.models import Order
+
+        metrics.register_queues(
+            "orders", metrics.QueueCollector(metrics.job_queue_reader(worker.db, {"orders": Order}, worker.clock))
+        )
+        metrics.serve(entry.settings, entry.prog)
         entry.on_stop(lambda _signum: worker.shutting_down.set())
         if once:
             worker.run_once()

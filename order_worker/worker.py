@@ -48,6 +48,7 @@ import numpy as np
 import peewee as pw
 from PIL import Image
 
+from faceharmony.core import metrics
 from faceharmony.core.blobstore.base import BlobError, BlobStore, Role
 from faceharmony.core.clock import Clock, SystemClock
 from faceharmony.core.db.connection import open_database, write_transaction
@@ -143,7 +144,7 @@ class TritonImages:
         from tritonclient.utils import InferenceServerException
 
         try:
-            return self._client().infer(
+            result = self._client().infer(
                 self.model,
                 inputs,
                 outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
@@ -153,11 +154,14 @@ class TritonImages:
             # The model answers with status codes (model.py): NOT_FOUND for a missing adapter, UNAVAILABLE
             # when its blob store is down, INVALID_ARG for a bad request.
             status = str(exc.status() or "").rsplit(".", 1)[-1].upper()
+            metrics.TRITON_REQUESTS.labels(self.url, status or "UNAVAILABLE").inc()
             if status in RETRYABLE_STATUSES or not status:
                 raise TritonRetryable(status or "UNAVAILABLE") from None
             if status == "NOT_FOUND":
                 raise TritonRejected("MODEL_DELETED") from None
             raise TritonRejected("GENERATION_REFUSED") from None
+        metrics.TRITON_REQUESTS.labels(self.url, "OK").inc()
+        return result
 
     def generate(
         self,
@@ -188,7 +192,11 @@ class TritonImages:
         ]
         if width and height:
             inputs += [self._input("WIDTH", width, "INT32"), self._input("HEIGHT", height, "INT32")]
-        sealed = self._call(inputs, ["IMAGE_SEALED"]).as_numpy("IMAGE_SEALED")
+        started = time.monotonic()
+        try:
+            sealed = self._call(inputs, ["IMAGE_SEALED"]).as_numpy("IMAGE_SEALED")
+        finally:
+            metrics.TRITON_SECONDS.labels(self.url).observe(time.monotonic() - started)
         if sealed is None or sealed.shape != (1, 1) or not isinstance(sealed[0, 0], bytes):
             raise TritonRejected("CIPHERTEXT_INVALID")
         aad = triton_image_aad(adapter_blob_id, key, seed, adapter_key_id)
@@ -224,6 +232,8 @@ class RoutedTriton:
         self.router = Router(replicas, policy=policy)
         self.clients = {r: TritonImages(r, model, timeout, keyring) for r in self.router.replicas}
         self.url = self.router.replicas[0]
+        for replica in self.router.replicas:
+            metrics.TRITON_UP.labels(replica).set(1)
 
     def generate(self, *, key: str, **request) -> np.ndarray:
         last: TritonRetryable | None = None
@@ -236,11 +246,13 @@ class RoutedTriton:
                     raise
                 if not self.router.is_down(replica):
                     seconds = self.router.failed(replica)
+                    metrics.TRITON_UP.labels(replica).set(0)
                     log.warning(
                         "Triton replica did not answer: its models go to the next replica",
                         extra={"replica": replica, "status": exc.status, "down_seconds": seconds},
                     )
                 last = exc
+                metrics.TRITON_FAILOVERS.inc()
                 continue
             except TritonRejected:
                 self._answered(replica)
@@ -251,6 +263,7 @@ class RoutedTriton:
         raise last
 
     def _answered(self, replica: str) -> None:
+        metrics.TRITON_UP.labels(replica).set(1)
         if self.router.answered(replica):
             log.info("Triton replica answers again: its models come back to it", extra={"replica": replica})
 
@@ -491,6 +504,7 @@ class OrderWorker:
             try:
                 reason = self._db(unservable_reason, account_id, slot.model_id)
                 if reason is not None:
+                    metrics.IMAGES.labels("failed").inc()
                     self._db(self.queue.fail_image, claim, [slot.id], reason)
                     if asked:
                         self._evict_again(slot)
@@ -539,22 +553,28 @@ class OrderWorker:
                     )
                     if self._db(unservable_reason, account_id, slot.model_id) is not None:
                         self._evict_again(slot)
+                else:
+                    metrics.IMAGES.labels("made").inc()
                 return
             except KeyShredded:  # the owner is being purged: nothing of theirs is made any more
+                metrics.IMAGES.labels("failed").inc()
                 self._db(self.queue.fail_image, claim, [slot.id], "MODEL_DELETED")
                 return
             except TritonRejected as exc:
                 log.warning(
                     "image refused by Triton", extra={"order_id": claim.job_id, "slot": slot.id, "reason": exc.reason}
                 )
+                metrics.IMAGES.labels("failed").inc()
                 self._db(self.queue.fail_image, claim, [slot.id], exc.reason)
                 return
             except (TritonRetryable, BlobError, KeysUnavailable, pw.DatabaseError) as exc:
                 status = exc.status if isinstance(exc, TritonRetryable) else type(exc).__name__
                 internal_tries += status in ("INTERNAL", "UNKNOWN")
                 if internal_tries >= MAX_INTERNAL_TRIES:
+                    metrics.IMAGES.labels("failed").inc()
                     self._db(self.queue.fail_image, claim, [slot.id], "GENERATION_FAILED")
                     return
+                metrics.IMAGES.labels("retried").inc()
                 log.warning(
                     "image retried", extra={"order_id": claim.job_id, "status": status, "retry_in": round(delay, 2)}
                 )
@@ -601,6 +621,7 @@ class OrderWorker:
             try:
                 dropped += self._evictor(replica).evict(sorted({r.key for r in todo}))
             except (TritonRetryable, TritonRejected) as exc:
+                metrics.EVICTIONS.labels(replica, "failed").inc()
                 status = exc.status if isinstance(exc, TritonRetryable) else exc.reason
                 log.warning(
                     "eviction not confirmed by a Triton replica: asked again at the next sweep",
@@ -611,6 +632,7 @@ class OrderWorker:
                 except pw.DatabaseError:
                     pass
                 continue
+            metrics.EVICTIONS.labels(replica, "confirmed").inc()
             try:
                 completed += self._db(evictions.confirm, self.db, todo, replica, self.replicas)
             except pw.DatabaseError:

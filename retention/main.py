@@ -102,9 +102,12 @@ def _run(entry: process.Entry, args: argparse.Namespace) -> int:
             now = args.now or retention.clock.now()
             print(format_dry_run(retention.dry_run(now), now))
             return 0
-        server = (
-            retention.metrics.serve(args.metrics_port, args.metrics_host) if args.metrics_port is not None else None
-        )
+        if args.metrics_port is not None:
+            server = retention.metrics.serve(args.metrics_port, args.metrics_host)
+        elif settings.metrics_port and not (args.once or args.now is not None):  # the setting every process reads
+            server = retention.metrics.serve(settings.metrics_port, settings.metrics_address)
+        else:
+            server = None
         try:
             if args.once or args.now is not None:
                 return _cycle(retention, args)

@@ -1,14 +1,20 @@
-"""The retention daemon's metrics in the Prometheus text format, served over HTTP (`--metrics-port`) or written to a file for node_exporter's textfile collector (`--metrics-file`)."""
+"""The retention daemon's metrics (prometheus_client), served over HTTP (`--metrics-port`, or
+FACEHARMONY_METRICS_PORT) or written to a file for node_exporter's textfile collector (`--metrics-file`).
+
+The daemon's own registry (one per Retention, so tests that build several daemons in one process read each
+one's values): names and labels are the ones the dashboard and alert rules use (deploy/monitoring/)."""
 
 from __future__ import annotations
 
-import http.server
-import os
-import threading
 from pathlib import Path
 
-PREFIX = "faceharmony_retention_"
+import prometheus_client as prom
 
+from faceharmony.core import metrics as _core_metrics  # noqa: F401 - disables the `_created` series
+
+PREFIX = "faceharmony_retention_"
+# The series labelled by the kind of item (accounts, photos, models, ...); the others have no labels.
+BY_KIND = {"purged_total", "errors_total", "overdue_items", "purges_not_final_total"}
 HELP = {
     "purged_total": ("counter", "Items purged, by kind."),
     "errors_total": (
@@ -53,63 +59,56 @@ HELP = {
 
 
 class Metrics:
-    """Thread-safe counters and gauges, labelled by kind where it applies."""
+    """Counters and gauges by name (HELP's keys), labelled by kind where BY_KIND says; thread-safe (prometheus_client)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, str | None], float] = {}
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        self._series: dict[str, prom.Counter | prom.Gauge] = {}
+        for name, (kind_of_metric, help_text) in HELP.items():
+            labels = ["kind"] if name in BY_KIND else []
+            if kind_of_metric == "counter":
+                base = PREFIX + name.removesuffix("_total")
+                self._series[name] = prom.Counter(base, help_text, labels, registry=self.registry)
+            else:
+                self._series[name] = prom.Gauge(PREFIX + name, help_text, labels, registry=self.registry)
+
+    def _child(self, name: str, kind: str | None):
+        series = self._series[name]
+        if name in BY_KIND:
+            if kind is None:
+                raise ValueError(f"{name} is labelled by kind")
+            return series.labels(kind)
+        if kind is not None:
+            raise ValueError(f"{name} has no kind label")
+        return series
 
     def inc(self, name: str, kind: str | None = None, value: float = 1) -> None:
-        with self._lock:
-            self._values[(name, kind)] = self._values.get((name, kind), 0) + value
+        self._child(name, kind).inc(value)  # type: ignore[union-attr]
 
     def set(self, name: str, value: float, kind: str | None = None) -> None:
-        with self._lock:
-            self._values[(name, kind)] = value
+        self._child(name, kind).set(value)  # type: ignore[union-attr]
 
     def get(self, name: str, kind: str | None = None) -> float:
-        with self._lock:
-            return self._values.get((name, kind), 0)
+        value = self.registry.get_sample_value(PREFIX + name, {"kind": kind} if kind is not None else {})
+        return value or 0
 
     def total(self, name: str) -> float:
         """The sum of a metric over its labels."""
-        with self._lock:
-            return sum(v for (n, _), v in self._values.items() if n == name)
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == PREFIX + name
+        )
 
     def render(self) -> str:
-        with self._lock:
-            values = dict(self._values)
-        lines: list[str] = []
-        for name, (kind_of_metric, help_text) in HELP.items():
-            series = sorted(((k, v) for (n, k), v in values.items() if n == name), key=lambda kv: kv[0] or "")
-            lines.append(f"# HELP {PREFIX}{name} {help_text}")
-            lines.append(f"# TYPE {PREFIX}{name} {kind_of_metric}")
-            for label, value in series:
-                labels = f'{{kind="{label}"}}' if label is not None else ""
-                lines.append(f"{PREFIX}{name}{labels} {value:g}")
-        return "\n".join(lines) + "\n"
+        return prom.generate_latest(self.registry).decode()
 
     def write(self, path: Path) -> None:
         """Atomically replaces the file (the textfile collector never reads half a file)."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.render())
-        os.replace(tmp, path)
+        prom.write_to_textfile(str(path), self.registry)
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
-        metrics = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = metrics.render().encode()
-                self.send_response(200 if self.path in ("/", "/metrics") else 404)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=server.serve_forever, name="retention-metrics", daemon=True).start()
+    def serve(self, port: int, host: str = "127.0.0.1"):
+        """Serves /metrics on HOST:PORT from a daemon thread; returns the server (its shutdown() stops it)."""
+        server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
         return server

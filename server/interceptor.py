@@ -16,6 +16,7 @@ import grpc
 import peewee as pw
 from google.protobuf.message import DecodeError
 
+from faceharmony.core import metrics
 from faceharmony.core.keys.errors import KeysError, KeyShredded, KeysUnavailable
 from faceharmony.server import access
 from faceharmony.server.auth import authorize, bearer_token
@@ -104,6 +105,8 @@ class _Call:
         self.principal: Principal | None = None
         self.code = grpc.StatusCode.OK
         self.slot: Slot | None = None
+        self.labels = metrics.split_method(method)
+        metrics.RPC_STARTED.labels(*self.labels).inc()
 
     async def __aenter__(self) -> _Call:
         return self
@@ -121,6 +124,10 @@ class _Call:
 
     async def __aexit__(self, exc_type, exc: BaseException | None, tb) -> bool:
         try:
+            if isinstance(exc, asyncio.CancelledError):
+                self.code = grpc.StatusCode.CANCELLED
+            elif isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own status
+                self.code = _set_code(self.context)
             if exc is None or isinstance(exc, (GeneratorExit, KeyboardInterrupt)) or _is_abort(exc):
                 return False
             error = _to_api_error(exc)
@@ -130,12 +137,15 @@ class _Call:
         finally:
             if self.slot is not None:
                 self.slot.release()
+            seconds = time.perf_counter() - self.started
+            metrics.RPC_HANDLED.labels(*self.labels, self.code.name).inc()
+            metrics.RPC_SECONDS.labels(*self.labels).observe(seconds)
             log.info(
                 "rpc",
                 extra={
                     "method": self.method,
                     "code": self.code.name,
-                    "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "account_id": self.principal.account_id if self.principal else None,
                 },
             )
@@ -192,6 +202,17 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=_safe_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+def _set_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status a handler's own context.abort set (UNKNOWN if the context cannot say)."""
+    try:
+        code = context.code()
+    except (AttributeError, NotImplementedError):
+        return grpc.StatusCode.UNKNOWN
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -29,6 +29,9 @@ def _serve(entry: process.Entry) -> None:
 
     # Keys, database, migrations and bucket checked before anything is written (core/preflight.py).
     preflight.check(entry.settings, role=Role.API, require_migrated=not entry.settings.auto_migrate)
+    from faceharmony.core import metrics
+
+    metrics.serve(entry.settings, entry.prog)
     asyncio.run(serve(entry.settings, entry))
 
 

@@ -37,6 +37,14 @@ def _run(entry: process.Entry, *, once: bool) -> int:
 
     trainer = Trainer(entry.settings)
     entry.require_migrated(trainer.db)
+    from faceharmony.core import metrics
+    from faceharmony.core.db.models import TrainingJob
+
+    metrics.register_queues(
+        "training",
+        metrics.QueueCollector(metrics.job_queue_reader(trainer.db, {"training": TrainingJob}, trainer.clock)),
+    )
+    metrics.serve(entry.settings, entry.prog)
     entry.on_stop(lambda _signum: trainer.shutting_down.set())
     if once:
         trainer.run_once()

@@ -26,7 +26,7 @@ import time
 
 import peewee as pw
 
-from faceharmony.core import tempfiles
+from faceharmony.core import metrics, tempfiles
 from faceharmony.core.blobstore.base import BlobError, BlobNotFound, BlobStore, Role
 from faceharmony.core.blobstore.factory import open_blob_store
 from faceharmony.core.clock import Clock, SystemClock
@@ -118,27 +118,33 @@ class Trainer:
         if claim is None:
             return False
         log.info("job claimed", extra={"job_id": claim.job_id, "attempt": claim.attempt})
+        started = time.monotonic()
+        outcome = "retryable_error"
         try:
-            self.process(claim)
+            outcome = self.process(claim)
         except Exception:
             log.exception("training failed", extra={"job_id": claim.job_id})
             self.queue.fail(claim, "TRAINING_ERROR", retryable=True)
+        finally:
+            metrics.TRAINING_JOBS.labels(outcome).inc()
+            metrics.TRAINING_SECONDS.labels(outcome).observe(time.monotonic() - started)
         return True
 
-    def process(self, claim: Claim) -> None:
+    def process(self, claim: Claim) -> str:
+        """Runs one claimed job; returns its outcome (the training_jobs metric's label)."""
         from faceharmony.core.diffusion.pipeline import BasePipelineMissing
         from faceharmony.trainer.lora import PhotoUnreadable, TrainingCancelled, train_lora
 
         model = self.queue.start(claim)
         if model is None:
             log.info("job dropped: model not trainable", extra={"job_id": claim.job_id})
-            return
+            return "dropped"
         try:  # before the photos: without a base, retries should not read every photo again
             base = self.base()
         except BasePipelineMissing:
             log.error("base model missing", extra={"path": str(self.settings.base_model_dir)})
             self.queue.fail(claim, "BASE_MODEL_MISSING", retryable=True)
-            return
+            return "retryable_error"
         photos = list(
             Photo.select(Photo.blob_id, Photo.key_id)
             .where(Photo.model_id == model.id, Photo.deleted_at.is_null())
@@ -149,14 +155,14 @@ class Trainer:
             jpegs = [self.store.read("photos", bid, key_id=key_id) for bid, key_id in photos]
         except (BlobNotFound, KeyShredded):  # a shredded key: the owner is being purged
             self.queue.fail(claim, "PHOTO_MISSING", retryable=False)
-            return
+            return "failed"
         except (BlobError, KeysUnavailable):
             self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
-            return
+            return "retryable_error"
         except CiphertextInvalid:  # corrupt, or a plaintext blob not yet resealed (the reseal step): tried again
             log.error("a photo does not open with its key", extra={"job_id": claim.job_id})
             self.queue.fail(claim, "PHOTO_UNREADABLE", retryable=True)
-            return
+            return "retryable_error"
         # Before the heartbeat thread starts: an error here must not leave it running.
         training_settings = self.training_settings(seed=int(claim.job_id[:8], 16))
 
@@ -183,14 +189,14 @@ class Trainer:
         except PhotoUnreadable as exc:  # no photo, or one that cannot be decoded: retrying will not help
             log.error("training input refused", extra={"job_id": claim.job_id, "error": str(exc)})
             self.queue.fail(claim, "PHOTO_UNREADABLE", retryable=False)
-            return
+            return "failed"
         except TrainingCancelled:
             if self.shutting_down.is_set() and not stop.is_set():
                 self.queue.fail(claim, "INTERRUPTED", retryable=True, count_attempt=False)
                 log.info("job handed back on shutdown", extra={"job_id": claim.job_id})
-            else:
-                log.info("training stopped: job lost or model deleted", extra={"job_id": claim.job_id})
-            return
+                return "interrupted"
+            log.info("training stopped: job lost or model deleted", extra={"job_id": claim.job_id})
+            return "lost"
         finally:
             stop.set()
             beat.join()
@@ -205,25 +211,26 @@ class Trainer:
             )
         except KeyShredded:
             self.queue.fail(claim, "MODEL_NOT_TRAINABLE", retryable=False)
-            return
+            return "failed"
         except (BlobError, KeysUnavailable):
             self.queue.fail(claim, "STORAGE_UNAVAILABLE", retryable=True)
-            return
+            return "retryable_error"
         version = self.queue.record_version(claim, adapter_id, metadata_id, base.fingerprint, key_id=version_key)
         if version is None:
             log.warning(
                 "adapter not recorded: job lost meanwhile (its blobs are swept)", extra={"job_id": claim.job_id}
             )
-        else:
-            log.info(
-                "model ready",
-                extra={
-                    "job_id": claim.job_id,
-                    "model_id": model.id,
-                    "version": version,
-                    "loss": round(adapter.final_loss, 5),
-                },
-            )
+            return "lost"
+        log.info(
+            "model ready",
+            extra={
+                "job_id": claim.job_id,
+                "model_id": model.id,
+                "version": version,
+                "loss": round(adapter.final_loss, 5),
+            },
+        )
+        return "succeeded"
 
     def _heartbeat(self, claim: Claim, stop: threading.Event, progress: dict) -> None:
         # Often enough that a deleted model's training stops within seconds, well inside the lease.

@@ -7,6 +7,7 @@ import logging
 
 import grpc
 
+from faceharmony.core import metrics
 from faceharmony.core.blobstore.base import BlobError, BlobStore
 from faceharmony.core.verify.base import PreparedImage, Verdict, Verifier, VerifierUnavailable
 from faceharmony.core.verify.prepare import ImageRejected, Limits, declared_pixels, prepare_upload
@@ -64,11 +65,14 @@ class PhotoService(photo_pb2_grpc.PhotoServiceServicer):
         try:
             image, verdict = await self.verify_queue.run(pixels, self._check, request.content)
         except ImageRejected as exc:
+            metrics.UPLOAD_VERDICTS.labels(exc.reason).inc()
             raise invalid(exc.reason, exc.message) from None
         except VerifierUnavailable:
+            metrics.UPLOAD_VERDICTS.labels("VERIFIER_UNAVAILABLE").inc()
             log.warning("verifier unavailable", extra={"verifier": self.verifier.name})
             raise _unavailable("VERIFIER_UNAVAILABLE", "photo verification is unavailable; try again later") from None
         refusal = photos.rejection_for(verdict)
+        metrics.UPLOAD_VERDICTS.labels("accepted" if refusal is None else refusal.reason).inc()
         log.info(
             "photo verified",
             extra={
