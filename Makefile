@@ -43,7 +43,7 @@ test-processes: install
 test-triton: install
 	$(BIN)/python -m pytest -m triton
 
-install: python-deps dev-tools postgres go-tools
+install: python-deps dev-tools postgres go-tools monitoring-tools
 
 # torch goes in first, pinned to the CPU wheel this machine keeps on local
 # disk, so that nothing later pulls a multi-GB CUDA build. Then the project
@@ -125,6 +125,20 @@ images:
 image-test: python-deps
 	@if [ -z "$$BASE_IMAGE" ] && [ -f ../shared/tools/podman-setup.sh ]; then eval "$$(bash ../shared/tools/podman-setup.sh)"; fi; \
 	$(BIN)/python -m pytest -m images tests/test_images.py
+
+# Prometheus and promtool (Debian's package, unpacked into .venv/prometheus/, no service installed) for the
+# monitoring tests: promtool checks and unit-tests deploy/monitoring/alerts.yml, and a real Prometheus scrapes a
+# running `faceharmony-up` (tests/test_monitoring.py, tests/test_demo.py).
+PROMETHEUS_DIR = $(VENV)/prometheus
+.PHONY: monitoring-tools
+monitoring-tools: $(PROMETHEUS_DIR)/usr/bin/promtool
+$(PROMETHEUS_DIR)/usr/bin/promtool:
+	@echo "unpacking Prometheus and promtool into $(PROMETHEUS_DIR)"
+	@tmp=$$(mktemp -d) && dest=$(abspath $(PROMETHEUS_DIR)) && cd $$tmp && \
+	  { apt-get download prometheus >/dev/null 2>&1 || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	  dpkg -x prometheus_*.deb "$$dest" && cd / && rm -rf "$$tmp" && "$$dest/usr/bin/promtool" --version >/dev/null
 
 # The whole stack in containers (docker/compose.yaml; docker/README.md): compose-up builds the images and starts it
 # in order (docker/compose-stack.sh), the API on 127.0.0.1:50051; compose-down stops it (volumes kept);

@@ -199,7 +199,7 @@ def serve(settings, process: str):
     server, _thread = prom.start_http_server(settings.metrics_port, addr=settings.metrics_address)
     log.info(
         "metrics listening",
-        extra={"process": process, "address": settings.metrics_address, "port": server.server_address[1]},
+        extra={"component": process, "address": settings.metrics_address, "port": server.server_address[1]},
     )
     return server
 

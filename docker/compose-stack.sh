@@ -4,7 +4,8 @@
 # podman 4.x ignores `service_healthy`, so this script does each step itself and checks it:
 #
 #   docker/compose-stack.sh up      secrets (made once), stand-ins, base model, migrations, then the processes;
-#                                   returns when the API server and Triton report healthy
+#                                   returns when the API server and both Triton replicas report healthy;
+#                                   MONITORING=1 also starts Prometheus (profile `monitoring`)
 #   docker/compose-stack.sh down    stops and removes the containers (volumes and secrets are kept)
 #   docker/compose-stack.sh clean   down, and deletes the volumes (database, blobs, keys, mail) and the secrets
 #   docker/compose-stack.sh ps | logs [SERVICE] | exec SERVICE CMD...
@@ -70,14 +71,20 @@ case "${1:-up}" in
     wait_for PostgreSQL postgres pg_isready -h 127.0.0.1 -U faceharmony -d faceharmony
     c run --rm --no-deps base-model >/dev/null
     c run --rm --no-deps migrate
-    c up -d --no-deps api trainer triton order-worker retention
+    c up -d --no-deps api trainer triton-0 triton-1 order-worker retention
     wait_for "the API server" api faceharmony-server --healthcheck
-    wait_for Triton triton faceharmony-triton --healthcheck --grpc-port 8001
+    for replica in triton-0 triton-1; do
+      wait_for "Triton ($replica)" "$replica" faceharmony-triton --healthcheck --grpc-port 8001
+    done
+    if [ "${MONITORING:-0}" = 1 ]; then
+      c --profile monitoring up -d --no-deps prometheus
+      say "Prometheus on 127.0.0.1:${FACEHARMONY_COMPOSE_PROMETHEUS_PORT:-9090}"
+    fi
     say "up: the API on 127.0.0.1:${FACEHARMONY_COMPOSE_API_PORT:-50051}"
     ;;
-  down) c down ;;
+  down) c --profile monitoring down ;;
   clean)
-    c down -v
+    c --profile monitoring down -v
     rm -rf "$secrets"
     ;;
   ps) c ps ;;

@@ -41,7 +41,10 @@ PRODUCTION = ROOT / "docker" / "compose.production.yaml"
 SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 # The stand-ins' programs (docker/dev/) and the one-shot base-model's shell.
 OTHER_PROGRAMS = {"gcp-storage-emulator", "python", "sh", "pg_isready"}
-OURS = {"base-model", "migrate", "api", "trainer", "triton", "order-worker", "retention"}
+OURS = {"base-model", "migrate", "api", "trainer", "triton", "triton-0", "triton-1", "order-worker", "retention"}
+# The Triton replicas of each file (the local stack runs two; production, one per GPU machine).
+TRITONS = {LOCAL: ["triton-0", "triton-1"], PRODUCTION: ["triton"]}
+PROCESSES = ("api", "trainer", "order-worker", "retention")
 SETTINGS = {PREFIX + f.name.upper() for f in dataclasses.fields(Settings)} | {
     PREFIX + (name + FILE_SUFFIX).upper() for name in FILE_SETTINGS
 }
@@ -57,6 +60,9 @@ def test_every_command_is_a_console_script_or_a_stand_ins_program(path):
         command = service.get("command")
         if command is None:
             assert name in ("postgres", "triton"), f"{name} runs its image's default command"
+            continue
+        if name == "prometheus":
+            assert command[0].startswith("--config.file="), command
             continue
         assert command[0] in SCRIPTS | OTHER_PROGRAMS, (name, command)
         if command[0] == "sh":
@@ -89,7 +95,7 @@ def test_each_process_gets_only_the_secrets_it_needs(path):
         assert ("secret_key" in secrets) == (name in ("api", "migrate")), name
         assert "smtp_password" not in secrets or name in ("api", "migrate"), name
         # Triton's model reads adapters and keys; it never opens the database.
-        assert ("database_url" in secrets) == (name not in ("triton", "base-model")), name
+        assert ("database_url" in secrets) == (name not in (*TRITONS[path], "base-model")), name
         assert "FACEHARMONY_DATABASE_URL_FILE" not in env or "database_url" in secrets, name
 
 
@@ -97,7 +103,7 @@ def test_each_process_gets_only_the_secrets_it_needs(path):
 def test_only_the_api_is_published_and_on_loopback(path):
     for name, service in services(path).items():
         ports = service.get("ports", [])
-        if name == "api":
+        if name in ("api", "prometheus"):  # Prometheus: its UI, only with the `monitoring` profile
             assert ports and all(str(p).startswith("127.0.0.1:") for p in ports)
         else:
             assert not ports, name
@@ -109,8 +115,8 @@ def test_migrations_run_once_before_the_processes():
     for path in (LOCAL, PRODUCTION):
         svc = services(path)
         assert svc["migrate"]["command"] == ["faceharmony-admin", "migrate"]
-        for name in ("api", "trainer", "triton", "order-worker", "retention"):
-            if name == "triton" and path == PRODUCTION:
+        for name in (*PROCESSES, *TRITONS[path]):
+            if name == "triton":  # production's Triton, as before: its start-up is checked with its GPU below
                 continue
             assert svc[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
             env = svc[name]["environment"]
@@ -133,6 +139,41 @@ def test_production_reserves_gpus_and_runs_no_stand_in():
         assert env["GOOGLE_APPLICATION_CREDENTIALS"] == f"/run/secrets/gcp-{role[name]}.json", name
 
 
+@pytest.mark.parametrize("path", [LOCAL, PRODUCTION], ids=["local", "production"])
+def test_every_process_serves_metrics_on_the_network_and_order_workers_know_every_replica(path):
+    svc = services(path)
+    for name in PROCESSES:
+        env = svc[name]["environment"]
+        assert env["FACEHARMONY_METRICS_PORT"] == "9464" and env["FACEHARMONY_METRICS_ADDRESS"] == "0.0.0.0", name
+        assert not svc[name].get("ports") or name == "api", name  # reached on the project's network only
+    replicas = [f"{name}:8001" for name in TRITONS[path]]
+    env = svc["order-worker"]["environment"]
+    assert env.get("FACEHARMONY_TRITON_REPLICAS", env["FACEHARMONY_TRITON_URL"]).split(",") == replicas
+    assert env["FACEHARMONY_TRITON_URL"] == replicas[0]
+    for name in TRITONS[path]:
+        command = svc[name].get("command", [])
+        assert "--metrics-port" not in command or command[command.index("--metrics-port") + 1] == "8002", name
+    assert len(TRITONS[LOCAL]) > 1
+
+
+def test_the_compose_prometheus_scrapes_every_process_and_replica_with_the_alert_rules():
+    config = yaml.safe_load((ROOT / "deploy" / "monitoring" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: [t for c in j["static_configs"] for t in c["targets"]] for j in config["scrape_configs"]}
+    assert jobs == {f"faceharmony-{name}": [f"{name}:9464"] for name in PROCESSES} | {
+        "faceharmony-triton": [f"{name}:8002" for name in TRITONS[LOCAL]]
+    }
+    assert config["rule_files"] == ["alerts.yml"]
+    prometheus = services(LOCAL)["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in prometheus["volumes"] if m.startswith("../")}
+    assert mounts == {
+        "/etc/prometheus/prometheus.yml": "../deploy/monitoring/prometheus.yml",
+        "/etc/prometheus/alerts.yml": "../deploy/monitoring/alerts.yml",
+    }
+    for source in mounts.values():
+        assert (LOCAL.parent / source).is_file(), source
+
+
 def test_the_stack_script_is_what_the_makefile_and_compose_file_name():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("compose-up", "compose-down", "compose-test"):
@@ -144,6 +185,20 @@ def test_the_stack_script_is_what_the_makefile_and_compose_file_name():
 # ---- the whole flow through the local stack (make compose-test)
 
 CODE = re.compile(r"code is: (\d{6})")
+# Run with `python -c` inside a container: prints the body of the URL it is given (the images have no curl).
+SCRAPE = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float:
+    """The sum of a series' samples with these labels in a Prometheus text exposition (0 when it has none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(exposition)
+        for s in f.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
 
 
 def _compose_ready() -> str | None:
@@ -299,11 +354,32 @@ def test_the_whole_flow_through_the_stack(request, tmp_path):
             "trainer": ["faceharmony-trainer", "--healthcheck"],
             "order-worker": ["faceharmony-order-worker", "--healthcheck", "--ready"],
             "retention": ["faceharmony-retention", "--healthcheck"],
-            "triton": ["faceharmony-triton", "--healthcheck", "--grpc-port", "8001"],
+            "triton-0": ["faceharmony-triton", "--healthcheck", "--grpc-port", "8001"],
+            "triton-1": ["faceharmony-triton", "--healthcheck", "--grpc-port", "8001"],
         }.items():
             assert stack.exec(service, "id", "-u").stdout.strip() == "10001", service
             result = stack.exec(service, *health)
             assert result.returncode == 0, (service, result.stdout, result.stderr)
+        # Every process's /metrics, read inside its container (what the `prometheus` service scrapes): the flow
+        # above shows in them, and the model's adapter was fetched by one replica only (rendezvous routing).
+        scraped = {
+            service: stack.exec(service, "python", "-c", SCRAPE, f"http://127.0.0.1:{port}/metrics").stdout
+            for service, port in {
+                "api": 9464,
+                "trainer": 9464,
+                "order-worker": 9464,
+                "retention": 9464,
+                "triton-0": 8002,
+                "triton-1": 8002,
+            }.items()
+        }
+        handled = "faceharmony_grpc_server_handled_total"
+        assert _sample(scraped["api"], handled, grpc_method="CreateOrder", grpc_code="OK") == 1
+        assert _sample(scraped["trainer"], "faceharmony_training_jobs_total", outcome="succeeded") == 1
+        assert _sample(scraped["order-worker"], "faceharmony_images_total", outcome="made") == 1
+        assert _sample(scraped["retention"], "faceharmony_retention_last_run_timestamp_seconds") > 0
+        fetches = [_sample(scraped[r], "faceharmony_adapter_cache_fetches_total") for r in ("triton-0", "triton-1")]
+        assert sorted(fetches) == [0, 1], fetches
         # Nothing but the API is reachable from the host.
         ports = subprocess.run(["podman", "ps", "--format", "{{.Names}} {{.Ports}}"], capture_output=True, text=True)
         published = [line for line in ports.stdout.splitlines() if line.startswith(stack.project) and "->" in line]

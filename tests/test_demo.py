@@ -1,7 +1,8 @@
 """`faceharmony-demo` (clients/demo.py, clients/samples.py): its sample photos get the verdicts it shows from the
 real local verifier, its contact sheet has the layout's size, it tells how to install scikit-image when that is
 missing, and, end to end, it runs against a real `faceharmony-up` (two users, models READY, both orders, a PNG and
-a JSON summary) and deletes its accounts."""
+a JSON summary) and deletes its accounts; a real Prometheus then scrapes every process of that system, with the
+shipped alert rules loaded, and reads what the demo did in their series."""
 
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def test_the_demo_runs_against_make_up_and_deletes_its_accounts(tmp_path):
     from tests.support.triton import require_triton
 
     require_triton()
-    with system_up(tmp_path) as system:
+    with system_up(tmp_path, metrics=True) as system:
         data, env, api = system.data_dir, system.env, system.api_url
         sheet, summary_path = tmp_path / "sheet.png", tmp_path / "summary.json"
         command = [os.path.join(BIN, "faceharmony-demo"), "--server", api, "--data-dir", str(data)]
@@ -125,3 +126,56 @@ def test_the_demo_runs_against_make_up_and_deletes_its_accounts(tmp_path):
         with sqlite3.connect(data / "faceharmony.sqlite3") as db:
             users = db.execute("select state, purge_after is not null from account where role = 'user'").fetchall()
         assert users == [("deactivated", 1), ("deactivated", 1)]
+        _scrape_the_system_with_prometheus(system, tmp_path / "prometheus")
+
+
+def _scrape_the_system_with_prometheus(system, folder):
+    """Every process's /metrics scraped by a real Prometheus with deploy/monitoring/alerts.yml: every target up,
+    the demo's two trainings, two images and its uploads counted, every dashboard query accepted, every rule
+    healthy and no privacy alert firing."""
+    from faceharmony.triton_launcher.server import free_port
+    from tests.support.prometheus import prometheus_running
+    from tests.support.wait import wait_for
+    from tests.test_monitoring import dashboard_exprs
+    from tests.test_monitoring import rules as shipped_rules
+
+    folder.mkdir()
+    jobs = {
+        "faceharmony-api": [system.metrics["server"]],
+        "faceharmony-trainer": [system.metrics["trainer"]],
+        "faceharmony-order-worker": [system.metrics["order-worker"]],
+        "faceharmony-retention": [system.metrics["retention"]],
+        "faceharmony-triton": [system.metrics["triton"]],
+    }
+    with prometheus_running(folder, jobs, free_port()) as prom:
+
+        def all_up() -> bool:
+            targets = prom.api("targets")["data"]["activeTargets"]
+            return len(targets) == len(jobs) and all(t["health"] == "up" for t in targets)
+
+        wait_for(all_up, 60, "every process scraped")
+        # The retention daemon finishes its first cycle at start-up; the series below are scraped ones.
+        wait_for(lambda: prom.value("max(faceharmony_retention_last_run_timestamp_seconds)"), 60, "a cycle")
+        assert prom.value('sum(faceharmony_training_jobs_total{outcome="succeeded"})') == 2
+        assert prom.value('sum(faceharmony_training_job_seconds_count{outcome="succeeded"})') == 2
+        assert prom.value('sum(faceharmony_images_total{outcome="made"})') == 2
+        assert prom.value('sum(faceharmony_triton_requests_total{code="OK"})') >= 2
+        assert prom.value("max(faceharmony_triton_replica_up)") == 1
+        assert prom.value("sum(faceharmony_adapter_cache_fetches_total)") == 2  # two users' models, once each
+        verdicts = {
+            r["metric"]["verdict"]: float(r["value"][1]) for r in prom.query("faceharmony_upload_verdicts_total")
+        }
+        assert verdicts.get("accepted", 0) >= 8 and sum(verdicts.values()) == 14, verdicts  # 7 photos each
+        assert prom.value('sum(faceharmony_grpc_server_handled_total{grpc_method="CreateOrder",grpc_code="OK"})') == 2
+        assert prom.value('sum(faceharmony_grpc_server_handled_total{grpc_code=~"UNKNOWN|INTERNAL"})') is None
+        queues = {r["metric"]["queue"] for r in prom.query("faceharmony_queue_oldest_age_seconds")}
+        assert queues == {"training", "orders"}
+        for expr in dashboard_exprs():  # each is a query Prometheus accepts
+            prom.query(expr.replace("$__rate_interval", "1m"))
+        groups = prom.api("rules")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) == len(shipped_rules()) and all(r["health"] == "ok" for r in rules), [
+            r for r in rules if r["health"] != "ok"
+        ]
+        firing = {r["name"] for r in rules if r["state"] != "inactive"}
+        assert not firing & {"FaceHarmonyPurgeOverdue", "FaceHarmonyEvictionsOverdue", "FaceHarmonyRPCServerErrors"}

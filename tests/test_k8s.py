@@ -32,6 +32,9 @@ ROLE = {
     "retention": "fh-retention",
     "migrate": "fh-migration",
 }
+# Triton's own metrics port; every other process of ours serves on FACEHARMONY_METRICS_PORT (9464).
+METRICS_PORT = {"triton": 8002}
+MONITORING_NAMESPACE = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 # Where each image's default command is the process (the NGC Triton image runs faceharmony-triton, Dockerfile.triton).
 DEFAULT_COMMAND = {"triton": ["faceharmony-triton"]}
 
@@ -168,10 +171,40 @@ def test_network_policies_let_only_order_workers_reach_triton_and_only_db_users_
     # Nothing but the API takes connections from outside the namespace's own pods, except metrics scrapes.
     for component, policy in by_component.items():
         for rule in policy["spec"].get("ingress", []):
-            if component == "api":
-                assert [p["port"] for p in rule["ports"]] == [50051]
+            if "from" not in rule:  # from anywhere: the API's gRPC port only
+                assert component == "api" and [p["port"] for p in rule["ports"]] == [50051]
             else:
                 peers = rule["from"]
                 assert all("podSelector" in p or "namespaceSelector" in p for p in peers)
                 if any("namespaceSelector" in p for p in peers):
-                    assert [p["port"] for p in rule["ports"]] in ([8002], [9464]), component
+                    assert peers == [MONITORING_NAMESPACE], component
+                    assert [p["port"] for p in rule["ports"]] == [METRICS_PORT.get(component, 9464)], component
+
+
+def test_every_process_serves_metrics_that_only_the_monitoring_namespace_reaches():
+    """Each pod's `metrics` port, its scrape annotations and the policy admitting `monitoring` agree, and the
+    settings make our processes listen there (Triton serves its own)."""
+    config = next(o for o in objects() if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "faceharmony-config")
+    assert config["data"]["FACEHARMONY_METRICS_PORT"] == "9464"
+    assert config["data"]["FACEHARMONY_METRICS_ADDRESS"] == "0.0.0.0"
+    policies = [o for o in objects() if o["kind"] == "NetworkPolicy"]
+    templates = {
+        o["metadata"]["name"]: o["spec"]["template"] for o in objects() if o["kind"] in ("Deployment", "StatefulSet")
+    }
+    assert set(templates) == {"api", "trainer", "triton", "order-worker", "retention"}
+    for component, template in templates.items():
+        port = METRICS_PORT.get(component, 9464)
+        (container,) = template["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": port} in container["ports"], component
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(port)
+        assert any(
+            rule.get("from") == [MONITORING_NAMESPACE] and [p["port"] for p in rule["ports"]] == [port]
+            for p in policies
+            if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component") == component
+            for rule in p["spec"].get("ingress", [])
+        ), component
+        if component != "triton":
+            refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+            assert "faceharmony-config" in refs, component
+            assert "--metrics-port" not in container.get("command", []), component

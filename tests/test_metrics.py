@@ -3,6 +3,7 @@ latency, upload verdicts, the job queues' depth and age, and a live /metrics lis
 
 from __future__ import annotations
 
+import logging
 import socket
 import urllib.request
 
@@ -89,9 +90,11 @@ def test_queue_depth_and_age_come_from_the_database(harness):
     assert [list(f.samples) for f in metrics.QueueCollector(broken).collect()] == [[], []]  # no failed scrape
 
 
-def test_the_listener_serves_on_its_configured_address_only(harness):
+def test_the_listener_serves_on_its_configured_address_only(harness, caplog):
     from dataclasses import replace
 
+    # At INFO, as the processes log: the start line is made (its extra fields must not clash with LogRecord's).
+    caplog.set_level(logging.INFO, logger="faceharmony.metrics")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -102,6 +105,8 @@ def test_the_listener_serves_on_its_configured_address_only(harness):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "# TYPE faceharmony_grpc_server_handled_total counter" in text
         assert "faceharmony_grpc_server_handled_created" not in text  # no `_created` series
+        (line,) = [r for r in caplog.records if r.getMessage() == "metrics listening"]
+        assert line.port == port and line.component == "test"
     finally:
         server.shutdown()
         server.server_close()
