@@ -171,6 +171,11 @@ class ContinuousBatcher:
         done(GenerationResult(getattr(request, "request_id", None), error=error))
         return False
 
+    def counts(self) -> tuple[int, int]:
+        """(samples running, requests waiting)."""
+        with self._cv:
+            return sum(len(b) for b in self._running.values()), len(self._waiting)
+
     def pending(self) -> int:
         """Requests waiting or running."""
         with self._cv:
@@ -329,7 +334,7 @@ class ContinuousBatcher:
         position = {id(s): i for i, s in enumerate(samples)}
         model_in = torch.cat([scaled[position[id(s)]] for s in guided] + scaled)
         t_rows = torch.stack([timesteps[position[id(s)]] for s in rows]).to(device)
-        embeds = torch.cat([s.uncond for s in guided] + [s.cond for s in samples])  # type: ignore[misc]
+        embeds = torch.cat([s.uncond for s in guided] + [s.cond for s in samples])
 
         adapters: list[LoRAWeights] = []
         slot: dict[int, int] = {}
@@ -408,7 +413,7 @@ class ContinuousBatcher:
 
     def _decode_and_finish(self, group: list[_Sample]) -> None:
         try:
-            pixels = self.engine._decode(torch.cat([s.latents for s in group]))  # type: ignore[misc]
+            pixels = self.engine._decode(torch.cat([s.latents for s in group]))
         except Exception as exc:  # noqa: BLE001 - decode alone to find the one that fails
             if len(group) == 1:
                 self._finish(group[0], error=f"decode failed: {type(exc).__name__}: {str(exc)[:300]}")
