@@ -17,7 +17,8 @@ counted `succeeded` more successful requests (it records an execution's statisti
 responses) and its execution count has stopped changing (SETTLE_POLLS reads in a row), within
 SETTLE_TIMEOUT_S; it returns the statistics and whether they settled.
 
-One gRPC client per thread (as the order worker's TritonImages), opened on first use. The target refuses a
+One gRPC client per thread (as the order worker's TritonImages), opened on first use; to a decoupled model
+(faceharmony_diffusion_continuous) one gRPC stream per thread over it (order_worker/streaming.py). The target refuses a
 non-loopback URL unless allowed (address.py). It imports tritonclient (the triton extra): `require_tritonclient()`
 raises TritonClientMissing, a one-line refusal that says how to install it.
 """
@@ -39,6 +40,7 @@ from faceharmony.loadtest.address import check_target
 from faceharmony.loadtest.arrivals import Control, run_closed_loop
 from faceharmony.loadtest.report import Outcome
 from faceharmony.loadtest.seed import Manifest, SeededModel
+from faceharmony.order_worker.streaming import DECOUPLED_MODELS, ThreadStreams, status_of
 
 PROMPTS = (
     "a portrait photo of sks person, studio lighting",
@@ -135,6 +137,9 @@ class TritonTarget:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
+        # A decoupled model (per-step continuous batching) answers on a gRPC stream: one per thread.
+        self.streaming = model_name in DECOUPLED_MODELS
+        self._streams = ThreadStreams(self._client)
 
     # -- clients
 
@@ -149,6 +154,7 @@ class TritonTarget:
         return client
 
     def close(self) -> None:
+        self._streams.drop()
         with self._lock:
             clients, self._clients = self._clients, []
         for client in clients:
@@ -198,12 +204,11 @@ class TritonTarget:
             inputs.append(x)
         t0 = time.monotonic()
         try:
-            result = self._client().infer(
-                self.model_name,
-                inputs,
-                outputs=[grpcclient.InferRequestedOutput("IMAGE_SEALED")],
-                client_timeout=self.timeout_s,
-            )
+            outputs = [grpcclient.InferRequestedOutput("IMAGE_SEALED")]
+            if self.streaming:
+                result = self._streams.call(self.model_name, inputs, outputs, self.timeout_s)
+            else:
+                result = self._client().infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             return Outcome(ok=False, latency_s=time.monotonic() - t0, reason=_status_name(exc))
         latency = time.monotonic() - t0
@@ -276,8 +281,7 @@ class TritonStatistics:
 
 
 def _status_name(exc: Exception) -> str:
-    status = str(getattr(exc, "status", lambda: "")() or "")
-    name = status.rsplit(".", 1)[-1].upper()
+    name = status_of(exc) if hasattr(exc, "message") else ""
     if not name:
         message = str(exc).lower()
         return "DEADLINE_EXCEEDED" if "deadline" in message or "timeout" in message else "UNAVAILABLE"

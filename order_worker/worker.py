@@ -39,7 +39,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -64,6 +63,7 @@ from faceharmony.core.keys.keyring import Keyring
 from faceharmony.core.keys.keyring import keyring as process_keyring
 from faceharmony.core.settings import Settings
 from faceharmony.order_worker.routing import FAILOVER_STATUSES, Router
+from faceharmony.order_worker.streaming import DECOUPLED_MODELS, ThreadStreams, status_of
 
 log = logging.getLogger("faceharmony.order_worker")
 
@@ -111,37 +111,6 @@ CHANNEL_ARGS = [
 
 model_key = evictions.model_key  # the adapter-cache key Triton uses for a model version
 
-# Models in Triton's decoupled mode (triton_models/*/config.pbtxt, model_transaction_policy): their responses
-# come on a gRPC stream, so the worker speaks streaming to them (one stream per thread, one request at a time on
-# it). faceharmony_diffusion_continuous: per-step continuous batching (core/diffusion/continuous.py).
-DECOUPLED_MODELS = frozenset({"faceharmony_diffusion_continuous"})
-
-
-_STREAMED_STATUS = re.compile(r"^\[([A-Z_]+)\] ")
-
-
-def streamed_status(message: str | None) -> str:
-    """The status a decoupled model put in front of a streamed error's message ("[NOT_FOUND] ..."), else ""."""
-    found = _STREAMED_STATUS.match(message or "")
-    return found.group(1) if found else ""
-
-
-class _Stream:
-    """One thread's gRPC stream to a decoupled model: a request, then its one final response (or error)."""
-
-    def __init__(self, client) -> None:
-        import queue
-
-        self.client = client
-        self.answers: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.answers.put((result, error)))
-
-    def close(self) -> None:
-        try:
-            self.client.stop_stream(cancel_requests=True)
-        except Exception:  # noqa: BLE001 - a stream already broken has nothing left to stop
-            pass
-
 
 class TritonImages:
     """The Triton side of the worker: one image per gRPC request, a client per thread. Triton answers each image
@@ -153,6 +122,7 @@ class TritonImages:
         self.keyring = keyring if keyring is not None else process_keyring
         self.streaming = model in DECOUPLED_MODELS
         self._local = threading.local()
+        self._streams = ThreadStreams(self._client)
 
     def _client(self):
         client = getattr(self._local, "client", None)
@@ -179,13 +149,13 @@ class TritonImages:
         try:
             requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
             if self.streaming:
-                result = self._stream_call(inputs, requested)
+                result = self._streams.call(self.model, inputs, requested, self.timeout)
             else:
                 result = self._client().infer(self.model, inputs, outputs=requested, client_timeout=self.timeout)
         except InferenceServerException as exc:
             # The model answers with status codes (model.py): NOT_FOUND for a missing adapter, UNAVAILABLE
             # when its blob store is down, INVALID_ARG for a bad request; on a stream, in the message.
-            status = str(exc.status() or "").rsplit(".", 1)[-1].upper() or streamed_status(exc.message())
+            status = status_of(exc)
             metrics.TRITON_REQUESTS.labels(self.url, status or "UNAVAILABLE").inc()
             if status in RETRYABLE_STATUSES or not status:
                 raise TritonRetryable(status or "UNAVAILABLE") from None
@@ -194,38 +164,6 @@ class TritonImages:
             raise TritonRejected("GENERATION_REFUSED") from None
         metrics.TRITON_REQUESTS.labels(self.url, "OK").inc()
         return result
-
-    def _stream_call(self, inputs, requested):
-        """One request on this thread's stream and its final response, within the timeout. A timeout or a broken
-        stream closes the stream (Triton sees the request cancelled and drops it from its loop); the next call
-        opens a new one."""
-        import queue
-
-        from tritonclient.utils import InferenceServerException
-
-        stream = getattr(self._local, "stream", None)
-        if stream is None:
-            stream = self._local.stream = _Stream(self._client())
-        try:
-            stream.client.async_stream_infer(self.model, inputs, outputs=requested, enable_empty_final_response=False)
-            result, error = stream.answers.get(timeout=self.timeout)
-        except queue.Empty:
-            self._drop_stream()
-            raise InferenceServerException("stream request timed out", status="StatusCode.DEADLINE_EXCEEDED") from None
-        except BaseException:
-            self._drop_stream()
-            raise
-        if error is not None:
-            if str(error.status() or "").endswith(("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED")):
-                self._drop_stream()  # the stream itself broke: a new one next time
-            raise error
-        return result
-
-    def _drop_stream(self) -> None:
-        stream = getattr(self._local, "stream", None)
-        self._local.stream = None
-        if stream is not None:
-            stream.close()
 
     def generate(
         self,

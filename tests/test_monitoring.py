@@ -42,15 +42,18 @@ def dashboard_exprs() -> list[str]:
 
 
 def _triton_families() -> dict[str, str]:
-    """The adapter cache's custom metrics, read from the model's source (it imports Triton's Python backend)."""
-    source = (ROOT / "triton_models" / "faceharmony_diffusion" / "1" / "model.py").read_text()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and node.name == "_CacheMetrics":
-            for item in node.body:
-                if isinstance(item, ast.Assign) and getattr(item.targets[0], "id", "") == "NAMES":
-                    names = ast.literal_eval(item.value)
-                    return {name: kind.lower() for name, _, kind in names.values()}
-    raise AssertionError("no _CacheMetrics.NAMES in the Triton model")
+    """The Triton models' custom metrics (the adapter cache's, the step scheduler's), read from the models' source
+    (they import Triton's Python backend): every `NAMES` dict of a `_...Metrics` class."""
+    out: dict[str, str] = {}
+    for source in sorted((ROOT / "triton_models").glob("*/1/model.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Metrics"):
+                for item in node.body:
+                    if isinstance(item, ast.Assign) and getattr(item.targets[0], "id", "") == "NAMES":
+                        names = ast.literal_eval(item.value)
+                        out |= {name: kind.lower() for name, _, kind in names.values()}
+    assert "faceharmony_adapter_cache_fetches_total" in out and "faceharmony_engine_running_samples" in out
+    return out
 
 
 def exported() -> dict[str, set[str]]:
