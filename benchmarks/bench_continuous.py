@@ -173,7 +173,9 @@ def main() -> int:
     from faceharmony.loadtest.sweep import Plan
     from faceharmony.triton_launcher.server import start_triton
 
-    print("\n".join(machine_lines()))
+    import torch
+
+    print("\n".join(machine_lines(torch.device("cpu"))))
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-continuous-") as tmp:
         data = Path(tmp) / "data"
@@ -201,7 +203,7 @@ def main() -> int:
                 report = run_model(url, model, manifest, keyring, args, plan, f"open loop, {model}")
                 reports[f"{model}-open"] = report
                 for load, step in zip(LOADS, report["steps"]):
-                    rows.append({"model": model, "load": load, "rate": step["step"].get("rate"), **step_figures(step)})
+                    rows.append({"model": model, "load": load, "rate": step.get("rate"), **step_figures(step)})
             # The order path at --users users in flight vs one hot-swapping diffusers pipeline.
             users_manifest = seed_models(settings, args.users, Path(tmp) / "users.json", keyring, seed=1)
             per_user_target = users_target_class()

@@ -17,6 +17,7 @@ import torch
 
 from faceharmony.core.diffusion.continuous import CANCELLED, STOPPED, ContinuousBatcher
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest, GenerationResult
+from faceharmony.core.diffusion.multi_lora import MultiLoRALinear
 from tests import test_inference_engine as shared
 from tests.test_inference_engine import FLOAT_TOL, UINT8_TOL, _diffusers_image
 
@@ -166,6 +167,8 @@ def test_the_batch_bound_and_the_memory_budget_hold_and_the_queue_is_served_in_o
         bounded.submit(GenerationRequest("p", None, seed=i, steps=2, request_id=f"n{i}"), got)
     drain(bounded)
     assert max(bounded.stats.batch_sizes) == 2 and bounded.stats.images == 5
+    # Idle again: the UNet's projections are unwrapped (they stay wrapped only while there is work).
+    assert not any(isinstance(m, MultiLoRALinear) for m in engine.base.unet.modules())
 
 
 def test_sizes_run_as_separate_batches(engine, adapters):
@@ -239,3 +242,4 @@ def test_the_threaded_loop_admits_requests_while_it_runs_and_stops_cleanly(engin
     assert not batcher.submit(GenerationRequest("after", None, steps=2, request_id="after"), got)
     assert got.by_id["after"].error == STOPPED
     assert torch.is_inference_mode_enabled() is False
+    assert not any(isinstance(m, MultiLoRALinear) for m in engine.base.unet.modules())

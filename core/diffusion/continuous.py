@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from faceharmony.core.diffusion.engine import BatchedGenerator, GenerationRequest, GenerationResult, _accepts, _Item
-from faceharmony.core.diffusion.multi_lora import LoRAWeights, installed
+from faceharmony.core.diffusion.multi_lora import LoRAWeights, install_multi_lora, uninstall_multi_lora
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ class ContinuousBatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._templates: dict[int, Any] = {}  # steps -> a scheduler with its timesteps set, copied per sample
-        self._composition: dict[tuple[int, int], tuple] = {}
+        self._set_key: tuple | None = None  # the adapter composition set on the UNet (None: unknown)
+        self._set_adapters: list[LoRAWeights] = []  # keeps those adapters alive, so their ids stay theirs
+        self._wrapped = False
 
     # ------------------------------------------------------------------------------------------------
     # Submitting
@@ -204,6 +206,8 @@ class ContinuousBatcher:
                 self._running.clear()
             for sample in left:
                 self._finish(sample, error=STOPPED)
+            if self._wrapped:
+                self._release()
 
     def _serve(self) -> None:
         while True:
@@ -229,11 +233,23 @@ class ContinuousBatcher:
             stepped = 0
             groups = [list(b) for b in self._running.values() if b]
             if groups:
-                with self.engine.base.lock, installed(self.engine.base.unet) as handle:
+                with self.engine.base.lock:
+                    # The projections stay wrapped while there is work (installing them every step would cost
+                    # more than the step at small sizes); they are put back as soon as the batcher is idle.
+                    handle = install_multi_lora(self.engine.base.unet)
+                    self._wrapped = True
                     for samples in groups:
                         stepped += self._step_group(handle, samples)
             self._retire()
+            if self._wrapped and not self.pending():
+                self._release()
             return stepped
+
+    def _release(self) -> None:
+        """Clear the adapters and unwrap the UNet (the batcher is idle, or stopping)."""
+        with self.engine.base.lock:
+            uninstall_multi_lora(self.engine.base.unet)
+            self._set_key, self._set_adapters, self._wrapped = None, [], False
 
     # ------------------------------------------------------------------------------------------------
     # Admission
@@ -348,14 +364,21 @@ class ContinuousBatcher:
                     adapters.append(s.item.adapter)
                 sample_index.append(i)
         row_index = [sample_index[position[id(s)]] for s in guided] + sample_index
-        if adapters:
-            handle.set_batch(adapters, row_index)
-        else:
-            handle.clear()
+        # The adapters' stacks are rebuilt only when the batch's composition changed since the last forward.
+        key = (tuple(id(a) for a in adapters), tuple(row_index))
+        if key != self._set_key:
+            self._set_key = None
+            if adapters:
+                handle.set_batch(adapters, row_index)
+            else:
+                handle.clear()
+            self._set_key, self._set_adapters = key, adapters
         try:
             pred = self.engine.base.unet(model_in, t_rows, encoder_hidden_states=embeds, return_dict=False)[0]
-        finally:
+        except BaseException:
             handle.clear()
+            self._set_key = None
+            raise
 
         n_guided = len(guided)
         cond_pred = pred[n_guided:]
