@@ -82,10 +82,39 @@ def _text(value) -> str:
     return str(value)
 
 
-class _CacheMetrics:
-    """The adapter cache's counters as Triton custom metrics, on Triton's metrics port next to its own
-    (`faceharmony_adapter_cache_*`): hits, fetches from the blob store, evictions to stay within the bound, and
-    entries and bytes held. Updated after each execution from the cache's own counts."""
+class _Metrics:
+    """Named counts as Triton custom metrics, on Triton's metrics port next to its own. `NAMES`: stat ->
+    (metric name, description, "COUNTER" or "GAUGE"); `publish(values)` sets the gauges and advances the
+    counters to the given totals."""
+
+    NAMES: dict[str, tuple[str, str, str]] = {}
+
+    def __init__(self, model: str) -> None:
+        self.families: list[object] = []  # a family must outlive its metrics (Triton's rule)
+        self.metrics: dict[str, object] = {}
+        self.seen: dict[str, int] = {}
+        for stat, (name, description, kind) in self.NAMES.items():
+            family = pb_utils.MetricFamily(
+                name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
+            )
+            self.families.append(family)
+            self.metrics[stat] = family.Metric(labels={"model": model})
+            self.seen[stat] = 0
+
+    def publish(self, values: dict[str, int]) -> None:
+        for stat, (_name, _description, kind) in self.NAMES.items():
+            value = int(values[stat])
+            if kind == "COUNTER":
+                if value > self.seen[stat]:
+                    self.metrics[stat].increment(value - self.seen[stat])
+            else:
+                self.metrics[stat].set(value)
+            self.seen[stat] = value
+
+
+class _CacheMetrics(_Metrics):
+    """The adapter cache's counters (`faceharmony_adapter_cache_*`): hits, fetches from the blob store, evictions
+    to stay within the bound, and entries and bytes held. Updated after each execution from the cache's counts."""
 
     NAMES = {
         "hits": ("faceharmony_adapter_cache_hits_total", "Adapter requests served from the cache", "COUNTER"),
@@ -99,29 +128,12 @@ class _CacheMetrics:
         "bytes": ("faceharmony_adapter_cache_bytes", "Bytes of the cached adapters' tensors", "GAUGE"),
     }
 
-    def __init__(self, cache) -> None:
+    def __init__(self, cache, model: str = "faceharmony_diffusion") -> None:
         self.cache = cache
-        self.families: list[object] = []  # a family must outlive its metrics (Triton's rule)
-        self.metrics: dict[str, object] = {}
-        self.seen: dict[str, int] = {}
-        for stat, (name, description, kind) in self.NAMES.items():
-            family = pb_utils.MetricFamily(
-                name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
-            )
-            self.families.append(family)
-            self.metrics[stat] = family.Metric(labels={"model": "faceharmony_diffusion"})
-            self.seen[stat] = 0
+        super().__init__(model)
 
     def update(self) -> None:
-        stats = self.cache.stats
-        for stat, (_name, _description, kind) in self.NAMES.items():
-            value = int(getattr(stats, stat))
-            if kind == "COUNTER":
-                if value > self.seen[stat]:
-                    self.metrics[stat].increment(value - self.seen[stat])
-            else:
-                self.metrics[stat].set(value)
-            self.seen[stat] = value
+        self.publish({stat: getattr(self.cache.stats, stat) for stat in self.NAMES})
 
 
 class TritonPythonModel:

@@ -99,7 +99,7 @@ class _Answer:
             self.model._answer(self)
 
 
-class _EngineMetrics:
+class _EngineMetrics(_base._Metrics):
     """The step scheduler's state as Triton custom metrics (`faceharmony_engine_*`, on Triton's metrics port),
     refreshed every REFRESH_S by a thread of the model: samples running and requests waiting (the memory budget
     holds the rest back), and counters of steps, images, cancelled requests and requests that joined a loop
@@ -125,16 +125,7 @@ class _EngineMetrics:
 
     def __init__(self, batcher) -> None:
         self.batcher = batcher
-        self.families: list[object] = []  # a family must outlive its metrics (Triton's rule)
-        self.metrics: dict[str, object] = {}
-        self.seen: dict[str, int] = {}
-        for stat, (name, description, kind) in self.NAMES.items():
-            family = pb_utils.MetricFamily(
-                name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
-            )
-            self.families.append(family)
-            self.metrics[stat] = family.Metric(labels={"model": "faceharmony_diffusion_continuous"})
-            self.seen[stat] = 0
+        super().__init__("faceharmony_diffusion_continuous")
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="engine-metrics", daemon=True)
         self.thread.start()
@@ -154,13 +145,7 @@ class _EngineMetrics:
     def _run(self) -> None:
         while not self.stop.wait(self.REFRESH_S):
             try:
-                for stat, value in self.values().items():
-                    if self.NAMES[stat][2] == "COUNTER":
-                        if value > self.seen[stat]:
-                            self.metrics[stat].increment(value - self.seen[stat])
-                    else:
-                        self.metrics[stat].set(value)
-                    self.seen[stat] = value
+                self.publish(self.values())
             except Exception as exc:  # noqa: BLE001 - metrics must never stop the model
                 pb_utils.Logger.log_warn(f"engine metrics not updated: {type(exc).__name__}")
 
