@@ -164,6 +164,8 @@ def main() -> int:
     parser.add_argument("--per-user", type=int, default=2, help="images per user (one batch in the baseline)")
     args = parser.parse_args()
 
+    import torch
+
     from faceharmony.core.diffusion.pipeline import build_tiny_pipeline
     from faceharmony.core.keys.factory import install_keyring
     from faceharmony.core.settings import Settings
@@ -172,8 +174,6 @@ def main() -> int:
     from faceharmony.loadtest.seed import seed_models
     from faceharmony.loadtest.sweep import Plan
     from faceharmony.triton_launcher.server import start_triton
-
-    import torch
 
     print("\n".join(machine_lines(torch.device("cpu"))))
     args.out.mkdir(parents=True, exist_ok=True)
