@@ -18,7 +18,7 @@ responses) and its execution count has stopped changing (SETTLE_POLLS reads in a
 SETTLE_TIMEOUT_S; it returns the statistics and whether they settled.
 
 One gRPC client per thread (as the order worker's TritonImages), opened on first use; to a decoupled model
-(faceharmony_diffusion_continuous) one gRPC stream per thread over it (order_worker/streaming.py). The target refuses a
+(faceharmony_diffusion_continuous) one gRPC stream per thread over it (core/triton_streaming.py). The target refuses a
 non-loopback URL unless allowed (address.py). It imports tritonclient (the triton extra): `require_tritonclient()`
 raises TritonClientMissing, a one-line refusal that says how to install it.
 """
@@ -36,11 +36,11 @@ from faceharmony.core.diffusion.sealed_image import open_image
 from faceharmony.core.keys.aead import triton_image_aad
 from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded, KeysUnavailable
 from faceharmony.core.keys.keyring import Keyring
+from faceharmony.core.triton_streaming import DECOUPLED_MODELS, ThreadStreams, status_of
 from faceharmony.loadtest.address import check_target
 from faceharmony.loadtest.arrivals import Control, run_closed_loop
 from faceharmony.loadtest.report import Outcome
 from faceharmony.loadtest.seed import Manifest, SeededModel
-from faceharmony.order_worker.streaming import DECOUPLED_MODELS, ThreadStreams, status_of
 
 PROMPTS = (
     "a portrait photo of sks person, studio lighting",

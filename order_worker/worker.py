@@ -62,8 +62,8 @@ from faceharmony.core.keys.errors import CiphertextInvalid, KeyShredded, KeysUna
 from faceharmony.core.keys.keyring import Keyring
 from faceharmony.core.keys.keyring import keyring as process_keyring
 from faceharmony.core.settings import Settings
+from faceharmony.core.triton_streaming import DECOUPLED_MODELS, ThreadStreams, status_of
 from faceharmony.order_worker.routing import FAILOVER_STATUSES, Router
-from faceharmony.order_worker.streaming import DECOUPLED_MODELS, ThreadStreams, status_of
 
 log = logging.getLogger("faceharmony.order_worker")
 

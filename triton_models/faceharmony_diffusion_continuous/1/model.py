@@ -19,6 +19,8 @@ parsing, fetching and sealing). What differs:
   adapter is.
 * Memory: the scheduler admits samples while `engine_max_pixels` (rows x pixels, all sizes) and
   `engine_max_batch` (per size) allow; what does not fit waits, in arrival order.
+* Metrics: the step scheduler's samples running, rows waiting, steps, images, joins and cancellations as Triton
+  custom metrics (`faceharmony_engine_*`, refreshed every half second), next to the adapter cache's.
 * `finalize()`: stops the scheduler (what was left is answered STOPPED, UNAVAILABLE: the order worker retries it),
   then the base class's finalize.
 """
@@ -54,7 +56,7 @@ _base = _load_request_level_model()
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # A streamed error reaches the client as its message only (gRPC streaming carries no status per response), so
 # every message starts with its status in brackets, named as the unary call's gRPC status would be:
-# "[NOT_FOUND] ...". The order worker reads it back (order_worker/worker.py, streamed_status).
+# "[NOT_FOUND] ...". The clients read it back (core/triton_streaming.py, status_of).
 GRPC_NAMES = {"INVALID_ARG": "INVALID_ARGUMENT"}
 
 

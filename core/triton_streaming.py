@@ -1,4 +1,5 @@
-"""gRPC streaming to Triton's decoupled models, for the order worker and the load tester.
+"""gRPC streaming to Triton's decoupled models, shared by the order worker and the load tester (core: loadtest/ may
+import no process package).
 
 A decoupled model (config.pbtxt `model_transaction_policy { decoupled: true }`, e.g.
 faceharmony_diffusion_continuous) answers on a bidirectional stream, not a unary call. `ThreadStreams` keeps one
