@@ -56,22 +56,17 @@ def run_model(url, model, manifest, keyring, args, plan, label, target_class=Non
         target.close()
 
 
-def hotswap_baseline(base_dir: Path, tmp: Path, users: int, per_user: int, args) -> float:
-    """The strongest single-pipeline alternative: one diffusers pipeline with LoRA hot-swapping
-    (`enable_lora_hotswap`: the adapter's weights are swapped in place, nothing is rebuilt), each user's images
-    in one batched call. The same synthetic adapters as the seeded ones (loadtest/seed.py). Images/s."""
+def hotswap_baseline(pipe, base_dir: Path, tmp: Path, users: int, per_user: int, args) -> float:
+    """The strongest single-pipeline alternative: one diffusers pipeline (`pipe`, loaded from `base_dir`) with
+    LoRA hot-swapping (`enable_lora_hotswap`: the adapter's weights are swapped in place, nothing is rebuilt),
+    each user's images in one batched call. The same synthetic adapters as the seeded ones (loadtest/seed.py).
+    Images/s."""
     import numpy as np
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from faceharmony.core.diffusion.pipeline import fingerprint_folder
     from faceharmony.loadtest.seed import layer_shapes, synthetic_adapter
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        base_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False
-    )
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     shapes, fingerprint = layer_shapes(base_dir), fingerprint_folder(base_dir)
     folder = tmp / "hotswap"
     folder.mkdir()
@@ -96,9 +91,12 @@ def hotswap_baseline(base_dir: Path, tmp: Path, users: int, per_user: int, args)
         )
 
     one_user(0)  # warm-up
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for i in range(users):
         one_user(i)
+    sync()
     return users * per_user / (time.perf_counter() - t0)
 
 
@@ -218,7 +216,12 @@ def main() -> int:
                 reports[f"{model}-users"] = report
                 hotswap[model] = report["steps"][0]["images_per_s"]
                 assert report["steps"][0]["failed"] == 0, report["steps"][0]
-        hotswap["diffusers_hotswap"] = hotswap_baseline(data / "base-model", Path(tmp), args.users, args.per_user, args)
+        from bench_engine import reference_pipeline
+
+        pipe = reference_pipeline(data / "base-model", torch.device("cpu"), torch.float32, None)
+        hotswap["diffusers_hotswap"] = hotswap_baseline(
+            pipe, data / "base-model", Path(tmp), args.users, args.per_user, args
+        )
     for name, report in reports.items():
         write_json(args.out / f"{name}.json", report)
         plot_report(report, args.out / name)

@@ -12,8 +12,9 @@ request stream two ways, in this process:
     joining at the next step.
 First each serves `--count` requests all at once (saturation: images/s); then Poisson arrivals at 50/80/95 % of
 the request-level saturation rate, latency from each request's scheduled arrival: p50/p95/p99, throughput.
-This is the GPU half of issue 16's comparison: one command, well under 8 minutes on one H100/H200 with the
-defaults (`--real-size`, 48 requests a step). On the GPU machine install diffusers' wheel first, as
+Then `--users` x `--per-user` images all in flight against one diffusers pipeline with LoRA hot-swapping.
+This is the GPU half of issue 16's comparison (benchmarks/gpu_continuous.sh runs it after bench_engine.py's
+real-size figures: one command, within 8 minutes on one H100/H200 by design; not yet run on one). On the GPU machine install diffusers' wheel first, as
 benchmarks/bench_engine.py says. Figures go to stdout and, with --json, to a file.
 """
 
@@ -136,6 +137,49 @@ def figures(latencies: list[float], arrivals: np.ndarray) -> dict:
     return {"p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2], "images_per_s": len(latencies) / wall}
 
 
+def users_phase(engine, base, folder: Path, tmp: Path, args) -> dict:
+    """`--users` users x `--per-user` images all in flight: the step scheduler against one diffusers pipeline
+    with LoRA hot-swapping that batches each user's images (bench_continuous.hotswap_baseline), images/s."""
+    from bench_continuous import hotswap_baseline
+    from bench_engine import reference_pipeline
+
+    from faceharmony.core.diffusion.pipeline import fingerprint_folder
+    from faceharmony.loadtest.seed import layer_shapes, synthetic_adapter
+    from faceharmony.trainer.lora import load_adapter_bytes
+
+    shapes, fingerprint = layer_shapes(folder), fingerprint_folder(folder)
+    adapters = [
+        engine.prepare_adapter(
+            load_adapter_bytes(synthetic_adapter(shapes, 4, fingerprint, np.random.default_rng([1, i])))
+        )
+        for i in range(args.users)
+    ]
+    reqs = [
+        GenerationRequest(
+            "a portrait photo of sks person, studio lighting",
+            adapters[i // args.per_user],
+            seed=i,
+            steps=args.steps,
+            guidance_scale=7.5,
+            width=args.size,
+            height=args.size,
+            request_id=str(i),
+        )
+        for i in range(args.users * args.per_user)
+    ]
+    arrivals = schedule(None, len(reqs), 0)
+    continuous = figures(run_continuous(engine, reqs, arrivals, args), arrivals)["images_per_s"]
+    variant = "fp16" if args.real_size else None
+    pipe = reference_pipeline(folder, base.device, base.dtype, variant)
+    hotswap = hotswap_baseline(pipe, folder, tmp, args.users, args.per_user, args)
+    del pipe
+    print(
+        f"{args.users} users x {args.per_user} images in flight: diffusers hot-swap pipeline {hotswap:.2f} images/s, "
+        f"step scheduler {continuous:.2f} images/s: {continuous / hotswap:.2f}x"
+    )
+    return {"hotswap_images_per_s": hotswap, "continuous_images_per_s": continuous}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-size", action="store_true", help="SD 1.5-sized random-weight base (CUDA)")
@@ -146,6 +190,8 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=16, help="continuous: samples per running batch")
     parser.add_argument("--request-batch", type=int, default=8, help="request-level: Triton's max_batch_size")
     parser.add_argument("--window-ms", type=float, default=50.0, help="request-level: the batching window")
+    parser.add_argument("--users", type=int, default=32, help="users in flight against the hot-swap pipeline (0: skip)")
+    parser.add_argument("--per-user", type=int, default=2, help="images per user")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.size = args.size or (512 if args.real_size else 128)
@@ -190,6 +236,8 @@ def main() -> int:
                 f"{b['images_per_s']:6.2f} | {b['p95_ms'] / a['p95_ms']:.2f}x"
             )
         print(f"saturation throughput continuous/request-level: {sat['continuous'] / sat['request_level']:.2f}x")
+        if args.users:
+            out["users"] = users_phase(engine, base, folder, Path(tmp), args)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=float))
     return 0
