@@ -52,11 +52,12 @@ def schedule(rate: float | None, count: int, seed: int) -> np.ndarray:
     return np.cumsum(rng.exponential(1.0 / rate, size=count))
 
 
-def requests(adapters, count: int, args) -> list[GenerationRequest]:
+def requests(adapters, count: int, args, per_user: int = 0) -> list[GenerationRequest]:
+    """Request i uses adapter i % len(adapters), or with per_user, adapter i // per_user (a user's images)."""
     return [
         GenerationRequest(
             "a portrait photo of sks person, studio lighting",
-            adapters[i % len(adapters)],
+            adapters[i // per_user if per_user else i % len(adapters)],
             seed=i,
             steps=args.steps,
             guidance_scale=7.5,
@@ -154,19 +155,7 @@ def users_phase(engine, base, folder: Path, tmp: Path, args) -> dict:
         )
         for i in range(args.users)
     ]
-    reqs = [
-        GenerationRequest(
-            "a portrait photo of sks person, studio lighting",
-            adapters[i // args.per_user],
-            seed=i,
-            steps=args.steps,
-            guidance_scale=7.5,
-            width=args.size,
-            height=args.size,
-            request_id=str(i),
-        )
-        for i in range(args.users * args.per_user)
-    ]
+    reqs = requests(adapters, args.users * args.per_user, args, per_user=args.per_user)
     arrivals = schedule(None, len(reqs), 0)
     continuous = figures(run_continuous(engine, reqs, arrivals, args), arrivals)["images_per_s"]
     variant = "fp16" if args.real_size else None
