@@ -100,6 +100,7 @@ from faceharmony.v1 import (
     purchase_pb2 as pur,
 )
 from tests.support import images
+from tests.support.stores import app_store_settings, shared_app_store
 
 BIN = Path(sys.executable).parent
 SYSTEM_SETTINGS = {
@@ -373,6 +374,9 @@ def system_env(root: Path, database_url: str | None, api_port: int, grpc_port: i
     )
     if database_url:
         env["FACEHARMONY_DATABASE_URL"] = database_url
+    # Credits are bought with App Store transactions signed by the tests' own App Store, which the server trusts.
+    for name, value in app_store_settings(shared_app_store(), root / "app-store").items():
+        env[f"FACEHARMONY_{name.upper()}"] = str(value)
     return env
 
 
@@ -654,7 +658,7 @@ class Client(threading.Thread):
                 if exc.reason != "INSUFFICIENT_CREDITS":
                     raise
                 purchase = pur.RecordPurchaseRequest(
-                    store=pur.STORE_APP_STORE, product_id="credits_10", transaction_id=self.request_id()
+                    store=pur.STORE_APP_STORE, signed_transaction=shared_app_store().transaction()
                 )
                 self.api.call("purchases.RecordPurchase", purchase, token)
                 self.s.tally.event("credits bought")

@@ -484,9 +484,15 @@ class Orders(_Service):
 class Purchases(_Service):
     """PurchaseService: store purchases, credits and products."""
 
-    def record_purchase(self, store: purchase_pb2.Store, product_id: str, transaction_id: str) -> purchase_pb2.Purchase:
-        """Records a store purchase; idempotent on the store's transaction id."""
-        request = purchase_pb2.RecordPurchaseRequest(store=store, product_id=product_id, transaction_id=transaction_id)
+    def record_purchase(self, store: purchase_pb2.Store, product_id: str, receipt: str) -> purchase_pb2.Purchase:
+        """Records a store purchase once the store vouched for it; idempotent on the store's transaction.
+        `receipt`: the App Store's signed transaction (StoreKit 2 jwsRepresentation) or Google Play's purchase
+        token; `product_id` may be empty for the App Store (the signed transaction names it)."""
+        request = purchase_pb2.RecordPurchaseRequest(store=store, product_id=product_id)
+        if store == purchase_pb2.STORE_GOOGLE_PLAY:
+            request.purchase_token = receipt
+        else:
+            request.signed_transaction = receipt
         return self._unary("RecordPurchase", request).purchase
 
     def list_purchases(self, *, limit: int = 1000) -> list[purchase_pb2.Purchase]:

@@ -293,12 +293,14 @@ def products(ctx: typer.Context) -> None:
 def record_purchase(
     ctx: typer.Context,
     store: Annotated[StoreName, typer.Option(help="The store the purchase was made in.")],
-    product: Annotated[str, typer.Option(help="The product id.")],
-    transaction: Annotated[str, typer.Option(help="The store's transaction id.")],
+    receipt: Annotated[
+        str, typer.Option(help="The App Store's signed transaction (JWS) or Google Play's purchase token.")
+    ],
+    product: Annotated[str, typer.Option(help="The product id (required for Google Play).")] = "",
 ) -> None:
-    """Record a store purchase (idempotent on the transaction id)."""
+    """Record a store purchase, verified with its store (idempotent on the store's transaction)."""
     st = state(ctx)
-    p = st.client.purchases.record_purchase(STORES[store], product, transaction)
+    p = st.client.purchases.record_purchase(STORES[store], product, receipt)
     st.out.result({"purchase": message_dict(p)}, tables.purchases([p]))
 
 

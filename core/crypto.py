@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 
 
 class Hasher:
@@ -25,6 +26,15 @@ class Hasher:
 
     def token(self, token: str) -> str:
         return self._mac("token", token)
+
+    def store_key(self, store: str, value: str) -> str:
+        """A store transaction's or purchase token's key (core/stores): what is kept instead of a token."""
+        return self._mac("store-transaction", f"{store}:{value}")
+
+    def store_account(self, account_id: str) -> str:
+        """The account's token for the stores (appAccountToken, Play's obfuscated account id): a UUID, as
+        StoreKit requires, that no one without the server secret can link to the account id."""
+        return str(uuid.UUID(hex=self._mac("store-account", account_id)[:32], version=4))
 
 
 def equal(a: str, b: str) -> bool:

@@ -208,6 +208,25 @@ class Settings:
     products: Mapping[str, int] = field(
         default_factory=lambda: {"credits_10": 10, "credits_50": 50, "credits_200": 200}
     )
+    # Store receipts (core/stores). The App Store: the app's bundle id (empty: App Store purchases are refused,
+    # STORE_NOT_CONFIGURED), its Apple id (required with Production), the environments accepted (Production;
+    # add Sandbox for App Review and TestFlight), the roots trusted (files, DER or PEM, comma-separated: Apple
+    # Root CA - G3 from apple.com/certificateauthority), OCSP checks of each chain (online; offline by default),
+    # and the address of the App Store Server Notifications V2 listener (HTTP; empty: none).
+    app_store_bundle_id: str = ""
+    app_store_app_apple_id: int = 0
+    app_store_environments: str = "Production"
+    app_store_root_certificates: str = ""
+    app_store_online_checks: bool = False
+    app_store_notifications_listen: str = ""
+    # Google Play: the app's package name (empty: Play purchases are refused), the Developer API's endpoint
+    # (empty: Google's, with Application Default Credentials; a local server gets anonymous ones), one call's
+    # timeout, whether license testers' purchases grant credits, seconds between polls of voided purchases.
+    play_package_name: str = ""
+    play_api_endpoint: str = ""
+    play_timeout_seconds: float = 10.0
+    play_allow_test_purchases: bool = False
+    play_voided_poll_seconds: float = 900.0
     # gRPC limits.
     max_receive_message_bytes: int = 12 * 1024 * 1024
     max_send_message_bytes: int = 12 * 1024 * 1024
@@ -387,6 +406,16 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FACEHARMONY_{name.upper()} must be positive")
+        environments = [e.strip() for e in self.app_store_environments.split(",") if e.strip()]
+        if not environments or any(e not in ("Production", "Sandbox") for e in environments):
+            raise SettingsError("FACEHARMONY_APP_STORE_ENVIRONMENTS must list Production and/or Sandbox")
+        if self.app_store_bundle_id:
+            if not self.app_store_root_certificates.strip():
+                raise SettingsError("FACEHARMONY_APP_STORE_ROOT_CERTIFICATES is required with the App Store")
+            if "Production" in environments and self.app_store_app_apple_id <= 0:
+                raise SettingsError("FACEHARMONY_APP_STORE_APP_APPLE_ID is required with the Production environment")
+        if self.play_timeout_seconds <= 0 or self.play_voided_poll_seconds <= 0:
+            raise SettingsError("FACEHARMONY_PLAY_TIMEOUT_SECONDS and _VOIDED_POLL_SECONDS must be positive")
         if self.verify_queue_size < 0:
             raise SettingsError("FACEHARMONY_VERIFY_QUEUE_SIZE must not be negative")
         if self.verify_max_pixels_in_flight < self.upload_max_pixels:

@@ -27,6 +27,7 @@ from faceharmony.core.email.transports import Transport, make_transport
 from faceharmony.core.keys.factory import check_database, install_keyring
 from faceharmony.core.process import MIGRATE_HINT, Entry, Refused
 from faceharmony.core.settings import Settings
+from faceharmony.core.stores import open_stores
 from faceharmony.core.verify.base import Verifier
 from faceharmony.core.verify.factory import make_verifier
 from faceharmony.server import reflection
@@ -35,6 +36,7 @@ from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.limits import CallLimits, hard_limit
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
+from faceharmony.server.store_sync import AppStoreNotifications, PlayVoidedPoller
 from faceharmony.server.verify_queue import VerifyQueue
 from faceharmony.server.watch import MODELS, ORDERS, WatchHub
 from faceharmony.v1 import (
@@ -72,12 +74,18 @@ class ApiServer:
         self.order_hub: WatchHub | None = None
         self.limits: CallLimits | None = None  # calls in progress (server/limits.py)
         self.verify_queue: VerifyQueue | None = None
+        self.app_store_notifications: AppStoreNotifications | None = None
+        self.play_voided: PlayVoidedPoller | None = None
 
     async def start(self) -> None:
         await self.grpc_server.start()
         self._email_task = asyncio.create_task(self._deliver_emails(), name="email-delivery")
         self.watch_hub.start()
         self.order_hub.start()
+        if self.app_store_notifications is not None:
+            await self.app_store_notifications.start()
+        if self.play_voided is not None:
+            self.play_voided.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -85,6 +93,10 @@ class ApiServer:
         await self.grpc_server.stop(grace)
         await self.watch_hub.stop()
         await self.order_hub.stop()
+        if self.app_store_notifications is not None:
+            await self.app_store_notifications.stop()
+        if self.play_voided is not None:
+            await self.play_voided.stop()
         if self._email_task is not None:
             self._email_task.cancel()
             await asyncio.gather(self._email_task, return_exceptions=True)
@@ -150,6 +162,10 @@ async def create_server(
         raise Refused(MIGRATE_HINT)  # faceharmony-server: one line and exit 2, as every other process
     await app.run(check_database, keyring, db)  # the keys folder or bucket belongs to this database
     loop = asyncio.get_running_loop()
+    try:
+        app.stores = await loop.run_in_executor(executor, open_stores, settings)
+    except (OSError, ValueError) as exc:  # a root certificate that is missing or not a certificate
+        raise Refused(f"the store settings cannot be used: {exc}") from None
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
     verify_executor = concurrent.futures.ThreadPoolExecutor(
@@ -177,6 +193,10 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     api = ApiServer(server, app, make_transport(settings), health_servicer, verify_executor)
     api.limits, api.verify_queue = limits, verify_queue
+    if app.stores.app_store is not None and settings.app_store_notifications_listen:
+        api.app_store_notifications = AppStoreNotifications(app, settings.app_store_notifications_listen)
+    if app.stores.play is not None:
+        api.play_voided = PlayVoidedPoller(app, settings.play_voided_poll_seconds)
     wake = api.wake_email
     account_pb2_grpc.add_AccountServiceServicer_to_server(account.AccountService(app, wake), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(app, wake), server)

@@ -16,6 +16,7 @@ from faceharmony.core.clock import Clock
 from faceharmony.core.crypto import Hasher
 from faceharmony.core.db.sealed import open_all
 from faceharmony.core.settings import Settings
+from faceharmony.core.stores import Stores
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ class AppContext:
     hasher: Hasher
     executor: concurrent.futures.ThreadPoolExecutor | None = None
     email_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    stores: Stores = field(default_factory=Stores)  # the stores purchases are verified with (core/stores)
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Runs fn(*args, **kwargs) on the database pool; logic raises ApiError for the client."""

@@ -96,6 +96,10 @@ def purchase(row: m.Purchase) -> purchase_pb2.Purchase:
         credits=row.credits,
         create_time=ts(row.created_at),
         purchase_time=ts(row.purchase_time),
+        quantity=row.quantity,
+        state=purchase_pb2.PURCHASE_STATE_REVOKED if row.revoked_at else purchase_pb2.PURCHASE_STATE_GRANTED,
+        revoke_time=ts(row.revoked_at),
+        environment=row.environment or "",
     )
 
 

@@ -169,7 +169,7 @@ def test_concurrent_replays_of_a_purchase_a_ticket_and_an_upload_answer_the_firs
     h = harness
     user = h.sign_up("replays@example.com")
     purchase = purchase_pb2.RecordPurchaseRequest(
-        store=purchase_pb2.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-1"
+        store=purchase_pb2.STORE_APP_STORE, signed_transaction=h.app_store_transaction()
     )
     got = together(6, lambda i: h.purchases.RecordPurchase(purchase, metadata=user.md).purchase.id)
     assert len(set(got)) == 1 and h.db_call(m.Purchase.select().count) == 1

@@ -236,10 +236,7 @@ def test_the_acceptance_story(harness):
             .execute()
         )
     )
-    h.purchases.RecordPurchase(
-        pu.RecordPurchaseRequest(store=pu.STORE_APP_STORE, product_id="credits_10", transaction_id="tx-story"),
-        metadata=user.md,
-    )
+    h.buy(user)
     ticket = h.support.CreateTicket(
         s.CreateTicketRequest(subject="Help", body="Hello", request_id="t-1"), metadata=user.md
     ).ticket

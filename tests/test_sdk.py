@@ -261,7 +261,7 @@ def test_every_call_has_a_deadline(flaky):
         "DeleteModel": lambda: fh.models.delete_model("m1"),
         "CreateOrder": lambda: fh.orders.create_order(["m1"], "studio"),
         "ListGeneratedPhotos": fh.orders.list_generated_photos,
-        "RecordPurchase": lambda: fh.purchases.record_purchase(1, "p", "t"),
+        "RecordPurchase": lambda: fh.purchases.record_purchase(1, "p", "jws"),
         "GetBalance": fh.purchases.get_balance,
         "CreateTicket": lambda: fh.support.create_ticket("s", "b"),
         "ListWaitlist": fh.admin.list_waitlist,

@@ -303,13 +303,12 @@ def test_account_purchases_support_and_deletion(cli):
     assert "credits" in cli("balance").stdout
     products = cli.json("products")["products"]
     assert products
-    bought = cli.json("record-purchase", "--store", "app_store", "--product", products[0]["id"], "--transaction", "t-1")
+    jws = h.app_store_transaction(transactionId="t-1", originalTransactionId="t-1", productId=products[0]["id"])
+    bought = cli.json("record-purchase", "--store", "app_store", "--receipt", jws)
     assert bought["purchase"]["credits"] == products[0]["credits"]
     assert "t-1" in cli("purchases").stdout
-    assert (
-        "Invalid value"
-        in cli("record-purchase", "--store", "bazaar", "--product", "x", "--transaction", "t", code=2).stderr
-    )
+    assert "RECEIPT_INVALID" in cli("record-purchase", "--store", "app_store", "--receipt", "forged", code=1).stderr
+    assert "Invalid value" in cli("record-purchase", "--store", "bazaar", "--receipt", "t", code=2).stderr
     ticket = cli.json("ticket", "Hello", "Where is my portrait?")
     assert ticket["id"] in cli("tickets").stdout
     assert "Where is my portrait?" in cli("show-ticket", ticket["id"]).stdout

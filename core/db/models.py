@@ -176,9 +176,32 @@ class Purchase(BaseModel):
     credits = pw.IntegerField()
     created_at = UtcDateTimeField()
     purchase_time = UtcDateTimeField(null=True)
+    # What the store vouched for (core/stores): the quantity, the environment, the verified fields as JSON, the
+    # keyed hash of a Google Play purchase token (the token itself is never stored), when Play's token was
+    # consumed (NULL: not yet, the next RecordPurchase of it consumes it), and a refund or revocation.
+    quantity = pw.IntegerField(default=1)
+    environment = pw.CharField(max_length=16, null=True)
+    verified = pw.TextField(null=True)
+    token_hmac = pw.CharField(max_length=64, null=True, unique=True)
+    consumed_at = UtcDateTimeField(null=True)
+    revoked_at = UtcDateTimeField(null=True)
+    revoke_reason = pw.CharField(max_length=32, null=True)
 
     class Meta:
         indexes = ((("store", "transaction_id"), True),)
+
+
+class RevokedTransaction(BaseModel):
+    """A refund or revocation the store announced for a purchase never recorded here: its keyed hash, so that a
+    receipt of it presented later grants nothing. Names no account and holds no store id (only the hash)."""
+
+    key_hmac = pw.CharField(max_length=64, primary_key=True)
+    store = pw.CharField(max_length=16)
+    revoked_at = UtcDateTimeField()
+    reason = pw.CharField(max_length=32)
+
+    class Meta:
+        table_name = "revoked_transaction"
 
 
 class CreditEntry(BaseModel):
@@ -533,6 +556,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     RateLimitHit,
     Session,
     Purchase,
+    RevokedTransaction,
     CreditEntry,
     Ticket,
     TicketMessage,

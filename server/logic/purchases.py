@@ -1,26 +1,44 @@
-"""Purchases and credits (P19): purchases recorded idempotently by (store, transaction id); the balance is the sum of the credit ledger.
+"""Purchases and credits (P19): a purchase is recorded only as its store vouched for it, credits granted once per
+store transaction; the balance is the sum of the credit ledger, which refunds and revocations debit (it may go
+negative, and orders are then refused with INSUFFICIENT_CREDITS).
 
-The store receipt itself is not verified with Apple or Google here: that needs
-the stores' servers, which this system cannot reach in tests (see README).
+* App Store: the StoreKit 2 signed transaction, verified offline (core/stores/appstore.py); once per original
+  transaction.
+* Google Play: the purchase token, asked of the Play Developer API (core/stores/play.py), recorded under its keyed
+  hash, then consumed. The store is asked before the transaction opens and consumed after it commits: a call
+  that times out anywhere is retried with the same request and credits once (the record is found again, and the
+  consumption finished).
+* Refunds and revocations (App Store Server Notifications V2, Play's voided purchases): `apply_revocation`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
+import json
+import logging
 
+import grpc
 import peewee as pw
 
 from faceharmony.core import ids
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Account, CreditEntry, Purchase
+from faceharmony.core.db.models import Account, CreditEntry, Purchase, RevokedTransaction
+from faceharmony.core.stores import (
+    APP_STORE,
+    GOOGLE_PLAY,
+    PurchasePending,
+    ReceiptInvalid,
+    Revocation,
+    StorePurchase,
+    StoreUnavailable,
+)
 from faceharmony.server.context import AppContext
-from faceharmony.server.errors import invalid, precondition
+from faceharmony.server.errors import ApiError, invalid, precondition
 from faceharmony.server.validation import paginate
 
-STORES = {1: "app_store", 2: "google_play"}
-_TRANSACTION = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+log = logging.getLogger(__name__)
+
+STORES = {1: APP_STORE, 2: GOOGLE_PLAY}
 
 
 def balance(account_id: str) -> int:
@@ -28,36 +46,113 @@ def balance(account_id: str) -> int:
     return int(total.scalar())
 
 
-def record_purchase(app: AppContext, account_id: str, store: int, product_id: str, transaction_id: str, purchase_time):
-    """Returns (purchase, balance). The same (store, transaction) again returns the first record."""
-    if store not in STORES:
+def unavailable(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", message)
+
+
+def _receipt_invalid(store: str, detail: str) -> ApiError:
+    log.info("store receipt refused", extra={"store": store, "detail": detail})  # the fixed phrase, never the receipt
+    return invalid("RECEIPT_INVALID", f"the store does not vouch for this purchase: {detail}")
+
+
+def _ask(store: str, call):
+    try:
+        return call()
+    except ReceiptInvalid as exc:
+        raise _receipt_invalid(store, exc.detail) from None
+    except PurchasePending:
+        raise precondition("PURCHASE_PENDING", "the store has not been paid for this purchase yet") from None
+    except StoreUnavailable as exc:
+        log.warning("store unavailable", extra={"store": store, "detail": str(exc)})
+        raise unavailable("the store could not be asked now; retry the same request") from None
+
+
+def record_purchase(
+    app: AppContext,
+    account_id: str,
+    store: int,
+    product_id: str,
+    signed_transaction: str,
+    purchase_token: str,
+    claimed_transaction_id: str = "",
+):
+    """Returns (purchase, balance). The same store transaction again, from the same account, returns the first
+    record and grants nothing more."""
+    name = STORES.get(store)
+    if name is None:
         raise invalid("INVALID_STORE", "store must be STORE_APP_STORE or STORE_GOOGLE_PLAY")
-    credits = app.settings.products.get(product_id)
-    if credits is None:
+    stores = app.stores
+    if name == APP_STORE:
+        if stores.app_store is None:
+            raise precondition("STORE_NOT_CONFIGURED", "this server does not take App Store purchases")
+        if not signed_transaction:
+            raise _receipt_invalid(name, "signed_transaction is required")
+        app_store = stores.app_store
+        verified = _ask(name, lambda: app_store.verify_transaction(signed_transaction, app.clock.now()))
+        if product_id and verified.product_id != product_id:
+            raise _receipt_invalid(name, "another product's transaction")
+        token_key = None
+        revocation_key = app.hasher.store_key(APP_STORE, verified.transaction_id)
+    else:
+        if stores.play is None:
+            raise precondition("STORE_NOT_CONFIGURED", "this server does not take Google Play purchases")
+        if not purchase_token:
+            raise _receipt_invalid(name, "purchase_token is required")
+        if product_id not in app.settings.products:
+            raise invalid("UNKNOWN_PRODUCT", "no such product")
+        play = stores.play
+        token_key = revocation_key = app.hasher.store_key(GOOGLE_PLAY, purchase_token)
+        verified = _ask(name, lambda: play.verify_token(product_id, purchase_token, token_key))
+    each = app.settings.products.get(verified.product_id)
+    if each is None:
         raise invalid("UNKNOWN_PRODUCT", "no such product")
-    if not _TRANSACTION.fullmatch(transaction_id):
-        raise invalid("INVALID_TRANSACTION_ID", "transaction_id must be 1-200 characters of [A-Za-z0-9._:-]")
-    if purchase_time is not None and purchase_time > app.clock.now() + dt.timedelta(days=1):
-        raise invalid("INVALID_REQUEST", "purchase_time is in the future")
-    store_name = STORES[store]
+    if claimed_transaction_id and claimed_transaction_id != verified.transaction_id:
+        raise _receipt_invalid(name, "transaction_id is not the store's")
+    if verified.account_token and verified.account_token != app.hasher.store_account(account_id):
+        raise _receipt_invalid(name, "made for another account")
+    purchase = _record(app, account_id, verified, each, token_key, revocation_key)
+    if name == GOOGLE_PLAY and purchase.consumed_at is None and purchase.revoked_at is None:
+        _consume(app, purchase, verified, purchase_token)
+    return purchase, balance(account_id)
+
+
+def _record(
+    app: AppContext, account_id: str, verified: StorePurchase, each: int, token_key: str | None, revocation_key: str
+) -> Purchase:
     for attempt in range(2):
         try:
             with write_transaction(app.db):
-                existing = Purchase.get_or_none(Purchase.store == store_name, Purchase.transaction_id == transaction_id)
+                if token_key is not None:
+                    existing = Purchase.get_or_none(Purchase.token_hmac == token_key)
+                else:
+                    existing = Purchase.get_or_none(
+                        Purchase.store == verified.store, Purchase.transaction_id == verified.transaction_id
+                    )
                 if existing is not None:
-                    if existing.account_id != account_id or existing.product_id != product_id:
-                        raise precondition("TRANSACTION_ALREADY_RECORDED", "this transaction was already recorded")
-                    return existing, balance(account_id)
+                    if existing.account_id != account_id:
+                        raise precondition(
+                            "TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account"
+                        )
+                    return existing
+                if RevokedTransaction.get_or_none(RevokedTransaction.key_hmac == revocation_key) is not None:
+                    raise precondition("PURCHASE_REVOKED", "the store refunded or revoked this purchase")
+                if verified.consumed:  # consumed, but not by this server: someone else's use of it
+                    raise _receipt_invalid(verified.store, "already consumed")
                 now = app.clock.now()
+                credits = each * verified.quantity
                 purchase = Purchase.create(
                     id=ids.new_id(),
                     account=account_id,
-                    store=store_name,
-                    product_id=product_id,
-                    transaction_id=transaction_id,
+                    store=verified.store,
+                    product_id=verified.product_id,
+                    transaction_id=verified.transaction_id,
                     credits=credits,
                     created_at=now,
-                    purchase_time=purchase_time,
+                    purchase_time=verified.purchase_time,
+                    quantity=verified.quantity,
+                    environment=verified.environment,
+                    verified=json.dumps(verified.record, sort_keys=True),
+                    token_hmac=token_key,
                 )
                 CreditEntry.create(
                     id=ids.new_id(),
@@ -68,13 +163,90 @@ def record_purchase(app: AppContext, account_id: str, store: int, product_id: st
                     created_at=now,
                 )
                 audit.record(
-                    app.clock, audit.PURCHASE_RECORDED, actor_id=account_id, subject_id=purchase.id, credits=credits
+                    app.clock,
+                    audit.PURCHASE_RECORDED,
+                    actor_id=account_id,
+                    subject_id=purchase.id,
+                    credits=credits,
+                    store=verified.store,
                 )
-                return purchase, balance(account_id)
+                return purchase
         except pw.IntegrityError:
             if attempt:  # a concurrent first record won the race: the retry reads it
                 raise
     raise AssertionError("unreachable")
+
+
+def _consume(app: AppContext, purchase: Purchase, verified: StorePurchase, token: str) -> None:
+    """Uses the Play token up (after the commit: a lost answer is finished by the next RecordPurchase of it)."""
+    play = app.stores.play
+    assert play is not None
+    if not verified.consumed:
+        try:
+            play.consume(purchase.product_id, token)
+        except (StoreUnavailable, ReceiptInvalid) as exc:
+            # Refused as already consumed: a concurrent RecordPurchase of the same token consumed it first.
+            try:
+                done = play.verify_token(purchase.product_id, token, purchase.token_hmac).consumed
+            except (StoreUnavailable, ReceiptInvalid, PurchasePending):
+                done = False
+            if not done:
+                log.warning("play consume failed", extra={"purchase_id": purchase.id, "detail": str(exc)})
+                raise unavailable(
+                    "the purchase is recorded but Google Play could not be told; retry the same request"
+                ) from None
+    now = app.clock.now()
+    Purchase.update(consumed_at=now).where(Purchase.id == purchase.id, Purchase.consumed_at.is_null()).execute()
+    purchase.consumed_at = now
+
+
+def apply_revocation(app: AppContext, revocation: Revocation) -> str:
+    """Takes a refunded or revoked purchase's credits back (or gives them back when a refund was reversed), once.
+    Returns what happened: revoked | reinstated | unchanged | unknown (recorded, so that its receipt grants nothing
+    if it comes later)."""
+    hasher = app.hasher
+    if revocation.store == APP_STORE:
+        if not revocation.transaction_id:
+            return "unchanged"
+        key = hasher.store_key(APP_STORE, revocation.transaction_id)
+        where = (Purchase.store == APP_STORE) & (Purchase.transaction_id == revocation.transaction_id)
+    else:
+        if not revocation.token:
+            return "unchanged"
+        key = hasher.store_key(GOOGLE_PLAY, revocation.token)
+        where = Purchase.token_hmac == key
+    now = app.clock.now()
+    with write_transaction(app.db):
+        purchase = Purchase.get_or_none(where)
+        if revocation.reversed:
+            RevokedTransaction.delete().where(RevokedTransaction.key_hmac == key).execute()
+            if purchase is None or purchase.revoked_at is None:
+                return "unchanged"
+            changed = (
+                Purchase.update(revoked_at=None, revoke_reason=None)
+                .where(Purchase.id == purchase.id, Purchase.revoked_at.is_null(False))
+                .execute()
+            )
+            delta, kind, event = purchase.credits, "reinstated", audit.PURCHASE_REINSTATED
+        else:
+            if purchase is None:
+                RevokedTransaction.insert(
+                    key_hmac=key, store=revocation.store, revoked_at=revocation.when, reason=revocation.reason[:32]
+                ).on_conflict_ignore().execute()
+                return "unknown"
+            changed = (
+                Purchase.update(revoked_at=now, revoke_reason=revocation.reason[:32])
+                .where(Purchase.id == purchase.id, Purchase.revoked_at.is_null())
+                .execute()
+            )
+            delta, kind, event = -purchase.credits, "revocation", audit.PURCHASE_REVOKED
+        if not changed:  # a concurrent or earlier notification of the same thing
+            return "unchanged"
+        CreditEntry.create(
+            id=ids.new_id(), account=purchase.account_id, delta=delta, kind=kind, ref_id=purchase.id, created_at=now
+        )
+        audit.record(app.clock, event, subject_id=purchase.id, credits=delta, reason=revocation.reason[:32])
+    return kind if kind == "reinstated" else "revoked"
 
 
 def list_purchases(app: AppContext, account_id: str, page_size: int, page_token: str):

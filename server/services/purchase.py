@@ -14,15 +14,15 @@ class PurchaseService(purchase_pb2_grpc.PurchaseServiceServicer):
         self.app = app
 
     async def RecordPurchase(self, request, context):
-        when = convert.from_ts(request.purchase_time, request.HasField("purchase_time"))
         row, balance = await self.app.run(
             purchases.record_purchase,
             self.app,
             self.app.principal().account_id,
             request.store,
             request.product_id,
+            request.signed_transaction,
+            request.purchase_token,
             request.transaction_id,
-            when,
         )
         return pb.RecordPurchaseResponse(purchase=convert.purchase(row), balance=balance)
 
@@ -33,11 +33,13 @@ class PurchaseService(purchase_pb2_grpc.PurchaseServiceServicer):
         return pb.ListPurchasesResponse(purchases=[convert.purchase(r) for r in rows], next_page_token=token)
 
     async def GetBalance(self, request, context):
-        credits, trial = await self.app.run(purchases.get_balance, self.app, self.app.principal().account_id)
+        account_id = self.app.principal().account_id
+        credits, trial = await self.app.run(purchases.get_balance, self.app, account_id)
         return pb.GetBalanceResponse(
             credits=credits,
             free_trial_granted=trial,
             free_trial_credits=self.app.settings.free_trial_credits if trial else 0,
+            store_account_token=self.app.hasher.store_account(account_id),
         )
 
     async def ListProducts(self, request, context):

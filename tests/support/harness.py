@@ -32,9 +32,11 @@ from faceharmony.v1 import (
     model_pb2_grpc,
     order_pb2_grpc,
     photo_pb2_grpc,
+    purchase_pb2,
     purchase_pb2_grpc,
     support_pb2_grpc,
 )
+from tests.support.stores import app_store_settings, shared_app_store
 
 START = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
 
@@ -72,6 +74,16 @@ class Harness:
     @property
     def purchases(self):
         return purchase_pb2_grpc.PurchaseServiceStub(self.channel)
+
+    def app_store_transaction(self, **fields) -> str:
+        """A StoreKit 2 signed transaction from the App Store this harness trusts, signed at the clock's time."""
+        return shared_app_store().transaction(at=self.clock.now(), **fields)
+
+    def buy(self, user, product_id: str = "credits_10", **fields):
+        """A new App Store purchase recorded for `user`: the RecordPurchaseResponse."""
+        jws = self.app_store_transaction(productId=product_id, **fields)
+        request = purchase_pb2.RecordPurchaseRequest(store=purchase_pb2.STORE_APP_STORE, signed_transaction=jws)
+        return self.purchases.RecordPurchase(request, metadata=user.md)
 
     @property
     def support(self):
@@ -171,6 +183,10 @@ def start_harness(data_dir: Path, database_url: str, *, verifier=None, photo_sto
     dozens of calls from one account, and one test holds 1000 watch streams); tests of the bounds set their own."""
     overrides.setdefault("max_calls_per_account", 64)
     overrides.setdefault("max_watches_per_account", 1000)
+    # App Store purchases verified against the tests' own root (tests/support/stores.py), as production is
+    # against Apple's; a test of other store settings passes its own.
+    if "app_store_bundle_id" not in overrides:
+        overrides.update(app_store_settings(shared_app_store(), data_dir.parent / "app-store"))
     settings = Settings(
         data_dir=data_dir,
         listen="127.0.0.1:0",

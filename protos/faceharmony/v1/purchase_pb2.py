@@ -26,7 +26,7 @@ from faceharmony.v1 import options_pb2 as faceharmony_dot_v1_dot_options__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x61\x63\x65harmony/v1/purchase.proto\x12\x0e\x66\x61\x63\x65harmony.v1\x1a\x1c\x66\x61\x63\x65harmony/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n\x08Purchase\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05store\x18\x02 \x01(\x0e\x32\x15.faceharmony.v1.Store\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63redits\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rpurchase_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x05\"\x9c\x01\n\x15RecordPurchaseRequest\x12$\n\x05store\x18\x01 \x01(\x0e\x32\x15.faceharmony.v1.Store\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x31\n\rpurchase_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x16RecordPurchaseResponse\x12*\n\x08purchase\x18\x01 \x01(\x0b\x32\x18.faceharmony.v1.Purchase\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x05\"=\n\x14ListPurchasesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x15ListPurchasesResponse\x12+\n\tpurchases\x18\x01 \x03(\x0b\x32\x18.faceharmony.v1.Purchase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11GetBalanceRequest\"]\n\x12GetBalanceResponse\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\x12\x1a\n\x12\x66ree_trial_granted\x18\x02 \x01(\x08\x12\x1a\n\x12\x66ree_trial_credits\x18\x03 \x01(\x05\"\x15\n\x13ListProductsRequest\"A\n\x14ListProductsResponse\x12)\n\x08products\x18\x01 \x03(\x0b\x32\x17.faceharmony.v1.Product*J\n\x05Store\x12\x15\n\x11STORE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTORE_APP_STORE\x10\x01\x12\x15\n\x11STORE_GOOGLE_PLAY\x10\x02\x32\x98\x03\n\x0fPurchaseService\x12\x65\n\x0eRecordPurchase\x12%.faceharmony.v1.RecordPurchaseRequest\x1a&.faceharmony.v1.RecordPurchaseResponse\"\x04\x88\xb5\x18\x02\x12\x62\n\rListPurchases\x12$.faceharmony.v1.ListPurchasesRequest\x1a%.faceharmony.v1.ListPurchasesResponse\"\x04\x88\xb5\x18\x02\x12Y\n\nGetBalance\x12!.faceharmony.v1.GetBalanceRequest\x1a\".faceharmony.v1.GetBalanceResponse\"\x04\x88\xb5\x18\x02\x12_\n\x0cListProducts\x12#.faceharmony.v1.ListProductsRequest\x1a$.faceharmony.v1.ListProductsResponse\"\x04\x88\xb5\x18\x02\x42\xa3\x01\n\x12\x61pp.faceharmony.v1B\rPurchaseProtoP\x01ZBgithub.com/faceharmony/backend/gen/go/faceharmony/v1;faceharmonyv1\xa2\x02\x03\x46HX\xaa\x02\x0e\x46\x61\x63\x65Harmony.V1\xca\x02\x0e\x46\x61\x63\x65Harmony\\V1\xea\x02\x0f\x46\x61\x63\x65Harmony::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x61\x63\x65harmony/v1/purchase.proto\x12\x0e\x66\x61\x63\x65harmony.v1\x1a\x1c\x66\x61\x63\x65harmony/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n\x08Purchase\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05store\x18\x02 \x01(\x0e\x32\x15.faceharmony.v1.Store\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63redits\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rpurchase_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x08 \x01(\x05\x12,\n\x05state\x18\t \x01(\x0e\x32\x1d.faceharmony.v1.PurchaseState\x12/\n\x0brevoke_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65nvironment\x18\x0b \x01(\t\"&\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x05\"\xd8\x01\n\x15RecordPurchaseRequest\x12$\n\x05store\x18\x01 \x01(\x0e\x32\x15.faceharmony.v1.Store\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x1a\n\x0etransaction_id\x18\x03 \x01(\tB\x02\x18\x01\x12\x35\n\rpurchase_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x02\x18\x01\x12\x1a\n\x12signed_transaction\x18\x05 \x01(\t\x12\x16\n\x0epurchase_token\x18\x06 \x01(\t\"U\n\x16RecordPurchaseResponse\x12*\n\x08purchase\x18\x01 \x01(\x0b\x32\x18.faceharmony.v1.Purchase\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x05\"=\n\x14ListPurchasesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x15ListPurchasesResponse\x12+\n\tpurchases\x18\x01 \x03(\x0b\x32\x18.faceharmony.v1.Purchase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11GetBalanceRequest\"z\n\x12GetBalanceResponse\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\x12\x1a\n\x12\x66ree_trial_granted\x18\x02 \x01(\x08\x12\x1a\n\x12\x66ree_trial_credits\x18\x03 \x01(\x05\x12\x1b\n\x13store_account_token\x18\x04 \x01(\t\"\x15\n\x13ListProductsRequest\"A\n\x14ListProductsResponse\x12)\n\x08products\x18\x01 \x03(\x0b\x32\x17.faceharmony.v1.Product*J\n\x05Store\x12\x15\n\x11STORE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTORE_APP_STORE\x10\x01\x12\x15\n\x11STORE_GOOGLE_PLAY\x10\x02*g\n\rPurchaseState\x12\x1e\n\x1aPURCHASE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PURCHASE_STATE_GRANTED\x10\x01\x12\x1a\n\x16PURCHASE_STATE_REVOKED\x10\x02\x32\x98\x03\n\x0fPurchaseService\x12\x65\n\x0eRecordPurchase\x12%.faceharmony.v1.RecordPurchaseRequest\x1a&.faceharmony.v1.RecordPurchaseResponse\"\x04\x88\xb5\x18\x02\x12\x62\n\rListPurchases\x12$.faceharmony.v1.ListPurchasesRequest\x1a%.faceharmony.v1.ListPurchasesResponse\"\x04\x88\xb5\x18\x02\x12Y\n\nGetBalance\x12!.faceharmony.v1.GetBalanceRequest\x1a\".faceharmony.v1.GetBalanceResponse\"\x04\x88\xb5\x18\x02\x12_\n\x0cListProducts\x12#.faceharmony.v1.ListProductsRequest\x1a$.faceharmony.v1.ListProductsResponse\"\x04\x88\xb5\x18\x02\x42\xa3\x01\n\x12\x61pp.faceharmony.v1B\rPurchaseProtoP\x01ZBgithub.com/faceharmony/backend/gen/go/faceharmony/v1;faceharmonyv1\xa2\x02\x03\x46HX\xaa\x02\x0e\x46\x61\x63\x65Harmony.V1\xca\x02\x0e\x46\x61\x63\x65Harmony\\V1\xea\x02\x0f\x46\x61\x63\x65Harmony::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'faceharmony.v1.purchase_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022app.faceharmony.v1B\rPurchaseProtoP\001ZBgithub.com/faceharmony/backend/gen/go/faceharmony/v1;faceharmonyv1\242\002\003FHX\252\002\016FaceHarmony.V1\312\002\016FaceHarmony\\V1\352\002\017FaceHarmony::V1'
+  _globals['_RECORDPURCHASEREQUEST'].fields_by_name['transaction_id']._loaded_options = None
+  _globals['_RECORDPURCHASEREQUEST'].fields_by_name['transaction_id']._serialized_options = b'\030\001'
+  _globals['_RECORDPURCHASEREQUEST'].fields_by_name['purchase_time']._loaded_options = None
+  _globals['_RECORDPURCHASEREQUEST'].fields_by_name['purchase_time']._serialized_options = b'\030\001'
   _globals['_PURCHASESERVICE'].methods_by_name['RecordPurchase']._loaded_options = None
   _globals['_PURCHASESERVICE'].methods_by_name['RecordPurchase']._serialized_options = b'\210\265\030\002'
   _globals['_PURCHASESERVICE'].methods_by_name['ListPurchases']._loaded_options = None
@@ -42,28 +46,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PURCHASESERVICE'].methods_by_name['GetBalance']._serialized_options = b'\210\265\030\002'
   _globals['_PURCHASESERVICE'].methods_by_name['ListProducts']._loaded_options = None
   _globals['_PURCHASESERVICE'].methods_by_name['ListProducts']._serialized_options = b'\210\265\030\002'
-  _globals['_STORE']._serialized_start=986
-  _globals['_STORE']._serialized_end=1060
+  _globals['_STORE']._serialized_start=1209
+  _globals['_STORE']._serialized_end=1283
+  _globals['_PURCHASESTATE']._serialized_start=1285
+  _globals['_PURCHASESTATE']._serialized_end=1388
   _globals['_PURCHASE']._serialized_start=113
-  _globals['_PURCHASE']._serialized_end=334
-  _globals['_PRODUCT']._serialized_start=336
-  _globals['_PRODUCT']._serialized_end=374
-  _globals['_RECORDPURCHASEREQUEST']._serialized_start=377
-  _globals['_RECORDPURCHASEREQUEST']._serialized_end=533
-  _globals['_RECORDPURCHASERESPONSE']._serialized_start=535
-  _globals['_RECORDPURCHASERESPONSE']._serialized_end=620
-  _globals['_LISTPURCHASESREQUEST']._serialized_start=622
-  _globals['_LISTPURCHASESREQUEST']._serialized_end=683
-  _globals['_LISTPURCHASESRESPONSE']._serialized_start=685
-  _globals['_LISTPURCHASESRESPONSE']._serialized_end=778
-  _globals['_GETBALANCEREQUEST']._serialized_start=780
-  _globals['_GETBALANCEREQUEST']._serialized_end=799
-  _globals['_GETBALANCERESPONSE']._serialized_start=801
-  _globals['_GETBALANCERESPONSE']._serialized_end=894
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=896
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=917
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=919
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=984
-  _globals['_PURCHASESERVICE']._serialized_start=1063
-  _globals['_PURCHASESERVICE']._serialized_end=1471
+  _globals['_PURCHASE']._serialized_end=468
+  _globals['_PRODUCT']._serialized_start=470
+  _globals['_PRODUCT']._serialized_end=508
+  _globals['_RECORDPURCHASEREQUEST']._serialized_start=511
+  _globals['_RECORDPURCHASEREQUEST']._serialized_end=727
+  _globals['_RECORDPURCHASERESPONSE']._serialized_start=729
+  _globals['_RECORDPURCHASERESPONSE']._serialized_end=814
+  _globals['_LISTPURCHASESREQUEST']._serialized_start=816
+  _globals['_LISTPURCHASESREQUEST']._serialized_end=877
+  _globals['_LISTPURCHASESRESPONSE']._serialized_start=879
+  _globals['_LISTPURCHASESRESPONSE']._serialized_end=972
+  _globals['_GETBALANCEREQUEST']._serialized_start=974
+  _globals['_GETBALANCEREQUEST']._serialized_end=993
+  _globals['_GETBALANCERESPONSE']._serialized_start=995
+  _globals['_GETBALANCERESPONSE']._serialized_end=1117
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1119
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1140
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1142
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1207
+  _globals['_PURCHASESERVICE']._serialized_start=1391
+  _globals['_PURCHASESERVICE']._serialized_end=1799
 # @@protoc_insertion_point(module_scope)

@@ -64,8 +64,9 @@ class PurchaseServiceServicer:
     """
 
     def RecordPurchase(self, request, context):
-        """Records a store purchase and grants its credits. Idempotent on
-        (store, transaction_id).
+        """Verifies a store purchase with its store and grants its credits, once per
+        store transaction (App Store: the original transaction; Google Play: the
+        purchase token). The same purchase again returns the first record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
