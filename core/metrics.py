@@ -57,6 +57,18 @@ RPC_SECONDS = prom.Histogram(
 UPLOAD_VERDICTS = prom.Counter(
     "faceharmony_upload_verdicts", "Uploaded photos by the verifier's verdict (accepted or the reason).", ["verdict"]
 )
+STORE_RECEIPTS = prom.Counter(
+    "faceharmony_store_receipts",
+    "RecordPurchase by store and outcome: granted, replayed (the first record again), or the refusal's reason"
+    " (receipt_invalid, store_unavailable, purchase_pending, purchase_revoked, transaction_already_recorded, ...).",
+    ["store", "outcome"],
+)
+STORE_REVOCATIONS = prom.Counter(
+    "faceharmony_store_revocations",
+    "Refunds and revocations the stores announced, by store and outcome: revoked (credits taken back), reinstated"
+    " (a reversed refund), unchanged (already applied), unknown (a purchase never recorded, kept as a hash).",
+    ["store", "outcome"],
+)
 
 # --- trainer -------------------------------------------------------------------------------------------------
 TRAINING_SECONDS = prom.Histogram(

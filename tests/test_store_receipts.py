@@ -17,6 +17,7 @@ import uuid
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from faceharmony.core import ids
 from faceharmony.core.db import models as m
@@ -87,6 +88,10 @@ def notify(h, signed_payload: str | None = None, *, body: bytes | None = None) -
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def counted(name: str, store: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value(f"faceharmony_{name}_total", {"store": store, "outcome": outcome}) or 0.0
 
 
 def product_calls(play) -> list[str]:
@@ -210,11 +215,13 @@ def test_bad_app_store_receipts_grant_nothing_and_leave_nothing(harness, case):
     if case == "claimed-id-differs":
         request.transaction_id = claimed = "1"
     reason = "UNKNOWN_PRODUCT" if case == "unknown-product" else "RECEIPT_INVALID"
+    refused = counted("store_receipts", "app_store", reason.lower())
     assert status_of(h.purchases.RecordPurchase, request, metadata=user.md) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         reason,
     )
     assert nothing_recorded(h) and balance(h, user) == start, claimed
+    assert counted("store_receipts", "app_store", reason.lower()) == refused + 1
 
 
 def _tamper(jws: str) -> str:
@@ -306,7 +313,9 @@ def test_a_refund_notification_takes_the_credits_back_once_and_orders_are_refuse
         revocationReason=1,
     )
     note = shared_app_store().notification("REFUND", refunded, at=h.clock.now())
+    revoked = counted("store_revocations", "app_store", "revoked")
     assert notify(h, note) == (200, {"outcome": "revoked"})
+    assert counted("store_revocations", "app_store", "revoked") == revoked + 1
     assert notify(h, note) == (200, {"outcome": "unchanged"})  # Apple retries; the credits go once
     assert balance(h, user) == 0
     listed = h.purchases.ListPurchases(p.ListPurchasesRequest(), metadata=user.md).purchases
@@ -396,6 +405,10 @@ def test_a_play_purchase_is_credited_once_and_consumed(stores, play):
     start = balance(h, user)
     account_token = h.purchases.GetBalance(p.GetBalanceRequest(), metadata=user.md).store_account_token
     token = play.add("credits_50", quantity=3, account_id=account_token)
+    granted, replayed = (
+        counted("store_receipts", "google_play", "granted"),
+        counted("store_receipts", "google_play", "replayed"),
+    )
     got = google_play(h, user, token, "credits_50")
     assert got.balance == start + 150
     assert (got.purchase.store, got.purchase.transaction_id) == (p.STORE_GOOGLE_PLAY, play.purchases[token].order_id)
@@ -405,6 +418,8 @@ def test_a_play_purchase_is_credited_once_and_consumed(stores, play):
     again = google_play(h, user, token, "credits_50")
     assert again.purchase.id == got.purchase.id and again.balance == start + 150
     assert product_calls(play) == ["get", "consume", "get"]
+    assert counted("store_receipts", "google_play", "granted") == granted + 1
+    assert counted("store_receipts", "google_play", "replayed") == replayed + 1
     # The token is kept only as a keyed hash.
     row = h.db_call(m.Purchase.get_by_id, got.purchase.id)
     assert row.token_hmac and token not in json.dumps(row.__data__, default=str) and row.consumed_at is not None

@@ -19,7 +19,7 @@ import logging
 import grpc
 import peewee as pw
 
-from faceharmony.core import ids
+from faceharmony.core import ids, metrics
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
 from faceharmony.core.db.models import Account, CreditEntry, Purchase, RevokedTransaction
@@ -78,6 +78,27 @@ def record_purchase(
 ):
     """Returns (purchase, balance). The same store transaction again, from the same account, returns the first
     record and grants nothing more."""
+    name = STORES.get(store, "unknown")
+    try:
+        purchase, credits, fresh = _record_purchase(
+            app, account_id, store, product_id, signed_transaction, purchase_token, claimed_transaction_id
+        )
+    except ApiError as exc:
+        metrics.STORE_RECEIPTS.labels(name, exc.reason.lower()).inc()
+        raise
+    metrics.STORE_RECEIPTS.labels(name, "granted" if fresh else "replayed").inc()
+    return purchase, credits
+
+
+def _record_purchase(
+    app: AppContext,
+    account_id: str,
+    store: int,
+    product_id: str,
+    signed_transaction: str,
+    purchase_token: str,
+    claimed_transaction_id: str,
+):
     name = STORES.get(store)
     if name is None:
         raise invalid("INVALID_STORE", "store must be STORE_APP_STORE or STORE_GOOGLE_PLAY")
@@ -110,15 +131,16 @@ def record_purchase(
         raise _receipt_invalid(name, "transaction_id is not the store's")
     if verified.account_token and verified.account_token != app.hasher.store_account(account_id):
         raise _receipt_invalid(name, "made for another account")
-    purchase = _record(app, account_id, verified, each, token_key, revocation_key)
+    purchase, fresh = _record(app, account_id, verified, each, token_key, revocation_key)
     if name == GOOGLE_PLAY and purchase.consumed_at is None and purchase.revoked_at is None:
         _consume(app, purchase, verified, purchase_token)
-    return purchase, balance(account_id)
+    return purchase, balance(account_id), fresh
 
 
 def _record(
     app: AppContext, account_id: str, verified: StorePurchase, each: int, token_key: str | None, revocation_key: str
-) -> Purchase:
+) -> tuple[Purchase, bool]:
+    """(the purchase, whether it was recorded now)."""
     for attempt in range(2):
         try:
             with write_transaction(app.db):
@@ -133,7 +155,7 @@ def _record(
                         raise precondition(
                             "TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account"
                         )
-                    return existing
+                    return existing, False
                 if RevokedTransaction.get_or_none(RevokedTransaction.key_hmac == revocation_key) is not None:
                     raise precondition("PURCHASE_REVOKED", "the store refunded or revoked this purchase")
                 if verified.consumed:  # consumed, but not by this server: someone else's use of it
@@ -170,7 +192,7 @@ def _record(
                     credits=credits,
                     store=verified.store,
                 )
-                return purchase
+                return purchase, True
         except pw.IntegrityError:
             if attempt:  # a concurrent first record won the race: the retry reads it
                 raise
@@ -201,6 +223,12 @@ def _consume(app: AppContext, purchase: Purchase, verified: StorePurchase, token
 
 
 def apply_revocation(app: AppContext, revocation: Revocation) -> str:
+    outcome = _apply_revocation(app, revocation)
+    metrics.STORE_REVOCATIONS.labels(revocation.store, outcome).inc()
+    return outcome
+
+
+def _apply_revocation(app: AppContext, revocation: Revocation) -> str:
     """Takes a refunded or revoked purchase's credits back (or gives them back when a refund was reversed), once.
     Returns what happened: revoked | reinstated | unchanged | unknown (recorded, so that its receipt grants nothing
     if it comes later)."""
