@@ -227,6 +227,8 @@ class Settings:
     play_timeout_seconds: float = 10.0
     play_allow_test_purchases: bool = False
     play_voided_poll_seconds: float = 900.0
+    # RecordPurchase checks per account per hour (each may call a store; RATE_LIMITED beyond).
+    store_checks_per_hour: int = 30
     # gRPC limits.
     max_receive_message_bytes: int = 12 * 1024 * 1024
     max_send_message_bytes: int = 12 * 1024 * 1024
@@ -400,6 +402,7 @@ class Settings:
             "verify_queue_wait_seconds",
             "max_concurrent_calls",
             "max_calls_per_account",
+            "store_checks_per_hour",
             "max_concurrent_watches",
             "max_watches_per_account",
             "heartbeat_interval_seconds",

@@ -441,7 +441,7 @@ def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]
         (CreditEntry, CreditEntry.account == aid),
         (Session, Session.account == aid),
         (SignInCode, SignInCode.email_hmac == hmac),
-        (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "code-fail:" + hmac, "invite:" + aid])),
+        (RateLimitHit, RateLimitHit.key.in_(["code:" + hmac, "code-fail:" + hmac, "invite:" + aid, "store:" + aid])),
         (EmailQueue, _persons_mail(account)),  # before the invitations and entries its condition reads
         (Invitation, invitations),
         (WaitlistEntry, waitlist),

@@ -20,7 +20,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from faceharmony.core import ids
+from faceharmony.core.blobstore.base import Role
+from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
+from faceharmony.retention.daemon import Retention
+from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import purchase_pb2 as p
 from tests.support.harness import start_harness, status_of
 from tests.support.orders import balance, order, ready_model
@@ -549,3 +553,54 @@ def test_voided_play_purchases_take_the_credits_back_once(stores, play):
     play.fail(503, on="voided")
     with pytest.raises(Exception, match="HTTP 503"):
         h.call_in_loop(poller.poll())
+
+
+def test_store_checks_are_bounded_per_account(database_url, tmp_path, play):
+    h = start_harness(tmp_path / "data", database_url, store_checks_per_hour=2, **play_settings(play))
+    try:
+        user, other = h.sign_up("spammer@example.com"), h.sign_up("patient@example.com")
+        for _ in range(2):
+            assert status_of(google_play, h, user, "made.up.token")[1] == "RECEIPT_INVALID"
+        asked = len(product_calls(play))
+        assert status_of(google_play, h, user, play.add()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+        assert status_of(app_store, h, user, h.app_store_transaction()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
+        assert len(product_calls(play)) == asked and nothing_recorded(h)  # Google was not asked again
+        assert google_play(h, other, play.add()).purchase.credits == 10  # another account is not held back
+        h.clock.advance(seconds=3601)
+        assert app_store(h, user, h.app_store_transaction()).purchase.credits == 10
+    finally:
+        h.stop()
+
+
+def test_purchases_refunds_and_their_traces_are_purged_with_the_account(stores, play):
+    """P19: the purchases, their ledger entries, their audit events and the account's store rate-limit rows go
+    with the account; a refund of a purchase never recorded (a keyed hash, no account) is all that stays."""
+    h = stores
+    user = h.sign_up("leaving@example.com")
+    apple = h.buy(user).purchase
+    google = google_play(h, user, play.add()).purchase
+    tx = h.app_store_transaction(originalTransactionId=apple.transaction_id, revocationDate=ms(h.clock.now()))
+    assert notify(h, shared_app_store().notification("REFUND", tx, at=h.clock.now()))[1]["outcome"] == "revoked"
+    stray = h.app_store_transaction(revocationDate=ms(h.clock.now()))
+    assert notify(h, shared_app_store().notification("REFUND", stray, at=h.clock.now()))[1]["outcome"] == "unknown"
+    ids_ = {apple.id, google.id}
+
+    def traces():
+        aid = user.account_id
+        return {
+            "purchases": m.Purchase.select().where(m.Purchase.account == aid).count(),
+            "credits": m.CreditEntry.select().where(m.CreditEntry.account == aid).count(),
+            "audit": m.AuditEvent.select().where(m.AuditEvent.subject_id.in_(ids_)).count(),
+            "rate": m.RateLimitHit.select().where(m.RateLimitHit.key == "store:" + aid).count(),
+        }
+
+    assert all(h.db_call(traces).values())
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    h.clock.advance(days=h.settings.account_grace_days + 1)
+    daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
+    assert h.db_call(daemon.run_once)["accounts"] == 1
+    assert h.db_call(traces) == {"purchases": 0, "credits": 0, "audit": 0, "rate": 0}
+    assert h.db_call(m.RevokedTransaction.select().count) == 1

@@ -82,7 +82,7 @@ def _require_attestation(given: bool) -> None:
         raise invalid("AGE_ATTESTATION_REQUIRED", "you must confirm that you are 16 or older")
 
 
-def _rate_limit(app: AppContext, key: str, limit: int, window_seconds: int) -> None:
+def rate_limit(app: AppContext, key: str, limit: int, window_seconds: int) -> None:
     """Counts one request under key; raises RESOURCE_EXHAUSTED past the limit. Call inside a write transaction."""
     key_lock(app.db, rate_key(key))  # count-then-insert is exact only under the key's lock
     now = app.clock.now()
@@ -147,7 +147,7 @@ def request_sign_in_code(app: AppContext, email: str) -> int:
     email_hmac = app.hasher.email(email)
     with write_transaction(app.db):
         key_lock(app.db, email_key(email_hmac))
-        _rate_limit(app, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
+        rate_limit(app, "code:" + email_hmac, s.code_requests_per_window, s.code_request_window_seconds)
         recipient = _sign_in_recipient(app, email_hmac)
         # Every request makes a live code, whether or not the email may sign in: an email that may
         # not gets a code nobody receives, so wrong guesses lock it exactly like a real one and the
@@ -395,7 +395,7 @@ def invite_friend(app: AppContext, account_id: str, email: str, name: str) -> No
     with write_transaction(app.db):
         key_lock(app.db, email_key(email_hmac))
         now = app.clock.now()
-        _rate_limit(app, "invite:" + account_id, s.invitations_per_day, 24 * 3600)
+        rate_limit(app, "invite:" + account_id, s.invitations_per_day, 24 * 3600)
         # Locked: an invitation is never made while its inviter's deletion revokes the others.
         inviter = locked(Account.select().where(Account.id == account_id), app.db).get()
         if inviter.state != AccountState.ACTIVE:

@@ -34,6 +34,7 @@ from faceharmony.core.stores import (
 )
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, invalid, precondition
+from faceharmony.server.logic.accounts import rate_limit
 from faceharmony.server.validation import paginate
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ def _record_purchase(
     if name is None:
         raise invalid("INVALID_STORE", "store must be STORE_APP_STORE or STORE_GOOGLE_PLAY")
     stores = app.stores
+    if (stores.app_store if name == APP_STORE else stores.play) is not None:
+        # Each check may cost a call to the store (and its API quota): bounded per account, counted first.
+        with write_transaction(app.db):
+            rate_limit(app, "store:" + account_id, app.settings.store_checks_per_hour, 3600)
     if name == APP_STORE:
         if stores.app_store is None:
             raise precondition("STORE_NOT_CONFIGURED", "this server does not take App Store purchases")
