@@ -53,4 +53,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("peewee").setLevel(logging.WARNING)
+    # Quiet even at DEBUG: peewee logs SQL with its parameters; Google's API client and its HTTP layer log
+    # request URLs, and a Play purchase token travels in the URL (core/stores/play.py).
+    for name in ("peewee", "googleapiclient", "google_auth_httplib2", "httplib2"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -227,8 +227,10 @@ class Settings:
     play_timeout_seconds: float = 10.0
     play_allow_test_purchases: bool = False
     play_voided_poll_seconds: float = 900.0
-    # RecordPurchase checks per account per hour (each may call a store; RATE_LIMITED beyond).
+    # RecordPurchase checks per account per hour (each may call a store; RATE_LIMITED beyond), and whether a
+    # purchase must carry the account's store_account_token (set it once every app version in use sets it).
     store_checks_per_hour: int = 30
+    store_require_account_token: bool = False
     # gRPC limits.
     max_receive_message_bytes: int = 12 * 1024 * 1024
     max_send_message_bytes: int = 12 * 1024 * 1024

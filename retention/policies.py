@@ -52,6 +52,7 @@ from faceharmony.core.db.models import (
     RateLimitHit,
     Session,
     SignInCode,
+    SpentReceipt,
     Ticket,
     TicketMessage,
     TrainingJob,
@@ -411,6 +412,21 @@ def _about_account(account: Account) -> pw.Expression:
     return about
 
 
+def spend_receipts(ctx: Context, account_id: str) -> None:
+    """Before the account's purchases go: their store transactions' keyed hashes, kept as spent (SpentReceipt),
+    so that a receipt of theirs presented again later (by a new account) grants nothing."""
+    now = ctx.clock.now()
+    rows = [
+        {"key_hmac": key, "store": store, "at": now, "reason": "purged"}
+        for key, store in Purchase.select(Purchase.key_hmac, Purchase.store)
+        .where(Purchase.account == account_id, Purchase.key_hmac.is_null(False))
+        .tuples()
+    ]
+    if rows:
+        update = {SpentReceipt.reason: "purged", SpentReceipt.at: now}
+        SpentReceipt.insert_many(rows).on_conflict(conflict_target=[SpentReceipt.key_hmac], update=update).execute()
+
+
 def account_rows(account: Account) -> list[tuple[type[BaseModel], pw.Expression]]:
     """Every row of the person, children first; only KnownEmail (the email's HMAC, P5) outlives it.
 
@@ -511,6 +527,7 @@ def purge_account(ctx: Context, account_id: str) -> bool:
             field.model.update({field: None}).where(cond).execute()
         tombstoned = AuditEvent.update(actor_id=audit.PURGED_STAFF_ACTOR).where(staff_actions(account)).execute()
         named = keys.keys_of(account_rows(account)) | {account.key_id}
+        spend_receipts(ctx, account.id)
         counts = {table._meta.table_name: table.delete().where(cond).execute() for table, cond in account_rows(account)}
         if tombstoned:
             counts["staff_actions_kept"] = tombstoned

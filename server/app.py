@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 
 import grpc
+from google.auth.exceptions import GoogleAuthError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from faceharmony.core.blobstore.base import BlobStore, Role
@@ -164,8 +165,8 @@ async def create_server(
     loop = asyncio.get_running_loop()
     try:
         app.stores = await loop.run_in_executor(executor, open_stores, settings)
-    except (OSError, ValueError) as exc:  # a root certificate that is missing or not a certificate
-        raise Refused(f"the store settings cannot be used: {exc}") from None
+    except (OSError, ValueError, GoogleAuthError) as exc:  # a root certificate missing or not one; no credentials
+        raise Refused(f"the store settings cannot be used: {type(exc).__name__}: {exc}") from None
     verifier = verifier or await loop.run_in_executor(executor, make_verifier, settings)
     photo_store = photo_store or await loop.run_in_executor(executor, open_blob_store, settings, Role.API)
     verify_executor = concurrent.futures.ThreadPoolExecutor(

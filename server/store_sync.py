@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 
 from aiohttp import web
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 NOTIFICATIONS_PATH = "/app-store/notifications/v2"
 MAX_BODY_BYTES = 64 * 1024  # a notification with its transaction and their certificates is about 10 KB
-VOIDED_WINDOW = dt.timedelta(days=30)  # as far back as the Voided Purchases API looks
+VOIDED_WINDOW = dt.timedelta(days=29)  # the Voided Purchases API looks back at most 30 days: a margin for clocks
+VERIFYING_AT_ONCE = 4  # notifications verified at a time (anyone can POST; a chain check costs milliseconds of CPU)
 VOIDED_OVERLAP = dt.timedelta(hours=1)
 
 
@@ -42,6 +44,7 @@ class AppStoreNotifications:
         self.listen = listen
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._verifying = asyncio.Semaphore(VERIFYING_AT_ONCE)
 
     async def start(self) -> None:
         application = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -59,8 +62,10 @@ class AppStoreNotifications:
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (ValueError, web.HTTPRequestEntityTooLarge):
+            body = json.loads((await request.read()).decode("utf-8"))
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": "a JSON body of at most 64 KiB is expected"}, status=413)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested past the parser's depth
             return web.json_response({"error": "a JSON body of at most 64 KiB is expected"}, status=400)
         signed = body.get("signedPayload") if isinstance(body, dict) else None
         if not isinstance(signed, str) or not signed:
@@ -68,7 +73,8 @@ class AppStoreNotifications:
         app_store = self.app.stores.app_store
         assert app_store is not None
         try:
-            uuid, revocation = await self.app.run(app_store.verify_notification, signed, self.app.clock.now())
+            async with self._verifying:
+                uuid, revocation = await self.app.run(app_store.verify_notification, signed, self.app.clock.now())
         except ReceiptInvalid as exc:
             log.warning("App Store notification refused", extra={"detail": exc.detail})
             return web.json_response({"error": "not verified"}, status=400)
@@ -126,6 +132,10 @@ class PlayVoidedPoller:
                 raise
             except StoreUnavailable as exc:
                 log.warning("Play voided purchases not polled", extra={"detail": str(exc)})
+            except ReceiptInvalid:  # 400/404: the package name or the service account's access is wrong
+                log.error(
+                    "Google Play refused the voided purchases request: check FACEHARMONY_PLAY_PACKAGE_NAME and access"
+                )
             except Exception:
                 log.exception("Play voided purchases poll failed")
             try:

@@ -340,7 +340,8 @@ def test_a_refund_notification_takes_the_credits_back_once_and_orders_are_refuse
     h.db_call(lambda: m.CreditEntry.create(id=ids.new_id(), **spent))
     assert balance(h, user) == -10
     assert status_of(order, h, user, [model]) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS")
-    # The refund reversed: the credits stand again.
+    # The refund reversed (Apple signs it later): the credits stand again.
+    h.clock.advance(minutes=1)
     reversed_note = shared_app_store().notification("REFUND_REVERSED", refunded, at=h.clock.now())
     assert notify(h, reversed_note) == (200, {"outcome": "reinstated"})
     assert balance(h, user) == 40
@@ -362,8 +363,10 @@ def test_a_refund_of_a_transaction_never_recorded_makes_its_receipt_worthless(st
     # The old receipt, signed before the refund, presented afterwards.
     assert status_of(app_store, h, user, jws) == (grpc.StatusCode.FAILED_PRECONDITION, "PURCHASE_REVOKED")
     assert balance(h, user) == start and h.db_call(m.Purchase.select().count) == 0
-    kept = h.db_call(lambda: list(m.RevokedTransaction.select()))
-    assert len(kept) == 1 and payload["originalTransactionId"] not in kept[0].key_hmac  # a keyed hash only
+    kept = h.db_call(lambda: list(m.SpentReceipt.select()))
+    assert [(k.key_hmac, k.reason) for k in kept] == [
+        (h.api.app.hasher.store_key("app_store", payload["originalTransactionId"]), "REVOKE")
+    ]
 
 
 def test_bad_notifications_change_nothing(stores):
@@ -385,7 +388,7 @@ def test_bad_notifications_change_nothing(stores):
     assert notify(h, body=b"not json")[0] == 400
     assert notify(h, body=b"[]")[0] == 400
     assert notify(h, body=json.dumps({"signedPayload": "x" * 70_000}).encode())[0] in (400, 413)
-    assert balance(h, user) == start and h.db_call(m.RevokedTransaction.select().count) == 0
+    assert balance(h, user) == start and h.db_call(m.SpentReceipt.select().count) == 0
 
 
 def test_concurrent_refund_notifications_debit_once(stores):
@@ -426,7 +429,8 @@ def test_a_play_purchase_is_credited_once_and_consumed(stores, play):
     assert counted("store_receipts", "google_play", "replayed") == replayed + 1
     # The token is kept only as a keyed hash.
     row = h.db_call(m.Purchase.get_by_id, got.purchase.id)
-    assert row.token_hmac and token not in json.dumps(row.__data__, default=str) and row.consumed_at is not None
+    assert row.key_hmac == h.api.app.hasher.store_key("google_play", token) and row.consumed_at is not None
+    assert token not in json.dumps(row.__data__, default=str)
 
 
 @pytest.mark.parametrize(
@@ -435,6 +439,7 @@ def test_a_play_purchase_is_credited_once_and_consumed(stores, play):
         ("unknown-token", "RECEIPT_INVALID"),
         ("another-apps-token", "RECEIPT_INVALID"),
         ("another-product", "RECEIPT_INVALID"),
+        ("reported-as-another-product", "RECEIPT_INVALID"),
         ("canceled", "RECEIPT_INVALID"),
         ("pending", "PURCHASE_PENDING"),
         ("license-tester", "RECEIPT_INVALID"),
@@ -454,6 +459,7 @@ def test_bad_play_tokens_grant_nothing_and_leave_nothing(stores, play, case, rea
         "unknown-token": lambda: "abcdefghijklmnop.qrstuvwxyz-0123456789",
         "another-apps-token": lambda: play.add(package_name="com.example.other"),
         "another-product": lambda: play.add("credits_200"),
+        "reported-as-another-product": lambda: play.add(reported_product="credits_200"),
         "canceled": lambda: play.add(purchase_state=1),
         "pending": lambda: play.add(purchase_state=2),
         "license-tester": lambda: play.add(purchase_type=0),
@@ -485,7 +491,7 @@ def test_google_play_unavailable_credits_nothing_and_a_retry_credits_once(stores
     user = h.sign_up("flaky@example.com")
     start = balance(h, user)
     token = play.add()
-    for status in (500, 503, 429, 401):
+    for status in (500, 503, 429, 401, "html", "truncated"):
         play.fail(status, on="get")
         assert status_of(google_play, h, user, token) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
         assert nothing_recorded(h)
@@ -542,7 +548,7 @@ def test_voided_play_purchases_take_the_credits_back_once(stores, play):
     play.void(never_recorded)
     poller = h.api.play_voided
     assert h.call_in_loop(poller.poll()) == {"revoked": 1, "unknown": 1}
-    assert h.call_in_loop(poller.poll()) == {"unchanged": 1, "unknown": 1}  # the next poll overlaps: applied once
+    assert h.call_in_loop(poller.poll()) == {"unchanged": 2}  # the next poll overlaps: each applied once
     assert balance(h, user) == start + 10
     states = {x.id: x.state for x in h.purchases.ListPurchases(p.ListPurchasesRequest(), metadata=user.md).purchases}
     assert states[bought.id] == p.PURCHASE_STATE_REVOKED and list(states.values()).count(p.PURCHASE_STATE_GRANTED) == 1
@@ -581,7 +587,8 @@ def test_purchases_refunds_and_their_traces_are_purged_with_the_account(stores, 
     h = stores
     user = h.sign_up("leaving@example.com")
     apple = h.buy(user).purchase
-    google = google_play(h, user, play.add()).purchase
+    google_token = play.add()
+    google = google_play(h, user, google_token).purchase
     tx = h.app_store_transaction(originalTransactionId=apple.transaction_id, revocationDate=ms(h.clock.now()))
     assert notify(h, shared_app_store().notification("REFUND", tx, at=h.clock.now()))[1]["outcome"] == "revoked"
     stray = h.app_store_transaction(revocationDate=ms(h.clock.now()))
@@ -603,4 +610,124 @@ def test_purchases_refunds_and_their_traces_are_purged_with_the_account(stores, 
     daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
     assert h.db_call(daemon.run_once)["accounts"] == 1
     assert h.db_call(traces) == {"purchases": 0, "credits": 0, "audit": 0, "rate": 0}
-    assert h.db_call(m.RevokedTransaction.select().count) == 1
+    # What stays names no account: the keyed hashes of the spent receipts, so that none credits a new account.
+    spent = h.db_call(lambda: sorted(r.reason for r in m.SpentReceipt.select()))
+    assert spent == ["REFUND", "purged", "purged"]
+    newcomer = h.sign_up("newcomer@example.com")
+    again = h.app_store_transaction(transactionId="9", originalTransactionId=apple.transaction_id)
+    assert status_of(app_store, h, newcomer, again) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TRANSACTION_ALREADY_RECORDED",
+    )
+    assert status_of(google_play, h, newcomer, google_token) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TRANSACTION_ALREADY_RECORDED",
+    )
+
+
+def test_late_and_redelivered_notifications_change_nothing(stores):
+    """Apple redelivers a notification until it gets a 200, and may deliver out of order: each purchase applies
+    only events newer than the last it applied (by Apple's signing time)."""
+    h = stores
+    user = h.sign_up("replayed-notes@example.com")
+    start = balance(h, user)
+    bought = h.buy(user, "credits_50").purchase
+    tx = h.app_store_transaction(originalTransactionId=bought.transaction_id, revocationDate=ms(h.clock.now()))
+    refund = shared_app_store().notification("REFUND", tx, at=h.clock.now())
+    h.clock.advance(minutes=5)
+    reversal = shared_app_store().notification("REFUND_REVERSED", tx, at=h.clock.now())
+    assert notify(h, refund)[1] == {"outcome": "revoked"} and balance(h, user) == start
+    assert notify(h, reversal)[1] == {"outcome": "reinstated"} and balance(h, user) == start + 50
+    assert notify(h, refund)[1] == {"outcome": "unchanged"}  # the refund redelivered after its reversal
+    assert balance(h, user) == start + 50
+    # Out of order: a reversal that arrives before its refund leaves the refund, when it comes, without effect.
+    other = h.buy(user).purchase
+    tx2 = h.app_store_transaction(originalTransactionId=other.transaction_id, revocationDate=ms(h.clock.now()))
+    refund2 = shared_app_store().notification("REFUND", tx2, at=h.clock.now())
+    h.clock.advance(minutes=5)
+    reversal2 = shared_app_store().notification("REFUND_REVERSED", tx2, at=h.clock.now())
+    assert notify(h, reversal2)[1] == {"outcome": "unchanged"}
+    assert notify(h, refund2)[1] == {"outcome": "unchanged"} and balance(h, user) == start + 60
+    # The same for a purchase never recorded: refunded, reversed, then the refund again.
+    payload = shared_app_store().transaction_payload(at=h.clock.now())
+    stray = shared_app_store().sign({**payload, "revocationDate": ms(h.clock.now())})
+    first = shared_app_store().notification("REFUND", stray, at=h.clock.now())
+    h.clock.advance(minutes=5)
+    assert notify(h, first)[1] == {"outcome": "unknown"}
+    assert notify(h, shared_app_store().notification("REFUND_REVERSED", stray, at=h.clock.now()))[1] == {
+        "outcome": "unknown"
+    }
+    assert notify(h, first)[1] == {"outcome": "unchanged"}
+    assert app_store(h, user, shared_app_store().sign(payload)).purchase.credits == 10  # the refund was undone
+    assert h.db_call(m.CreditEntry.select().where(m.CreditEntry.kind == "revocation").count) == 1
+
+
+def test_notification_bodies_that_are_not_json_are_refused(stores):
+    h = stores
+    port = h.api.app_store_notifications.port
+    for content_type, body in [
+        ("application/json; charset=bogus", b"{}"),
+        ("application/json", b"\xff\xfe"),
+        ("application/json", b"[" * 100_00 + b"]" * 100_00),
+        ("text/plain", b'{"signedPayload": 5}'),
+    ]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/app-store/notifications/v2", data=body, headers={"Content-Type": content_type}
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=10)
+        assert err.value.code in (400, 413), (content_type, body[:10])
+
+
+def test_receipts_must_carry_the_account_token_where_required(database_url, tmp_path, play):
+    h = start_harness(tmp_path / "data", database_url, store_require_account_token=True, **play_settings(play))
+    try:
+        user = h.sign_up("bound@example.com")
+        token = h.purchases.GetBalance(p.GetBalanceRequest(), metadata=user.md).store_account_token
+        assert status_of(app_store, h, user, h.app_store_transaction()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "RECEIPT_INVALID",
+        )
+        assert status_of(google_play, h, user, play.add()) == (grpc.StatusCode.INVALID_ARGUMENT, "RECEIPT_INVALID")
+        assert nothing_recorded(h)
+        assert app_store(h, user, h.app_store_transaction(appAccountToken=token)).purchase.credits == 10
+        assert google_play(h, user, play.add(account_id=token)).purchase.credits == 10
+    finally:
+        h.stop()
+
+
+def test_a_purchase_recorded_before_receipts_were_verified_is_found_again(stores, play):
+    """A row from before migration 0011 (the client's transaction id, no key): the verified purchase with the same
+    store id is that row, not a second grant, and a refund finds it."""
+    h = stores
+    user, other = h.sign_up("old-buyer@example.com"), h.sign_up("old-other@example.com")
+    token = play.add()
+    order_id = play.purchases[token].order_id
+
+    def legacy():
+        now = h.clock.now()
+        row = m.Purchase.create(
+            id=ids.new_id(),
+            account=user.account_id,
+            store="google_play",
+            product_id="credits_10",
+            transaction_id=order_id,
+            credits=10,
+            created_at=now,
+        )
+        m.CreditEntry.create(
+            id=ids.new_id(), account=user.account_id, delta=10, kind="purchase", ref_id=row.id, created_at=now
+        )
+        return row.id
+
+    old = h.db_call(legacy)
+    start = balance(h, user)
+    assert status_of(google_play, h, other, token) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TRANSACTION_ALREADY_RECORDED",
+    )
+    got = google_play(h, user, token)
+    assert got.purchase.id == old and got.balance == start and play.purchases[token].consumption_state == 1
+    play.void(token)
+    assert h.call_in_loop(h.api.play_voided.poll()) == {"revoked": 1}
+    assert balance(h, user) == start - 10

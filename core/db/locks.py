@@ -10,7 +10,8 @@ reaches back to an earlier kind once it holds a later one:
    (`email_key`), which serialises everything that creates or changes what
    belongs to one email (waiting-list entries, accounts, invitations to it,
    sign-in codes, failed tries); then rate-limit keys (`rate_key`), which make
-   count-then-insert rate limits exact;
+   count-then-insert rate limits exact; store receipt keys (`receipt_key`) are
+   taken alone, by transactions that hold no other key;
 2. account rows (`FOR UPDATE`, or `FOR KEY SHARE` where a worker only needs
    the account to stay while it writes rows that reference it);
 3. rows the account owns that other rows hang off: invitations, models
@@ -47,6 +48,11 @@ def _lock_id(key: str) -> int:
 
 def email_key(email_hmac: str) -> str:
     return "email:" + email_hmac
+
+
+def receipt_key(key_hmac: str) -> str:
+    """Serialises what records, refunds or reinstates one store transaction (server/logic/purchases.py)."""
+    return "receipt:" + key_hmac
 
 
 def rate_key(key: str) -> str:

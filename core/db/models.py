@@ -177,31 +177,36 @@ class Purchase(BaseModel):
     created_at = UtcDateTimeField()
     purchase_time = UtcDateTimeField(null=True)
     # What the store vouched for (core/stores): the quantity, the environment, the verified fields as JSON, the
-    # keyed hash of a Google Play purchase token (the token itself is never stored), when Play's token was
-    # consumed (NULL: not yet, the next RecordPurchase of it consumes it), and a refund or revocation.
+    # keyed hash of the store transaction (App Store: the original transaction id; Google Play: the purchase
+    # token, which itself is never stored), when Play's token was consumed (NULL: not yet, the next
+    # RecordPurchase of it consumes it), a refund or revocation, and the store's time of the last refund,
+    # revocation or reversal applied (an older one, redelivered or late, changes nothing).
     quantity = pw.IntegerField(default=1)
     environment = pw.CharField(max_length=16, null=True)
     verified = pw.TextField(null=True)
-    token_hmac = pw.CharField(max_length=64, null=True, unique=True)
+    key_hmac = pw.CharField(max_length=64, null=True, unique=True)
     consumed_at = UtcDateTimeField(null=True)
     revoked_at = UtcDateTimeField(null=True)
     revoke_reason = pw.CharField(max_length=32, null=True)
+    store_event_at = UtcDateTimeField(null=True)
 
     class Meta:
         indexes = ((("store", "transaction_id"), True),)
 
 
-class RevokedTransaction(BaseModel):
-    """A refund or revocation the store announced for a purchase never recorded here: its keyed hash, so that a
-    receipt of it presented later grants nothing. Names no account and holds no store id (only the hash)."""
+class SpentReceipt(BaseModel):
+    """A store transaction that grants nothing here, by its keyed hash (Purchase.key_hmac): refunded or revoked
+    before it was recorded (reason: the store's; "reversed" once the refund was undone), or recorded by an
+    account since purged ("purged"), so that its receipt presented again is refused. Names no account and holds
+    no store id; `at` is the store's time of the event (or the purge's)."""
 
     key_hmac = pw.CharField(max_length=64, primary_key=True)
     store = pw.CharField(max_length=16)
-    revoked_at = UtcDateTimeField()
+    at = UtcDateTimeField()
     reason = pw.CharField(max_length=32)
 
     class Meta:
-        table_name = "revoked_transaction"
+        table_name = "spent_receipt"
 
 
 class CreditEntry(BaseModel):
@@ -556,7 +561,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     RateLimitHit,
     Session,
     Purchase,
-    RevokedTransaction,
+    SpentReceipt,
     CreditEntry,
     Ticket,
     TicketMessage,

@@ -134,7 +134,8 @@ class AppStore:
         if not tx.originalTransactionId:
             raise ReceiptInvalid("transaction without ids")
         reversed_ = kind == NotificationTypeV2.REFUND_REVERSED
-        when = (None if reversed_ else from_millis(tx.revocationDate)) or from_millis(note.signedDate) or now
+        # Events of one transaction are ordered by Apple's signing time: a redelivered or late one is older.
+        when = from_millis(note.signedDate) or now
         return note.notificationUUID, Revocation(
             store=APP_STORE,
             transaction_id=tx.originalTransactionId,

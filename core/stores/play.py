@@ -15,6 +15,7 @@ gets an Http of its own.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import logging
 import re
 
@@ -77,9 +78,10 @@ class GooglePlay:
     def _http(self) -> google_auth_httplib2.AuthorizedHttp:
         return google_auth_httplib2.AuthorizedHttp(self._credentials, http=httplib2.Http(timeout=self.timeout))
 
-    def _execute(self, request) -> dict:
+    def _execute(self, request, *, answer: bool = True) -> dict:
+        """The call's JSON answer; `answer=False`: a call that answers no body (consume), whatever it holds."""
         try:
-            return request.execute(http=self._http()) or {}
+            got = request.execute(http=self._http())
         except HttpError as exc:
             status = exc.resp.status
             if status in (400, 404, 410):
@@ -87,8 +89,13 @@ class GooglePlay:
             if status in (401, 403):
                 log.error("Google Play refused this server's credentials (HTTP %s)", status)
             raise StoreUnavailable(f"Google Play answered HTTP {status}") from exc
-        except (TimeoutError, OSError, httplib2.HttpLib2Error, GoogleAuthError) as exc:
+        except (TimeoutError, OSError, http.client.HTTPException, httplib2.HttpLib2Error, GoogleAuthError) as exc:
             raise StoreUnavailable("Google Play could not be reached") from exc
+        if not answer:
+            return {}
+        if not isinstance(got, dict):  # not the API's JSON (a proxy's page, a truncated body)
+            raise StoreUnavailable("Google Play's answer was not readable")
+        return got
 
     def verify_token(self, product_id: str, token: str, token_key: str) -> StorePurchase:
         """`token_key`: the keyed hash the token is recorded under (never the token itself)."""
@@ -106,7 +113,11 @@ class GooglePlay:
         test = got.get("purchaseType") == TEST_PURCHASE
         if test and not self.allow_test_purchases:
             raise ReceiptInvalid("a license tester's purchase")
-        quantity = int(got.get("quantity") or 1)
+        try:
+            quantity = int(got.get("quantity") or 1)
+            purchase_time = from_millis(got.get("purchaseTimeMillis"))
+        except (TypeError, ValueError, OverflowError, OSError):
+            raise StoreUnavailable("Google Play's answer was not readable") from None
         if not 1 <= quantity <= MAX_QUANTITY:
             raise ReceiptInvalid("quantity out of range")
         return StorePurchase(
@@ -114,7 +125,7 @@ class GooglePlay:
             transaction_id=got.get("orderId") or f"token:{token_key[:40]}",
             product_id=product_id,
             quantity=quantity,
-            purchase_time=from_millis(got.get("purchaseTimeMillis")),
+            purchase_time=purchase_time,
             environment="Test" if test else "Production",
             account_token=(got.get("obfuscatedExternalAccountId") or "").lower() or None,
             consumed=got.get("consumptionState") == 1,
@@ -132,7 +143,7 @@ class GooglePlay:
 
     def consume(self, product_id: str, token: str) -> None:
         products = self._service.purchases().products()
-        self._execute(products.consume(packageName=self.package_name, productId=product_id, token=token))
+        self._execute(products.consume(packageName=self.package_name, productId=product_id, token=token), answer=False)
 
     def voided(self, since: dt.datetime) -> list[Revocation]:
         """Every one-time product purchase voided since `since` (at most 30 days back: the API's limit)."""
@@ -146,16 +157,20 @@ class GooglePlay:
                 args["token"] = page
             got = self._execute(voided.list(**args))
             for item in got.get("voidedPurchases") or []:
-                token = item.get("purchaseToken")
-                if not token:
+                token = item.get("purchaseToken") if isinstance(item, dict) else None
+                if not token or not isinstance(token, str):
                     continue
+                try:
+                    when = from_millis(item.get("voidedTimeMillis")) or dt.datetime.now(dt.UTC)
+                except (TypeError, ValueError, OverflowError, OSError):
+                    when = dt.datetime.now(dt.UTC)
                 found.append(
                     Revocation(
                         store=GOOGLE_PLAY,
                         transaction_id=item.get("orderId"),
                         token=token,
                         reason=VOIDED_REASONS.get(item.get("voidedReason"), "other"),
-                        when=from_millis(item.get("voidedTimeMillis")) or dt.datetime.now(dt.UTC),
+                        when=when,
                     )
                 )
             page = (got.get("tokenPagination") or {}).get("nextPageToken")

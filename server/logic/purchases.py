@@ -22,7 +22,8 @@ import peewee as pw
 from faceharmony.core import ids, metrics
 from faceharmony.core.db import audit
 from faceharmony.core.db.connection import write_transaction
-from faceharmony.core.db.models import Account, CreditEntry, Purchase, RevokedTransaction
+from faceharmony.core.db.locks import key_lock, receipt_key
+from faceharmony.core.db.models import Account, CreditEntry, Purchase, SpentReceipt
 from faceharmony.core.stores import (
     APP_STORE,
     GOOGLE_PLAY,
@@ -117,8 +118,7 @@ def _record_purchase(
         verified = _ask(name, lambda: app_store.verify_transaction(signed_transaction, app.clock.now()))
         if product_id and verified.product_id != product_id:
             raise _receipt_invalid(name, "another product's transaction")
-        token_key = None
-        revocation_key = app.hasher.store_key(APP_STORE, verified.transaction_id)
+        key = app.hasher.store_key(APP_STORE, verified.transaction_id)
     else:
         if stores.play is None:
             raise precondition("STORE_NOT_CONFIGURED", "this server does not take Google Play purchases")
@@ -127,8 +127,8 @@ def _record_purchase(
         if product_id not in app.settings.products:
             raise invalid("UNKNOWN_PRODUCT", "no such product")
         play = stores.play
-        token_key = revocation_key = app.hasher.store_key(GOOGLE_PLAY, purchase_token)
-        verified = _ask(name, lambda: play.verify_token(product_id, purchase_token, token_key))
+        key = app.hasher.store_key(GOOGLE_PLAY, purchase_token)
+        verified = _ask(name, lambda: play.verify_token(product_id, purchase_token, key))
     each = app.settings.products.get(verified.product_id)
     if each is None:
         raise invalid("UNKNOWN_PRODUCT", "no such product")
@@ -136,32 +136,36 @@ def _record_purchase(
         raise _receipt_invalid(name, "transaction_id is not the store's")
     if verified.account_token and verified.account_token != app.hasher.store_account(account_id):
         raise _receipt_invalid(name, "made for another account")
-    purchase, fresh = _record(app, account_id, verified, each, token_key, revocation_key)
+    if not verified.account_token and app.settings.store_require_account_token:
+        raise _receipt_invalid(name, "not bound to an account (store_account_token)")
+    purchase, fresh = _record(app, account_id, verified, each, key)
     if name == GOOGLE_PLAY and purchase.consumed_at is None and purchase.revoked_at is None:
         _consume(app, purchase, verified, purchase_token)
     return purchase, balance(account_id), fresh
 
 
-def _record(
-    app: AppContext, account_id: str, verified: StorePurchase, each: int, token_key: str | None, revocation_key: str
-) -> tuple[Purchase, bool]:
+def _record(app: AppContext, account_id: str, verified: StorePurchase, each: int, key: str) -> tuple[Purchase, bool]:
     """(the purchase, whether it was recorded now)."""
     for attempt in range(2):
         try:
             with write_transaction(app.db):
-                if token_key is not None:
-                    existing = Purchase.get_or_none(Purchase.token_hmac == token_key)
-                else:
-                    existing = Purchase.get_or_none(
-                        Purchase.store == verified.store, Purchase.transaction_id == verified.transaction_id
-                    )
+                key_lock(app.db, receipt_key(key))  # against a refund of it applied at the same time
+                existing = Purchase.get_or_none(Purchase.key_hmac == key) or Purchase.get_or_none(
+                    Purchase.store == verified.store, Purchase.transaction_id == verified.transaction_id
+                )
                 if existing is not None:
                     if existing.account_id != account_id:
                         raise precondition(
                             "TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account"
                         )
+                    if existing.key_hmac is None:  # recorded before receipts were verified: now it has its key
+                        Purchase.update(key_hmac=key).where(Purchase.id == existing.id).execute()
+                        existing.key_hmac = key
                     return existing, False
-                if RevokedTransaction.get_or_none(RevokedTransaction.key_hmac == revocation_key) is not None:
+                spent = SpentReceipt.get_or_none(SpentReceipt.key_hmac == key)
+                if spent is not None and spent.reason == "purged":
+                    raise precondition("TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account")
+                if spent is not None and spent.reason != "reversed":
                     raise precondition("PURCHASE_REVOKED", "the store refunded or revoked this purchase")
                 if verified.consumed:  # consumed, but not by this server: someone else's use of it
                     raise _receipt_invalid(verified.store, "already consumed")
@@ -179,7 +183,7 @@ def _record(
                     quantity=verified.quantity,
                     environment=verified.environment,
                     verified=json.dumps(verified.record, sort_keys=True),
-                    token_hmac=token_key,
+                    key_hmac=key,
                 )
                 CreditEntry.create(
                     id=ids.new_id(),
@@ -199,8 +203,10 @@ def _record(
                 )
                 return purchase, True
         except pw.IntegrityError:
-            if attempt:  # a concurrent first record won the race: the retry reads it
-                raise
+            if attempt:  # not the race the retry settles (that one reads the first record): a clash of ids
+                raise precondition(
+                    "TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account"
+                ) from None
     raise AssertionError("unreachable")
 
 
@@ -214,7 +220,7 @@ def _consume(app: AppContext, purchase: Purchase, verified: StorePurchase, token
         except (StoreUnavailable, ReceiptInvalid) as exc:
             # Refused as already consumed: a concurrent RecordPurchase of the same token consumed it first.
             try:
-                done = play.verify_token(purchase.product_id, token, purchase.token_hmac).consumed
+                done = play.verify_token(purchase.product_id, token, purchase.key_hmac or "").consumed
             except (StoreUnavailable, ReceiptInvalid, PurchasePending):
                 done = False
             if not done:
@@ -234,52 +240,44 @@ def apply_revocation(app: AppContext, revocation: Revocation) -> str:
 
 
 def _apply_revocation(app: AppContext, revocation: Revocation) -> str:
-    """Takes a refunded or revoked purchase's credits back (or gives them back when a refund was reversed), once.
-    Returns what happened: revoked | reinstated | unchanged | unknown (recorded, so that its receipt grants nothing
-    if it comes later)."""
-    hasher = app.hasher
-    if revocation.store == APP_STORE:
-        if not revocation.transaction_id:
-            return "unchanged"
-        key = hasher.store_key(APP_STORE, revocation.transaction_id)
-        where = (Purchase.store == APP_STORE) & (Purchase.transaction_id == revocation.transaction_id)
-    else:
-        if not revocation.token:
-            return "unchanged"
-        key = hasher.store_key(GOOGLE_PLAY, revocation.token)
-        where = Purchase.token_hmac == key
-    now = app.clock.now()
+    value = revocation.transaction_id if revocation.store == APP_STORE else revocation.token
+    if not value:
+        return "unchanged"
+    key = app.hasher.store_key(revocation.store, value)
+    when = revocation.when
     with write_transaction(app.db):
-        purchase = Purchase.get_or_none(where)
+        key_lock(app.db, receipt_key(key))  # one event of this transaction at a time, and none while it is recorded
+        purchase = Purchase.get_or_none(Purchase.key_hmac == key)
+        if purchase is None and revocation.store == APP_STORE:  # recorded before receipts were verified
+            purchase = Purchase.get_or_none(Purchase.store == APP_STORE, Purchase.transaction_id == value)
+        if purchase is None:
+            spent = SpentReceipt.get_or_none(SpentReceipt.key_hmac == key)
+            if spent is not None and (spent.reason == "purged" or spent.at >= when):
+                return "unchanged"  # its account is gone, or this event is older than the one applied
+            reason = "reversed" if revocation.reversed else revocation.reason[:32]
+            if spent is None:
+                SpentReceipt.create(key_hmac=key, store=revocation.store, at=when, reason=reason)
+            else:
+                SpentReceipt.update(at=when, reason=reason).where(SpentReceipt.key_hmac == key).execute()
+            return "unknown"
+        if purchase.store_event_at is not None and when <= purchase.store_event_at:
+            return "unchanged"  # redelivered, or older than the event applied last
+        now = app.clock.now()
+        if revocation.reversed == (purchase.revoked_at is None):  # already as this event leaves it
+            Purchase.update(store_event_at=when).where(Purchase.id == purchase.id).execute()
+            return "unchanged"
         if revocation.reversed:
-            RevokedTransaction.delete().where(RevokedTransaction.key_hmac == key).execute()
-            if purchase is None or purchase.revoked_at is None:
-                return "unchanged"
-            changed = (
-                Purchase.update(revoked_at=None, revoke_reason=None)
-                .where(Purchase.id == purchase.id, Purchase.revoked_at.is_null(False))
-                .execute()
-            )
+            change = {"revoked_at": None, "revoke_reason": None, "store_event_at": when}
             delta, kind, event = purchase.credits, "reinstated", audit.PURCHASE_REINSTATED
         else:
-            if purchase is None:
-                RevokedTransaction.insert(
-                    key_hmac=key, store=revocation.store, revoked_at=revocation.when, reason=revocation.reason[:32]
-                ).on_conflict_ignore().execute()
-                return "unknown"
-            changed = (
-                Purchase.update(revoked_at=now, revoke_reason=revocation.reason[:32])
-                .where(Purchase.id == purchase.id, Purchase.revoked_at.is_null())
-                .execute()
-            )
+            change = {"revoked_at": now, "revoke_reason": revocation.reason[:32], "store_event_at": when}
             delta, kind, event = -purchase.credits, "revocation", audit.PURCHASE_REVOKED
-        if not changed:  # a concurrent or earlier notification of the same thing
-            return "unchanged"
+        Purchase.update(**change).where(Purchase.id == purchase.id).execute()
         CreditEntry.create(
             id=ids.new_id(), account=purchase.account_id, delta=delta, kind=kind, ref_id=purchase.id, created_at=now
         )
         audit.record(app.clock, event, subject_id=purchase.id, credits=delta, reason=revocation.reason[:32])
-    return kind if kind == "reinstated" else "revoked"
+    return "reinstated" if revocation.reversed else "revoked"
 
 
 def list_purchases(app: AppContext, account_id: str, page_size: int, page_token: str):

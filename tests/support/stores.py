@@ -201,6 +201,7 @@ class PlayPurchase:
     purchase_type: int | None = None
     quantity: int = 1
     account_id: str | None = None  # obfuscatedExternalAccountId
+    reported_product: str | None = None  # productId in the answer (Google: "may not be present")
     package_name: str = PACKAGE_NAME
     purchase_time_ms: int = field(default_factory=lambda: int(time.time() * 1000) - 5000)
     voided_ms: int | None = None
@@ -221,7 +222,7 @@ class LocalPlay:
     def __init__(self) -> None:
         self.purchases: dict[str, PlayPurchase] = {}
         self.calls: list[tuple[str, str]] = []  # (verb, token)
-        self._failures: list[tuple[str | None, int]] = []
+        self._failures: list[tuple[str | None, int | str]] = []
         self.stall_seconds = 0.0
         self._lock = threading.Lock()
         play = self
@@ -261,10 +262,12 @@ class LocalPlay:
         purchase.voided_reason = reason
 
     def fail(self, status: int, times: int = 1, on: str | None = None) -> None:
+        """The next `times` calls (of verb `on`) answer HTTP `status`; status "html" answers 200 with a proxy's
+        HTML page, "truncated" a body cut short of its Content-Length."""
         with self._lock:
             self._failures.extend([(on, status)] * times)
 
-    def _failure_for(self, verb: str) -> int | None:
+    def _failure_for(self, verb: str) -> int | str | None:
         with self._lock:
             for i, (on, status) in enumerate(self._failures):
                 if on in (None, verb):
@@ -280,7 +283,24 @@ class LocalPlay:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _error(self, handler, status: int, message: str) -> None:
+    def _error(self, handler, status: int | str, message: str) -> None:
+        if status == "html":
+            data = b"<html><body>502 Bad Gateway</body></html>"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/html")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
+        if status == "truncated":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json; charset=UTF-8")
+            handler.send_header("Content-Length", "4096")
+            handler.end_headers()
+            handler.wfile.write(b'{"purchaseState": 0, "consum')
+            handler.close_connection = True
+            return
+        assert isinstance(status, int)
         self._reply(handler, status, {"error": {"code": status, "message": message, "errors": [{"message": message}]}})
 
     def _serve(self, handler, method: str) -> None:
@@ -320,6 +340,8 @@ class LocalPlay:
                     body["purchaseType"] = purchase.purchase_type
                 if purchase.account_id:
                     body["obfuscatedExternalAccountId"] = purchase.account_id
+                if purchase.reported_product:
+                    body["productId"] = purchase.reported_product
                 return self._reply(handler, 200, body)
             if purchase.purchase_state != 0:
                 return self._error(handler, 400, "The purchase is not in a valid state to perform the operation.")
