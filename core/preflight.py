@@ -21,6 +21,7 @@ to reach; a missing SQLite file is only a refusal where the process requires a m
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -45,7 +46,16 @@ _READABLE = {
 }
 
 
-def check(settings: Settings, *, role: Role | None, require_migrated: bool = False, triton: bool = False) -> None:
+def check(
+    settings: Settings,
+    *,
+    role: Role | None,
+    require_migrated: bool = False,
+    triton: bool = False,
+    stopping: threading.Event | None = None,
+) -> None:
+    """Refuses (core/process.py's Refused) what the process cannot run with. The wait for Triton ends early when
+    `stopping` is set (a SIGTERM while the process is still starting): the caller then checks it and exits."""
     check_keys(settings)
     check_database(settings, require_migrated=require_migrated)
     if role is not None:
@@ -53,7 +63,7 @@ def check(settings: Settings, *, role: Role | None, require_migrated: bool = Fal
     if triton:
         from faceharmony.core.jobs.evictions import replicas
 
-        check_triton(replicas(settings), settings.triton_model, settings.triton_wait_seconds)
+        check_triton(replicas(settings), settings.triton_model, settings.triton_wait_seconds, stopping)
 
 
 # --- database ------------------------------------------------------------------------------------------------
@@ -236,8 +246,12 @@ def replicas_state(urls: Sequence[str], model: str, timeout: float = 3.0) -> str
     return "; ".join(states)
 
 
-def check_triton(urls: str | Sequence[str], model: str, wait_seconds: float) -> None:
-    """Waits up to `wait_seconds` for at least one replica to be ready; TRITON_UNAVAILABLE after that."""
+def check_triton(
+    urls: str | Sequence[str], model: str, wait_seconds: float, stopping: threading.Event | None = None
+) -> None:
+    """Waits up to `wait_seconds` for at least one replica to be ready; TRITON_UNAVAILABLE after that. Returns at
+    once when `stopping` is set (the process was told to stop: not being ready then is no refusal)."""
+    stopping = stopping or threading.Event()
     urls = [urls] if isinstance(urls, str) else list(urls)
     url = ", ".join(urls)
     deadline = time.monotonic() + wait_seconds
@@ -245,7 +259,8 @@ def check_triton(urls: str | Sequence[str], model: str, wait_seconds: float) -> 
     if state is not None and wait_seconds > 0:
         log.info("waiting for Triton", extra={"triton_url": url, "state": state, "wait_seconds": wait_seconds})
     while state is not None and time.monotonic() < deadline:
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        if stopping.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            return
         state = replicas_state(urls, model)
-    if state is not None:
+    if state is not None and not stopping.is_set():
         raise Refused(f"TRITON_UNAVAILABLE: Triton at {url}: {state}")

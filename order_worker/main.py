@@ -41,7 +41,9 @@ def _run(entry: process.Entry, *, once: bool) -> int:
     from faceharmony.core.blobstore.base import Role
 
     # Keys, database, migrations, bucket and Triton checked before anything is written (core/preflight.py).
-    preflight.check(entry.settings, role=Role.ORDER, require_migrated=True, triton=True)
+    preflight.check(entry.settings, role=Role.ORDER, require_migrated=True, triton=True, stopping=entry.stopping)
+    if entry.stopping.is_set():  # told to stop while waiting for Triton (the launcher stopping everything)
+        return 0
     from faceharmony.order_worker.worker import OrderWorker
 
     worker = OrderWorker(entry.settings)

@@ -4,6 +4,7 @@ one line (`prog: REASON: message`, no password), exits 2 and leaves nothing behi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,35 @@ def test_the_order_worker_refuses_when_triton_is_down(tmp_path):
     line = assert_refused(rc, err, "faceharmony-order-worker", "TRITON_UNAVAILABLE: Triton at 127.0.0.1:1")
     assert "not reachable" in line
     assert left(tmp_path) == before
+
+
+def test_an_order_worker_waiting_for_triton_stops_at_once_on_sigterm(tmp_path):
+    """The launcher stops everything while a restarted worker still waits for Triton: the wait ends, status 0
+    (not a TRITON_UNAVAILABLE refusal minutes later, which held the launcher's stop up)."""
+    rc, err = start(["faceharmony-admin", "migrate"], tmp_path)
+    assert rc == 0, err
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEHARMONY_")}
+    env.update(
+        FACEHARMONY_DATA_DIR=str(tmp_path / "data"),
+        FACEHARMONY_TRITON_URL="127.0.0.1:1",
+        FACEHARMONY_TRITON_WAIT_SECONDS="600",
+    )
+    worker = subprocess.Popen(
+        [str(BIN / "faceharmony-order-worker")], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert worker.stderr is not None
+        for line in worker.stderr:  # the wait has begun once it says so
+            if "waiting for Triton" in line:
+                break
+        else:
+            pytest.fail(f"the worker exited with {worker.wait()} before waiting for Triton")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert "TRITON_UNAVAILABLE" not in worker.stderr.read()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
 
 
 @pytest.mark.parametrize("argv", ENTRIES, ids=IDS)
