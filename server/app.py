@@ -36,6 +36,7 @@ from faceharmony.server.access import service_descriptors
 from faceharmony.server.context import AppContext
 from faceharmony.server.interceptor import ApiInterceptor
 from faceharmony.server.limits import CallLimits, hard_limit
+from faceharmony.server.logic.purchases import key_legacy_purchases
 from faceharmony.server.services import account, admin, model, order, photo, purchase, support
 from faceharmony.server.store_sync import AppStoreNotifications, PlayVoidedPoller
 from faceharmony.server.verify_queue import VerifyQueue
@@ -162,6 +163,7 @@ async def create_server(
     elif await app.run(pending, db):
         raise Refused(MIGRATE_HINT)  # faceharmony-server: one line and exit 2, as every other process
     await app.run(check_database, keyring, db)  # the keys folder or bucket belongs to this database
+    await app.run(key_legacy_purchases, app)  # App Store rows from before receipts were verified get their key
     loop = asyncio.get_running_loop()
     try:
         app.stores = await loop.run_in_executor(executor, open_stores, settings)

@@ -30,6 +30,7 @@ NOTIFICATIONS_PATH = "/app-store/notifications/v2"
 MAX_BODY_BYTES = 64 * 1024  # a notification with its transaction and their certificates is about 10 KB
 VOIDED_WINDOW = dt.timedelta(days=29)  # the Voided Purchases API looks back at most 30 days: a margin for clocks
 VERIFYING_AT_ONCE = 4  # notifications verified at a time (anyone can POST; a chain check costs milliseconds of CPU)
+WAITING_AT_MOST = 64  # more than these waiting to be verified: 503 at once (Apple retries), not a growing queue
 VOIDED_OVERLAP = dt.timedelta(hours=1)
 
 
@@ -45,6 +46,7 @@ class AppStoreNotifications:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._verifying = asyncio.Semaphore(VERIFYING_AT_ONCE)
+        self._waiting = 0  # requests holding or waiting for `_verifying`
 
     async def start(self) -> None:
         application = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -72,6 +74,9 @@ class AppStoreNotifications:
             return web.json_response({"error": "signedPayload is required"}, status=400)
         app_store = self.app.stores.app_store
         assert app_store is not None
+        if self._waiting >= WAITING_AT_MOST:
+            return web.json_response({"error": "try again"}, status=503)
+        self._waiting += 1
         try:
             async with self._verifying:
                 uuid, revocation = await self.app.run(app_store.verify_notification, signed, self.app.clock.now())
@@ -80,6 +85,8 @@ class AppStoreNotifications:
             return web.json_response({"error": "not verified"}, status=400)
         except StoreUnavailable:
             return web.json_response({"error": "try again"}, status=503)
+        finally:
+            self._waiting -= 1
         outcome = "ignored"
         if revocation is not None:
             try:

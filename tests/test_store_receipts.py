@@ -24,6 +24,7 @@ from faceharmony.core.blobstore.base import Role
 from faceharmony.core.blobstore.local import LocalBlobStore
 from faceharmony.core.db import models as m
 from faceharmony.retention.daemon import Retention
+from faceharmony.server.logic.purchases import key_legacy_purchases
 from faceharmony.v1 import account_pb2 as a
 from faceharmony.v1 import purchase_pb2 as p
 from tests.support.harness import start_harness, status_of
@@ -659,7 +660,41 @@ def test_late_and_redelivered_notifications_change_nothing(stores):
     }
     assert notify(h, first)[1] == {"outcome": "unchanged"}
     assert app_store(h, user, shared_app_store().sign(payload)).purchase.credits == 10  # the refund was undone
+    # The record keeps the reversal's time: the first refund redelivered once more still changes nothing.
+    assert notify(h, first)[1] == {"outcome": "unchanged"} and balance(h, user) == start + 70
     assert h.db_call(m.CreditEntry.select().where(m.CreditEntry.kind == "revocation").count) == 1
+
+
+def test_rows_from_before_verification_are_keyed_at_start_refunded_by_id_and_spent_by_their_purge(stores, play):
+    """Rows from before migration 0011 have the client's transaction id and no key. The server keys the App Store
+    ones at start (the retention daemon, without the server secret, could not), so that their purge spends them;
+    a Play refund finds its old row by order id, without a RecordPurchase of it first."""
+    h = stores
+    user = h.sign_up("legacy-keyed@example.com")
+    signed_payload = shared_app_store().transaction_payload(at=h.clock.now())
+    token = play.add()
+
+    apple = h.db_call(lambda: legacy_row(h, user.account_id, "app_store", signed_payload["originalTransactionId"]))
+    google = h.db_call(lambda: legacy_row(h, user.account_id, "google_play", play.purchases[token].order_id))
+    start = balance(h, user)
+    assert h.db_call(lambda: key_legacy_purchases(h.api.app)) == 1
+    assert h.db_call(lambda: key_legacy_purchases(h.api.app)) == 0  # once
+    keys = h.db_call(lambda: {r.id: r.key_hmac for r in m.Purchase.select()})
+    assert keys[apple] == h.api.app.hasher.store_key("app_store", signed_payload["originalTransactionId"])
+    assert keys[google] is None  # its token was never sent: nothing to key it by
+    play.void(token)
+    assert h.call_in_loop(h.api.play_voided.poll()) == {"revoked": 1}
+    assert balance(h, user) == start - 10
+    assert h.db_call(lambda: m.Purchase.get_by_id(google).revoked_at) is not None
+    h.accounts.DeleteAccount(a.DeleteAccountRequest(confirm_email=user.email), metadata=user.md)
+    h.clock.advance(days=h.settings.account_grace_days + 1)
+    daemon = Retention(h.settings, h.db, LocalBlobStore(h.settings.blob_dir, Role.RETENTION), clock=h.clock)
+    assert h.db_call(daemon.run_once)["accounts"] == 1
+    newcomer = h.sign_up("legacy-newcomer@example.com")
+    assert status_of(app_store, h, newcomer, shared_app_store().sign(signed_payload)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TRANSACTION_ALREADY_RECORDED",
+    )
 
 
 def test_notification_bodies_that_are_not_json_are_refused(stores):
@@ -696,6 +731,46 @@ def test_receipts_must_carry_the_account_token_where_required(database_url, tmp_
         h.stop()
 
 
+def test_requiring_the_account_token_leaves_earlier_records_answerable(database_url, tmp_path, play):
+    """A purchase recorded without the token before the setting was turned on: its retry (a lost answer) gets
+    the first record back, not RECEIPT_INVALID; a new one without the token is refused."""
+    data = tmp_path / "data"
+    h = start_harness(data, database_url, **play_settings(play))
+    try:
+        user = h.sign_up("bound-later@example.com")
+        signed, token = h.app_store_transaction(), play.add()
+        first = app_store(h, user, signed).purchase
+        first_play = google_play(h, user, token).purchase
+    finally:
+        h.stop()
+    h = start_harness(data, database_url, store_require_account_token=True, **play_settings(play))
+    try:
+        again = app_store(h, user, signed)
+        assert again.purchase.id == first.id and google_play(h, user, token).purchase.id == first_play.id
+        assert status_of(app_store, h, user, h.app_store_transaction()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "RECEIPT_INVALID",
+        )
+    finally:
+        h.stop()
+
+
+def legacy_row(h, account_id: str, store: str, transaction_id: str) -> str:
+    """A purchase as recorded before migration 0011: the client's transaction id, 10 credits, no key."""
+    now = h.clock.now()
+    row = m.Purchase.create(
+        id=ids.new_id(),
+        account=account_id,
+        store=store,
+        product_id="credits_10",
+        transaction_id=transaction_id,
+        credits=10,
+        created_at=now,
+    )
+    m.CreditEntry.create(id=ids.new_id(), account=account_id, delta=10, kind="purchase", ref_id=row.id, created_at=now)
+    return row.id
+
+
 def test_a_purchase_recorded_before_receipts_were_verified_is_found_again(stores, play):
     """A row from before migration 0011 (the client's transaction id, no key): the verified purchase with the same
     store id is that row, not a second grant, and a refund finds it."""
@@ -704,23 +779,7 @@ def test_a_purchase_recorded_before_receipts_were_verified_is_found_again(stores
     token = play.add()
     order_id = play.purchases[token].order_id
 
-    def legacy():
-        now = h.clock.now()
-        row = m.Purchase.create(
-            id=ids.new_id(),
-            account=user.account_id,
-            store="google_play",
-            product_id="credits_10",
-            transaction_id=order_id,
-            credits=10,
-            created_at=now,
-        )
-        m.CreditEntry.create(
-            id=ids.new_id(), account=user.account_id, delta=10, kind="purchase", ref_id=row.id, created_at=now
-        )
-        return row.id
-
-    old = h.db_call(legacy)
+    old = h.db_call(lambda: legacy_row(h, user.account_id, "google_play", order_id))
     start = balance(h, user)
     assert status_of(google_play, h, other, token) == (
         grpc.StatusCode.FAILED_PRECONDITION,

@@ -91,6 +91,8 @@ class GooglePlay:
             raise StoreUnavailable(f"Google Play answered HTTP {status}") from exc
         except (TimeoutError, OSError, http.client.HTTPException, httplib2.HttpLib2Error, GoogleAuthError) as exc:
             raise StoreUnavailable("Google Play could not be reached") from exc
+        except ValueError as exc:  # a body the client could not decode (UnicodeDecodeError, not JSON)
+            raise StoreUnavailable("Google Play's answer was not readable") from exc
         if not answer:
             return {}
         if not isinstance(got, dict):  # not the API's JSON (a proxy's page, a truncated body)

@@ -36,6 +36,7 @@ from faceharmony.core.stores import (
 from faceharmony.server.context import AppContext
 from faceharmony.server.errors import ApiError, invalid, precondition
 from faceharmony.server.logic.accounts import rate_limit
+from faceharmony.server.logic.locking import locked
 from faceharmony.server.validation import paginate
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,6 @@ def _record_purchase(
         raise _receipt_invalid(name, "transaction_id is not the store's")
     if verified.account_token and verified.account_token != app.hasher.store_account(account_id):
         raise _receipt_invalid(name, "made for another account")
-    if not verified.account_token and app.settings.store_require_account_token:
-        raise _receipt_invalid(name, "not bound to an account (store_account_token)")
     purchase, fresh = _record(app, account_id, verified, each, key)
     if name == GOOGLE_PLAY and purchase.consumed_at is None and purchase.revoked_at is None:
         _consume(app, purchase, verified, purchase_token)
@@ -161,7 +160,11 @@ def _record(app: AppContext, account_id: str, verified: StorePurchase, each: int
                     if existing.key_hmac is None:  # recorded before receipts were verified: now it has its key
                         Purchase.update(key_hmac=key).where(Purchase.id == existing.id).execute()
                         existing.key_hmac = key
+                        _adopt_spent(app, existing, key)
                     return existing, False
+                if not verified.account_token and app.settings.store_require_account_token:
+                    # New records only: a retry of one recorded before the setting was turned on is answered.
+                    raise _receipt_invalid(verified.store, "not bound to an account (store_account_token)")
                 spent = SpentReceipt.get_or_none(SpentReceipt.key_hmac == key)
                 if spent is not None and spent.reason == "purged":
                     raise precondition("TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account")
@@ -184,6 +187,8 @@ def _record(app: AppContext, account_id: str, verified: StorePurchase, each: int
                     environment=verified.environment,
                     verified=json.dumps(verified.record, sort_keys=True),
                     key_hmac=key,
+                    # A reversal that came before the record: an older refund delivered late changes nothing.
+                    store_event_at=spent.at if spent is not None else None,
                 )
                 CreditEntry.create(
                     id=ids.new_id(),
@@ -208,6 +213,17 @@ def _record(app: AppContext, account_id: str, verified: StorePurchase, each: int
                     "TRANSACTION_ALREADY_RECORDED", "this purchase was recorded by another account"
                 ) from None
     raise AssertionError("unreachable")
+
+
+def _adopt_spent(app: AppContext, purchase: Purchase, key: str) -> None:
+    """A row recorded before receipts were verified, given its key now: a refund or revocation of it that the
+    store sent meanwhile (kept as a spent receipt: no row had the key) applies to it now, once."""
+    spent = SpentReceipt.get_or_none(SpentReceipt.key_hmac == key)
+    if spent is None or spent.reason == "purged":
+        return
+    if purchase.store_event_at is None or spent.at > purchase.store_event_at:
+        _apply_to(app, purchase, reversed_=spent.reason == "reversed", reason=spent.reason, when=spent.at)
+    SpentReceipt.delete().where(SpentReceipt.key_hmac == key).execute()  # the row holds its state from now on
 
 
 def _consume(app: AppContext, purchase: Purchase, verified: StorePurchase, token: str) -> None:
@@ -247,9 +263,14 @@ def _apply_revocation(app: AppContext, revocation: Revocation) -> str:
     when = revocation.when
     with write_transaction(app.db):
         key_lock(app.db, receipt_key(key))  # one event of this transaction at a time, and none while it is recorded
-        purchase = Purchase.get_or_none(Purchase.key_hmac == key)
-        if purchase is None and revocation.store == APP_STORE:  # recorded before receipts were verified
-            purchase = Purchase.get_or_none(Purchase.store == APP_STORE, Purchase.transaction_id == value)
+        purchase = _find(revocation, key)
+        if purchase is not None:
+            # The account before the purchase row, as the account's purge takes them (retention/policies.py):
+            # a purge running now is waited for, and then the purchase is gone with its account.
+            account = locked(Account.select(Account.id).where(Account.id == purchase.account_id), app.db).first()
+            purchase = _find(revocation, key) if account is not None else None
+            if purchase is None:
+                return "unchanged"  # purged meanwhile: its receipt is spent (retention/policies.spend_receipts)
         if purchase is None:
             spent = SpentReceipt.get_or_none(SpentReceipt.key_hmac == key)
             if spent is not None and (spent.reason == "purged" or spent.at >= when):
@@ -262,22 +283,72 @@ def _apply_revocation(app: AppContext, revocation: Revocation) -> str:
             return "unknown"
         if purchase.store_event_at is not None and when <= purchase.store_event_at:
             return "unchanged"  # redelivered, or older than the event applied last
-        now = app.clock.now()
-        if revocation.reversed == (purchase.revoked_at is None):  # already as this event leaves it
-            Purchase.update(store_event_at=when).where(Purchase.id == purchase.id).execute()
-            return "unchanged"
-        if revocation.reversed:
-            change = {"revoked_at": None, "revoke_reason": None, "store_event_at": when}
-            delta, kind, event = purchase.credits, "reinstated", audit.PURCHASE_REINSTATED
-        else:
-            change = {"revoked_at": now, "revoke_reason": revocation.reason[:32], "store_event_at": when}
-            delta, kind, event = -purchase.credits, "revocation", audit.PURCHASE_REVOKED
-        Purchase.update(**change).where(Purchase.id == purchase.id).execute()
-        CreditEntry.create(
-            id=ids.new_id(), account=purchase.account_id, delta=delta, kind=kind, ref_id=purchase.id, created_at=now
-        )
-        audit.record(app.clock, event, subject_id=purchase.id, credits=delta, reason=revocation.reason[:32])
+        changed = _apply_to(app, purchase, reversed_=revocation.reversed, reason=revocation.reason[:32], when=when)
+    if not changed:
+        return "unchanged"
     return "reinstated" if revocation.reversed else "revoked"
+
+
+def _find(revocation: Revocation, key: str) -> Purchase | None:
+    purchase = Purchase.get_or_none(Purchase.key_hmac == key)
+    if purchase is None and revocation.transaction_id:  # recorded before receipts were verified (no key yet)
+        purchase = Purchase.get_or_none(
+            Purchase.store == revocation.store,
+            Purchase.transaction_id == revocation.transaction_id,
+            Purchase.key_hmac.is_null(),
+        )
+    return purchase
+
+
+def _apply_to(app: AppContext, purchase: Purchase, *, reversed_: bool, reason: str, when) -> bool:
+    """Revokes (or, `reversed_`, reinstates) `purchase` as of the store's time `when`; False if it already was."""
+    if reversed_ == (purchase.revoked_at is None):  # already as this event leaves it
+        Purchase.update(store_event_at=when).where(Purchase.id == purchase.id).execute()
+        return False
+    now = app.clock.now()
+    if reversed_:
+        change = {"revoked_at": None, "revoke_reason": None, "store_event_at": when}
+        delta, kind, event = purchase.credits, "reinstated", audit.PURCHASE_REINSTATED
+    else:
+        change = {"revoked_at": now, "revoke_reason": reason, "store_event_at": when}
+        delta, kind, event = -purchase.credits, "revocation", audit.PURCHASE_REVOKED
+    Purchase.update(**change).where(Purchase.id == purchase.id).execute()
+    for name, value in change.items():
+        setattr(purchase, name, value)
+    CreditEntry.create(
+        id=ids.new_id(), account=purchase.account_id, delta=delta, kind=kind, ref_id=purchase.id, created_at=now
+    )
+    audit.record(app.clock, event, subject_id=purchase.id, credits=delta, reason=reason)
+    return True
+
+
+def key_legacy_purchases(app: AppContext) -> int:
+    """Gives each App Store purchase recorded before receipts were verified (no key: migration 0011) the key of
+    its transaction id, so that its account's purge spends it too (retention/policies.spend_receipts: the
+    retention daemon holds no server secret to compute it) and a refund the store sent meanwhile applies.
+    At every server start; a no-op once done. Google Play's old rows cannot be keyed (their token was never
+    sent): a refund still finds them by order id. Returns how many it keyed."""
+    keyed = 0
+    legacy = Purchase.select(Purchase.id, Purchase.transaction_id).where(
+        Purchase.store == APP_STORE, Purchase.key_hmac.is_null()
+    )
+    for purchase_id, transaction_id in list(legacy.tuples()):
+        key = app.hasher.store_key(APP_STORE, transaction_id)
+        try:
+            with write_transaction(app.db):
+                key_lock(app.db, receipt_key(key))
+                row = Purchase.get_or_none(Purchase.id == purchase_id, Purchase.key_hmac.is_null())
+                if row is None or Purchase.get_or_none(Purchase.key_hmac == key) is not None:
+                    continue  # keyed meanwhile, gone, or its id's key already another's (it stays findable by id)
+                Purchase.update(key_hmac=key).where(Purchase.id == purchase_id).execute()
+                row.key_hmac = key
+                _adopt_spent(app, row, key)
+                keyed += 1
+        except pw.IntegrityError:
+            continue
+    if keyed:
+        log.info("keyed purchases recorded before receipts were verified", extra={"count": keyed})
+    return keyed
 
 
 def list_purchases(app: AppContext, account_id: str, page_size: int, page_token: str):
