@@ -676,9 +676,17 @@ def test_rows_from_before_verification_are_keyed_at_start_refunded_by_id_and_spe
 
     apple = h.db_call(lambda: legacy_row(h, user.account_id, "app_store", signed_payload["originalTransactionId"]))
     google = h.db_call(lambda: legacy_row(h, user.account_id, "google_play", play.purchases[token].order_id))
+    # One refunded while no row had its key (kept by a version that did not look rows up by id): applied now.
+    refunded_id = shared_app_store().transaction_payload(at=h.clock.now())["originalTransactionId"]
+    refunded = h.db_call(lambda: legacy_row(h, user.account_id, "app_store", refunded_id))
+    spent_key = h.api.app.hasher.store_key("app_store", refunded_id)
+    h.db_call(lambda: m.SpentReceipt.create(key_hmac=spent_key, store="app_store", at=h.clock.now(), reason="REFUND"))
     start = balance(h, user)
-    assert h.db_call(lambda: key_legacy_purchases(h.api.app)) == 1
+    assert h.db_call(lambda: key_legacy_purchases(h.api.app)) == 2
     assert h.db_call(lambda: key_legacy_purchases(h.api.app)) == 0  # once
+    assert balance(h, user) == start - 10 and h.db_call(lambda: m.Purchase.get_by_id(refunded).revoked_at) is not None
+    assert h.db_call(m.SpentReceipt.select().count) == 0  # the row holds the refund now
+    start = balance(h, user)
     keys = h.db_call(lambda: {r.id: r.key_hmac for r in m.Purchase.select()})
     assert keys[apple] == h.api.app.hasher.store_key("app_store", signed_payload["originalTransactionId"])
     assert keys[google] is None  # its token was never sent: nothing to key it by
